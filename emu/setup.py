@@ -1,0 +1,71 @@
+"""Booting the host (`__start_xen()` in xen/arch/x86/setup.c).
+
+`boot(machine)` is a generator: each `yield` is a point where the boot pauses, so input typed
+during boot reaches Xen (which owns the console until `console_endboot()`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from emu import machine as m
+from emu.banner import XEN_BANNER
+from emu.console import loglvl_str
+
+
+def e820_map(memory: int) -> list[tuple[int, int, str]]:
+    """A simple BIOS map: low memory, the legacy hole, then RAM up to `memory`."""
+    return [
+        (0x0, 0x9FBFF, "usable"),
+        (0x9FC00, 0x9FFFF, "reserved"),
+        (0xF0000, 0xFFFFF, "reserved"),
+        (0x100000, memory - 1, "usable"),
+    ]
+
+
+def boot(machine: m.Machine) -> Iterator[None]:
+    con = machine.console
+    p = con.printk
+    host = machine.host
+    con.putstr(XEN_BANNER)
+    p(
+        f"Xen version {m.XEN_VERSION} ({m.XEN_COMPILE_BY}@{m.XEN_COMPILE_DOMAIN}) "
+        f"({m.XEN_COMPILER}) debug={'y' if machine.debug_build else 'n'} {m.XEN_COMPILE_DATE}\n"
+    )
+    p(f"Latest ChangeSet: {m.XEN_CHANGESET}\n")
+    p(f"build-id: {m.XEN_BUILD_ID}\n")
+    p("Bootloader: GRUB 2.06-13+deb12u1\n")
+    p(f"Command line: {m.XEN_COMMANDLINE}\n")
+    p("Xen image load base address: 0\n")
+    p("Disc information:\n")
+    p(" Found 1 MBR signatures\n")
+    p(" Found 1 EDD information structures\n")
+    p("Xen-e820 RAM map:\n")
+    for start, end, kind in e820_map(host.memory):
+        p(f" [{start:016x}, {end:016x}] ({kind})\n")
+    yield
+    p(f"System RAM: {host.memory >> 20}MB ({host.memory >> 10}kB)\n")
+    p("Domain heap initialised\n")
+    yield from getattr(machine, "boot_memory", lambda: iter(()))()
+    p("Using scheduler: SMP Credit Scheduler rev2 (credit2)\n")
+    p(f"Allocated console ring of {con.ring.size >> 10} KiB.\n")
+    for cpu in range(1, host.cpus):
+        p(f"CPU{cpu}: booted\n")
+    p(f"Brought up {host.cpus} CPUs\n")
+    p("NX (Execute Disable) protection active\n")
+    yield
+    p("*** Building a PV Dom0 ***\n")
+    yield from machine.build_dom0()
+    p("Initial low memory virq threshold set at 0x4000 pages.\n")
+    p("Scrubbing Free RAM in background\n")
+    std, guest = con.thresh["standard"], con.thresh["guest"]
+
+    def lvl(t: list[int]) -> str:
+        s = loglvl_str(t[0])
+        return s if t[0] == t[1] else f"{s} (Rate-limited: {loglvl_str(t[1])})"
+
+    p(f"Std. Loglevel: {lvl(std)}\n")
+    p(f"Guest Loglevel: {lvl(guest)}\n")
+    con.switch_input()  # console_endboot(): input goes to DOM0
+    p("Freed 656kB init memory\n")
+    machine.booted = True

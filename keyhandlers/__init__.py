@@ -1,0 +1,111 @@
+"""The debug-key registry (xen/common/keyhandler.c).
+
+A handler is `fn(machine, out, args)`: `machine` is the `emu` machine, `out` prints lines
+prefixed `(XEN) `, `args` is a tuple of argument strings (empty unless the key takes
+arguments). Register with `register(...)` or the `@keyhandler(...)` decorator; `h` walks the
+table, so adding a key needs no other edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+HandlerFn = Callable[..., None]
+
+
+class KeyhandlerError(Exception):
+    """Bad arguments to a key; the message becomes one `(XEN)` error line."""
+
+
+@dataclass(frozen=True)
+class KeyHandler:
+    key: str
+    fn: HandlerFn
+    desc: str
+    diagnostic: bool = False
+    irq: bool = False
+    args: str | None = None  # usage text if the key takes arguments
+    pressed: str | None = None  # text after "'k' pressed -> " printed before the args prompt
+    source: str = "xen"
+
+
+KEY_TABLE: dict[str, KeyHandler] = {}
+
+
+class KeyTakenError(ValueError):
+    pass
+
+
+def register(
+    key: str,
+    fn: HandlerFn,
+    desc: str,
+    diagnostic: bool = False,
+    *,
+    irq: bool = False,
+    args: str | None = None,
+    pressed: str | None = None,
+    source: str = "xen",
+) -> KeyHandler:
+    """Install `fn` for `key`. Re-registering a key is refused, as Xen asserts."""
+    if len(key) != 1 or not 0x20 < ord(key) < 0x7F:
+        raise ValueError(f"key must be one printable ASCII character, got {key!r}")
+    if key in KEY_TABLE:
+        raise KeyTakenError(
+            f"key '{key}' is already registered ({KEY_TABLE[key].desc}) by {KEY_TABLE[key].source}"
+        )
+    if args is not None and pressed is None:
+        raise ValueError("a key that takes arguments needs its 'pressed' text")
+    kh = KeyHandler(key, fn, desc, diagnostic, irq, args, pressed, source)
+    KEY_TABLE[key] = kh
+    return kh
+
+
+def keyhandler(
+    key: str,
+    desc: str,
+    diagnostic: bool = False,
+    *,
+    irq: bool = False,
+    args: str | None = None,
+    pressed: str | None = None,
+) -> Callable[[HandlerFn], HandlerFn]:
+    """Decorator form of `register`."""
+
+    def deco(fn: HandlerFn) -> HandlerFn:
+        register(
+            key, fn, desc, diagnostic, irq=irq, args=args, pressed=pressed, source=fn.__module__
+        )
+        return fn
+
+    return deco
+
+
+def installed() -> list[KeyHandler]:
+    """Every handler in ascending ASCII order, as `h` lists them."""
+    return [KEY_TABLE[k] for k in sorted(KEY_TABLE)]
+
+
+def handler_line(kh: KeyHandler) -> str:
+    return f" key '{kh.key}' (ascii '{ord(kh.key):02x}') => {kh.desc}"
+
+
+BUILTIN_MODULES = [
+    "keyhandlers.core",
+    "keyhandlers.conring",
+]
+
+
+def load_builtin() -> None:
+    for name in BUILTIN_MODULES:
+        importlib.import_module(name)
+
+
+def load_modules(names: Iterable[str]) -> None:
+    for name in names:
+        importlib.import_module(name)
+
+
+load_builtin()

@@ -1,0 +1,47 @@
+"""Core keys from xen/common/keyhandler.c and console.c: `h`, `*`, `+`, `-`, `G`, `R`."""
+
+from __future__ import annotations
+
+from keyhandlers import handler_line, installed, keyhandler
+
+
+@keyhandler("h", "show this message")
+def show_handlers(machine, out, args) -> None:
+    out("'h' pressed -> showing installed handlers")
+    for kh in installed():
+        out(handler_line(kh))
+
+
+@keyhandler("*", "print all diagnostics", irq=True)
+def run_all_keyhandlers(machine, out, args) -> None:
+    from keyhandlers.dispatch import run_handler
+
+    out("'*' pressed -> firing all diagnostic keyhandlers")
+    diag = [kh for kh in installed() if kh.diagnostic]
+    # IRQ-safe diagnostic handlers run first, then the rest from the tasklet, in key order.
+    for kh in [k for k in diag if k.irq] + [k for k in diag if not k.irq]:
+        out(f"[{kh.key}: {kh.desc}]")
+        run_handler(machine, kh)
+
+
+@keyhandler("+", "increase log level threshold", irq=True)
+def do_inc_thresh(machine, out, args) -> None:
+    machine.console.adjust_thresh("+", +1)
+
+
+@keyhandler("-", "decrease log level threshold", irq=True)
+def do_dec_thresh(machine, out, args) -> None:
+    machine.console.adjust_thresh("-", -1)
+
+
+@keyhandler("G", "toggle host/guest log level adjustment", irq=True)
+def do_toggle_guest(machine, out, args) -> None:
+    console = machine.console
+    console.thresh_adj = "guest" if console.thresh_adj == "standard" else "standard"
+    out(f"'G' pressed -> {console.thresh_adj} log level adjustments enabled")
+
+
+@keyhandler("R", "reboot machine", irq=True)
+def reboot_machine(machine, out, args) -> None:
+    out("'R' pressed -> rebooting machine")
+    machine.request_reboot()

@@ -1,0 +1,5 @@
+import sys
+
+from xenconsole.cli import main
+
+sys.exit(main())

@@ -1,0 +1,199 @@
+"""The dom0 shell: prompt, line editing, a few builtins, and `xl`.
+
+Input arrives from the hypervisor console when it is switched to DOM0; output is dom0's own
+(no `(XEN) ` prefix, not in the console ring), with `\\n` sent as `\\r\\n` as a tty does.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+
+PROMPT = "root@dom0:~# "
+MAX_LINE = 4095
+
+
+class ShellExit(Exception):
+    pass
+
+
+class Dom0Shell:
+    def __init__(self, machine, write: Callable[[bytes], None]) -> None:
+        self.machine = machine
+        self._write = write
+        self.line = bytearray()
+        self.status = 0
+        self.ready = False
+        self._after_cr = False
+        self._esc = 0  # 0 none, 1 saw ESC, 2 inside CSI
+        self.foreground: Callable[[bytes], None] | None = None  # e.g. `xl console`
+        from xenconsole.dom0 import xl
+
+        self.xl = xl
+
+    # ---- output -------------------------------------------------------------------------
+
+    def write(self, text: str) -> None:
+        self._write(text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8", "replace"))
+
+    def println(self, text: str = "") -> None:
+        self.write(text + "\n")
+
+    def prompt(self) -> None:
+        self.ready = True
+        self.write(PROMPT)
+
+    # ---- input --------------------------------------------------------------------------
+
+    def rx(self, data: bytes) -> None:
+        for c in data:
+            if self.foreground is not None:
+                self.foreground(bytes([c]))
+                continue
+            self._byte(c)
+
+    def _byte(self, c: int) -> None:
+        after_cr, self._after_cr = self._after_cr, False
+        if self._esc:
+            # Swallow escape sequences (arrow keys and the like): ESC [ ... final byte.
+            if self._esc == 1:
+                self._esc = 2 if c in (0x5B, 0x4F) else 0
+            elif 0x40 <= c <= 0x7E:
+                self._esc = 0
+            return
+        if c == 0x1B:
+            self._esc = 1
+        elif c == 0x0D:
+            self._after_cr = True
+            self._enter()
+        elif c == 0x0A:
+            if not after_cr:  # CR LF is one Enter
+                self._enter()
+        elif c in (0x7F, 0x08):
+            if self.line:
+                self.line.pop()
+                self._write(b"\b \b")
+        elif c == 0x03:
+            self.line.clear()
+            self.write("^C\n")
+            self.status = 130
+            self.prompt()
+        elif c == 0x15:
+            if self.line:
+                self._write(b"\b \b" * len(self.line))
+                self.line.clear()
+        elif c == 0x0C:
+            self._write(b"\x1b[H\x1b[2J" + PROMPT.encode() + bytes(self.line))
+        elif c >= 0x20 and c != 0x7F:
+            if len(self.line) < MAX_LINE:
+                self.line.append(c)
+                self._write(bytes([c]))
+            else:
+                self._write(b"\x07")
+        # other control characters are ignored, as readline does with unbound keys
+
+    def _enter(self) -> None:
+        text = self.line.decode("utf-8", "replace")
+        self.line.clear()
+        self.write("\n")
+        self.run_line(text)
+        if self.foreground is None:
+            self.prompt()
+
+    # ---- commands -----------------------------------------------------------------------
+
+    def run_line(self, text: str) -> None:
+        for part in _split_commands(text):
+            self.status = self.run(part)
+
+    def run(self, text: str) -> int:
+        try:
+            argv = shlex.split(text, comments=True)
+        except ValueError as e:
+            self.println(f"-bash: syntax error: {e}")
+            return 2
+        if not argv:
+            return self.status
+        argv = [a.replace("$?", str(self.status)) for a in argv]
+        name = argv[0]
+        try:
+            if name == "xl":
+                return self.xl.main(self, argv[1:])
+            builtin = BUILTINS.get(name)
+            if builtin is not None:
+                return builtin(self, argv[1:])
+        except Exception as e:  # never a traceback on the console
+            self.println(f"-bash: {name}: internal error: {type(e).__name__}: {e}")
+            return 1
+        self.println(f"-bash: {name}: command not found")
+        return 127
+
+
+def _split_commands(text: str) -> list[str]:
+    """Split on `;` outside quotes (enough for `xl debug-keys q; xl dmesg`)."""
+    parts, cur, quote = [], [], None
+    for ch in text:
+        if quote:
+            cur.append(ch)
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+            cur.append(ch)
+        elif ch == ";":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return [p for p in parts if p.strip()] or [""]
+
+
+def _echo(sh: Dom0Shell, args: list[str]) -> int:
+    newline = True
+    if args and args[0] == "-n":
+        newline, args = False, args[1:]
+    sh.write(" ".join(args) + ("\n" if newline else ""))
+    return 0
+
+
+def _true(sh: Dom0Shell, args: list[str]) -> int:
+    return 0
+
+
+def _false(sh: Dom0Shell, args: list[str]) -> int:
+    return 1
+
+
+def _uname(sh: Dom0Shell, args: list[str]) -> int:
+    from xenconsole.dom0.xl_info import DOM0_UNAME
+
+    sh.println(DOM0_UNAME if "-a" in args else DOM0_UNAME.split()[0])
+    return 0
+
+
+def _hostname(sh: Dom0Shell, args: list[str]) -> int:
+    sh.println("dom0")
+    return 0
+
+
+def _help(sh: Dom0Shell, args: list[str]) -> int:
+    sh.println("Commands: xl, echo, true, false, uname, hostname, help, clear")
+    sh.println("Type 'xl help' for the toolstack; Ctrl-A three times switches to Xen.")
+    return 0
+
+
+def _clear(sh: Dom0Shell, args: list[str]) -> int:
+    sh._write(b"\x1b[H\x1b[2J")
+    return 0
+
+
+BUILTINS: dict[str, Callable[[Dom0Shell, list[str]], int]] = {
+    "echo": _echo,
+    "true": _true,
+    "false": _false,
+    "uname": _uname,
+    "hostname": _hostname,
+    "help": _help,
+    "clear": _clear,
+}

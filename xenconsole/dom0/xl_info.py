@@ -1,0 +1,163 @@
+"""`xl list`, `xl info`, `xl dmesg`, `xl debug-keys` (tools/xl/xl_info.c, xl_misc.c)."""
+
+from __future__ import annotations
+
+import json
+
+from emu import machine as m
+from keyhandlers import KEY_TABLE
+from keyhandlers.dispatch import run_handler
+from xenconsole.dom0.xl import command, find_domain, getopts
+
+DOM0_UNAME = "Linux dom0 6.1.0-27-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.115-1 x86_64"
+XEN_CAPS = "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64 "
+SHUTDOWN_REASON_LETTERS = "-rscwS"
+
+
+def domain_details(dom) -> dict:
+    """`xl list -l`: the domain's configuration as libxl JSON (the parts we model)."""
+    spec = getattr(dom, "spec", None)
+    return {
+        "domid": dom.domid,
+        "config": {
+            "c_info": {
+                "type": "pv" if dom.domid == 0 else "hvm",
+                "name": dom.name,
+                "uuid": dom.handle,
+            },
+            "b_info": {
+                "max_vcpus": len(dom.vcpus),
+                "max_memkb": dom.max_pages * 4,
+                "target_memkb": dom.tot_pages * 4,
+                "workload": getattr(spec, "workload", None),
+            },
+        },
+    }
+
+
+def list_header() -> str:
+    return "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+
+
+def list_row(dom) -> str:
+    mem_mb = ((dom.tot_pages * 4) + dom.outstanding_pages * 4) // 1024
+    online = len(dom.vcpus)
+    return (
+        f"{dom.name:<40} {dom.domid:5d} {mem_mb:5d} {online:5d}     "
+        f"{dom.state_chars()}  {dom.cpu_time():8.1f}"
+    )
+
+
+@command(
+    "list",
+    0,
+    0,
+    "List information about all/some domains",
+    "[options] [Domain]\n",
+    "-l, --long              Output all VM details\n"
+    "-v, --verbose           Prints out UUIDs and security context\n"
+    "-Z, --context           Prints out security context\n"
+    "-c, --cpupool           Prints the cpupool the domain is in\n"
+    "-n, --numa              Prints out NUMA node affinity",
+)
+def main_list(sh, argv: list[str]) -> int:
+    longopts = ["long", "verbose", "context", "cpupool", "numa"]
+    opts, rest = getopts(sh, argv, "lvZcn", longopts, "list", 0)
+    machine = sh.machine
+    if rest:
+        doms = [find_domain(sh, machine, rest[0])]
+    else:
+        doms = [machine.domains[k] for k in sorted(machine.domains)]
+    if any(o in ("-l", "--long") for o, _ in opts):
+        sh.println(json.dumps([domain_details(d) for d in doms], indent=4))
+        return 0
+    sh.println(list_header())
+    for dom in doms:
+        sh.println(list_row(dom))
+    return 0
+
+
+def info_lines(machine) -> list[tuple[str, str]]:
+    host = machine.host
+    total = machine.total_pages() >> 8
+    free = machine.free_pages() >> 8
+    return [
+        ("host", "dom0"),
+        ("release", "6.1.0-27-amd64"),
+        ("version", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.115-1 (2024-11-01)"),
+        ("machine", "x86_64"),
+        ("nr_cpus", str(host.cpus)),
+        ("max_cpu_id", str(host.cpus - 1)),
+        ("nr_nodes", "1"),
+        ("cores_per_socket", str(host.cpus)),
+        ("threads_per_core", "1"),
+        ("cpu_mhz", "2994.374"),
+        ("hw_caps", "178bfbff:f6d8320b:2e500800:000007f7:0000000f:219c07a9:0040069c:00000100"),
+        ("virt_caps", "hvm shadow gnttab-v1 gnttab-v2"),
+        ("total_memory", str(total)),
+        ("free_memory", str(free)),
+        ("sharing_freed_memory", "0"),
+        ("sharing_used_memory", "0"),
+        ("outstanding_claims", "0"),
+        ("free_cpus", "0"),
+        ("xen_major", str(m.XEN_MAJOR)),
+        ("xen_minor", str(m.XEN_MINOR)),
+        ("xen_extra", m.XEN_EXTRA),
+        ("xen_version", f"{m.XEN_MAJOR}.{m.XEN_MINOR}{m.XEN_EXTRA}"),
+        ("xen_caps", XEN_CAPS),
+        ("xen_scheduler", "credit2"),
+        ("xen_pagesize", "4096"),
+        ("platform_params", "virt_start=0xffff800000000000"),
+        ("xen_changeset", m.XEN_CHANGESET),
+        ("xen_commandline", m.XEN_COMMANDLINE),
+        ("cc_compiler", m.XEN_COMPILER),
+        ("cc_compile_by", m.XEN_COMPILE_BY),
+        ("cc_compile_domain", m.XEN_COMPILE_DOMAIN),
+        ("cc_compile_date", m.XEN_COMPILE_DATE),
+        ("build_id", m.XEN_BUILD_ID),
+        ("xend_config_format", "4"),
+    ]
+
+
+@command(
+    "info",
+    0,
+    0,
+    "Get information about Xen host",
+    "-n, --numa         List host NUMA topology information",
+)
+def main_info(sh, argv: list[str]) -> int:
+    getopts(sh, argv, "n", ["numa"], "info", 0)
+    for key, value in info_lines(sh.machine):
+        sh.println(f"{key:<23}: {value}")
+    return 0
+
+
+@command(
+    "dmesg",
+    0,
+    0,
+    "Read and/or clear dmesg buffer",
+    "[-c]",
+    "  -c                        Clear dmesg buffer as well as printing it",
+)
+def main_dmesg(sh, argv: list[str]) -> int:
+    opts, _rest = getopts(sh, argv, "c", ["clear"], "dmesg", 0)
+    clear = any(o in ("-c", "--clear") for o, _ in opts)
+    data = sh.machine.console.ring.read(clear=clear)
+    sh.write(data.decode("latin-1"))
+    return 0
+
+
+@command("debug-keys", 0, 1, "Send debug keys to Xen", "<Keys>")
+def main_debug_keys(sh, argv: list[str]) -> int:
+    _opts, rest = getopts(sh, argv, "", [], "debug-keys", 1)
+    keys, args = rest[0], rest[1:]
+    machine = sh.machine
+    for i, k in enumerate(keys):
+        kh = KEY_TABLE.get(k)
+        if kh is None:
+            continue  # unknown keys are ignored by handle_keypress
+        # ARGS go to the last key's handler (SPEC §5).
+        run_handler(machine, kh, args if i == len(keys) - 1 else ())
+    return 0

@@ -1,0 +1,60 @@
+"""The console hub: one serial line shared by every attached client.
+
+Every client's input enters the machine through `Console.serial_rx`; every output byte the
+machine sends to the serial line is fanned out here to every client (and the log file).
+Transports (telnet, tcp, pty, rfc2217) are backends that only call `attach`, `detach` and
+`receive`, and implement `deliver(bytes)`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import BinaryIO, Protocol
+
+
+class Client(Protocol):
+    name: str
+
+    def deliver(self, data: bytes) -> None: ...
+
+
+class Hub:
+    def __init__(self, reactor, log: BinaryIO | None = None) -> None:
+        self.reactor = reactor
+        self.clients: list[Client] = []
+        self.log = log
+        self._reactor_thread = threading.get_ident()
+        self.on_first_attach: Callable[[], None] | None = None
+        self.on_input: Callable[[bytes], None] = lambda data: None
+        self.on_break: Callable[[Client], None] = lambda client: None
+        self.bytes_out = 0
+
+    # Output side: the machine's serial sink.
+    def sink(self, data: bytes) -> None:
+        if threading.get_ident() == self._reactor_thread:
+            self._fanout(data)
+        else:  # a vCPU thread printed: hop onto the reactor, preserving order
+            self.reactor.callFromThread(self._fanout, data)
+
+    def _fanout(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.log is not None:
+            self.log.write(data)
+            self.log.flush()
+        for c in list(self.clients):
+            c.deliver(data)
+
+    # Client side.
+    def attach(self, client: Client) -> None:
+        self.clients.append(client)
+        if self.on_first_attach is not None:
+            cb, self.on_first_attach = self.on_first_attach, None
+            cb()
+
+    def detach(self, client: Client) -> None:
+        if client in self.clients:
+            self.clients.remove(client)
+
+    def receive(self, data: bytes) -> None:
+        self.on_input(data)

@@ -1,0 +1,103 @@
+"""Start listeners, print the ready lines, run the reactor until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+
+from emu.host import ConfigError
+from xenconsole.cli import DEFAULT_TELNET, UsageError, host_from_args, is_loopback, parse_listen
+from xenconsole.outbuf import DEFAULT_LIMIT
+
+
+def _fail(msg: str) -> int:
+    sys.stderr.write(f"xenconsole: error: {msg}\n")
+    return 2
+
+
+def serve(args) -> int:
+    try:
+        host = host_from_args(args)
+        telnet = None if args.no_telnet else parse_listen(args.telnet or DEFAULT_TELNET, "telnet")
+        tcp = parse_listen(args.tcp, "tcp") if args.tcp else None
+        rfc2217 = parse_listen(args.rfc2217, "rfc2217") if args.rfc2217 else None
+    except (ConfigError, UsageError) as e:
+        return _fail(str(e))
+    if args.no_telnet and args.telnet:
+        return _fail("--telnet and --no-telnet cannot be used together")
+
+    import keyhandlers
+
+    try:
+        keyhandlers.load_modules(args.plugin)
+    except Exception as e:
+        return _fail(f"plugin: {e}")
+
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    from xenconsole.server import HostRunner, ServeOptions
+    from xenconsole.transports import ConsoleFactory, RawClient, TelnetClient
+
+    log = None
+    if args.log:
+        try:
+            log = open(args.log, "ab")  # noqa: SIM115 - lives as long as the server
+        except OSError as e:
+            return _fail(f"cannot open log {args.log}: {e.strerror}")
+
+    opts = ServeOptions(host=host, wait=not args.no_wait, log_path=args.log, plugins=args.plugin)
+    runner = HostRunner(reactor, opts, log)
+    ready: list[str] = []
+    ports = []
+    try:
+        for kind, addr, cls in (("telnet", telnet, TelnetClient), ("tcp", tcp, RawClient)):
+            if addr is None:
+                continue
+            port = reactor.listenTCP(
+                addr[1], ConsoleFactory(runner.hub, cls, DEFAULT_LIMIT), interface=addr[0]
+            )
+            ports.append(port)
+            h = port.getHost()
+            ready.append(f"xenconsole: {kind} {addr[0]}:{h.port}")
+        if rfc2217 is not None:
+            try:
+                from xenconsole.rfc2217 import RFC2217Factory
+            except ImportError:
+                raise UsageError("--rfc2217 is not available in this build") from None
+            port = reactor.listenTCP(rfc2217[1], RFC2217Factory(runner.hub), interface=rfc2217[0])
+            ports.append(port)
+            ready.append(f"xenconsole: rfc2217 {rfc2217[0]}:{port.getHost().port}")
+        pty = None
+        if args.pty is not None:
+            from xenconsole.pty import PtyClient
+
+            pty = PtyClient(runner.hub, reactor, link=args.pty or None)
+            ready.append(f"xenconsole: pty {pty.path}")
+    except (CannotListenError, OSError, UsageError) as e:
+        for p in ports:
+            p.stopListening()
+        if isinstance(e, CannotListenError):
+            return _fail(f"cannot listen on {e.interface}:{e.port}: {e.socketError}")
+        return _fail(str(e))
+
+    for kind, addr in (("telnet", telnet), ("tcp", tcp), ("rfc2217", rfc2217)):
+        if addr is not None and not is_loopback(addr[0]):
+            sys.stderr.write(
+                f"xenconsole: warning: {kind} listens on {addr[0]}, not loopback; "
+                "the console is unauthenticated, as a real serial line is\n"
+            )
+    for line in ready:
+        print(line)
+    print("xenconsole: ready", flush=True)
+
+    def _cleanup() -> None:
+        runner.stop()
+        if pty is not None:
+            pty.close()
+
+    reactor.addSystemEventTrigger("before", "shutdown", _cleanup)
+    runner.start()
+    reactor.run()
+    if log is not None:
+        log.close()
+    return 0
