@@ -92,14 +92,20 @@ def handler_line(kh: KeyHandler) -> str:
     return f" key '{kh.key}' (ascii '{ord(kh.key):02x}') => {kh.desc}"
 
 
-BUILTIN_MODULES = [
-    "keyhandlers.core",
-    "keyhandlers.conring",
-]
+def builtin_modules() -> list[str]:
+    """Every module of this package except the registry's own: one module per concern."""
+    import pkgutil
+
+    skip = {"dispatch"}
+    return [
+        f"{__name__}.{m.name}"
+        for m in pkgutil.iter_modules(__path__)
+        if m.name not in skip and not m.name.startswith("_")
+    ]
 
 
 def load_builtin() -> None:
-    for name in BUILTIN_MODULES:
+    for name in builtin_modules():
         importlib.import_module(name)
 
 

@@ -42,12 +42,15 @@ def command(name, modifies, can_dryrun, desc, usage, option=None):
     return deco
 
 
-COMMAND_MODULES = ["xenconsole.dom0.xl_info"]
-
-
 def load_commands() -> None:
-    for name in COMMAND_MODULES:
-        importlib.import_module(name)
+    """Import every `xl_*` module beside this one; each registers its commands."""
+    import pkgutil
+
+    from xenconsole import dom0
+
+    for m in pkgutil.iter_modules(dom0.__path__):
+        if m.name.startswith("xl_"):
+            importlib.import_module(f"xenconsole.dom0.{m.name}")
 
 
 def help_text(command_name: str | None = None) -> str:

@@ -1,0 +1,156 @@
+"""Start `xenconsole serve` as a subprocess on free ports, for your own console tests.
+
+    from xenconsole.testing import serve
+    with serve("--memory", "2G") as host:
+        con = Console.open(host.urls["telnet"])
+
+or, under pytest, the `xenconsole_host` fixture (registered by this module as a plugin:
+add `pytest_plugins = ["xenconsole.testing"]` to your conftest.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+READY_TIMEOUT = 30.0
+
+
+class ServeError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServedHost:
+    proc: subprocess.Popen
+    urls: dict[str, str] = field(default_factory=dict)
+    ready_lines: list[str] = field(default_factory=list)
+
+    @property
+    def pty(self) -> str | None:
+        return self.urls.get("pty")
+
+    def address(self, kind: str) -> tuple[str, int]:
+        """(host, port) of the telnet, tcp or rfc2217 listener."""
+        url = self.urls[kind]
+        hostport = url.split("://", 1)[1]
+        host, _, port = hostport.rpartition(":")
+        return host, int(port)
+
+    def stderr_text(self) -> str:
+        """What the server wrote to stderr so far (only once it has exited)."""
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read().decode(errors="replace")
+
+
+def _url(kind: str, rest: str) -> str:
+    if kind == "pty":
+        return rest
+    scheme = {"telnet": "telnet", "tcp": "socket", "rfc2217": "rfc2217"}[kind]
+    return f"{scheme}://{rest}"
+
+
+@contextlib.contextmanager
+def serve(
+    *args: str,
+    telnet: bool = True,
+    tcp: bool = True,
+    pty: bool = False,
+    rfc2217: bool = False,
+    wait: bool = False,
+    env: dict[str, str] | None = None,
+    timeout: float = READY_TIMEOUT,
+) -> Iterator[ServedHost]:
+    """Run `xenconsole serve` on 127.0.0.1 with port 0 listeners; always clean up."""
+    cmd = [sys.executable, "-m", "xenconsole", "serve"]
+    cmd += ["--telnet", "127.0.0.1:0"] if telnet else ["--no-telnet"]
+    if tcp:
+        cmd += ["--tcp", "127.0.0.1:0"]
+    if rfc2217:
+        cmd += ["--rfc2217", "127.0.0.1:0"]
+    if pty:
+        cmd += ["--pty"]
+    if not wait:
+        cmd += ["--no-wait"]
+    cmd += list(args)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    host = ServedHost(proc)
+    try:
+        _read_ready(host, timeout)
+        yield host
+    finally:
+        _stop(proc)
+
+
+def _read_ready(host: ServedHost, timeout: float) -> None:
+    proc = host.proc
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ServeError(f"xenconsole serve not ready after {timeout}s: {buf!r}")
+        if not sel.select(left):
+            continue
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        if not chunk:
+            proc.wait(5)
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise ServeError(f"xenconsole serve exited ({proc.returncode}): {err.strip()}")
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            text = line.decode().strip()
+            host.ready_lines.append(text)
+            if text == "xenconsole: ready":
+                sel.close()
+                return
+            parts = text.split(" ", 2)
+            if len(parts) == 3 and parts[0] == "xenconsole:":
+                host.urls[parts[1]] = _url(parts[1], parts[2])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    for f in (proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
+
+
+try:
+    import pytest
+except ImportError:  # pytest is only needed for the fixture
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture
+    def xenconsole_host() -> Iterator[ServedHost]:
+        """A running host with telnet, tcp and pty listeners, booted before the test starts."""
+        with serve(pty=True) as host:
+            yield host
