@@ -114,4 +114,35 @@ def load_modules(names: Iterable[str]) -> None:
         importlib.import_module(name)
 
 
+ENTRY_POINT_GROUP = "xenconsole.keyhandlers"
+_loaded_entry_points: set[str] = set()
+
+
+class PluginError(Exception):
+    pass
+
+
+def load_entry_points(group: str = ENTRY_POINT_GROUP) -> list[str]:
+    """Import every installed plugin of the entry-point group (once); returns their names.
+
+    An entry point names a module (its `@keyhandler`s register on import) or a callable
+    taking no arguments that registers its keys.
+    """
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+        if ep.value in _loaded_entry_points:
+            continue
+        _loaded_entry_points.add(ep.value)
+        try:
+            obj = ep.load()
+            if callable(obj):
+                obj()
+        except Exception as e:
+            raise PluginError(f"{ep.name} ({ep.value}): {e}") from e
+        loaded.append(ep.name)
+    return loaded
+
+
 load_builtin()

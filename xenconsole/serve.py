@@ -24,10 +24,13 @@ def serve(args) -> int:
         return _fail(str(e))
     if args.no_telnet and args.telnet:
         return _fail("--telnet and --no-telnet cannot be used together")
+    if args.log_events and not args.log:
+        return _fail("--log-events needs --log FILE")
 
     import keyhandlers
 
     try:
+        keyhandlers.load_entry_points()
         keyhandlers.load_modules(args.plugin)
     except Exception as e:
         return _fail(f"plugin: {e}")
@@ -47,6 +50,10 @@ def serve(args) -> int:
 
     opts = ServeOptions(host=host, wait=not args.no_wait, log_path=args.log, plugins=args.plugin)
     runner = HostRunner(reactor, opts, log)
+    if args.log_events:
+        from xenconsole.eventlog import install as install_event_log
+
+        install_event_log(runner.hub)
     ready: list[str] = []
     ports = []
     try:

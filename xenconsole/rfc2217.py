@@ -1,0 +1,153 @@
+"""The RFC 2217 backend: the serial line as pyserial's `rfc2217://` sees a real COM port.
+
+The protocol is pyserial's own server side (`serial.rfc2217.PortManager`) run inside a Twisted
+protocol (reference/ecosystem.md §3). The "port" it manages is `EmulatedUart`, a
+`serial.SerialBase` that stores the line settings the client asks for and reports them back,
+answers modem lines as a connected null-modem cable would (CTS, DSR, CD up, no RING), and turns
+a BREAK into a hub break event. Xen's ns16550 driver ignores a received break, so the console
+itself does nothing with it; `--log-events` records it.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import serial
+from serial import rfc2217
+from twisted.internet import protocol
+
+from xenconsole.outbuf import DEFAULT_LIMIT, OutputBuffer
+
+# A subnegotiation longer than this is not RFC 2217 (the longest, SET-BAUDRATE, is 6 bytes);
+# PortManager would buffer it without bound, so it is discarded.
+SB_MAX = 64
+_FEED_SLICE = 256
+
+
+class EmulatedUart(serial.SerialBase):
+    """The COM port behind one RFC 2217 connection: settings are stored, never enforced."""
+
+    def __init__(self, on_break=lambda: None) -> None:
+        super().__init__()
+        self._on_break = on_break
+        self.breaks = 0
+        self.purges = 0
+        self.settings_changes = 0
+        # The property setters only call the _update_* hooks of an open port.
+        self.is_open = True
+
+    # SerialBase hooks that PortManager drives through the property setters.
+    def _reconfigure_port(self) -> None:
+        self.settings_changes += 1
+
+    def _update_break_state(self) -> None:
+        if self._break_state:
+            self.breaks += 1
+            self._on_break()
+
+    def _update_dtr_state(self) -> None:
+        pass  # a console has no modem to hang up: DTR is remembered and reported only
+
+    def _update_rts_state(self) -> None:
+        pass  # no hardware flow control on an emulated line
+
+    def reset_input_buffer(self) -> None:
+        # Input goes to the machine as it arrives; there is nothing queued to purge.
+        self.purges += 1
+
+    def reset_output_buffer(self) -> None:
+        self.purges += 1
+
+    # Modem status: the other end of a null-modem cable with a live host on it.
+    @property
+    def cts(self) -> bool:
+        return True
+
+    @property
+    def dsr(self) -> bool:
+        return True
+
+    @property
+    def ri(self) -> bool:
+        return False
+
+    @property
+    def cd(self) -> bool:
+        return True
+
+
+class _PortManager(rfc2217.PortManager):
+    """PortManager with a bounded subnegotiation buffer and no fatal malformed options."""
+
+    oversized = 0
+    _discard = False
+
+    def filter(self, data: bytes):
+        for i in range(0, len(data), _FEED_SLICE):
+            yield from super().filter(data[i : i + _FEED_SLICE])
+            if self.suboption is not None and len(self.suboption) > SB_MAX:
+                # Keep waiting for IAC SE but store nothing more; drop it when it comes.
+                self.suboption = bytearray()
+                self._discard = True
+                self.oversized += 1
+
+    def _telnet_process_subnegotiation(self, suboption: bytes) -> None:
+        if self._discard:
+            self._discard = False
+            return
+        if not suboption:
+            return
+        try:
+            super()._telnet_process_subnegotiation(suboption)
+        except (struct.error, ValueError, KeyError, TypeError, IndexError, OverflowError):
+            # A truncated or out-of-range option: ignore it, as a port server should, and
+            # keep the session.
+            pass
+
+
+class _Conn:
+    """The `connection` PortManager writes negotiation answers to."""
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class RFC2217Client(protocol.Protocol):
+    kind = "rfc2217"
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.name = f"{self.kind}:{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        try:
+            self.transport.setTcpKeepAlive(True)
+        except AttributeError:
+            pass
+        hub = self.factory.hub
+        self.out = OutputBuffer(self.transport.write, self.factory.buffer_limit)
+        self.transport.registerProducer(self.out, True)
+        self.uart = EmulatedUart(on_break=lambda: hub.on_break(self))
+        self.pm = _PortManager(self.uart, _Conn(self.transport))
+        hub.attach(self)
+
+    def deliver(self, data: bytes) -> None:
+        self.out.deliver(data.replace(b"\xff", b"\xff\xff"))
+
+    def dataReceived(self, data: bytes) -> None:
+        app = b"".join(self.pm.filter(data))
+        if app:
+            self.factory.hub.receive(app)
+
+    def connectionLost(self, reason=None) -> None:
+        self.out.stopProducing()
+        self.factory.hub.detach(self)
+
+
+class RFC2217Factory(protocol.ServerFactory):
+    protocol = RFC2217Client
+
+    def __init__(self, hub, buffer_limit: int = DEFAULT_LIMIT) -> None:
+        self.hub = hub
+        self.buffer_limit = buffer_limit
