@@ -8,7 +8,9 @@ Transports (telnet, tcp, pty, rfc2217) are backends that only call `attach`, `de
 
 from __future__ import annotations
 
+import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
@@ -43,7 +45,11 @@ class Hub:
             self.log.write(data)
             self.log.flush()
         for c in list(self.clients):
-            c.deliver(data)
+            try:
+                c.deliver(data)
+            except Exception:  # one broken client must not cost the others their output
+                traceback.print_exc(file=sys.stderr)
+                self.detach(c)
 
     # Client side.
     def attach(self, client: Client) -> None:

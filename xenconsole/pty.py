@@ -80,6 +80,10 @@ class PtyClient(abstract.FileDescriptor):
         self._tempDataLen = 0
         self.dataBuffer = b""
         self.offset = 0
+        # Not paused any more: nothing will call resumeProducing for a buffer we just threw
+        # away, and the next client would otherwise get nothing at all.
+        self.producerPaused = False
+        self.out.reset()
         self.hub.detach(self)
 
     def deliver(self, data: bytes) -> None:

@@ -49,7 +49,6 @@ class TelnetCodec:
         self._state = _DATA
         self._cmd = 0
         self._sb = bytearray()
-        self._sb_overflow = False
         self._cr_pending = False
         self.window: tuple[int, int] | None = None
 
@@ -136,7 +135,6 @@ class TelnetCodec:
                     self._state = _OPT
                 elif c == SB:
                     self._sb.clear()
-                    self._sb_overflow = False
                     self._state = _SB
                 else:
                     if out:
@@ -154,9 +152,12 @@ class TelnetCodec:
                     self._state = _SB_IAC
                 elif len(self._sb) < SB_MAX:
                     self._sb.append(c)
-                else:  # unterminated or oversized: abandon it, keep the client
+                else:
+                    # Unterminated or oversized: abandon it and keep the client; from this
+                    # byte on, input is data again, so a lost SE costs at most SB_MAX bytes.
                     self._sb.clear()
                     self._state = _DATA
+                    i -= 1
             elif st == _SB_IAC:
                 c = data[i]
                 i += 1

@@ -51,7 +51,8 @@ class TelnetClient(RawClient):
     def setup(self) -> None:
         hub = self.factory.hub
         self.codec = TelnetCodec(
-            send=self.transport.write,
+            # Replies go through the client's buffer: bounded if the client never reads.
+            send=self.out.send_control,
             on_data=hub.receive,
             on_break=lambda: hub.on_break(self),
         )
