@@ -1,0 +1,586 @@
+"""Script the console: an expect-style API over telnet, raw TCP, RFC 2217 or a PTY.
+
+    from xenconsole.expect import Console
+
+    with Console.open("telnet://127.0.0.1:4555") as con:
+        con.expect_exact("root@dom0:~# ", timeout=60)   # the host has booted
+        print(con.debug_key("h"))                        # Ctrl-A x3 is sent for you
+        print(con.run("xl list"))                        # ... and back to dom0
+
+`Console` is a `pexpect` spawn (the trick labgrid uses: only the byte transport is
+replaced), so `expect`, `expect_exact`, `before`, `after`, `match`, `TIMEOUT` and `EOF`
+behave exactly as in pexpect. On top of that it knows the console's modes: it follows the
+`*** Serial input to ...` messages to know where input goes, and it can run a debug key or
+a dom0 command and hand back just its output.
+
+URLs: `telnet://HOST:PORT` (negotiation handled inside, never visible), `socket://HOST:PORT`
+(or `tcp://`, raw bytes), `rfc2217://HOST:PORT` (pyserial), a device path such as
+`/dev/pts/7` (a PTY or serial port, through pyserial), or any other pyserial URL.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import select
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pexpect
+from pexpect.spawnbase import SpawnBase
+
+__all__ = ["Console", "ConsoleError", "CommandError", "EOF", "TIMEOUT", "PROMPT", "strip_ansi"]
+
+EOF = pexpect.EOF
+TIMEOUT = pexpect.TIMEOUT
+
+PROMPT = "root@dom0:~# "
+CTRL_A = b"\x01"
+
+# `*** Serial input to DOM0 (type ...)` (Xen 4.12+) and `*** Serial input -> DOM0 (...)`
+# (4.4-4.11); a new boot (`(XEN) Xen version `) gives input back to Xen.
+_SWITCH = r"\*\*\* Serial input (?:to|->) (\w+)[ \r]"
+_EVENTS = re.compile(
+    rb"\(XEN\) (?:\[[^\]\n]*\] )?(?:\*\*\* Serial input (?:to|->) (\w+)[ \r]|(Xen version ))"
+)
+_SWITCH_LINE = re.compile(_SWITCH + r"[^\n]*\n")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+_GUEST_LINE = re.compile(r"^\(d\d+\) ")
+
+
+class ConsoleError(RuntimeError):
+    """The console did not do what was asked (no switch message, no prompt, ...)."""
+
+
+class CommandError(ConsoleError):
+    """`run(..., check=True)`: the dom0 command exited with a non-zero status."""
+
+    def __init__(self, command: str, status: int, output: str) -> None:
+        super().__init__(f"{command!r} exited with status {status}: {output.strip()[:200]}")
+        self.command = command
+        self.status = status
+        self.output = output
+
+
+def strip_ansi(text: str) -> str:
+    """Remove terminal escape sequences and carriage returns."""
+    return _ANSI.sub("", text).replace("\r", "")
+
+
+# ---- byte transports ------------------------------------------------------------------------
+
+
+class _SocketLink:
+    """Raw TCP: bytes both ways."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
+        self.sock = socket.create_connection((host, port), timeout=connect_timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(None)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _recv_raw(self, size: int, timeout: float | None) -> bytes | None:
+        """None on timeout, b'' at end of file."""
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        if not ready:
+            return None
+        try:
+            return self.sock.recv(size)
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+
+    def recv(self, size: int, timeout: float | None) -> bytes | None:
+        return self._recv_raw(size, timeout)
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_break(self) -> None:
+        raise ConsoleError("a raw TCP console cannot send a break; use telnet:// or rfc2217://")
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+IAC, DONT, DO, WONT, WILL, SB, SE, BRK = 255, 254, 253, 252, 251, 250, 240, 243
+_OPT_ECHO, _OPT_SGA = 1, 3
+
+
+class _TelnetLink(_SocketLink):
+    """A telnet client in character mode: the server echoes and suppresses go-ahead.
+
+    We accept the server's ECHO and SGA, refuse everything else, answer only changes of
+    state (so negotiation loops die out), strip every command from the data, double 0xFF
+    and send a bare CR as CR NUL (RFC 854).
+    """
+
+    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
+        super().__init__(host, port, connect_timeout)
+        self.him: dict[int, bool] = {}  # options the server does
+        self.us: dict[int, bool] = {}  # options we do
+        self._state = 0  # 0 data, 1 IAC, 2 option byte, 3 SB, 4 SB IAC
+        self._cmd = 0
+        self._cr = False
+
+    def recv(self, size: int, timeout: float | None) -> bytes | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            raw = self._recv_raw(size, left)
+            if not raw:
+                return raw
+            data = self._feed(raw)
+            if data:
+                return data
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _feed(self, raw: bytes) -> bytes:
+        out = bytearray()
+        for c in raw:
+            st = self._state
+            if st == 0:
+                if c == IAC:
+                    self._state = 1
+                elif self._cr and c == 0:  # CR NUL is a bare CR
+                    pass
+                else:
+                    out.append(c)
+                self._cr = c == 0x0D
+            elif st == 1:
+                self._state = 0
+                if c == IAC:
+                    out.append(IAC)
+                elif c in (DO, DONT, WILL, WONT):
+                    self._cmd, self._state = c, 2
+                elif c == SB:
+                    self._state = 3
+            elif st == 2:
+                self._state = 0
+                self._negotiate(self._cmd, c)
+            elif st == 3:
+                if c == IAC:
+                    self._state = 4
+            else:  # IAC inside SB: SE ends it, IAC IAC is data inside it
+                self._state = 0 if c == SE else 3
+        return bytes(out)
+
+    def _negotiate(self, cmd: int, opt: int) -> None:
+        if cmd == WILL:
+            if opt in (_OPT_ECHO, _OPT_SGA):
+                if not self.him.get(opt):
+                    self.him[opt] = True
+                    self.write(bytes([IAC, DO, opt]))
+            elif self.him.get(opt) is not False:
+                self.him[opt] = False
+                self.write(bytes([IAC, DONT, opt]))
+        elif cmd == WONT:
+            if self.him.get(opt) is not False:
+                self.him[opt] = False
+                self.write(bytes([IAC, DONT, opt]))
+        elif cmd == DO:
+            if opt == _OPT_SGA:
+                if not self.us.get(opt):
+                    self.us[opt] = True
+                    self.write(bytes([IAC, WILL, opt]))
+            elif self.us.get(opt) is not False:
+                self.us[opt] = False
+                self.write(bytes([IAC, WONT, opt]))
+        elif cmd == DONT and self.us.get(opt) is not False:
+            self.us[opt] = False
+            self.write(bytes([IAC, WONT, opt]))
+
+    @staticmethod
+    def escape(data: bytes) -> bytes:
+        return data.replace(b"\xff", b"\xff\xff").replace(b"\r", b"\r\x00")
+
+    def send_break(self) -> None:
+        self.write(bytes([IAC, BRK]))
+
+
+class _SerialLink:
+    """pyserial: a PTY or serial device path, `rfc2217://`, or any other pyserial URL."""
+
+    def __init__(self, url: str, connect_timeout: float) -> None:
+        import serial
+
+        self.serial_mod = serial
+        if url.startswith("rfc2217://") and "timeout=" not in url:
+            url += ("&" if "?" in url else "?") + f"timeout={connect_timeout:g}"
+        self.ser = serial.serial_for_url(url, baudrate=115200, timeout=0)
+
+    def fileno(self) -> int:
+        try:
+            return self.ser.fileno()
+        except Exception:
+            return -1
+
+    def recv(self, size: int, timeout: float | None) -> bytes | None:
+        try:
+            self.ser.timeout = timeout
+            first = self.ser.read(1)
+            if not first:
+                return None
+            waiting = self.ser.in_waiting
+            return first + (self.ser.read(min(waiting, size - 1)) if waiting else b"")
+        except (self.serial_mod.SerialException, OSError):
+            return b""  # the other end went away: end of file
+
+    def write(self, data: bytes) -> None:
+        self.ser.write(data)
+        self.ser.flush()
+
+    def send_break(self) -> None:
+        self.ser.send_break()
+
+    def close(self) -> None:
+        self.ser.close()
+
+
+def _hostport(rest: str, url: str) -> tuple[str, int]:
+    host, sep, port = rest.split("/", 1)[0].split("?", 1)[0].rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{url}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _open_link(url: str, connect_timeout: float):
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _SerialLink(url, connect_timeout)  # a device path
+    if scheme == "telnet":
+        return _TelnetLink(*_hostport(rest, url), connect_timeout)
+    if scheme in ("socket", "tcp"):
+        return _SocketLink(*_hostport(rest, url), connect_timeout)
+    return _SerialLink(url, connect_timeout)
+
+
+# ---- the console ----------------------------------------------------------------------------
+
+
+class Console(SpawnBase):
+    """One attached console client, with the whole pexpect API.
+
+    Attributes beyond pexpect's:
+
+    - `url`: what was opened.
+    - `target`: where serial input goes as far as the output shows: `"xen"`, `"dom0"`
+      (or `"domN"` with boot-time domUs), or `None` before any switch message was seen.
+    - `exit_status`: the status of the last `run()` command.
+    - `transcript`: every byte received (telnet commands removed), for failure reports;
+      `events` holds `(monotonic time, "recv" | "send", bytes)` for both directions and
+      `write_transcript(path)` saves it readably.
+    """
+
+    def __init__(
+        self,
+        link: Any,
+        url: str,
+        timeout: float = 30,
+        maxread: int = 4096,
+        logfile: Any = None,
+        encoding: str | None = "utf-8",
+        codec_errors: str = "replace",
+    ) -> None:
+        self.url = url
+        self.target: str | None = None
+        super().__init__(
+            timeout, maxread, None, logfile, encoding=encoding, codec_errors=codec_errors
+        )
+        self.link = link
+        self.name = f"<Console {url}>"
+        self.child_fd = link.fileno()
+        self.closed = False
+        self.target: str | None = None
+        self.exit_status: int | None = None
+        self.transcript = bytearray()
+        self.events: list[tuple[float, str, bytes]] = []
+        self._scan_tail = b""
+        self.linesep = "\r" if encoding is not None else b"\r"
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        timeout: float = 30,
+        *,
+        connect_timeout: float = 10,
+        logfile: Any = None,
+        encoding: str | None = "utf-8",
+        codec_errors: str = "replace",
+    ) -> Console:
+        """Attach to a console. `timeout` is the default for every wait.
+
+        `encoding=None` gives bytes in `before`/`after` (pexpect's bytes mode); the default
+        decodes UTF-8, replacing what does not decode. `logfile` (a file object, as in
+        pexpect) receives both directions.
+        """
+        return cls(
+            _open_link(url, connect_timeout),
+            url,
+            timeout=timeout,
+            logfile=logfile,
+            encoding=encoding,
+            codec_errors=codec_errors,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Console {self.url} target={self.target}>"
+
+    def __str__(self) -> str:
+        tail = self.buffer[-300:] if self.buffer else self.transcript[-300:]
+        return f"{self.name} target={self.target}\nlast output: {tail!r}"
+
+    # ---- pexpect transport hooks ------------------------------------------------------------
+
+    def read_nonblocking(self, size: int = 1, timeout: float | None = -1) -> Any:
+        """Bytes (or text) that arrived, waiting up to `timeout`; TIMEOUT or EOF otherwise."""
+        if self.closed:
+            raise ValueError("I/O operation on closed console")
+        if timeout == -1:
+            timeout = self.timeout
+        data = self.link.recv(size, timeout)
+        if data is None:
+            raise TIMEOUT("Timeout exceeded.")
+        if not data:
+            self.flag_eof = True
+            raise EOF(f"{self.url}: the console closed the connection")
+        self._track(data)
+        self.transcript += data
+        self.events.append((time.monotonic(), "recv", data))
+        s = self._decoder.decode(data, final=False)
+        self._log(s, "read")
+        return s
+
+    def send(self, s: Any) -> int:
+        """Send text or bytes as typed (no line ending added); returns the bytes sent."""
+        s = self._coerce_send_string(s)
+        self._log(s, "send")
+        b = self._encoder.encode(s, final=False) if self.encoding is not None else s
+        self._send_raw(b)
+        return len(b)
+
+    def _send_raw(self, b: bytes) -> None:
+        self.events.append((time.monotonic(), "send", b))
+        escape = getattr(self.link, "escape", None)
+        self.link.write(escape(b) if escape else b)
+
+    def sendline(self, s: Any = "") -> int:
+        """Send a line ending in CR, which is what Enter sends on a serial line."""
+        return self.send(self._coerce_send_string(s) + self.linesep)
+
+    def sendcontrol(self, char: str) -> int:
+        """Send Ctrl-<char>, e.g. `sendcontrol("c")`."""
+        code = ord(char.lower()) & 0x1F if char != "?" else 0x7F
+        self._send_raw(bytes([code]))
+        return 1
+
+    def send_break(self) -> None:
+        """A serial BREAK (telnet IAC BRK, RFC 2217 or the device's own)."""
+        self.link.send_break()
+
+    def isalive(self) -> bool:
+        return not self.closed and not self.flag_eof
+
+    def close(self) -> None:
+        """Detach. Calling it twice is harmless."""
+        if not self.closed:
+            self.closed = True
+            self.link.close()
+            self.child_fd = -1
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- where input goes -------------------------------------------------------------------
+
+    def _track(self, data: bytes) -> None:
+        window = self._scan_tail + data
+        last = None
+        for m in _EVENTS.finditer(window):
+            last = m
+        if last is not None:
+            name = last.group(1)
+            if name is None:
+                self.target = "xen"  # a (re)boot: Xen owns input until console_endboot()
+            else:
+                name = name.decode().lower()
+                self.target = "xen" if name == "xen" else name
+            # Keep what follows the last event so it is not counted twice.
+            window = window[last.end() :]
+        self._scan_tail = window[-160:]
+
+    def _drain(self, quiet: float = 0.05) -> None:
+        """Pull in whatever has already arrived, so `target` is up to date."""
+        while True:
+            try:
+                data = self.read_nonblocking(self.maxread, quiet)
+            except TIMEOUT:
+                return
+            self._append(data)
+
+    def _append(self, data: Any) -> None:
+        # pexpect keeps unmatched data in `_buffer` (search window) and `_before`.
+        for buf in (self._buffer, self._before):
+            buf.seek(0, 2)
+            buf.write(data)
+
+    def _take_unconsumed(self) -> str:
+        """Take out everything not matched yet, so the next expect sees only new output."""
+        old = self._before.getvalue()
+        self._buffer = self.buffer_type()
+        self._before = self.buffer_type()
+        return old if isinstance(old, str) else old.decode("utf-8", "replace")
+
+    def _switch_to(self, want: str, timeout: float | None) -> None:
+        timeout = self.timeout if timeout is None else timeout
+        self._drain()
+        # From an unknown state, or with boot-time domUs in the rotation, one switch may land
+        # elsewhere first; the rotation has at most a few stops.
+        for _ in range(4):
+            if self.target == want:
+                return
+            stale = self._take_unconsumed()
+            self._send_raw(CTRL_A * 3)
+            try:
+                self.expect(_SWITCH_LINE, timeout=timeout)
+            except TIMEOUT:
+                raise ConsoleError(
+                    f"sent Ctrl-A x3 but saw no 'Serial input to' message within {timeout}s"
+                    f" ({self})"
+                ) from None
+            self.before = stale + self._text(self.before)
+        if self.target != want:
+            raise ConsoleError(f"could not switch serial input to {want} (now {self.target})")
+
+    def to_xen(self, timeout: float | None = None) -> None:
+        """Hand serial input to the hypervisor.
+
+        Sends Ctrl-A three times only if input is not already with Xen, then waits for
+        `(XEN) *** Serial input to Xen (type 'CTRL-a' three times to switch input)`.
+        """
+        self._switch_to("xen", timeout)
+
+    def to_dom0(self, timeout: float | None = None) -> None:
+        """Hand serial input to dom0 (Ctrl-A x3 if needed, then wait for the DOM0 message)."""
+        self._switch_to("dom0", timeout)
+
+    # ---- higher level -----------------------------------------------------------------------
+
+    def _text(self, x: Any) -> str:
+        if isinstance(x, bytes):
+            return x.decode("utf-8", "replace")
+        return x if isinstance(x, str) else ""
+
+    def settle(self, quiet: float = 0.3, timeout: float | None = None, first: float = 0) -> str:
+        """Read until the line has been silent for `quiet` seconds; return and consume it.
+
+        Waits at most `timeout` in all. `first` allows a longer wait for the first byte.
+        The text comes back as received (unconsumed earlier output included).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        wait = max(quiet, first)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                data = self.read_nonblocking(self.maxread, min(wait, left))
+            except TIMEOUT:
+                break
+            self._append(data)
+            wait = quiet
+        out = self._take_unconsumed()
+        self.before, self.after, self.match = out, None, None
+        return out
+
+    def debug_key(
+        self, key: str, *args: str, timeout: float | None = None, quiet: float = 0.3
+    ) -> str:
+        """Press debug key `key` on the serial line and return that handler's output.
+
+        Switches input to Xen first if needed (input stays with Xen afterwards). If the key
+        takes arguments, Xen prompts `(XEN) k args> `; the prompt is answered with `args`
+        joined by spaces (no args: an empty line, i.e. the defaults). Output is collected
+        until the line is quiet for `quiet` seconds and returned as lines ending in `\\n`,
+        `(XEN) ` prefixes kept, without `\\r`, terminal escapes, the prompt line, or guest
+        `(dN)` lines that happened to arrive meanwhile. An unknown key prints nothing, so
+        the result is `""` (after a 2 s wait). Raises ConsoleError if `args` were given
+        but the key did not ask for any.
+        """
+        if len(key) != 1:
+            raise ValueError("a debug key is one character")
+        self.to_xen(timeout)
+        self._drain()
+        self._take_unconsumed()
+        self.send(key)
+        out = strip_ansi(self.settle(quiet, timeout, first=2.0))
+        prompt = f"(XEN) {key} args> "
+        if out.endswith(prompt) or out.rstrip(" ").endswith(prompt.rstrip(" ")):
+            head = out[: out.rfind(prompt)]
+            self.sendline(" ".join(args))
+            rest = strip_ansi(self.settle(quiet, timeout, first=2.0))
+            _, _, rest = rest.partition("\n")  # the echoed argument line
+            out = head + rest
+        elif args:
+            raise ConsoleError(f"key {key!r} did not prompt for arguments; output: {out!r}")
+        lines = [ln for ln in out.split("\n") if ln and not _GUEST_LINE.match(ln)]
+        return "".join(ln + "\n" for ln in lines)
+
+    def run(self, command: str, timeout: float | None = None, check: bool = False) -> str:
+        """Run `command` in the dom0 shell and return its output.
+
+        Switches input to dom0 first if needed. The command line is sent followed by
+        `; echo MARK $?` (the marker split in quotes so its echo cannot match); the output
+        is what lies between the echoed command line and the marker, without `\\r` and
+        terminal escapes; anything else printed meanwhile on the serial line (Xen messages,
+        e.g. from `xl debug-keys`) is part of it. The exit status is kept in
+        `exit_status`; with `check=True` a non-zero status raises CommandError. For
+        interactive commands (`xl console`) use `sendline` and `expect` instead.
+        """
+        if "\n" in command or "\r" in command:
+            raise ValueError("run() takes one command line")
+        timeout = self.timeout if timeout is None else timeout
+        self.to_dom0(timeout)
+        self._drain()
+        stale = self._take_unconsumed()
+        a, b = secrets.token_hex(4), secrets.token_hex(4)
+        tail = f"echo '{a}''{b}' $?"
+        self._send_raw(b"\x15")  # Ctrl-U: drop anything half typed
+        self.sendline(f"{command}; {tail}")
+        try:
+            self.expect_exact(tail, timeout=timeout)  # the echo of our own line
+            self.expect(re.compile(rf"{a}{b} (\d+)\r?\n"), timeout=timeout)
+            output, status = self._text(self.before), int(self._text(self.match.group(1)))
+            self.expect_exact(PROMPT, timeout=timeout)
+        except TIMEOUT:
+            raise ConsoleError(f"{command!r}: no prompt within {timeout}s ({self})") from None
+        output = strip_ansi(output)
+        if output.startswith("\n"):
+            output = output[1:]
+        self.exit_status = status
+        self.before = stale
+        if check and status != 0:
+            raise CommandError(command, status, output)
+        return output
+
+    def write_transcript(self, path: str) -> None:
+        """Save `events` as text: one `+seconds <dir> repr(bytes)` line per chunk."""
+        t0 = self.events[0][0] if self.events else 0.0
+        with open(path, "w") as f:
+            for t, direction, data in self.events:
+                f.write(f"+{t - t0:9.3f} {direction} {data!r}\n")
+
+
+def keys_in(text: str) -> Sequence[str]:
+    """The keys listed by `h` output (`(XEN)  key 'k' (ascii 'xx') => ...` lines)."""
+    return re.findall(r"^\(XEN\)  key '(.)' \(ascii '[0-9a-f]{2}'\) => ", text, re.M)
