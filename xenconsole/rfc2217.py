@@ -88,8 +88,9 @@ class _PortManager(rfc2217.PortManager):
             if self.suboption is not None and len(self.suboption) > SB_MAX:
                 # Keep waiting for IAC SE but store nothing more; drop it when it comes.
                 self.suboption = bytearray()
-                self._discard = True
-                self.oversized += 1
+                if not self._discard:
+                    self._discard = True
+                    self.oversized += 1
 
     def _telnet_process_subnegotiation(self, suboption: bytes) -> None:
         if self._discard:
