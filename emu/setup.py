@@ -44,9 +44,10 @@ def boot(machine: m.Machine) -> Iterator[None]:
     for start, end, kind in e820_map(host.memory):
         p(f" [{start:016x}, {end:016x}] ({kind})\n")
     yield
-    p(f"System RAM: {host.memory >> 20}MB ({host.memory >> 10}kB)\n")
+    ram_kb = machine.e820_usable_pages() << 2
+    p(f"System RAM: {ram_kb >> 10}MB ({ram_kb}kB)\n")
+    # The heap was filled when the machine was built (init_heap_pages over the e820 RAM).
     p("Domain heap initialised\n")
-    yield from getattr(machine, "boot_memory", lambda: iter(()))()
     p("Using scheduler: SMP Credit Scheduler rev2 (credit2)\n")
     p(f"Allocated console ring of {con.ring.size >> 10} KiB.\n")
     for cpu in range(1, host.cpus):

@@ -1,0 +1,224 @@
+"""Whole-machine memory audit: every frame is in exactly one state (CONTRACT.md).
+
+States: free (in a heap free list), Xen (PGC_xen_heap: Xen's own frames, Xen-heap pages),
+owned by exactly one live domain (PGC_allocated, owner set, P2M and M2P agreeing), or in
+exactly one domain's shadow pool. `audit()` is vectorised (numpy over the whole frame
+table); `audit_naive()` does the same classification with a Python loop per frame, as a
+baseline for bench/bench_memory.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emu.domain import INVALID_M2P_ENTRY, INVALID_MFN
+from emu.page_info import (
+    PGC_allocated,
+    PGC_count_mask,
+    PGC_need_scrub,
+    PGC_state,
+    PGC_state_free,
+    PGC_state_inuse,
+    PGC_xen_heap,
+)
+
+MAX_PER_KIND = 8  # example frames listed per kind of violation
+
+
+@dataclass
+class AuditResult:
+    nr_frames: int = 0
+    free: int = 0
+    xen: int = 0
+    domain: dict[int, int] = field(default_factory=dict)  # domid -> frames owned
+    shadow: dict[int, int] = field(default_factory=dict)  # domid -> pool frames
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def _report(out: list[str], what: str, mfns: np.ndarray) -> None:
+    if len(mfns):
+        ex = " ".join(f"{int(m):#x}" for m in mfns[:MAX_PER_KIND])
+        more = f" (+{len(mfns) - MAX_PER_KIND} more)" if len(mfns) > MAX_PER_KIND else ""
+        out.append(f"{len(mfns)} frame(s) {what}: {ex}{more}")
+
+
+def _pools(machine) -> dict[int, np.ndarray]:
+    pools = {}
+    for domid, dom in machine.domains.items():
+        paging = getattr(dom, "paging", None)
+        if paging is not None and hasattr(paging, "pool_mfns"):
+            pools[domid] = np.asarray(paging.pool_mfns(), dtype=np.int64)
+    return pools
+
+
+def audit_full(machine) -> AuditResult:
+    """Classify every frame and cross-check the heap, P2M, M2P and shadow pools."""
+    ft = machine.frames
+    heap = machine.heap
+    nr = ft.nr_frames
+    res = AuditResult(nr_frames=nr)
+    bad = res.violations
+    with machine.lock, heap.lock:
+        ci = ft.count_info
+        v = ft.v
+        state = ci & np.uint64(PGC_state)
+        is_free = state == np.uint64(PGC_state_free)
+        inuse = state == np.uint64(PGC_state_inuse)
+        is_xen = inuse & ((ci & np.uint64(PGC_xen_heap)) != 0)
+        owned = inuse & ~is_xen & ((ci & np.uint64(PGC_allocated)) != 0)
+        live_codes = np.array([d + 1 for d in machine.domains], dtype=np.uint32)
+
+        # Free frames: exactly the union of the heap's free chunks, each on one list.
+        heads, orders, zones = heap.free_chunks()
+        cover = np.zeros(nr + 1, dtype=np.int32)
+        np.add.at(cover, heads, 1)
+        np.add.at(cover, heads + (1 << orders), -1)
+        cover = np.cumsum(cover[:nr])
+        _report(bad, "on two free lists", np.flatnonzero(cover > 1))
+        _report(
+            bad, "free in page_info but on no free list", np.flatnonzero(is_free & (cover == 0))
+        )
+        _report(
+            bad, "on a free list but not free in page_info", np.flatnonzero(~is_free & (cover > 0))
+        )
+        _report(bad, "free head with wrong order", heads[v[heads] != orders])
+        _report(bad, "free chunk not order-aligned", heads[heads % (1 << orders) != 0])
+        _report(
+            bad,
+            "still need scrubbing",
+            np.flatnonzero(is_free & ((ci & np.uint64(PGC_need_scrub)) != 0)),
+        )
+        nfree = int(np.count_nonzero(is_free))
+        if nfree != heap.total_avail_pages or nfree != int(heap.avail.sum()):
+            bad.append(
+                f"heap counts disagree: {nfree} free frames, total_avail_pages="
+                f"{heap.total_avail_pages}, sum(avail)={int(heap.avail.sum())}"
+            )
+        zone_pages = np.bincount(zones, weights=(1 << orders), minlength=heap.avail.shape[1])
+        if len(heads) and not np.array_equal(zone_pages.astype(np.int64), heap.avail[0]):
+            bad.append("avail[node][zone] disagrees with the free lists")
+
+        # Xen frames: owner, if any, must be a live domain.
+        xen_owner = v[is_xen]
+        _report(
+            bad,
+            "Xen-heap page shared with a dead domain",
+            np.flatnonzero(is_xen)[(xen_owner != 0) & ~np.isin(xen_owner, live_codes)],
+        )
+
+        # Domain frames: owned by a live domain, count >= 1, in that domain's P2M, M2P back.
+        _report(bad, "owned by no live domain", np.flatnonzero(owned & ~np.isin(v, live_codes)))
+        _report(
+            bad,
+            "allocated with reference count 0",
+            np.flatnonzero(owned & ((ci & np.uint64(PGC_count_mask)) == 0)),
+        )
+        mapped = np.zeros(nr, dtype=np.int32)
+        for domid, dom in machine.domains.items():
+            p2m = dom.p2m
+            gfns = np.flatnonzero(p2m != INVALID_MFN)
+            mfns = p2m[gfns].astype(np.int64)
+            out_of_range = mfns >= nr
+            if np.any(out_of_range):
+                bad.append(f"d{domid}: {int(out_of_range.sum())} P2M entries beyond RAM")
+                gfns, mfns = gfns[~out_of_range], mfns[~out_of_range]
+            np.add.at(mapped, mfns, 1)
+            code = np.uint32(domid + 1)
+            _report(
+                bad,
+                f"in d{domid}'s P2M but not owned by it",
+                mfns[~owned[mfns] | (v[mfns] != code)],
+            )
+            _report(
+                bad,
+                f"in d{domid}'s P2M with M2P disagreeing",
+                mfns[machine.m2p[mfns] != gfns.astype(np.uint64)],
+            )
+            n_owned = int(np.count_nonzero(owned & (v == code)))
+            res.domain[domid] = n_owned
+            if n_owned != dom.tot_pages or n_owned != len(gfns):
+                bad.append(
+                    f"d{domid}: tot_pages={dom.tot_pages} but {n_owned} frames owned and "
+                    f"{len(gfns)} P2M entries"
+                )
+        _report(bad, "mapped by two P2M entries", np.flatnonzero(mapped > 1))
+        _report(bad, "owned but in no P2M", np.flatnonzero(owned & (mapped == 0)))
+        _report(
+            bad,
+            "with an M2P entry but in no P2M",
+            np.flatnonzero((machine.m2p != INVALID_M2P_ENTRY) & (mapped == 0)),
+        )
+
+        # Shadow pools: anonymous in-use frames, each in exactly one pool.
+        in_pool = np.zeros(nr, dtype=np.int32)
+        for domid, pool in _pools(machine).items():
+            np.add.at(in_pool, pool, 1)
+            res.shadow[domid] = len(pool)
+            _report(
+                bad,
+                f"in d{domid}'s shadow pool but not anonymous in-use",
+                pool[~inuse[pool] | is_xen[pool] | owned[pool]],
+            )
+        _report(bad, "in two shadow pools", np.flatnonzero(in_pool > 1))
+
+        # Exactly one state per frame.
+        n_states = is_free.astype(np.int8) + is_xen + owned + (in_pool > 0)
+        _report(bad, "in no state (lost)", np.flatnonzero(n_states == 0))
+        _report(bad, "in more than one state", np.flatnonzero(n_states > 1))
+        res.free = nfree
+        res.xen = int(np.count_nonzero(is_xen))
+    return res
+
+
+def audit(machine) -> list[str]:
+    """Violations found (empty list = consistent)."""
+    return audit_full(machine).violations
+
+
+def audit_naive(machine, frames: range | None = None) -> tuple[dict[str, int], int]:
+    """The per-frame state classification as a plain Python loop (benchmark baseline).
+
+    Returns (counts per state, number of frames in no or several states) for `frames`
+    (default: all). Same rules as `audit_full`'s per-frame part.
+    """
+    ft = machine.frames
+    pi = ft.pi
+    pools: dict[int, int] = {}
+    for pool in _pools(machine).values():
+        for m in pool.tolist():
+            pools[m] = pools.get(m, 0) + 1
+    live = {d + 1 for d in machine.domains}
+    p2m_of = {d + 1: dom.p2m for d, dom in machine.domains.items()}
+    counts = {"free": 0, "xen": 0, "domain": 0, "shadow": 0}
+    wrong = 0
+    for mfn in frames if frames is not None else range(ft.nr_frames):
+        rec = pi[mfn]
+        ci = int(rec["count_info"])
+        owner = int(rec["v"])
+        state = ci & PGC_state
+        n = 0
+        if state == PGC_state_free:
+            counts["free"] += 1
+            n += 1
+        elif state == PGC_state_inuse:
+            if ci & PGC_xen_heap:
+                counts["xen"] += 1
+                n += 1
+            elif ci & PGC_allocated:
+                gfn = int(machine.m2p[mfn])
+                p2m = p2m_of.get(owner)
+                if owner in live and p2m is not None and gfn < len(p2m) and int(p2m[gfn]) == mfn:
+                    counts["domain"] += 1
+                    n += 1
+        if mfn in pools:
+            counts["shadow"] += 1
+            n += pools[mfn]
+        if n != 1:
+            wrong += 1
+    return counts, wrong

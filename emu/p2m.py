@@ -1,0 +1,51 @@
+"""P2M (gfn -> mfn, per domain) and M2P (mfn -> gfn, machine-wide) kept in agreement.
+
+`dom.p2m` is a numpy uint64 array indexed by gfn (INVALID_MFN = hole); `machine.m2p` is a
+numpy uint64 array indexed by mfn (INVALID_M2P_ENTRY for frames no domain maps). Every update
+goes through `p2m_set_entries` / `p2m_remove_entries`, which write both sides together.
+The memory ops themselves live in emu/memory.py (re-exported here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emu.domain import INVALID_M2P_ENTRY, INVALID_MFN, Domain
+
+
+def new_m2p(nr_frames: int) -> np.ndarray:
+    return np.full(nr_frames, INVALID_M2P_ENTRY, dtype=np.uint64)
+
+
+def p2m_set_entries(machine, dom: Domain, gfns: np.ndarray, mfns: np.ndarray) -> None:
+    """Map gfns -> mfns (and mfns -> gfns in the M2P)."""
+    gfns = np.asarray(gfns, dtype=np.int64)
+    mfns = np.asarray(mfns, dtype=np.int64)
+    if len(gfns) == 0:
+        return
+    dom.ensure_p2m(int(gfns.max()) + 1)
+    dom.p2m[gfns] = mfns.astype(np.uint64)
+    machine.m2p[mfns] = gfns.astype(np.uint64)
+
+
+def p2m_remove_entries(machine, dom: Domain, gfns: np.ndarray) -> np.ndarray:
+    """Unmap gfns; returns the MFNs they mapped (M2P entries invalidated)."""
+    gfns = np.asarray(gfns, dtype=np.int64)
+    mfns = dom.p2m[gfns].astype(np.int64)
+    dom.p2m[gfns] = INVALID_MFN
+    machine.m2p[mfns] = INVALID_M2P_ENTRY
+    return mfns
+
+
+def get_gpfn_from_mfn(machine, mfn: int) -> int | None:
+    e = machine.m2p[mfn]
+    return None if e == INVALID_M2P_ENTRY else int(e)
+
+
+def __getattr__(name: str):
+    # populate_physmap / decrease_reservation are importable from here too (CONTRACT.md).
+    if name in ("populate_physmap", "decrease_reservation", "increase_reservation"):
+        from emu import memory
+
+        return getattr(memory, name)
+    raise AttributeError(name)
