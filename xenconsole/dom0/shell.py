@@ -55,12 +55,17 @@ class Dom0Shell:
     def _byte(self, c: int) -> None:
         after_cr, self._after_cr = self._after_cr, False
         if self._esc:
-            # Swallow escape sequences (arrow keys and the like): ESC [ ... final byte.
-            if self._esc == 1:
-                self._esc = 2 if c in (0x5B, 0x4F) else 0
-            elif 0x40 <= c <= 0x7E:
+            # Swallow escape sequences (arrow keys and the like): ESC [ ... final byte, and
+            # ESC + key (meta). A control character ends the sequence and acts as itself, so
+            # a stray ESC can never eat a Ctrl-C or an Enter.
+            if c < 0x20 or c > 0x7E:
                 self._esc = 0
-            return
+            else:
+                if self._esc == 1:
+                    self._esc = 2 if c in (0x5B, 0x4F) else 0
+                elif 0x40 <= c <= 0x7E:
+                    self._esc = 0
+                return
         if c == 0x1B:
             self._esc = 1
         elif c == 0x0D:

@@ -53,17 +53,55 @@ def load_commands() -> None:
             importlib.import_module(f"xenconsole.dom0.{m.name}")
 
 
+# tools/xl/xl_cmdtable.c order: `xl help` lists commands in it, and a command may be
+# abbreviated to a prefix that is unique among all of xl's commands, not only ours.
+XEN_CMD_ORDER = (
+    "create config-update list destroy shutdown reboot pci-attach pci-detach pci-list "
+    "pci-assignable-add pci-assignable-remove pci-assignable-list pause unpause console "
+    "vncviewer save migrate restore migrate-receive suspend resume dump-core cd-insert "
+    "cd-eject mem-max mem-set button-press vcpu-list vcpu-pin vcpu-set vm-list info sharing "
+    "sched-credit sched-credit2 sched-rtds domid domname rename trigger sysrq debug-keys "
+    "set-parameters dmesg top network-attach network-list network-detach channel-list "
+    "block-attach block-list block-detach vtpm-attach vtpm-list vtpm-detach vkb-attach "
+    "vkb-list vkb-detach vdispl-attach vdispl-list vdispl-detach vsnd-attach vsnd-list "
+    "vsnd-detach uptime claims cpupool-create cpupool-list cpupool-destroy cpupool-rename "
+    "cpupool-cpu-add cpupool-cpu-remove cpupool-migrate cpupool-numa-split getenforce "
+    "setenforce loadpolicy remus devd psr-hwinfo psr-cmt-attach psr-cmt-detach psr-cmt-show "
+    "psr-cat-set psr-cat-show psr-mba-set psr-mba-show usbctrl-attach usbctrl-detach "
+    "usbdev-attach usbdev-detach usb-list qemu-monitor-command dt-overlay xenstore-quota-get "
+    "xenstore-quota-set"
+).split()
+
+
+def _ordered() -> list[CmdSpec]:
+    rank = {name: i for i, name in enumerate(XEN_CMD_ORDER)}
+    return sorted(CMD_TABLE.values(), key=lambda c: (rank.get(c.name, len(rank)), c.name))
+
+
+def lookup(name: str | None) -> CmdSpec | None:
+    """cmdtable_lookup(): an exact name, or a prefix of exactly one command."""
+    if not CMD_TABLE:
+        load_commands()
+    if not name:
+        return None
+    if name in CMD_TABLE:
+        return CMD_TABLE[name]
+    names = set(XEN_CMD_ORDER) | set(CMD_TABLE)
+    hits = [n for n in names if n.startswith(name)]
+    return CMD_TABLE.get(hits[0]) if len(hits) == 1 else None
+
+
 def help_text(command_name: str | None = None) -> str:
     """xl.c help(): the full table, or one command's usage."""
     if not command_name or command_name == "help":
         out = ["Usage xl [-vfNtT] <subcommand> [args]\n\n", "xl full list of subcommands:\n\n"]
-        for spec in CMD_TABLE.values():
+        for spec in _ordered():
             out.append(f" {spec.name:<19} ")
             if len(spec.name) > 19:
                 out.append(f"\n {'':<19} ")
             out.append(f"{spec.desc}\n")
         return "".join(out)
-    spec = CMD_TABLE.get(command_name)
+    spec = lookup(command_name)
     if spec is None:
         return f'command "{command_name}" not implemented\n'
     text = (
@@ -76,18 +114,22 @@ def help_text(command_name: str | None = None) -> str:
 
 
 def getopts(sh, argv: list[str], optstring: str, longopts: list[str], helpstr: str, reqargs: int):
-    """def_getopt(): parse options; too few arguments or a bad option end the command."""
+    """def_getopt(): GNU getopt_long (options may follow operands); `-h`/`--help` print the
+    command's help; a bad option or too few operands end the command with xl's messages."""
     try:
-        opts, rest = getopt.getopt(argv, optstring + "h", longopts + ["help"])
+        opts, rest = getopt.gnu_getopt(argv, optstring + "h", longopts + ["help"])
     except getopt.GetoptError as e:
-        sh.println(f"option `{e.opt[:1] or '?'}' not supported.")
+        # glibc leaves optopt at 0 for an unknown long option, so xl prints no letter.
+        short = e.opt if len(e.opt) == 1 and not e.msg.startswith("option --") else ""
+        sh.println(f"option `{short}' not supported.")
         raise XlExit(2) from None
     if any(o in ("-h", "--help") for o, _ in opts):
         sh.write(help_text(helpstr))
         raise XlExit(0)
     if len(rest) < reqargs:
         plural = "s" if reqargs > 1 else ""
-        sh.println(f"'xl {helpstr}' requires at least {reqargs} argument{plural}.")
+        sh.println(f"'xl {helpstr}' requires at least {reqargs} argument{plural}.\n")
+        sh.write(help_text(helpstr))
         raise XlExit(2)
     return opts, rest
 
@@ -105,21 +147,41 @@ def find_domain(sh, machine, qualifier: str):
     return dom
 
 
+GLOBAL_OPTS = "vftTN"
+
+
 def main(sh, argv: list[str]) -> int:
+    """xl.c main(): global options, then the command (or `help`)."""
     if not CMD_TABLE:
         load_commands()
-    while argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        argv = argv[1:]  # global -v -f -N -t -T are accepted and ignored
+    dryrun = False
+    while argv and argv[0].startswith("-") and argv[0] != "-":
+        arg, argv = argv[0], argv[1:]
+        if arg == "--":
+            break
+        for ch in arg[1:]:
+            if ch not in GLOBAL_OPTS:
+                # getopt's own complaint, then xl's.
+                if arg.startswith("--"):
+                    sh.println(f"xl: unrecognized option '{arg}'")
+                else:
+                    sh.println(f"xl: invalid option -- '{ch}'")
+                sh.println("unknown global option")
+                return 1
+            dryrun = dryrun or ch == "N"  # -v -f -t -T change nothing visible here
     if not argv:
         sh.write(help_text())
-        return 0
+        return 1
     name, args = argv[0], argv[1:]
-    if name in ("help", "-h", "--help"):
-        sh.write(help_text(args[0] if args else None))
-        return 0
-    spec = CMD_TABLE.get(name)
+    spec = lookup(name)
     if spec is None:
+        if name == "help":
+            sh.write(help_text(args[0] if args else None))
+            return 0
         sh.println("command not implemented")
+        return 1
+    if dryrun and not spec.can_dryrun:
+        sh.println("command does not implement -N (dryrun) option")
         return 1
     try:
         return spec.fn(sh, args)

@@ -7,7 +7,7 @@ import json
 from emu import machine as m
 from keyhandlers import KEY_TABLE
 from keyhandlers.dispatch import run_handler
-from xenconsole.dom0.xl import command, find_domain, getopts
+from xenconsole.dom0.xl import command, find_domain, getopts, help_text
 
 DOM0_UNAME = "Linux dom0 6.1.0-27-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.115-1 x86_64"
 XEN_CAPS = "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64 "
@@ -64,7 +64,14 @@ def main_list(sh, argv: list[str]) -> int:
     longopts = ["long", "verbose", "context", "cpupool", "numa"]
     opts, rest = getopts(sh, argv, "lvZcn", longopts, "list", 0)
     machine = sh.machine
+    if len(rest) > 1:
+        sh.write(help_text("list"))
+        return 1
     if rest:
+        if rest[0].isdigit() and int(rest[0]) not in machine.domains:
+            # An all-digit qualifier is taken as a domid; libxl_domain_info() then fails.
+            sh.println(f"Error: Domain '{rest[0]}' does not exist.")
+            return 1
         doms = [find_domain(sh, machine, rest[0])]
     else:
         doms = [machine.domains[k] for k in sorted(machine.domains)]
@@ -119,6 +126,23 @@ def info_lines(machine) -> list[tuple[str, str]]:
     ]
 
 
+def topology_lines(machine) -> list[str]:
+    """`xl info -n`: output_topologyinfo() and output_numainfo() for a one-node host."""
+    cpus = machine.host.cpus
+    mb = 1 << 8  # pages per MiB
+    out = ["cpu_topology           :", "cpu:    core    socket     node"]
+    out += [f"{i:3d}:    {i:4d}     {0:4d}     {0:4d}" for i in range(cpus)]
+    out += [
+        "device topology        :",
+        "device           node",
+        "No device topology data available",
+    ]
+    out += ["numa_info              :", "node:    memsize    memfree    distances"]
+    total, free = machine.total_pages() // mb, machine.free_pages() // mb
+    out.append(f"{0:4d}:    {total:6d}     {free:6d}      10")
+    return out
+
+
 @command(
     "info",
     0,
@@ -127,9 +151,25 @@ def info_lines(machine) -> list[tuple[str, str]]:
     "-n, --numa         List host NUMA topology information",
 )
 def main_info(sh, argv: list[str]) -> int:
-    getopts(sh, argv, "n", ["numa"], "info", 0)
-    for key, value in info_lines(sh.machine):
-        sh.println(f"{key:<23}: {value}")
+    opts, rest = getopts(sh, argv, "nx", ["numa", "xenstore"], "info", 0)
+    numa = any(o in ("-n", "--numa") for o, _ in opts)
+    xs = any(o in ("-x", "--xenstore") for o, _ in opts)
+    lines = info_lines(sh.machine)
+    xend = lines.pop()  # xend_config_format comes after the optional parts
+    if xs:
+        lines.append(("xenstore_features", "0x00000000"))
+    lines.append(xend)
+    info_name = rest[0] if rest and not numa else None
+    for key, value in lines:
+        if numa and key == "xen_major":
+            for text in topology_lines(sh.machine):
+                sh.println(text)
+        line = f"{key:<23}: {value}"
+        if info_name is None:
+            sh.println(line)
+        elif line.startswith(info_name):
+            # maybe_printf(): `xl info NAME` prints only the values of lines starting NAME.
+            sh.println(value)
     return 0
 
 
