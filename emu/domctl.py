@@ -67,6 +67,14 @@ def validate_spec(machine, spec: DomainSpec) -> None:
         raise DomainError("failed to free memory for the domain")
     if not isinstance(spec.vcpus, int) or not 1 <= spec.vcpus <= MAX_VCPUS:
         raise DomainError(f"Invalid vcpus: {spec.vcpus} (must be 1..{MAX_VCPUS})")
+    try:
+        from emu.workload import validate_workload  # the guest builder's fit check
+    except ImportError:
+        validate_workload = None
+    if validate_workload is not None:
+        problem = validate_workload(spec)
+        if problem:
+            raise DomainError(problem)
     for check in list(machine.hooks.domain_validate):
         try:
             check(machine, spec)
@@ -76,8 +84,11 @@ def validate_spec(machine, spec: DomainSpec) -> None:
             raise DomainError(str(e)) from None
 
 
-def create_domain(machine, spec: DomainSpec) -> Domain:
-    """Create, populate gfns 0..N-1, run the domain_created hooks. All or nothing."""
+def create_domain(machine, spec: DomainSpec, paused: bool = False) -> Domain:
+    """Create, populate gfns 0..N-1, run the domain_created hooks. All or nothing.
+
+    `paused` (xl create -p) leaves the domain with pause_count 1.
+    """
     with machine.lock:
         validate_spec(machine, spec)
         pages = spec.memory << 8
@@ -92,6 +103,7 @@ def create_domain(machine, spec: DomainSpec) -> Domain:
         dom.max_pages = max_pages_for_kb(maxmem << 10)
         dom.static_max_kb = maxmem << 10
         dom.target_pages = pages
+        dom.pause_count = 1 if paused else 0
         ncpu = machine.host.cpus
         dom.vcpus = [VCPU(i, processor=i % ncpu, blocked=True) for i in range(spec.vcpus)]
         machine.domains[domid] = dom

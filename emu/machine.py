@@ -162,8 +162,8 @@ class Machine:
 
     # ---- domains --------------------------------------------------------------------
 
-    def create_domain(self, spec: DomainSpec) -> Domain:
-        return domctl.create_domain(self, spec)
+    def create_domain(self, spec: DomainSpec, paused: bool = False) -> Domain:
+        return domctl.create_domain(self, spec, paused)
 
     def destroy_domain(self, dom: Domain) -> None:
         domctl.destroy_domain(self, dom)

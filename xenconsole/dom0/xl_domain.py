@@ -1,0 +1,249 @@
+"""`xl create`, `xl destroy` (tools/xl/xl_vmcontrol.c) with xl-style config files (xl_parse.c).
+
+A config file is xl's syntax: `key = value` statements (newline or `;` separated, `#`
+comments), values are numbers, "strings"/'strings' or [lists]. KEY=VALUE arguments are
+appended to the file's text, as xl does; a bare word on the command line (`name=web`) is
+taken as a string. Keys: name, memory (MiB), maxmem (MiB), vcpus, workload. Other keys are
+refused (a real xl ignores keys it does not know; here they would silently do nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from emu.domctl import DomainError
+from emu.host import DomainSpec
+from xenconsole.dom0.xl import CMD_TABLE, XlExit, command, find_domain, getopts, help_text
+
+KEYS = ("name", "memory", "maxmem", "vcpus", "workload")
+INT_KEYS = ("memory", "maxmem", "vcpus")
+ERROR_FAIL = 3  # xl create returns -ERROR_FAIL
+
+_STMT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+_NUM = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)$")
+_BARE = re.compile(r"^[A-Za-z0-9_.:/,+\-@]+$")
+
+
+class ConfigParseError(Exception):
+    pass
+
+
+def _split_statements(text: str):
+    """(line number, statement) pairs: `#` comments and `;` separators outside quotes."""
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        cur, quote = [], None
+        for ch in raw:
+            if quote:
+                cur.append(ch)
+                if ch == quote:
+                    quote = None
+            elif ch in "\"'":
+                quote = ch
+                cur.append(ch)
+            elif ch == "#":
+                break
+            elif ch == ";":
+                yield lineno, "".join(cur)
+                cur = []
+            else:
+                cur.append(ch)
+        if quote:
+            raise ConfigParseError(f"{lineno}: unterminated string")
+        yield lineno, "".join(cur)
+
+
+def _value(text: str, bare_ok: bool):
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    if _NUM.match(text):
+        return int(text, 0)
+    if text.startswith("[") and text.endswith("]"):
+        return [_value(x.strip(), bare_ok) for x in text[1:-1].split(",") if x.strip()]
+    if bare_ok and _BARE.match(text):
+        return text
+    raise ValueError(text)
+
+
+def parse_config(text: str, source: str, bare_ok: bool = False) -> dict:
+    """xl config text -> {key: value}; later statements override earlier ones."""
+    cfg: dict = {}
+    for lineno, stmt in _split_statements(text):
+        if not stmt.strip():
+            continue
+        m = _STMT.match(stmt)
+        if not m:
+            near = stmt.strip().split()[0] if stmt.strip() else stmt
+            raise ConfigParseError(
+                f"{source}:{lineno}: config parsing error near `{near}': syntax error"
+            )
+        key, raw = m.groups()
+        try:
+            value = _value(raw, bare_ok)
+        except ValueError:
+            raise ConfigParseError(
+                f"{source}:{lineno}: config parsing error near `{raw}': syntax error"
+            ) from None
+        if key not in KEYS:
+            raise ConfigParseError(
+                f"{source}:{lineno}: unknown parameter `{key}' (supported: {', '.join(KEYS)})"
+            )
+        if key in INT_KEYS:
+            if isinstance(value, str) and _NUM.match(value):
+                value = int(value, 0)
+            if not isinstance(value, int):
+                raise ConfigParseError(
+                    f"{source}:{lineno}: parameter `{key}' is not a valid number"
+                )
+        elif not isinstance(value, str):
+            raise ConfigParseError(f"{source}:{lineno}: parameter `{key}' must be a string")
+        cfg[key] = value
+    return cfg
+
+
+def spec_from_config(cfg: dict) -> DomainSpec | None:
+    if not cfg.get("name"):
+        return None
+    spec = DomainSpec(name=cfg["name"])
+    for key in ("memory", "maxmem", "vcpus", "workload"):
+        if key in cfg:
+            setattr(spec, key, cfg[key])
+    return spec
+
+
+def _create_args(sh, argv: list[str]):
+    """main_create(): [FILE] [options] [FILE] [KEY=VALUE ...]."""
+    config_file = None
+    if argv and not argv[0].startswith("-") and "=" not in argv[0]:
+        config_file, argv = argv[0], argv[1:]
+    opts, rest = getopts(
+        sh,
+        argv,
+        "AFVcdef:inpq",
+        [
+            "defconfig=",
+            "dryrun",
+            "ignore-global-affinity-masks",
+            "quiet",
+            "vncviewer",
+            "vncviewer-autopass",
+        ],
+        "create",
+        0,
+    )
+    flags = set()
+    for o, a in opts:
+        if o in ("-f", "--defconfig"):
+            config_file = a
+        flags.add(o)
+    extra = []
+    for arg in rest:
+        if "=" in arg:
+            extra.append(arg)
+        elif config_file is None:
+            config_file = arg
+        else:
+            sh.write(help_text("create"))
+            raise XlExit(2)
+    return config_file, extra, flags
+
+
+@command(
+    "create",
+    1,
+    1,
+    "Create a domain from config file <filename>",
+    "<ConfigFile> [options] [vars]",
+    "-c                      Connect to the console after the domain is created.\n"
+    "-d                      Enable debug messages.\n"
+    "-e                      Do not wait in the background for the death of the domain.\n"
+    "-F                      Run in foreground until death of the domain.\n"
+    "-f FILE, --defconfig=FILE\n                     Use the given configuration file.\n"
+    "-h                      Print this help.\n"
+    "-n, --dryrun            Dry run - prints the resulting configuration\n"
+    "                         (deprecated in favour of global -N option).\n"
+    "-p                      Leave the domain paused after it is created.\n"
+    "-q, --quiet             Quiet.\n"
+    "-V, --vncviewer         Connect to the VNC display after the domain is created.\n"
+    "-A, --vncviewer-autopass\n"
+    "                        Pass VNC password to viewer via stdin.\n"
+    "--ignore-global-affinity-masks Ignore global masks in xl.conf.",
+)
+def main_create(sh, argv: list[str]) -> int:
+    config_file, extra, flags = _create_args(sh, argv)
+    text = ""
+    try:
+        if config_file is not None:
+            try:
+                with open(config_file, encoding="utf-8", errors="replace") as f:
+                    text = f.read(1 << 20)
+            except OSError as e:
+                sh.println(
+                    f"Failed to read config file: {config_file}: "
+                    f"{e.strerror or os.strerror(e.errno or 5)}"
+                )
+                return ERROR_FAIL
+            if not ({"-q", "--quiet"} & flags):
+                sh.println(f"Parsing config from {config_file}")
+            cfg = parse_config(text, config_file)
+        else:
+            cfg = {}
+        cfg.update(parse_config("\n".join(extra), "command line", bare_ok=True))
+    except ConfigParseError as e:
+        sh.println(str(e))
+        sh.println("Failed to parse config: Invalid argument")
+        return 1
+    spec = spec_from_config(cfg)
+    if spec is None:
+        sh.println("Domain name must be specified.")
+        return 1
+    if {"-n", "--dryrun"} & flags:
+        sh.println(
+            f'name = "{spec.name}"\nmemory = {spec.memory}\n'
+            f"maxmem = {spec.maxmem if spec.maxmem is not None else spec.memory}\n"
+            f'vcpus = {spec.vcpus}\nworkload = "{spec.workload}"'
+        )
+        return 0
+    try:
+        dom = sh.machine.create_domain(spec, paused="-p" in flags)
+    except DomainError as e:
+        sh.println(str(e))
+        return ERROR_FAIL
+    if "-c" in flags:
+        console = CMD_TABLE.get("console")
+        if console is not None:
+            return console.fn(sh, [str(dom.domid)])
+    return 0
+
+
+@command(
+    "destroy",
+    0,
+    1,
+    "Terminate a domain immediately",
+    "[options] <Domain>\n",
+    "-f                      Permit destroying domain 0, which will only succeed\n"
+    "                        when run from disaggregated toolstack domain with a\n"
+    "                        hardware domain distinct from domain 0.",
+)
+def main_destroy(sh, argv: list[str]) -> int:
+    opts, rest = getopts(sh, argv, "f", [], "destroy", 1)
+    force = any(o == "-f" for o, _ in opts)
+    dom = find_domain(sh, sh.machine, rest[0])
+    if dom.domid == 0:
+        if not force:
+            sh.println(
+                "Not destroying domain 0; use -f to force.\n"
+                "This can only be done when using a disaggregated hardware domain and "
+                "toolstack.\n"
+            )
+            return 1
+        # Nothing here could take over from dom0: libxl's destroy fails.
+        sh.println("destroy failed (rc=-3)")
+        return 1
+    try:
+        sh.machine.destroy_domain(dom)
+    except DomainError:
+        sh.println("destroy failed (rc=-3)")
+        return 1
+    return 0
