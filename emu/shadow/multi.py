@@ -1,0 +1,296 @@
+"""The shadow fault path and CR3 loads for 64-bit guests (multi.c, guest_walk.c).
+
+`sh_page_fault()` walks the guest's tables (reading them through the P2M; the hypervisor's
+reads are not guest accesses), sets the guest's A bit at every level and D in the leaf on a
+write (as `guest_walk_tables()`/`set_ad_bits()` do), records the access, builds the shadow
+chain L4->L3->L2->L1 on demand and installs the shadow L1 entry by `_sh_propagate()`'s rule:
+present only once guest A is set, writable only once guest D is set (and only after a
+recorded guest write to that frame, so the access record sees the first write), never
+writable for a frame shadowed as a page table, `_PAGE_USER` forced (guests run at CPL 3),
+NX on frames the guest has not fetched from (Unicorn re-walks every store to an executable
+page, unicorn.md §3). Upper shadow entries get A|D.
+
+Scalar RAM and P2M accesses go through memoryviews (Python ints): this is the hot path.
+"""
+
+from __future__ import annotations
+
+from emu.shadow import (
+    _PAGE_ACCESSED,
+    _PAGE_DIRTY,
+    _PAGE_NX,
+    _PAGE_PRESENT,
+    _PAGE_PSE,
+    _PAGE_RW,
+    _PAGE_USER,
+    CRASH,
+    FIXED,
+    GUEST_FAULT,
+    INVALID_MFN,
+    LEVEL_TYPE,
+    PADDR_MASK,
+    PFEC_insn_fetch,
+    PFEC_page_present,
+    PFEC_reserved_bit,
+    PFEC_write_access,
+    SH_type_l4_64_shadow,
+)
+
+P, RW, US, A, D, PSE, NX = (
+    _PAGE_PRESENT,
+    _PAGE_RW,
+    _PAGE_USER,
+    _PAGE_ACCESSED,
+    _PAGE_DIRTY,
+    _PAGE_PSE,
+    _PAGE_NX,
+)
+ADDR = PADDR_MASK
+SHIFTS = (39, 30, 21, 12)
+UPPER = P | US | A | D  # flags every upper-level shadow entry gets
+EFER_NXE = 1 << 11
+MSR_EFER = 0xC0000080
+SPURIOUS_LIMIT = 64  # consecutive no-progress faults on one vCPU before we give up
+
+
+def _crash(sd, vcpu, msg: str) -> int:
+    sd.crash_reason = msg
+    sd.machine.console.printk(f"d{sd.dom.domid}v{vcpu.vcpu_id} shadow: {msg}\n")
+    return CRASH
+
+
+def _guest_fault(sd, vcpu, ec: int, present: bool, cpu, ix) -> int:
+    """The guest's own tables deny the access: the #PF is the guest's."""
+    from emu.shadow.emulate import cancel_step
+
+    cpu[ix["shadow_fault_bail_real_fault"]] += 1
+    cancel_step(sd, vcpu)
+    # A PV kernel runs at CPL 3 but takes its faults as the kernel: no U bit.
+    sd.guest_ec[vcpu.vcpu_id] = (PFEC_page_present if present else 0) | (
+        ec & (PFEC_write_access | PFEC_insn_fetch)
+    )
+    return GUEST_FAULT
+
+
+def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
+    """sh_page_fault(): FIXED, GUEST_FAULT or CRASH."""
+    pc = sd.pc
+    ix = pc.index
+    cpu = pc.cpu[getattr(vcpu, "processor", 0) % pc.nr_cpus]
+    sd.cpu = cpu
+    cpu[ix["shadow_fault"]] += 1
+    vid = vcpu.vcpu_id
+    if ec & PFEC_reserved_bit:
+        return _crash(sd, vcpu, f"reserved bit fault on shadow entry for va {va:#x}")
+    gcr3 = sd.guest_cr3.get(vid)
+    sl4 = sd.toplevel.get(vid)
+    if gcr3 is None or sl4 is None:
+        return _crash(sd, vcpu, "page fault before any CR3 was loaded")
+    mem = sd.mem
+    p2m = sd.p2m_view()
+    np2m = len(p2m)
+    nfr = sd.nr_frames
+    write = ec & PFEC_write_access
+    fetch = ec & PFEC_insn_fetch
+    nxe = sd.nxe.get(vid, True)
+
+    # --- guest walk (guest_walk_tables) ---
+    cpu[ix["guest_walk"]] += 1
+    gm = [0, 0, 0, 0]
+    gi = [0, 0, 0, 0]
+    ge = [0, 0, 0, 0]
+    rw = RW
+    nx = 0
+    gfn = (gcr3 & ADDR) >> 12
+    for lvl in range(4):
+        mfn = p2m[gfn] if gfn < np2m else INVALID_MFN
+        if mfn >= nfr:
+            cpu[ix["shadow_fault_bail_bad_gfn"]] += 1
+            return _crash(sd, vcpu, f"BAD gfn={gfn:#x} (level {4 - lvl} table) for va {va:#x}")
+        i = (mfn << 9) | ((va >> SHIFTS[lvl]) & 511)
+        e = mem[i]
+        if not e & P:
+            return _guest_fault(sd, vcpu, ec, False, cpu, ix)
+        if e & PSE and lvl < 3:
+            if lvl == 0:  # PS is reserved in an L4 entry
+                sd.guest_ec[vid] = PFEC_page_present | PFEC_reserved_bit | (ec & 0x12)
+                cpu[ix["shadow_fault_bail_real_fault"]] += 1
+                return GUEST_FAULT
+            return _crash(
+                sd, vcpu, f"guest superpage at level {4 - lvl} for va {va:#x} (no fl1 shadows)"
+            )
+        gm[lvl] = mfn
+        gi[lvl] = i
+        ge[lvl] = e
+        rw &= e
+        nx |= e
+        gfn = (e & ADDR) >> 12
+    if (write and not rw & RW) or (fetch and nxe and nx & NX):
+        return _guest_fault(sd, vcpu, ec, True, cpu, ix)
+    lmfn = p2m[gfn] if gfn < np2m else INVALID_MFN
+    if lmfn >= nfr:
+        cpu[ix["shadow_fault_bail_bad_gfn"]] += 1
+        return _crash(sd, vcpu, f"BAD gfn={gfn:#x} for va {va:#x}")
+    # set_ad_bits(): A at every level, D in the leaf on a write
+    for lvl in range(3):
+        e = ge[lvl]
+        if not e & A:
+            e |= A
+            mem[gi[lvl]] = e
+            ge[lvl] = e
+    e = ge[3]
+    gl1 = e | A | D if write else e | A
+    if gl1 != e:
+        mem[gi[3]] = gl1
+
+    # --- the access record: this fault is a guest access to lmfn ---
+    acc = sd.access
+    if not acc.mv_accessed[lmfn]:
+        acc.mv_accessed[lmfn] = 1
+        acc.mv_first_touch[lmfn] = sd.machine.now() or 1
+    acc.mv_window[lmfn] = 1
+    written = acc.mv_written
+    if write:
+        written[lmfn] = 1
+
+    # --- shadow chain (shadow_get_and_create_l1e) ---
+    i4 = (sl4 << 9) | ((va >> 39) & 511)
+    e = mem[i4]
+    sl1 = 0
+    if e & P:
+        e = mem[(e & ADDR) >> 3 | ((va >> 30) & 511)]
+        if e & P:
+            e = mem[(e & ADDR) >> 3 | ((va >> 21) & 511)]
+            if e & P:
+                sl1 = (e & ADDR) >> 12
+    if not sl1:
+        sl1 = _get_and_create_l1(sd, vid, va, gm, ge, nxe)
+        if not sl1:
+            return _crash(sd, vcpu, "shadow pool exhausted")
+
+    # --- the leaf (_sh_propagate + shadow_set_l1e) ---
+    is_pt = lmfn in sd.shadow_flags
+    new = (lmfn << 12) | P | US | A
+    if gl1 & RW and gl1 & D and (write or written[lmfn]) and not is_pt:
+        new |= RW
+    if fetch:
+        sd.exec_mfns.add(lmfn)
+    if nxe and (gl1 & NX or (not fetch and lmfn not in sd.exec_mfns)):
+        new |= NX
+    i1 = (sl1 << 9) | ((va >> 12) & 511)
+    old = mem[i1]
+    if write and is_pt:
+        # A write to a guest page table: let this one instruction write, then resync.
+        from emu.shadow.emulate import begin_step
+
+        cpu[ix["shadow_fault_emulate_write"]] += 1
+        if old != new:
+            mem[i1] = new
+        begin_step(sd, vcpu, i1, lmfn)
+        sd.spurious[vid] = 0
+        sd.flush_if_needed()
+        cpu[ix["shadow_fault_fixed"]] += 1
+        return FIXED
+    if old == new:
+        # Nothing to fix: a stale TLB entry (another vCPU's fault already fixed it).
+        n = sd.spurious.get(vid, 0) + 1
+        sd.spurious[vid] = n
+        if n > SPURIOUS_LIMIT:
+            return _crash(sd, vcpu, f"no progress on shadow fault va {va:#x} ec {ec:#x}")
+        fl = getattr(vcpu, "flush_tlb", None)
+        if fl is not None:
+            fl()
+            cpu[ix["shadow_vcpu_tlb_flush"]] += 1
+    else:
+        mem[i1] = new
+        sd.spurious[vid] = 0
+        if old & P and ((old ^ new) & ADDR or (old & RW and not new & RW) or new & ~old & NX):
+            sd.need_flush = True
+    sd.flush_if_needed()
+    cpu[ix["shadow_fault_fixed"]] += 1
+    return FIXED
+
+
+def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool) -> int:
+    """Make sure the shadow L3, L2 and L1 for `va` exist and are hooked; 0 if no memory."""
+    if sd.pool.free_pages < 3 and not sd.prealloc(3):
+        return 0
+    mem = sd.mem
+    nxmask = NX if nxe else 0
+    parent = sd.toplevel[vid]  # prealloc may have unhooked it, never freed it (CR3 ref)
+    for lvl in (1, 2, 3):
+        pi = (parent << 9) | ((va >> SHIFTS[lvl - 1]) & 511)
+        e = mem[pi]
+        if e & P:
+            child = (e & ADDR) >> 12
+        else:
+            child = sd.get_shadow(gm[lvl], LEVEL_TYPE[4 - lvl])
+            g = ge[lvl - 1]
+            mem[pi] = (child << 12) | UPPER | (g & RW) | (g & nxmask)
+            sd.get_ref(child)
+        parent = child
+    return parent
+
+
+def sh_update_cr3(sd, vcpu, guest_cr3: int) -> int:
+    """sh_update_cr3()/sh_set_toplevel_shadow(): the machine address of the l4 shadow."""
+    from emu.shadow.common import ShadowError
+    from emu.shadow.emulate import resolve_steps
+
+    vid = vcpu.vcpu_id
+    sd.cpu = sd.pc.cpu[getattr(vcpu, "processor", 0) % sd.pc.nr_cpus]
+    resolve_steps(sd, vcpu)
+    gfn = (guest_cr3 & ADDR) >> 12
+    gmfn = sd.gfn_to_mfn(gfn)
+    if gmfn is None:
+        raise ShadowError(f"d{sd.dom.domid}v{vid} CR3 {guest_cr3:#x}: gfn {gfn:#x} is not RAM")
+    uc = getattr(vcpu, "uc", None)
+    if uc is not None:
+        from unicorn.x86_const import UC_X86_REG_MSR
+
+        sd.nxe[vid] = bool(uc.reg_read(UC_X86_REG_MSR, MSR_EFER) & EFER_NXE)
+    sl4 = sd.hash.lookup(gmfn, SH_type_l4_64_shadow, sd.cpu)
+    if sl4 is None:
+        if not sd.prealloc(1):
+            raise ShadowError(f"d{sd.dom.domid}v{vid}: no shadow memory for a top-level table")
+        sl4 = sd.get_shadow(gmfn, SH_type_l4_64_shadow)
+    sd.pin(sl4)
+    old = sd.toplevel.get(vid)
+    sd.get_ref(sl4)
+    sd.toplevel[vid] = sl4
+    sd.guest_cr3[vid] = guest_cr3
+    if old is not None:
+        sd.put_ref(old)
+    sd.flush_if_needed()
+    return sl4 << 12
+
+
+def shadow_l1e_index(sd, vid: int, va: int) -> int | None:
+    """u64 index of the shadow L1 entry for `va` in the vCPU's shadow, if the chain exists."""
+    sl4 = sd.toplevel.get(vid)
+    if sl4 is None:
+        return None
+    mem = sd.mem
+    table = sl4
+    for shift in (39, 30, 21):
+        e = mem[(table << 9) | ((va >> shift) & 511)]
+        if not e & P:
+            return None
+        table = (e & ADDR) >> 12
+    return (table << 9) | ((va >> 12) & 511)
+
+
+def sh_invlpg(sd, vcpu, va: int) -> None:
+    """sh_invlpg(): drop the shadow L1 entry for `va` and flush."""
+    sd.cpu = sd.pc.cpu[getattr(vcpu, "processor", 0) % sd.pc.nr_cpus]
+    sd.cpu[sd.pc.index["shadow_invlpg"]] += 1
+    i1 = shadow_l1e_index(sd, vcpu.vcpu_id, va)
+    if i1 is not None:
+        old = sd.mem[i1]
+        if old & P:
+            if old & A:
+                m = (old & ADDR) >> 12
+                if m < sd.nr_frames:
+                    sd.access.mv_window[m] = 1
+            sd.mem[i1] = 0
+    sd.flush_tlbs()
