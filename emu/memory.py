@@ -69,6 +69,7 @@ def balloon_candidates(dom: Domain, count: int) -> np.ndarray:
     res = dom.reserved_array()
     if len(res):
         pop = pop[~np.isin(pop, res)]
+    count = min(count, len(pop))
     return pop[len(pop) - count :] if count > 0 else pop[:0]
 
 

@@ -1,0 +1,276 @@
+"""Domains on the emulated machine: create/destroy/balloon, xl errors (acceptance 3), `q`."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from emu.audit import audit
+from emu.domain import INVALID_M2P_ENTRY, INVALID_MFN
+from emu.host import DomainSpec, HostConfig
+from emu.machine import Machine
+from keyhandlers import KEY_TABLE
+from xenconsole.dom0.shell import Dom0Shell
+
+
+class Lines(list):
+    def __call__(self, line=""):
+        self.append(line)
+
+
+def pool_pages(dom) -> int:
+    return len(dom.paging.pool_mfns()) if dom.paging is not None else 0
+
+
+@pytest.fixture
+def machine():
+    m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20)).boot_sync()
+    yield m
+    m.shutdown()
+
+
+@pytest.fixture
+def xl(machine):
+    out = bytearray()
+    sh = Dom0Shell(machine, out.extend)
+
+    def run(cmd: str) -> tuple[int, str]:
+        out.clear()
+        status = sh.run(cmd)
+        return status, out.decode().replace("\r\n", "\n")
+
+    return run
+
+
+def test_dom0_is_built_from_dom0_mem(machine):
+    dom0 = machine.domains[0]
+    assert dom0.tot_pages == 128 << 8 == dom0.nr_populated()
+    assert dom0.max_pages == 4294967295 and dom0.xenheap_pages == 1
+    assert len(dom0.vcpus) == 2
+    gfns = dom0.populated_gfns()
+    assert gfns.tolist() == list(range(128 << 8))
+    assert np.array_equal(machine.m2p[dom0.p2m.astype(np.int64)], gfns.astype(np.uint64))
+    assert machine.frames.owned_by(0).size == dom0.tot_pages
+    assert audit(machine) == []
+    ring = machine.console.ring.read().decode()
+    assert "(XEN) System RAM: 511MB (523900kB)\n" in ring
+    assert re.search(r"\(XEN\)  Dom0 alloc\.:   [0-9a-f]{16}->[0-9a-f]{16}\n", ring)
+
+
+def test_create_balloon_destroy_to_the_page(machine):
+    free0 = machine.free_pages()
+    dom = machine.create_domain(DomainSpec(name="web", memory=64))
+    assert dom.domid == 1 and dom.tot_pages == 16384 and dom.max_pages == 16384 + 256
+    used = 16384 + 1 + pool_pages(dom)  # memory + shared_info (+ shadow pool if any)
+    assert machine.free_pages() == free0 - used
+    assert machine.frames.owned_by(1).size == 16384
+    assert audit(machine) == []
+    # Balloon down: the highest unreserved gfns go back to the heap, scrubbed.
+    machine.set_target(dom, 4096)
+    assert dom.tot_pages == 4096 and machine.free_pages() == free0 - used + 12288
+    assert dom.nr_populated() == 4096 and audit(machine) == []
+    assert np.all(dom.p2m[4096:16384] == INVALID_MFN)
+    # ... and up again, to the page.
+    machine.set_target(dom, 16384)
+    assert dom.tot_pages == 16384 and machine.free_pages() == free0 - used
+    assert audit(machine) == []
+    machine.destroy_domain(dom)
+    assert machine.free_pages() == free0 and 1 not in machine.domains
+    assert np.count_nonzero(machine.m2p != INVALID_M2P_ENTRY) == 128 << 8
+    assert audit(machine) == []
+    # Domain ids count up, never reused.
+    assert machine.create_domain(DomainSpec(name="web", memory=8)).domid == 2
+
+
+def test_balloon_never_takes_reserved_gfns(machine):
+    dom = machine.create_domain(DomainSpec(name="r", memory=16))
+    dom.reserved_gfns = set(range(0, 0x100)) | {4095}
+    machine.set_target(dom, 0)
+    assert dom.populated_gfns().tolist() == [*range(0x100), 4095]
+    assert dom.tot_pages == 0x101 and audit(machine) == []
+
+
+def test_config_domains_start_like_xl_create(machine):
+    errors = machine.start_config_domains(
+        [
+            DomainSpec(name="a", memory=8),
+            DomainSpec(name="a", memory=8),
+            DomainSpec(name="b", memory=8, vcpus=2),
+        ]
+    )
+    assert [d.name for d in machine.domains.values()] == ["Domain-0", "a", "b"]
+    assert sorted(machine.domains) == [0, 1, 2]
+    assert errors == [
+        "a: libxl: error: libxl_domain.c:81:libxl__domain_rename: Domain with "
+        'name "a" already exists.'
+    ]
+    assert len(machine.domains[2].vcpus) == 2 and machine.domains[2].spec.memory == 8
+
+
+def test_xl_create_list_memset_destroy(xl, machine, tmp_path):
+    cfg = tmp_path / "web.cfg"
+    cfg.write_text('# web server\nname = "web"\nmemory = 64\nvcpus = 2; maxmem = 96\n')
+    assert xl(f"xl create {cfg}") == (0, f"Parsing config from {cfg}\n")
+    dom = machine.find_domain("web")
+    assert (dom.tot_pages, dom.max_pages, dom.static_max_kb) == (16384, 24576 + 256, 96 << 10)
+    assert dom.spec == DomainSpec(name="web", memory=64, maxmem=96, vcpus=2, workload="idle")
+    status, out = xl("xl list")
+    assert status == 0
+    assert out.splitlines()[2].startswith(
+        "web                                          1    64     2"
+    )
+    assert xl("xl mem-set web 32m") == (0, "")
+    assert dom.tot_pages == 8192 and dom.max_pages == 8192 + 256
+    assert xl("xl mem-max web 80") == (0, "")
+    assert xl("xl mem-set web 80") == (0, "")
+    assert dom.tot_pages == 20480
+    assert xl("xl create -p name=web2 memory=16") == (0, "")
+    assert machine.find_domain("web2").pause_count == 1
+    assert xl("xl destroy web") == (0, "")
+    assert xl("xl destroy 2") == (0, "")
+    assert list(machine.domains) == [0] and audit(machine) == []
+
+
+BAD = [
+    (
+        "xl create /nonexistent.cfg",
+        3,
+        "Failed to read config file: /nonexistent.cfg: No such file or directory\n",
+    ),
+    ("xl create name=x memory=-5", 3, "Invalid memory size: -5 (MiB, must be positive)\n"),
+    ("xl create name=x memory=99999999", 3, "failed to free memory for the domain\n"),
+    ("xl create name=x memory=400", 3, "failed to free memory for the domain\n"),
+    (
+        "xl create name=x memory=lots",
+        1,
+        "command line:2: parameter `memory' is not a valid number\n"
+        "Failed to parse config: Invalid argument\n",
+    ),
+    (
+        "xl create name=x colour=blue",
+        1,
+        "command line:2: unknown parameter `colour' (supported: name, memory, maxmem, vcpus, "
+        "workload)\nFailed to parse config: Invalid argument\n",
+    ),
+    ("xl create memory=8", 1, "Domain name must be specified.\n"),
+    (
+        "xl create name=Domain-0",
+        3,
+        'libxl: error: libxl_domain.c:81:libxl__domain_rename: Domain with name "Domain-0" '
+        "already exists.\n",
+    ),
+    (
+        "xl destroy 0",
+        1,
+        "Not destroying domain 0; use -f to force.\nThis can only be done when using a "
+        "disaggregated hardware domain and toolstack.\n\n",
+    ),
+    (
+        "xl destroy Domain-0",
+        1,
+        "Not destroying domain 0; use -f to force.\nThis can only be done when using a "
+        "disaggregated hardware domain and toolstack.\n\n",
+    ),
+    ("xl destroy nosuch", 1, "nosuch is an invalid domain identifier (rc=-6)\n"),
+    (
+        "xl mem-set Domain-0 64",
+        1,
+        "libxl: error: libxl_mem.c:288:libxl_set_memory_target: Domain 0:New target 65536 for "
+        "dom0 is below the minimum threshold\ncannot set domid 0 dynamic max memory to : 64\n",
+    ),
+    ("xl mem-set 0 12q", 1, "invalid memory size: 12q\n"),
+    (
+        "xl mem-set 0 -- -5",
+        1,
+        "libxl: error: libxl_mem.c:279:libxl_set_memory_target: Domain 0:memory_dynamic_max "
+        "must be less than or equal to memory_static_max\n"
+        "cannot set domid 0 dynamic max memory to : -5\n",
+    ),
+    (
+        "xl mem-set 0 99999999999999999999t",
+        1,
+        "libxl: error: libxl_mem.c:279:libxl_set_memory_target: Domain 0:memory_dynamic_max "
+        "must be less than or equal to memory_static_max\n"
+        "cannot set domid 0 dynamic max memory to : 99999999999999999999t\n",
+    ),
+    (
+        "xl mem-max 0 1",
+        1,
+        "libxl: error: libxl_mem.c:60:libxl_domain_setmaxmem: Domain 0:memory_static_max must "
+        "be greater than or or equal to memory_dynamic_max\n"
+        "cannot set domid 0 static max memory to : 1\n",
+    ),
+    ("xl mem-max 0 x1", 1, "invalid memory size: x1\n"),
+]
+
+
+@pytest.mark.parametrize("cmd,status,out", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gives_xl_errors_and_allocates_nothing(xl, machine, cmd, status, out):
+    free0 = machine.free_pages()
+    tot0 = machine.domains[0].tot_pages
+    assert xl(cmd) == (status, out)
+    assert machine.free_pages() == free0 and machine.domains[0].tot_pages == tot0
+    assert list(machine.domains) == [0]
+    assert audit(machine) == []
+
+
+def test_duplicate_names_and_exhaustion(xl, machine):
+    assert xl("xl create name=a memory=200")[0] == 0
+    free = machine.free_pages()
+    assert xl("xl create name=a memory=8") == (
+        3,
+        'libxl: error: libxl_domain.c:81:libxl__domain_rename: Domain with name "a" '
+        "already exists.\n",
+    )
+    # The heap has less than 200 MiB left: refused whole, nothing allocated.
+    assert xl("xl create name=b memory=200") == (3, "failed to free memory for the domain\n")
+    assert machine.free_pages() == free and audit(machine) == []
+    assert xl("xl mem-max a 100000") == (0, "")
+    assert xl("xl mem-set a 100000") == (0, "")  # the balloon takes what there is
+    assert machine.free_pages() == 0 and audit(machine) == []
+    assert xl("xl destroy a") == (0, "") and audit(machine) == []
+
+
+def test_q_format(machine):
+    dom = machine.create_domain(DomainSpec(name="q1", memory=8))
+    out = Lines()
+    KEY_TABLE["q"].fn(machine, out, ())
+    assert re.fullmatch(r"'q' pressed -> dumping domain info \(now = \d+\)", out[0])
+    i = out.index("General information for domain 1:")
+    xen = machine.frames.xenpages_of(1)[0]
+    paging = []
+    if dom.paging is not None:
+        paging = ["    paging assistance: shadow refcounts translate external "]
+    assert (
+        out[i : i + 15]
+        == [
+            "General information for domain 1:",
+            "    refcnt=3 dying=0 pause_count=0",
+            "    nr_pages=2048 xenheap_pages=1 dirty_cpus={} max_pages=2304",
+            f"    handle={dom.handle} vm_assist=00000020",
+            *paging,
+            "Rangesets belonging to domain 1:",
+            "    Interrupts { }",
+            "    I/O Memory { }",
+            "    I/O Ports  { }",
+            "    log-dirty  { }",
+            "Memory pages belonging to domain 1:",
+            "    DomPage list too long to display",
+            "    PoD entries=0 cachesize=0",
+            f"    XenPage {xen:016x}: caf=c000000000000001, taf=e400000000000001",
+            "NODE affinity for domain 1: [0]",
+            "VCPU information and callbacks for domain 1:",
+        ][:15]
+    )
+    d0 = out.index("General information for domain 0:")
+    assert out[d0 + 2] == "    nr_pages=32768 xenheap_pages=1 dirty_cpus={} max_pages=4294967295"
+    assert out[d0 + 3] == ("    handle=00000000-0000-0000-0000-000000000000 vm_assist=0000002d")
+    assert out[d0 + 4] == "Rangesets belonging to domain 0:"  # PV dom0: no paging line
+    assert "  UNIT0 affinities: hard={0-1} soft={0-1}" in out
+    assert out[-3:] == [
+        "Notifying guest 0:0 (virq 1, port 7)",
+        "Notifying guest 0:1 (virq 1, port 13)",
+        "Notifying guest 1:0 (virq 1, port 0)",
+    ]
