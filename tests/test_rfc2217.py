@@ -8,9 +8,10 @@ import time
 import pytest
 import serial
 from serial import rfc2217 as r
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from xenconsole.rfc2217 import SB_MAX, RFC2217Factory
+from xenconsole.rfc2217 import ATTACH_FALLBACK, SB_MAX, RFC2217Factory
 from xenconsole.testing import serve
 
 IAC, SB, SE = b"\xff", b"\xfa", b"\xf0"
@@ -42,20 +43,51 @@ def sb(option: bytes, value: bytes = b"") -> bytes:
     return IAC + SB + COM + option + value.replace(IAC, IAC + IAC) + IAC + SE
 
 
-@pytest.fixture
-def conn():
+def connect(clock: Clock):
     hub = FakeHub()
-    proto = RFC2217Factory(hub).buildProtocol(None)
+    proto = RFC2217Factory(hub, clock=clock).buildProtocol(None)
     tr = StringTransport()
     proto.makeConnection(tr)
+    return hub, proto, tr
+
+
+@pytest.fixture
+def conn():
+    clock = Clock()
+    hub, proto, tr = connect(clock)
+    clock.advance(ATTACH_FALLBACK)
+    assert hub.clients == [proto]
     tr.clear()  # the initial WILL/DO requests
     return hub, proto, tr
 
 
-def test_attaches_and_names_itself(conn) -> None:
-    hub, proto, _tr = conn
+def test_joins_the_line_after_pyserials_open_purges() -> None:
+    clock = Clock()
+    hub, proto, tr = connect(clock)
+    assert proto.name == "rfc2217:192.168.1.1:54321"
+    assert tr.value().startswith(IAC)  # negotiation requests went out at once
+    proto.dataReceived(sb(r.PURGE_DATA, r.PURGE_RECEIVE_BUFFER))
+    assert hub.clients == []  # the client still drops what it receives
+    proto.dataReceived(sb(r.PURGE_DATA, r.PURGE_TRANSMIT_BUFFER))
     assert hub.clients == [proto]
-    assert proto.name.startswith("rfc2217:")
+    clock.advance(ATTACH_FALLBACK)
+    assert hub.clients == [proto]
+
+
+def test_joins_on_first_keystroke_or_after_a_delay() -> None:
+    clock = Clock()
+    hub, proto, _tr = connect(clock)
+    proto.dataReceived(b"x")
+    assert hub.clients == [proto] and bytes(hub.received) == b"x"
+    hub2, proto2, _tr2 = connect(clock)
+    clock.advance(ATTACH_FALLBACK - 0.01)
+    assert hub2.clients == []
+    clock.advance(0.01)
+    assert hub2.clients == [proto2]
+    hub3, proto3, _tr3 = connect(clock)
+    proto3.connectionLost(None)
+    clock.advance(ATTACH_FALLBACK)
+    assert hub3.clients == []
 
 
 def test_baud_rate_and_line_settings_are_reported_back(conn) -> None:
@@ -168,13 +200,15 @@ def read_until(port, marker: bytes, timeout: float = 15.0) -> bytes:
 
 @pytest.mark.timeout(60)
 def test_pyserial_reaches_dom0_switches_to_xen_and_reads_h() -> None:
-    with serve(rfc2217=True, tcp=False) as host:
+    with serve(rfc2217=True, tcp=False, wait=True) as host:
         url = host.urls["rfc2217"]
         assert url.startswith("rfc2217://127.0.0.1:")
         port = serial.serial_for_url(url, baudrate=115200, timeout=0.2)
         try:
-            port.write(b"\r")
-            read_until(port, PROMPT)
+            # The host powers on at this first client, which sees the boot from its start.
+            boot = read_until(port, PROMPT)
+            assert boot.startswith(b" __  __            _  _    ____  ____    ___\r\n")
+            assert b"(XEN) *** Serial input to DOM0 (type 'CTRL-a' three times" in boot
             port.baudrate = 9600  # raises SerialException unless the server answers
             settings = port._rfc2217_port_settings["baudrate"]
             assert settings.active and settings.value == struct.pack("!I", 9600)

@@ -22,6 +22,11 @@ from xenconsole.outbuf import DEFAULT_LIMIT, OutputBuffer
 # PortManager would buffer it without bound, so it is discarded.
 SB_MAX = 64
 _FEED_SLICE = 256
+# A client joins the line once its port is open: pyserial's open() ends by purging its
+# receive and then its transmit buffer, and drops whatever arrived before; output sent during
+# negotiation (the whole boot, when the host powers on at the first client) would be lost.
+# Clients that never purge join at their first keystroke or after this many seconds.
+ATTACH_FALLBACK = 1.0
 
 
 class EmulatedUart(serial.SerialBase):
@@ -32,6 +37,7 @@ class EmulatedUart(serial.SerialBase):
         self._on_break = on_break
         self.breaks = 0
         self.purges = 0
+        self.transmit_purged = False
         self.settings_changes = 0
         # The property setters only call the _update_* hooks of an open port.
         self.is_open = True
@@ -57,6 +63,7 @@ class EmulatedUart(serial.SerialBase):
 
     def reset_output_buffer(self) -> None:
         self.purges += 1
+        self.transmit_purged = True
 
     # Modem status: the other end of a null-modem cable with a live host on it.
     @property
@@ -118,6 +125,7 @@ class _Conn:
 
 class RFC2217Client(protocol.Protocol):
     kind = "rfc2217"
+    attached = False
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
@@ -131,24 +139,40 @@ class RFC2217Client(protocol.Protocol):
         self.transport.registerProducer(self.out, True)
         self.uart = EmulatedUart(on_break=lambda: hub.on_break(self))
         self.pm = _PortManager(self.uart, _Conn(self.transport))
-        hub.attach(self)
+        self._attach_call = self.factory.clock.callLater(ATTACH_FALLBACK, self._attach)
+
+    def _attach(self) -> None:
+        if not self.attached and not self.out.closed:
+            self.attached = True
+            if self._attach_call.active():
+                self._attach_call.cancel()
+            self.factory.hub.attach(self)
 
     def deliver(self, data: bytes) -> None:
         self.out.deliver(data.replace(b"\xff", b"\xff\xff"))
 
     def dataReceived(self, data: bytes) -> None:
         app = b"".join(self.pm.filter(data))
+        if not self.attached and (app or self.uart.transmit_purged):
+            self._attach()  # after the purge answers went out: nothing of ours is dropped
         if app:
             self.factory.hub.receive(app)
 
     def connectionLost(self, reason=None) -> None:
         self.out.stopProducing()
-        self.factory.hub.detach(self)
+        if self._attach_call.active():
+            self._attach_call.cancel()
+        if self.attached:
+            self.attached = False
+            self.factory.hub.detach(self)
 
 
 class RFC2217Factory(protocol.ServerFactory):
     protocol = RFC2217Client
 
-    def __init__(self, hub, buffer_limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, hub, buffer_limit: int = DEFAULT_LIMIT, clock=None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.hub = hub
         self.buffer_limit = buffer_limit
+        self.clock = clock
