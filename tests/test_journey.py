@@ -26,6 +26,15 @@ TO_DOM0 = "(XEN) *** Serial input to DOM0 (type 'CTRL-a' three times to switch i
 PROMPT = "root@dom0:~# "
 H_FIRST = "(XEN) 'h' pressed -> showing installed handlers"
 GUEST = re.compile(r"^\(d\d+\) ")
+# No [[domain]]: nothing but the journey prints, so exact byte checks hold.
+HOST_ONLY = '[host]\nmemory = "1G"\ncpus = 2\ndom0_mem = "256M"\n'
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("journey") / "host.toml"
+    path.write_text(HOST_ONLY)
+    return str(path)
 
 
 def expected_h_lines() -> list[str]:
@@ -69,8 +78,11 @@ def assert_boot(text: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_journey_telnet_expect_api():
-    with serve(wait=True) as host, Console.open(host.urls["telnet"], timeout=20) as con:
+def test_journey_telnet_expect_api(config):
+    with (
+        serve("--config", config, wait=True) as host,
+        Console.open(host.urls["telnet"], timeout=20) as con,
+    ):
         con.expect_exact(PROMPT, timeout=30)
         assert_boot(con.before + con.after)
         assert con.target == "dom0"
@@ -117,8 +129,8 @@ def _read_until(sock: socket.socket, buf: bytearray, needle: bytes, timeout: flo
 
 
 @pytest.mark.timeout(60)
-def test_journey_raw_tcp_plain_socket():
-    with serve(wait=True) as host:
+def test_journey_raw_tcp_plain_socket(config):
+    with serve("--config", config, wait=True) as host:
         sock = socket.create_connection(host.address("tcp"), timeout=10)
         try:
             buf = bytearray()
@@ -153,8 +165,8 @@ def test_journey_raw_tcp_plain_socket():
 
 @pytest.mark.skipif(shutil.which("telnet") is None, reason="the telnet program is not installed")
 @pytest.mark.timeout(60)
-def test_journey_real_telnet_program():
-    with serve(wait=True) as host:
+def test_journey_real_telnet_program(config):
+    with serve("--config", config, wait=True) as host:
         h, port = host.address("telnet")
         child = pexpect.spawn(f"telnet {h} {port}", timeout=20, encoding="utf-8")
         try:
@@ -186,9 +198,9 @@ def test_journey_real_telnet_program():
 
 
 @pytest.mark.timeout(60)
-def test_journey_pty_expect_api_reopen():
+def test_journey_pty_expect_api_reopen(config):
     """On the PTY (pyserial underneath): journey, close, reopen, and again."""
-    with serve(wait=True, pty=True) as host:
+    with serve("--config", config, wait=True, pty=True) as host:
         with Console.open(host.pty, timeout=20) as con:
             con.expect_exact(PROMPT, timeout=30)
             assert_boot(con.before + con.after)
@@ -205,3 +217,16 @@ def test_journey_pty_expect_api_reopen():
                 assert con.exit_status == 0
                 assert b"Traceback" not in con.transcript
         assert host.proc.poll() is None
+
+
+@pytest.mark.timeout(60)
+def test_journey_default_host_with_guests():
+    """The embedded default host (guests running): the API copes with their output."""
+    with serve(wait=True) as host, Console.open(host.urls["telnet"], timeout=20) as con:
+        con.expect_exact(PROMPT, timeout=30)
+        assert_boot(con.before + con.after)
+        assert con.debug_key("h").splitlines() == expected_h_lines()
+        assert con.run("xl list").splitlines()[1].startswith("Domain-0 ")
+        assert con.exit_status == 0
+        assert_h_block(con.run("xl dmesg").replace("\n", "\r\n"))
+        assert b"Traceback" not in con.transcript

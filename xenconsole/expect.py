@@ -274,6 +274,7 @@ class Console(SpawnBase):
     - `url`: what was opened.
     - `target`: where serial input goes as far as the output shows: `"xen"`, `"dom0"`
       (or `"domN"` with boot-time domUs), or `None` before any switch message was seen.
+    - `booting`: a boot was seen starting and has not yet switched input to DOM0.
     - `exit_status`: the status of the last `run()` command.
     - `transcript`: every byte received (telnet commands removed), for failure reports;
       `events` holds `(monotonic time, "recv" | "send", bytes)` for both directions and
@@ -292,6 +293,7 @@ class Console(SpawnBase):
     ) -> None:
         self.url = url
         self.target: str | None = None
+        self.booting = False
         super().__init__(
             timeout, maxread, None, logfile, encoding=encoding, codec_errors=codec_errors
         )
@@ -409,8 +411,11 @@ class Console(SpawnBase):
             last = m
         if last is not None:
             name = last.group(1)
+            # A (re)boot: Xen owns input until console_endboot() switches it. Replays of the
+            # ring (`xl dmesg`, key `w`) always end with a newer switch message, if any.
+            self.booting = name is None
             if name is None:
-                self.target = "xen"  # a (re)boot: Xen owns input until console_endboot()
+                self.target = "xen"
             else:
                 name = name.decode().lower()
                 self.target = "xen" if name == "xen" else name
@@ -418,14 +423,33 @@ class Console(SpawnBase):
             window = window[last.end() :]
         self._scan_tail = window[-160:]
 
-    def _drain(self, quiet: float = 0.05) -> None:
-        """Pull in whatever has already arrived, so `target` is up to date."""
+    def _drain(self, quiet: float = 0.05, limit: float | None = None) -> None:
+        """Pull in what has arrived (until `quiet` s of silence, at most `limit` s) without
+        consuming it, so `target` is up to date."""
+        deadline = None if limit is None else time.monotonic() + limit
         while True:
+            wait = quiet
+            if deadline is not None:
+                wait = min(quiet, deadline - time.monotonic())
+                if wait <= 0:
+                    return
             try:
-                data = self.read_nonblocking(self.maxread, quiet)
+                data = self.read_nonblocking(self.maxread, wait)
             except TIMEOUT:
                 return
             self._append(data)
+
+    def _settle_boot(self, timeout: float) -> None:
+        """Let a boot in progress reach its switch to DOM0 before typing anything.
+
+        Typed during boot, Ctrl-A x3 would be undone by the boot's own switch. When nothing
+        was seen yet (attached to a running host, maybe mid-boot), wait for a short silence.
+        """
+        deadline = time.monotonic() + timeout
+        if self.target is None:
+            self._drain(quiet=0.3, limit=min(3.0, timeout))
+        while self.booting and time.monotonic() < deadline:
+            self._drain(quiet=0.2, limit=deadline - time.monotonic())
 
     def _append(self, data: Any) -> None:
         # pexpect keeps unmatched data in `_buffer` (search window) and `_before`.
@@ -443,6 +467,7 @@ class Console(SpawnBase):
     def _switch_to(self, want: str, timeout: float | None) -> None:
         timeout = self.timeout if timeout is None else timeout
         self._drain()
+        self._settle_boot(timeout)
         # From an unknown state, or with boot-time domUs in the rotation, one switch may land
         # elsewhere first; the rotation has at most a few stops.
         for _ in range(4):

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 PROMPT = "root@dom0:~# "
 MAX_LINE = 4095
+SERIAL_RX_SIZE = 128  # Xen's serial_rx_ring: what dom0 has not read yet; more is dropped
 
 
 class ShellExit(Exception):
@@ -26,6 +27,7 @@ class Dom0Shell:
         self.ready = False
         self._after_cr = False
         self._esc = 0  # 0 none, 1 saw ESC, 2 inside CSI
+        self._early = bytearray()  # typed before dom0 is up: read once the shell starts
         self.foreground: Callable[[bytes], None] | None = None  # e.g. `xl console`
         from xenconsole.dom0 import xl
 
@@ -40,12 +42,21 @@ class Dom0Shell:
         self.write(text + "\n")
 
     def prompt(self) -> None:
+        first = not self.ready
         self.ready = True
         self.write(PROMPT)
+        if first and self._early:
+            early, self._early = bytes(self._early), bytearray()
+            self.rx(early)
 
     # ---- input --------------------------------------------------------------------------
 
     def rx(self, data: bytes) -> None:
+        if not self.ready:
+            # dom0 is not running yet: Xen holds the bytes in its 128-byte ring.
+            room = SERIAL_RX_SIZE - len(self._early)
+            self._early += data[: max(0, room)]
+            return
         for c in data:
             if self.foreground is not None:
                 self.foreground(bytes([c]))
