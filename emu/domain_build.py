@@ -1,0 +1,160 @@
+"""The guest builder: lays out a domU's memory (SPEC §7) before its vCPUs first run.
+
+Writes, into the domain's own frames (through its P2M): the start-info page, the guest
+kernel (emu/guest/kernel.S, assembled with keystone), an `asm:` user program, and the
+guest's own 4-level page tables identity-mapping every gfn with 4 KiB pages (VA ==
+guest-physical). Those are hypervisor writes: no guest A/D bit and no access record is set.
+Kernel text and the user program are executable; every other page is NX. Guest PTEs start
+with A and D clear, so the guest's first access to each page is visible to the shadow code.
+
+`asm:PATH` environment (the entry point documented for users, also in README.md):
+    entry     USER_ENTRY = 0x20000, every vCPU, CPL 3, 64-bit, paging on (identity map)
+    rdi       vCPU id;  rsi: start-info page VA (0; offsets in emu/workload.py)
+    rsp       top of the vCPU's own stack page (0x11000 + 0x1000 * id), 4 KiB
+    output    `out 0xe9, al` prints a byte; a line appears as `(dN) text`
+    memory    gfns 0x100.. (the arena) are free for the program; its code may be 128 KiB
+    traps     privileged instructions trap to the hypervisor (see emu/emulate.py); with no
+              IDT (`lidt`), any exception is a triple fault and the domain crashes
+    hypercalls `syscall` with rax = number (emu/emulate.py)
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from emu import workload as W
+
+P, RW, NX = 0x1, 0x2, 1 << 63
+KERNEL_SOURCE = Path(__file__).parent / "guest" / "kernel.S"
+
+
+def _ks():
+    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+
+    return Ks(KS_ARCH_X86, KS_MODE_64)
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_image() -> bytes:
+    code, _ = _ks().asm(KERNEL_SOURCE.read_text(), W.KERNEL_GFN << 12)
+    image = bytes(code)
+    if len(image) > W.KERNEL_PAGES << 12:
+        raise RuntimeError("guest kernel larger than its pages")
+    return image
+
+
+def assemble_user(path: str) -> bytes:
+    """Assemble an `asm:` program at USER_ENTRY; WorkloadError with keystone's message."""
+    from keystone import KsError
+
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        raise W.WorkloadError(f"workload: asm: cannot read {path}: {e.strerror}") from None
+    try:
+        code, _ = _ks().asm(text, W.USER_ENTRY)
+    except KsError as e:
+        raise W.WorkloadError(f"workload: asm: {path}: {e}") from None
+    if not code:
+        raise W.WorkloadError(f"workload: asm: {path}: no instructions")
+    if len(code) > W.USER_PAGES << 12:
+        raise W.WorkloadError(f"workload: asm: {path}: program larger than 128 KiB")
+    return bytes(code)
+
+
+def _mfns(dom, gfns: np.ndarray) -> np.ndarray:
+    mfns = dom.p2m[gfns]
+    if np.any(mfns == np.uint64(2**64 - 1)):
+        raise RuntimeError(f"d{dom.domid}: guest builder found a hole in the P2M")
+    return mfns.astype(np.int64)
+
+
+def _write_gfn(machine, dom, gfn: int, data: bytes) -> None:
+    for off in range(0, len(data), 4096):
+        mfn = int(_mfns(dom, np.array([gfn + off // 4096]))[0])
+        machine.ram.write(mfn << 12, data[off : off + 4096])
+
+
+def build_page_tables(machine, dom, lay: W.GuestLayout, exec_gfns: np.ndarray) -> None:
+    """Identity map gfns 0..nr_pages-1 at VA == gfn << 12 (vectorised: one numpy scatter
+    per level)."""
+    n = lay.nr_pages
+    n1 = -(-n // 512)
+    n2 = -(-n1 // 512)
+    n3 = -(-n2 // 512)
+    base = lay.pt_start
+    l4 = base
+    l3s = np.arange(base + 1, base + 1 + n3)
+    l2s = np.arange(l3s[-1] + 1, l3s[-1] + 1 + n2)
+    l1s = np.arange(l2s[-1] + 1, l2s[-1] + 1 + n1)
+    assert l1s[-1] == base + lay.pt_pages - 1
+    u64 = machine.ram.u64
+    ar = np.arange(512, dtype=np.int64)
+
+    def fill(table_gfns: np.ndarray, entries: np.ndarray) -> None:
+        padded = np.zeros(len(table_gfns) * 512, dtype=np.uint64)
+        padded[: len(entries)] = entries
+        idx = (_mfns(dom, table_gfns)[:, None] << 9) + ar
+        u64[idx.ravel()] = padded
+
+    gfns = np.arange(n, dtype=np.uint64)
+    leaf = (gfns << np.uint64(12)) | np.uint64(P | RW | NX)
+    leaf[exec_gfns] &= ~np.uint64(NX)
+    fill(l1s, leaf)
+    fill(l2s, (l1s.astype(np.uint64) << np.uint64(12)) | np.uint64(P | RW))
+    fill(l3s, (l2s.astype(np.uint64) << np.uint64(12)) | np.uint64(P | RW))
+    fill(np.array([l4]), (l3s.astype(np.uint64) << np.uint64(12)) | np.uint64(P | RW))
+
+
+def build_guest(machine, dom, w: W.Workload) -> W.GuestLayout:
+    """Lay the guest out in its frames; sets `dom.reserved_gfns`. Returns the layout."""
+    n = len(dom.p2m)
+    lay = W.guest_layout(n)
+    # Everything the builder wrote starts from zeroed frames (populate scrubbed them).
+    info = np.zeros(512, dtype=np.uint64)
+    p0, p1, p2, p3 = w.start_params()
+    fields = {
+        W.START_MAGIC: W.START_INFO_MAGIC,
+        W.START_NR_PAGES: n,
+        W.START_ARENA_START: lay.arena_start,
+        W.START_ARENA_END: lay.arena_end,
+        W.START_KIND: w.code,
+        W.START_P0: p0,
+        W.START_P1: p1,
+        W.START_P2: p2,
+        W.START_P3: p3,
+        W.START_NR_VCPUS: len(dom.vcpus),
+        W.START_DOMID: dom.domid,
+        W.START_PT_START: lay.pt_start,
+        W.START_PT_PAGES: lay.pt_pages,
+    }
+    for off, val in fields.items():
+        info[off // 8] = val
+    _write_gfn(machine, dom, 0, info.tobytes())
+    _write_gfn(machine, dom, W.KERNEL_GFN, kernel_image())
+    exec_gfns = [np.arange(W.KERNEL_GFN, W.KERNEL_GFN + W.KERNEL_PAGES)]
+    if w.kind == "asm":
+        _write_gfn(machine, dom, W.USER_GFN, assemble_user(w.path))
+        exec_gfns.append(np.arange(W.USER_GFN, W.USER_GFN + W.USER_PAGES))
+    build_page_tables(machine, dom, lay, np.concatenate(exec_gfns))
+    reserved = set(range(W.ARENA_START))
+    reserved.update(range(lay.pt_start, lay.pt_start + lay.pt_pages))
+    reserved.update(w.arena_gfns(lay.arena_start))
+    dom.reserved_gfns = reserved
+    return lay
+
+
+def guest_pte_flags(machine, dom, gfns) -> np.ndarray:
+    """The guest's own L1 entries for `gfns` (identity map), read from RAM (tests, keys)."""
+    lay = dom.hvm.layout
+    n1 = -(-lay.nr_pages // 512)
+    n2 = -(-n1 // 512)
+    n3 = -(-n2 // 512)
+    first_l1 = lay.pt_start + 1 + n3 + n2
+    gfns = np.asarray(gfns, dtype=np.int64)
+    l1_gfns = first_l1 + (gfns >> 9)
+    idx = (_mfns(dom, l1_gfns) << 9) + (gfns & 511)
+    return machine.ram.u64[idx]

@@ -1,0 +1,235 @@
+"""Privileged-instruction emulation (#GP exits) and hypercalls (`syscall`), via capstone.
+
+A guest kernel at CPL 3 raises #GP on every privileged instruction. The hypervisor fetches
+the instruction through the guest's own tables, decodes it, and either emulates it on the
+vCPU's *virtual* state or refuses it with a #GP reflected into the guest (which, with no
+IDT, is a triple fault):
+
+    emulated   mov cr3 (-> shadow switch), mov to/from cr0/cr2/cr4/cr8 within the rules below,
+               hlt (block), cli/sti (virtual IF), invlpg, lidt, clts, wbinvd/invd (no-ops)
+    refused    wrmsr/rdmsr, lgdt/lldt/ltr/lmsw, mov to/from dr*, clearing CR0.PG/PE or
+               CR4.PAE, swapgs, sysret/sysexit, rdpmc, in/out to ports through #GP, anything else
+
+No refused instruction ever reaches the real Uc state: its CR0/CR4/EFER/GDTR stay Xen's.
+
+Hypercalls (64-bit PV ABI: rax = number, args rdi rsi rdx r10 r8, result in rax):
+    console_io (18): CONSOLEIO_write (0) count, buf -> the guest's console lines
+    sched_op (29): SCHEDOP_yield (0), SCHEDOP_block (1), SCHEDOP_shutdown (2, rsi -> reason)
+    set_timer_op (15): absolute NOW() deadline in ns, wakes a blocked vCPU (0 cancels)
+    xen_version (17): XENVER_version (0) -> (major << 16) | minor
+Anything else returns -ENOSYS.
+"""
+
+from __future__ import annotations
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from capstone import x86_const as C
+from unicorn import x86_const as X
+
+from emu import guestmem
+from emu.vcpu import ack_exception
+
+ENOSYS, EINVAL, EFAULT = 38, 22, 14
+HC_console_io, HC_set_timer_op, HC_xen_version, HC_sched_op = 18, 15, 17, 29
+CONSOLEIO_write, CONSOLEIO_read = 0, 1
+SCHEDOP_yield, SCHEDOP_block, SCHEDOP_shutdown = 0, 1, 2
+SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
+CONSOLE_WRITE_MAX = 16 << 10
+CR0_PE, CR0_TS, CR0_PG = 0x1, 0x8, 0x80000000
+CR4_PAE = 0x20
+
+_cs = Cs(CS_ARCH_X86, CS_MODE_64)
+_cs.detail = True
+_UC_REG: dict[int, int] = {}
+
+
+def _uc_reg(cs_reg: int) -> int:
+    r = _UC_REG.get(cs_reg)
+    if r is None:
+        name = _cs.reg_name(cs_reg).upper()
+        r = _UC_REG[cs_reg] = getattr(X, f"UC_X86_REG_{name}")
+    return r
+
+
+def _reg_value(vcpu, cs_reg: int) -> int:
+    return vcpu.uc.reg_read(_uc_reg(cs_reg))
+
+
+def _ea(vcpu, insn, op) -> int:
+    """Effective (linear) address of a memory operand."""
+    m = op.mem
+    addr = m.disp
+    if m.base == C.X86_REG_RIP:
+        addr += insn.address + insn.size
+    elif m.base:
+        addr += _reg_value(vcpu, m.base)
+    if m.index:
+        addr += _reg_value(vcpu, m.index) * m.scale
+    if m.segment == C.X86_REG_FS:
+        addr += vcpu.uc.reg_read(X.UC_X86_REG_FS_BASE)
+    elif m.segment == C.X86_REG_GS:
+        addr += vcpu.uc.reg_read(X.UC_X86_REG_GS_BASE)
+    return addr & 0xFFFFFFFFFFFFFFFF
+
+
+def _cr_number(cs_reg: int) -> int | None:
+    name = _cs.reg_name(cs_reg)
+    return int(name[2:]) if name.startswith("cr") else None
+
+
+def fetch(vcpu, rip: int):
+    """Decode the instruction at `rip` through the guest's own tables (None if unreadable)."""
+    code = guestmem.read_partial(vcpu.machine, vcpu.domain, vcpu.guest_cr3, rip, 15)
+    return next(_cs.disasm(code, rip, 1), None) if code else None
+
+
+def emulate_gp(vcpu) -> None:
+    """Handle a #GP raised by the guest at CPL 3 (called from the INTR hook)."""
+    uc = vcpu.uc
+    rip = uc.reg_read(X.UC_X86_REG_RIP)
+    insn = fetch(vcpu, rip)
+    if insn is None or not _emulate(vcpu, insn):
+        vcpu.stop(("exc", 13, 0, None))
+        return
+    vcpu.stats["gp_emulated"] += 1
+    if vcpu.pending is None or vcpu.pending[0] != "crash":
+        uc.reg_write(X.UC_X86_REG_RIP, rip + insn.size)
+        ack_exception(uc)  # after the RIP write, as unicorn.md §3's redirect recipe does
+
+
+def _emulate(vcpu, insn) -> bool:
+    """Emulate one privileged instruction; False refuses it (#GP to the guest)."""
+    mn = insn.mnemonic
+    ops = insn.operands
+    if mn == "hlt":
+        if not vcpu.vif:
+            vcpu.down = True  # hvm_hlt(): halting with interrupts off takes the vCPU down
+        vcpu.stop(("block",))
+        return True
+    if mn == "cli":
+        vcpu.vif = False
+        return True
+    if mn == "sti":
+        vcpu.vif = True
+        return True
+    if mn in ("wbinvd", "invd"):
+        return True
+    if mn == "clts":
+        vcpu.vcr0 &= ~CR0_TS
+        return True
+    if mn == "invlpg" and ops and ops[0].type == C.X86_OP_MEM:
+        vcpu.domain.paging.invlpg(vcpu, _ea(vcpu, insn, ops[0]))
+        return True
+    if mn == "lidt" and ops and ops[0].type == C.X86_OP_MEM:
+        try:
+            raw = guestmem.read(
+                vcpu.machine, vcpu.domain, vcpu.guest_cr3, _ea(vcpu, insn, ops[0]), 10
+            )
+        except guestmem.GuestMemError:
+            return False
+        vcpu.guest_idt = (int.from_bytes(raw[2:10], "little"), int.from_bytes(raw[0:2], "little"))
+        return True
+    if mn == "mov" and len(ops) == 2 and all(o.type == C.X86_OP_REG for o in ops):
+        dst, src = _cr_number(ops[0].reg), _cr_number(ops[1].reg)
+        if dst is not None:
+            return _write_cr(vcpu, dst, _reg_value(vcpu, ops[1].reg))
+        if src is not None:
+            value = _read_cr(vcpu, src)
+            if value is None:
+                return False
+            vcpu.uc.reg_write(_uc_reg(ops[0].reg), value)
+            return True
+    return False
+
+
+def _read_cr(vcpu, n: int) -> int | None:
+    return {0: vcpu.vcr0, 2: vcpu.guest_cr2, 3: vcpu.guest_cr3, 4: vcpu.vcr4}.get(
+        n, getattr(vcpu, "vcr8", 0) if n == 8 else None
+    )
+
+
+def _write_cr(vcpu, n: int, value: int) -> bool:
+    if n == 3:
+        nr_gfns = len(vcpu.domain.p2m)
+        if (value & guestmem.ADDR_MASK) >> 12 >= nr_gfns:
+            return False  # a CR3 outside the guest's memory: #GP, not a shadow of nothing
+        vcpu.load_cr3(value)
+        return True
+    if n == 0:
+        if (value & (CR0_PG | CR0_PE)) != (CR0_PG | CR0_PE) or value >> 32:
+            return False  # leaving long mode is not emulated
+        vcpu.vcr0 = value
+        return True
+    if n == 4:
+        if not value & CR4_PAE or value >> 32:
+            return False
+        vcpu.vcr4 = value
+        return True
+    if n == 2:
+        vcpu.guest_cr2 = value
+        return True
+    if n == 8:
+        vcpu.vcr8 = value & 0xF
+        return True
+    return False
+
+
+# ---- hypercalls -------------------------------------------------------------------------
+
+
+def hypercall(vcpu) -> None:
+    """`syscall` from the guest kernel (called from the UC_HOOK_INSN syscall hook)."""
+    uc = vcpu.uc
+    nr = uc.reg_read(X.UC_X86_REG_RAX)
+    a1 = uc.reg_read(X.UC_X86_REG_RDI)
+    a2 = uc.reg_read(X.UC_X86_REG_RSI)
+    a3 = uc.reg_read(X.UC_X86_REG_RDX)
+    vcpu.stats["hypercalls"] += 1
+    ret = -ENOSYS
+    if nr == HC_console_io:
+        ret = _console_io(vcpu, a1, a2, a3)
+    elif nr == HC_sched_op:
+        ret = _sched_op(vcpu, a1, a2)
+    elif nr == HC_set_timer_op:
+        vcpu.wake_at = a1 or None
+        ret = 0
+    elif nr == HC_xen_version:
+        ret = (4 << 16) | 22 if a1 == 0 else -ENOSYS
+    uc.reg_write(X.UC_X86_REG_RAX, ret & 0xFFFFFFFFFFFFFFFF)
+
+
+def _console_io(vcpu, cmd: int, count: int, buf: int) -> int:
+    if cmd == CONSOLEIO_read:
+        return 0
+    if cmd != CONSOLEIO_write:
+        return -ENOSYS
+    count = min(count, CONSOLE_WRITE_MAX)
+    try:
+        data = guestmem.read(vcpu.machine, vcpu.domain, vcpu.guest_cr3, buf, count)
+    except guestmem.GuestMemError:
+        return -EFAULT
+    con = vcpu.domain.hvm.console
+    for c in data:
+        con.putc(c)
+    return count
+
+
+def _sched_op(vcpu, cmd: int, arg: int) -> int:
+    if cmd == SCHEDOP_yield:
+        vcpu.stop(("yield",))
+        return 0
+    if cmd == SCHEDOP_block:
+        vcpu.vif = True  # SCHEDOP_block enables event delivery first
+        vcpu.stop(("block",))
+        return 0
+    if cmd == SCHEDOP_shutdown:
+        try:
+            raw = guestmem.read(vcpu.machine, vcpu.domain, vcpu.guest_cr3, arg, 4)
+        except guestmem.GuestMemError:
+            return -EFAULT
+        reason = int.from_bytes(raw, "little")
+        if reason > SHUTDOWN_crash:
+            return -EINVAL
+        vcpu.stop(("shutdown", reason))
+        return 0
+    return -ENOSYS
