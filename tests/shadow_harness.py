@@ -127,6 +127,7 @@ class Guest:
         finally:
             machine.hooks.domain_created[:] = saved
         self.nr_pages = mem_mb << 8
+        self.dom.reserved_gfns = set(range(ARENA_GFN))  # code, stack, tables
         self.ram = machine.ram
         self.build_tables(pte_flags)
         shadow_enable(machine, self.dom, pool_pages)

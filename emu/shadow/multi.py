@@ -212,10 +212,22 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
 
 
 def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool) -> int:
-    """Make sure the shadow L3, L2 and L1 for `va` exist and are hooked; 0 if no memory."""
-    if sd.pool.free_pages < 3 and not sd.prealloc(3):
-        return 0
+    """Make sure the shadow L3, L2 and L1 for `va` exist and are hooked; 0 if no memory.
+
+    Preallocates only the missing levels (Xen asks for 3 always; with a tiny pool that
+    would evict the code page's chain for every data fault and back again, forever).
+    """
     mem = sd.mem
+    need = 3
+    table = sd.toplevel[vid]
+    for shift in (39, 30):
+        e = mem[(table << 9) | ((va >> shift) & 511)]
+        if not e & P:
+            break
+        need -= 1
+        table = (e & ADDR) >> 12
+    if sd.pool.free_pages < need and not sd.prealloc(need):
+        return 0
     nxmask = NX if nxe else 0
     parent = sd.toplevel[vid]  # prealloc may have unhooked it, never freed it (CR3 ref)
     for lvl in (1, 2, 3):

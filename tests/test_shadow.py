@@ -1,0 +1,274 @@
+"""Shadow paging fault path on real Unicorn (tests/shadow_harness.py): A/D, propagation,
+page-table write emulation, invlpg, blow tables, frame-table encoding, keys S and p/P."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from shadow_harness import (
+    ARENA_GFN,
+    CODE_GFN,
+    NX,
+    PT_GFN,
+    RW,
+    A,
+    D,
+    Guest,
+    P,
+    new_machine,
+)
+
+from emu.audit import audit
+from emu.page_info import PGC_shadowed_pt
+from emu.shadow import (
+    SH_type_l1_64_shadow,
+    SH_type_l2_64_shadow,
+    SH_type_l3_64_shadow,
+    SH_type_l4_64_shadow,
+)
+from emu.shadow.audit import audit_shadows
+from emu.shadow.hash import sh_hash
+from emu.shadow.multi import shadow_l1e_index
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def machine():
+    return new_machine()
+
+
+def _clean(m) -> None:
+    assert audit(m) == []
+    assert audit_shadows(m) == []
+
+
+def _sl1e(g: Guest, gfn: int, vcpu: int = 0) -> int:
+    i = shadow_l1e_index(g.dom.paging, vcpu, gfn << 12)
+    return 0 if i is None else int(g.ram.u64[i])
+
+
+def _arena_ptes(g: Guest, first: int, last: int) -> np.ndarray:
+    return np.array([g.pte(x) for x in range(first, last)], dtype=np.uint64)
+
+
+@pytest.mark.parametrize("n,stride,write", [(300, 1, False), (200, 3, True), (64, 7, False)])
+def test_touch_sets_exactly_the_guest_a_and_d_bits(machine, n, stride, write):
+    g = Guest(machine, name=f"ad{n}")
+    pc = machine.perfc
+    f0 = pc.total("shadow_fault")
+    g.touch(ARENA_GFN, n, stride, write=write)
+    last = ARENA_GFN + n * stride + 10
+    ptes = _arena_ptes(g, ARENA_GFN, last)
+    touched = np.zeros(last - ARENA_GFN, bool)
+    touched[np.arange(n) * stride] = True
+    a = (ptes & np.uint64(A)) != 0
+    d = (ptes & np.uint64(D)) != 0
+    assert np.array_equal(a, touched)
+    assert np.array_equal(d, touched if write else np.zeros_like(touched))
+    # Every level used got A (and D only in leaves), the code page A without D.
+    assert all(e & A and not e & D for e in g.upper())
+    assert g.pte(CODE_GFN) & (A | D) == A
+    # One fault per touched page plus the code fetch (and the stack is never used).
+    assert pc.total("shadow_fault") - f0 == n + 1
+    # The access record: exactly the touched frames (and the code frame).
+    acc = machine.access
+    mfns = np.array([g.mfn(x) for x in range(ARENA_GFN, last)])
+    assert np.array_equal(acc.accessed[mfns] == 1, touched)
+    assert np.array_equal(acc.written[mfns] == 1, touched if write else ~touched & False)
+    assert acc.accessed[g.mfn(CODE_GFN)] == 1 and acc.written[g.mfn(CODE_GFN)] == 0
+    ft = acc.first_touch_ns[mfns[touched]]
+    assert (ft > 0).all() and (np.diff(ft.astype(np.int64)) >= 0).all()
+    assert acc.accessed[g.mfn(PT_GFN)] == 0  # the hypervisor's walks are not guest accesses
+    _clean(machine)
+
+
+def test_shadow_present_after_a_and_writable_after_d(machine):
+    g = Guest(machine, name="prop")
+    x = ARENA_GFN + 5
+    assert _sl1e(g, x) == 0
+    g.touch(x, 1)
+    s = _sl1e(g, x)
+    assert s & P and not s & RW and (s >> 12) & 0xFFFFFFFFFF == g.mfn(x)
+    assert s & 4  # _PAGE_USER forced on
+    assert s & NX  # data page: NX (Unicorn re-walks every store to executable pages)
+    assert not _sl1e(g, CODE_GFN) & NX
+    f0 = machine.perfc.total("shadow_fault")
+    g.touch(x, 1, write=True)  # the first write faults again, then D is set
+    assert machine.perfc.total("shadow_fault") - f0 == 1
+    assert g.pte(x) & (A | D) == A | D
+    assert _sl1e(g, x) & RW
+    f1 = machine.perfc.total("shadow_fault")
+    g.touch(x, 1, write=True)  # now nothing faults
+    assert machine.perfc.total("shadow_fault") == f1
+    _clean(machine)
+
+
+def test_guest_faults_are_reflected_and_bad_gfns_crash(machine):
+    g = Guest(machine, name="gf")
+    sd = g.dom.paging
+    v = g.vcpus[0]
+    x = ARENA_GFN + 1
+    l1 = g.q(g.l1_gfns[x >> 9])
+    l1[x & 511] = 0  # not present
+    g.load("mov al, byte ptr [rsi]")
+    v.uc.reg_write(__import__("unicorn").x86_const.UC_X86_REG_RSI, x << 12)
+    v.run(CODE_GFN << 12, (CODE_GFN << 12) + 2)
+    assert v.events[-1] == ("guest", x << 12, 0)
+    l1[x & 511] = (x << 12) | P  # read-only for the guest: a write is the guest's fault
+    entry, until = g.load(f"mov rsi, {x << 12:#x}\nmov byte ptr [rsi], 1")
+    v.run(entry, until)
+    assert v.events[-1] == ("guest", x << 12, 3)  # P|W, no U (a PV kernel's own fault)
+    assert g.pte(x) & (A | D) == 0  # a failed walk sets nothing
+    assert machine.perfc.total("shadow_fault really guest fault") >= 2
+    l1[x & 511] = (0xFFFFF << 12) | P | RW  # beyond the domain's memory
+    entry, until = g.load(f"mov rsi, {x << 12:#x}\nmov al, byte ptr [rsi]")
+    v.run(entry, until)
+    assert v.events[-1][0] == "crash" and "BAD gfn=0xfffff" in sd.crash_reason
+    l2 = g.q(PT_GFN + 2)
+    l2[7] = (0x200 << 12) | P | RW | 0x80  # a 2 MiB superpage: no fl1 shadows
+    entry, until = g.load(f"mov rsi, {7 << 21:#x}\nmov al, byte ptr [rsi]")
+    v.run(entry, until)
+    assert v.events[-1][0] == "crash" and "superpage" in sd.crash_reason
+    _clean(machine)
+
+
+def test_guest_page_table_writes_are_emulated_and_shadows_follow(machine):
+    g = Guest(machine, name="ptw")
+    sd = g.dom.paging
+    x, y = ARENA_GFN + 2, ARENA_GFN + 300
+    g.ram.write(g.mfn(x) << 12, b"XXXXXXXX")
+    g.ram.write(g.mfn(y) << 12, b"YYYYYYYY")
+    l1gfn = g.l1_gfns[x >> 9]
+    pte_va = (l1gfn << 12) + (x & 511) * 8
+    e0 = machine.perfc.total("shadow_fault emulates a write")
+    # Read x, remap x's PTE to y (a write into a shadowed L1), read x again.
+    entry, until = g.load(
+        f"""
+        mov rsi, {x << 12:#x}
+        mov rdi, {pte_va:#x}
+        mov rax, qword ptr [rsi]
+        mov rbx, {(y << 12) | P | RW:#x}
+        mov qword ptr [rdi], rbx
+        mov rdx, qword ptr [rsi]
+        """
+    )
+    v = g.vcpus[0]
+    assert v.run(entry, until) == until, v.events
+    from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RDX
+
+    assert v.uc.reg_read(UC_X86_REG_RAX).to_bytes(8, "little") == b"XXXXXXXX"
+    assert v.uc.reg_read(UC_X86_REG_RDX).to_bytes(8, "little") == b"YYYYYYYY"
+    assert machine.perfc.total("shadow_fault emulates a write") - e0 == 1
+    assert g.pte(x) == (y << 12) | P | RW | A  # the walker set A again on the new mapping
+    assert (_sl1e(g, x) >> 12) & 0xFFFFFFFFFF == g.mfn(y)
+    # The page table itself stays read-only in every shadow, and was recorded as written.
+    assert not _sl1e(g, l1gfn) & RW
+    assert machine.access.written[g.mfn(l1gfn)] == 1
+    assert sd.shadow_flags[g.mfn(l1gfn)] & (1 << SH_type_l1_64_shadow)
+    assert not sd.steps and not sd.stepping
+    # The guest clears A in its own PTE: the shadow entry goes, the next access re-faults.
+    entry, until = g.load(
+        f"""
+        mov rsi, {x << 12:#x}
+        mov rdi, {pte_va:#x}
+        mov rbx, {(y << 12) | P | RW:#x}
+        mov qword ptr [rdi], rbx
+        mov rdx, qword ptr [rsi]
+        """
+    )
+    f0 = machine.perfc.total("shadow_fault")
+    assert v.run(entry, until) == until, v.events
+    assert machine.perfc.total("shadow_fault") - f0 == 2  # the PT write, the re-fault
+    assert g.pte(x) & A
+    _clean(machine)
+
+
+def test_invlpg_drops_the_entry(machine):
+    g = Guest(machine, name="inv")
+    x = ARENA_GFN + 9
+    g.touch(x, 1)
+    assert _sl1e(g, x) & P
+    fl0 = g.vcpus[0].tlb_flushes
+    g.dom.paging.invlpg(g.vcpus[0], x << 12)
+    assert _sl1e(g, x) == 0 and g.vcpus[0].tlb_flushes == fl0 + 1
+    f0 = machine.perfc.total("shadow_fault")
+    g.touch(x, 1)
+    assert machine.perfc.total("shadow_fault") - f0 == 1
+    _clean(machine)
+
+
+def test_frame_table_encoding_of_shadows(machine):
+    g = Guest(machine, name="ft")
+    sd = g.dom.paging
+    g.touch(ARENA_GFN, 600)  # spans two guest L1 tables
+    fr = machine.frames
+    types = {SH_type_l4_64_shadow: 1, SH_type_l3_64_shadow: 1, SH_type_l2_64_shadow: 1}
+    for smfn, t in sd.pool.type.items():
+        ti = int(fr.type_info[smfn])
+        assert int(fr.count_info[smfn]) == 0
+        assert ti & 31 == t and (ti >> 6) & 1 == 1
+        assert ti >> 7 == sd.pool.count[smfn]
+        assert (ti >> 5) & 1 == (t == SH_type_l4_64_shadow)  # only the l4 is pinned
+        back = int(fr.v[smfn])
+        assert fr.tlbflush[back] & (1 << t)
+        assert int(fr.count_info[back]) & PGC_shadowed_pt
+        assert smfn in sd.hash.chain(sh_hash(back, t))
+        types[t] = types.get(t, 0) + (t == SH_type_l1_64_shadow)
+    # the guest tables used: L4, L3, L2, the L1s of code (gfn 0x10), arena 0x100-0x357
+    assert sorted(sd.pool.type.values()).count(SH_type_l1_64_shadow) == 2
+    assert int(fr.v[sd.toplevel[0]]) == g.mfn(PT_GFN)
+    for smfn in sd.pool.freelist:
+        assert int(fr.type_info[smfn]) == 0 and int(fr.v[smfn]) == 0
+    _clean(machine)
+
+
+def test_blow_tables_returns_every_shadow_and_guests_refault(machine):
+    from keyhandlers.shadow import shadow_blow_all_tables
+
+    g = Guest(machine, name="blow")
+    sd = g.dom.paging
+    g.touch(ARENA_GFN, 700, write=True)
+    acc_before = machine.access.accessed.copy()
+    ptes_before = _arena_ptes(g, ARENA_GFN, ARENA_GFN + 800)
+    assert sd.free_pages < sd.total_pages - 4
+    lines = []
+    shadow_blow_all_tables(machine, lines.append, ())
+    assert lines == ["'S' pressed -> blowing all shadow tables"]
+    # Only the top-level shadow in the vCPU's CR3 remains (empty), as in Xen.
+    assert sd.free_pages == sd.total_pages - 1
+    assert list(sd.pool.type.values()) == [SH_type_l4_64_shadow]
+    assert not g.ram.u64[sd.toplevel[0] << 9 : (sd.toplevel[0] + 1) << 9].any()
+    assert list(sd.shadow_flags) == [g.mfn(PT_GFN)]
+    _clean(machine)
+    f0 = machine.perfc.total("shadow_fault")
+    g.touch(ARENA_GFN, 700, write=True)
+    # Re-faulted once per page (and code), but A/D were already set: present and writable.
+    assert machine.perfc.total("shadow_fault") - f0 == 701
+    assert np.array_equal(_arena_ptes(g, ARENA_GFN, ARENA_GFN + 800), ptes_before)
+    assert np.array_equal(machine.access.accessed, acc_before)
+    assert _sl1e(g, ARENA_GFN + 3) & RW
+    _clean(machine)
+
+
+def test_perf_counter_keys(machine):
+    from keyhandlers.perfc import perfc_printall, perfc_reset
+
+    g = Guest(machine, name="pc")
+    g.touch(ARENA_GFN, 10)
+    lines: list[str] = []
+    perfc_printall(machine, lines.append, ())
+    assert lines[0].startswith("Xen performance counters SHOW  (now = ")
+    row = next(x for x in lines if x.startswith("calls to shadow_fault "))
+    total = machine.perfc.total("calls to shadow_fault")
+    assert row.startswith(f"{'calls to shadow_fault':<32s}  TOTAL[{total:12d}]  CPU00[")
+    assert row.endswith(f"  CPU01[{0:10d}]")
+    in_use = machine.perfc.total("number of shadow pages in use")
+    lines = []
+    perfc_reset(machine, lines.append, ())
+    assert lines[0].startswith("Xen performance counters RESET (now = ")
+    assert machine.perfc.total("calls to shadow_fault") == 0
+    assert machine.perfc.total("number of shadow pages in use") == in_use  # a status counter
+    lines = []
+    perfc_printall(machine, lines.append, ())
+    assert f"{'calls to shadow_fault':<32s}  TOTAL[{0:12d}]" in lines
