@@ -9,6 +9,7 @@ import time
 
 import pytest
 import serial
+from console_hosts import host_only
 
 from xenconsole.eventlog import EVENT_RE, event_line, strip_events
 from xenconsole.testing import serve
@@ -56,7 +57,7 @@ def test_log_is_byte_for_byte_what_the_client_received(tmp_path) -> None:
     log = tmp_path / "console.log"
     log.write_bytes(b"")
     # Power on at the first client, so that client sees the whole line from its first byte.
-    with serve("--log", str(log), wait=True, telnet=False) as host:
+    with serve("--log", str(log), *host_only(tmp_path), wait=True, telnet=False) as host:
         got = bytearray()
         with socket.create_connection(host.address("tcp")) as s:
             recv_until(s, got, PROMPT)
@@ -82,7 +83,8 @@ def test_log_is_byte_for_byte_what_the_client_received(tmp_path) -> None:
 @pytest.mark.timeout(60)
 def test_log_events_marks_attach_detach_and_break(tmp_path) -> None:
     log = tmp_path / "events.log"
-    with serve("--log", str(log), "--log-events", wait=True, rfc2217=True) as host:
+    args = ("--log", str(log), "--log-events", *host_only(tmp_path))
+    with serve(*args, wait=True, rfc2217=True) as host:
         got = bytearray()
         with socket.create_connection(host.address("tcp")) as a:
             a_name = f"tcp:127.0.0.1:{a.getsockname()[1]}"

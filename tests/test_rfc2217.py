@@ -7,6 +7,7 @@ import time
 
 import pytest
 import serial
+from console_hosts import host_only
 from serial import rfc2217 as r
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -199,8 +200,8 @@ def read_until(port, marker: bytes, timeout: float = 15.0) -> bytes:
 
 
 @pytest.mark.timeout(60)
-def test_pyserial_reaches_dom0_switches_to_xen_and_reads_h() -> None:
-    with serve(rfc2217=True, tcp=False, wait=True) as host:
+def test_pyserial_reaches_dom0_switches_to_xen_and_reads_h(tmp_path) -> None:
+    with serve(*host_only(tmp_path), rfc2217=True, tcp=False, wait=True) as host:
         url = host.urls["rfc2217"]
         assert url.startswith("rfc2217://127.0.0.1:")
         port = serial.serial_for_url(url, baudrate=115200, timeout=0.2)
@@ -230,13 +231,13 @@ def test_pyserial_reaches_dom0_switches_to_xen_and_reads_h() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_labgrid_serial_driver_runs_xl_list() -> None:
+def test_labgrid_serial_driver_runs_xl_list(tmp_path) -> None:
     pytest.importorskip("labgrid")
     from labgrid import Target
     from labgrid.driver import SerialDriver
     from labgrid.resource import NetworkSerialPort
 
-    with serve(rfc2217=True, tcp=False) as host:
+    with serve(*host_only(tmp_path), rfc2217=True, tcp=False) as host:
         addr, port = host.address("rfc2217")
         target = Target("xenhost")
         NetworkSerialPort(target, name=None, host=addr, port=port, speed=115200, protocol="rfc2217")

@@ -117,9 +117,9 @@ class ClientSession:
 
     def _status(self):
         bar = [("class:status.target", f" input: {self.target} ")]
+        if self.notice:  # before the help, so a narrow terminal still shows it
+            bar.append(("class:status.notice", f" | {self.notice} "))
         bar.append(("class:status", f" | Ctrl-A x3 switches | Ctrl-] menu | {self.link.url} "))
-        if self.notice:
-            bar.append(("class:status.notice", f"| {self.notice} "))
         return bar
 
     def _build_app(self) -> Application:
@@ -127,6 +127,7 @@ class ClientSession:
         kb = KeyBindings()
 
         def passthrough(event) -> None:
+            self.notice = ""  # a menu action's notice lasts until the next keystroke
             self.send("".join(kp.data for kp in event.key_sequence).encode("utf-8"))
 
         for key in PASSTHROUGH_KEYS:
