@@ -304,9 +304,5 @@ def test_connect_errors_are_one_line() -> None:
     p.expect(pexpect.EOF)
     p.close()
     assert p.exitstatus == 1
-    assert (
-        p.before
-        == (
-            f"xenconsole: error: cannot connect to socket://127.0.0.1:{port}: Connection refused\r\n"
-        ).encode()
-    )
+    url = f"socket://127.0.0.1:{port}"
+    assert p.before == f"xenconsole: error: cannot connect to {url}: Connection refused\r\n".encode()
