@@ -305,4 +305,5 @@ def test_connect_errors_are_one_line() -> None:
     p.close()
     assert p.exitstatus == 1
     url = f"socket://127.0.0.1:{port}"
-    assert p.before == f"xenconsole: error: cannot connect to {url}: Connection refused\r\n".encode()
+    want = f"xenconsole: error: cannot connect to {url}: Connection refused\r\n"
+    assert p.before == want.encode()
