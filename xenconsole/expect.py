@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import secrets
 import select
+import shlex
 import socket
 import time
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ _SWITCH = r"\*\*\* Serial input (?:to|->) (\w+)[ \r]"
 _EVENTS = re.compile(
     rb"\(XEN\) (?:\[[^\]\n]*\] )?(?:\*\*\* Serial input (?:to|->) (\w+)[ \r]|(Xen version ))"
 )
-_SWITCH_LINE = re.compile(_SWITCH + r"[^\n]*\n")
+_SWITCH_LINE = re.compile(r"\(XEN\) (?:\[[^\]\n]*\] )?" + _SWITCH + r"[^\n]*\n")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _GUEST_LINE = re.compile(r"^\(d\d+\) ")
 
@@ -442,12 +443,24 @@ class Console(SpawnBase):
     def _settle_boot(self, timeout: float) -> None:
         """Let a boot in progress reach its switch to DOM0 before typing anything.
 
-        Typed during boot, Ctrl-A x3 would be undone by the boot's own switch. When nothing
-        was seen yet (attached to a running host, maybe mid-boot), wait for a short silence.
+        Typed during boot, Ctrl-A x3 would be undone by the boot's own switch. A boot seen
+        starting is waited out. Attached to a running host with nothing seen yet: if Xen is
+        printing (maybe a boot joined midway), wait until a switch message shows or Xen has
+        been quiet for 1.5 s; an idle host costs 0.3 s once.
         """
         deadline = time.monotonic() + timeout
         if self.target is None:
-            self._drain(quiet=0.3, limit=min(3.0, timeout))
+            last = time.monotonic()
+            xen_talking = False
+            while self.target is None and time.monotonic() < deadline:
+                n = len(self.transcript)
+                self._drain(quiet=0.1, limit=deadline - time.monotonic())
+                now = time.monotonic()
+                if len(self.transcript) > n:
+                    last = now
+                    xen_talking = xen_talking or b"(XEN) " in self.transcript[max(0, n - 6) :]
+                elif now - last >= (1.5 if xen_talking else 0.3):
+                    break
         while self.booting and time.monotonic() < deadline:
             self._drain(quiet=0.2, limit=deadline - time.monotonic())
 
@@ -457,12 +470,12 @@ class Console(SpawnBase):
             buf.seek(0, 2)
             buf.write(data)
 
-    def _take_unconsumed(self) -> str:
+    def _take_unconsumed(self) -> Any:
         """Take out everything not matched yet, so the next expect sees only new output."""
         old = self._before.getvalue()
         self._buffer = self.buffer_type()
         self._before = self.buffer_type()
-        return old if isinstance(old, str) else old.decode("utf-8", "replace")
+        return old
 
     def _switch_to(self, want: str, timeout: float | None) -> None:
         timeout = self.timeout if timeout is None else timeout
@@ -482,7 +495,7 @@ class Console(SpawnBase):
                     f"sent Ctrl-A x3 but saw no 'Serial input to' message within {timeout}s"
                     f" ({self})"
                 ) from None
-            self.before = stale + self._text(self.before)
+            self.before = stale + self.before
         if self.target != want:
             raise ConsoleError(f"could not switch serial input to {want} (now {self.target})")
 
@@ -526,7 +539,7 @@ class Console(SpawnBase):
             wait = quiet
         out = self._take_unconsumed()
         self.before, self.after, self.match = out, None, None
-        return out
+        return self._text(out)
 
     def debug_key(
         self, key: str, *args: str, timeout: float | None = None, quiet: float = 0.3
@@ -535,7 +548,7 @@ class Console(SpawnBase):
 
         Switches input to Xen first if needed (input stays with Xen afterwards). If the key
         takes arguments, Xen prompts `(XEN) k args> `; the prompt is answered with `args`
-        joined by spaces (no args: an empty line, i.e. the defaults). Output is collected
+        quoted as a shell would (no args: an empty line, i.e. the defaults). Output is collected
         until the line is quiet for `quiet` seconds and returned as lines ending in `\\n`,
         `(XEN) ` prefixes kept, without `\\r`, terminal escapes, the prompt line, or guest
         `(dN)` lines that happened to arrive meanwhile. An unknown key prints nothing, so
@@ -552,7 +565,7 @@ class Console(SpawnBase):
         prompt = f"(XEN) {key} args> "
         if out.endswith(prompt) or out.rstrip(" ").endswith(prompt.rstrip(" ")):
             head = out[: out.rfind(prompt)]
-            self.sendline(" ".join(args))
+            self.sendline(shlex.join(args))
             rest = strip_ansi(self.settle(quiet, timeout, first=2.0))
             _, _, rest = rest.partition("\n")  # the echoed argument line
             out = head + rest
