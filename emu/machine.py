@@ -124,6 +124,12 @@ class Machine:
         """Pages free in the heap (`xl info` free_memory)."""
         return self.heap.total_avail_pages
 
+    def xen_frames(self) -> int:
+        """Frames Xen keeps for itself (reserved ranges, Xen-heap pages not shared)."""
+        ci = self.frames.count_info
+        mine = ((ci & np.uint64(PGC_xen_heap)) != 0) & (self.frames.v == 0)
+        return int(np.count_nonzero(mine))
+
     def frame_table_bytes_per_frame(self) -> int:
         return self.frames.pi.itemsize
 

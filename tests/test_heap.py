@@ -160,7 +160,9 @@ def machine():
     from emu.host import HostConfig
     from emu.machine import Machine
 
-    return Machine(HostConfig(memory=1 << 30, dom0_mem=256 << 20)).boot_sync()
+    m = Machine(HostConfig(memory=1 << 30, dom0_mem=256 << 20)).boot_sync()
+    yield m
+    m.shutdown()
 
 
 def test_keys_m_and_H_agree_with_the_heap(machine):

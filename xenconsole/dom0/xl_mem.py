@@ -19,7 +19,11 @@ def _wrap64(x: int) -> int:
 
 
 def parse_mem_size_kb(mem: str) -> int:
-    """xl_parse.c parse_mem_size_kb(): -1 on failure; default unit MB; b k m g t."""
+    """xl_parse.c parse_mem_size_kb(): -1 on failure; default unit MB; b k m g t.
+
+    Unlike xl, a negative size (or one that overflows to negative) is refused here too:
+    libxl would take it as a huge unsigned value.
+    """
     m = _STRTOLL.match(mem)
     if m:
         kbytes = max(-(1 << 63), min(int(m.group(1)), (1 << 63) - 1))  # strtoll saturates
@@ -31,10 +35,12 @@ def parse_mem_size_kb(mem: str) -> int:
     suffix = rest.lower()
     shifts = {"t": 30, "g": 20, "": 10, "m": 10, "k": 0}
     if suffix in shifts:
-        return _wrap64(kbytes << shifts[suffix])
-    if suffix == "b":
-        return kbytes >> 10
-    return -1
+        kb = _wrap64(kbytes << shifts[suffix])
+    elif suffix == "b":
+        kb = kbytes >> 10
+    else:
+        return -1
+    return -1 if kb < 0 else kb
 
 
 def _libxl_error(sh, line: int, func: str, domid: int, msg: str) -> None:
