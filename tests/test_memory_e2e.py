@@ -1,0 +1,138 @@
+"""Acceptance 1: create, list, mem-set down and up, destroy on a served host; after each
+step `xl info` free memory, `m`, `H`, `q` and `O` agree with what was done, to the page.
+
+Every frame is accounted for: the change in free frames equals the change in frames owned by
+domains plus Xen's own frames (shared_info pages, guest-entry frames) plus shadow pools, as
+`O` counts them, and `q`'s nr_pages is exactly the memory asked for.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from xenconsole.expect import Console
+from xenconsole.testing import serve
+
+CONFIG = """\
+[host]
+memory = "1G"
+cpus = 2
+dom0_mem = "256M"
+
+[[domain]]
+name = "cfg1"
+memory = 64
+vcpus = 1
+workload = "idle"
+"""
+
+
+def body(text: str) -> list[str]:
+    return [ln[6:] if ln.startswith("(XEN) ") else ln for ln in text.splitlines()]
+
+
+def snapshot(con: Console) -> dict:
+    """One consistent reading of every view of memory; asserts they agree."""
+    info = dict(
+        (k.strip(), v.strip())
+        for k, _, v in (ln.partition(":") for ln in con.run("xl info", check=True).splitlines())
+    )
+    m = body(con.debug_key("m"))
+    h = body(con.debug_key("H"))
+    q = body(con.debug_key("q"))
+    o = body(con.debug_key("O"))
+    assert m[0] == "Physical memory information:" and m[1] == "    Xen heap: 0kB free"
+    zones_kb = [int(x) for x in re.findall(r"^    heap\[\d\d\]: (\d+)kB free$", "\n".join(m), re.M)]
+    dom_heap_kb = int(re.fullmatch(r"    Dom heap: (\d+)kB free", m[-1]).group(1))
+    assert sum(zones_kb) == dom_heap_kb
+    assert h[0].startswith("'H' pressed -> dumping heap info (now = ")
+    heap = [
+        int(re.fullmatch(rf"heap\[node=0\]\[zone={z}\] -> (\d+) pages", h[1 + z]).group(1))
+        for z in range(41)
+    ]
+    assert len(h) == 42  # no "unscrubbed pages" line: frames are scrubbed as they are freed
+    free = sum(heap)
+    assert dom_heap_kb == free * 4
+    assert int(info["free_memory"]) == free // 256
+    assert int(info["total_memory"]) == 1023
+    nr_pages = {
+        int(d): int(n)
+        for d, n in re.findall(
+            r"General information for domain (\d+):\n    refcnt=\d+ dying=0 pause_count=\d+\n"
+            r"    nr_pages=(\d+) ",
+            "\n".join(q),
+        )
+    }
+    assert o[0].startswith("'O' pressed -> auditing frame table and shadows (now = ")
+    summary = re.fullmatch(
+        r"audit: frames=(\d+) free=(\d+) xen=(\d+) domain=(\d+) shadow=(\d+)", o[1]
+    )
+    frames, o_free, xen, owned, shadow = map(int, summary.groups())
+    assert o[-1] == "audit: consistent", o
+    assert frames == 1 << 18 and o_free == free
+    assert frames == o_free + xen + owned + shadow
+    owns = {int(d): int(n) for d, n in re.findall(r"audit: d(\d+) owns (\d+) frames", "\n".join(o))}
+    assert owns == nr_pages
+    return {"free": free, "xen": xen, "shadow": shadow, "owned": owned, "nr_pages": nr_pages}
+
+
+def assert_delta(before: dict, after: dict, domain_pages: int) -> None:
+    """Free frames moved by exactly what domains, Xen and shadow pools took or gave back."""
+    d_owned = after["owned"] - before["owned"]
+    assert d_owned == domain_pages
+    assert before["free"] - after["free"] == (
+        d_owned + (after["xen"] - before["xen"]) + (after["shadow"] - before["shadow"])
+    )
+
+
+def list_mem(con: Console) -> dict[str, int]:
+    rows = con.run("xl list", check=True).splitlines()[1:]
+    return {r.split()[0]: int(r.split()[2]) for r in rows}
+
+
+@pytest.mark.timeout(120)
+def test_create_list_memset_destroy_agree_to_the_page(tmp_path):
+    cfg = tmp_path / "host.toml"
+    cfg.write_text(CONFIG)
+    web = tmp_path / "web.cfg"
+    web.write_text('name = "web"\nmemory = 256\nvcpus = 1\nworkload = "idle"\n')
+    with serve("--config", str(cfg), wait=True) as host:
+        with Console.open(host.urls["telnet"], timeout=30) as con:
+            con.expect_exact("root@dom0:~# ")
+            assert list_mem(con) == {"Domain-0": 256, "cfg1": 64}  # the config's [[domain]]
+            s0 = snapshot(con)
+            assert s0["nr_pages"] == {0: 65536, 1: 16384}
+
+            out = con.run(f"xl create {web}")
+            assert out.strip() == f"Parsing config from {web}" and con.exit_status == 0
+            assert list_mem(con) == {"Domain-0": 256, "cfg1": 64, "web": 256}
+            s1 = snapshot(con)
+            assert s1["nr_pages"] == {0: 65536, 1: 16384, 2: 65536}
+            assert_delta(s0, s1, 65536)
+
+            assert con.run("xl mem-set web 128", check=True) == ""
+            s2 = snapshot(con)
+            assert s2["nr_pages"][2] == 32768 and list_mem(con)["web"] == 128
+            assert_delta(s1, s2, -32768)
+            assert s2["free"] - s1["free"] == 32768 + (s1["shadow"] - s2["shadow"])
+
+            assert con.run("xl mem-set web 256m", check=True) == ""
+            s3 = snapshot(con)
+            assert s3["nr_pages"][2] == 65536 and list_mem(con)["web"] == 256
+            assert_delta(s2, s3, 32768)
+
+            assert con.run("xl destroy web", check=True) == ""
+            assert list_mem(con) == {"Domain-0": 256, "cfg1": 64}
+            s4 = snapshot(con)
+            assert s4["nr_pages"] == {0: 65536, 1: 16384}
+            assert_delta(s3, s4, -65536)
+            assert s4["owned"] == s0["owned"] and s4["shadow"] == s0["shadow"]
+
+            # Bad input leaves everything as it was.
+            con.run("xl destroy 0")
+            assert con.exit_status == 1
+            con.run("xl create name=huge memory=4096")
+            assert con.exit_status == 3
+            assert snapshot(con)["free"] == s4["free"]
