@@ -26,6 +26,7 @@ from emu.shadow import (
     SH_type_l4_64_shadow,
 )
 from emu.shadow.hash import ShadowHash
+from emu.shadow.multi import sh_page_fault
 from emu.shadow.pool import ShadowPool, default_pool_pages
 
 _AR512 = np.arange(512, dtype=np.int64)
@@ -81,6 +82,16 @@ class ShadowDomain:
         self.crash_reason: str | None = None
         self._p2m_obj = None
         self._p2m_mv = None
+        # Hot-path handles (multi.py): counter indices, access-record memoryviews, t0.
+        ix = self.pc.index
+        self.hot_counters = (ix["shadow_fault"], ix["guest_walk"], ix["shadow_fault_fixed"])
+        acc = self.access
+        self.mv_accessed = acc.mv_accessed
+        self.mv_written = acc.mv_written
+        self.mv_window = acc.mv_window
+        self.mv_first_touch = acc.mv_first_touch
+        self.t0 = getattr(machine, "_t0", 0)  # machine.now() == monotonic_ns() - _t0
+        self.p2m_view()
 
     # ---- sizes (CONTRACT) ------------------------------------------------------------
     @property
@@ -393,10 +404,8 @@ class ShadowDomain:
         self.pool.release_all()
 
     # ---- vCPU entry points (multi.c) -------------------------------------------------
-    def page_fault(self, vcpu, va: int, error_code: int) -> int:
-        from emu.shadow.multi import sh_page_fault
-
-        return sh_page_fault(self, vcpu, va, error_code)
+    # page_fault(vcpu, va, error_code) -> FIXED | GUEST_FAULT | CRASH (multi.py)
+    page_fault = sh_page_fault
 
     def fault_error_code(self, vcpu) -> int:
         """The error code the guest must see for the last GUEST_FAULT on this vCPU."""

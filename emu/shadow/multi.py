@@ -15,6 +15,8 @@ Scalar RAM and P2M accesses go through memoryviews (Python ints): this is the ho
 
 from __future__ import annotations
 
+from time import monotonic_ns as _monotonic_ns
+
 from emu.shadow import (
     _PAGE_ACCESSED,
     _PAGE_DIRTY,
@@ -26,7 +28,6 @@ from emu.shadow import (
     CRASH,
     FIXED,
     GUEST_FAULT,
-    INVALID_MFN,
     LEVEL_TYPE,
     PADDR_MASK,
     PFEC_insn_fetch,
@@ -48,6 +49,7 @@ P, RW, US, A, D, PSE, NX = (
 ADDR = PADDR_MASK
 SHIFTS = (39, 30, 21, 12)
 UPPER = P | US | A | D  # flags every upper-level shadow entry gets
+LEAF = P | US | A  # a present shadow L1 entry: _PAGE_USER forced, A copied from the guest
 EFER_NXE = 1 << 11
 MSR_EFER = 0xC0000080
 SPURIOUS_LIMIT = 64  # consecutive no-progress faults on one vCPU before we give up
@@ -72,13 +74,27 @@ def _guest_fault(sd, vcpu, ec: int, present: bool, cpu, ix) -> int:
     return GUEST_FAULT
 
 
+def _walk_fail(sd, vcpu, va, ec, lvl, gfn, e, cpu, ix) -> int:
+    """The slow exits of the guest walk: bad gfn, not present, superpage."""
+    if e is None:
+        cpu[ix["shadow_fault_bail_bad_gfn"]] += 1
+        return _crash(sd, vcpu, f"BAD gfn={gfn:#x} (level {lvl} table) for va {va:#x}")
+    if not e & P:
+        return _guest_fault(sd, vcpu, ec, False, cpu, ix)
+    if lvl == 4:  # PS is reserved in an L4 entry
+        sd.guest_ec[vcpu.vcpu_id] = PFEC_page_present | PFEC_reserved_bit | (ec & 0x12)
+        cpu[ix["shadow_fault_bail_real_fault"]] += 1
+        return GUEST_FAULT
+    return _crash(sd, vcpu, f"guest superpage at level {lvl} for va {va:#x} (no fl1 shadows)")
+
+
 def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
-    """sh_page_fault(): FIXED, GUEST_FAULT or CRASH."""
+    """sh_page_fault(): FIXED, GUEST_FAULT or CRASH. (Unrolled: this is the hot path.)"""
     pc = sd.pc
-    ix = pc.index
-    cpu = pc.cpu[getattr(vcpu, "processor", 0) % pc.nr_cpus]
+    cpu = pc.cpu[vcpu.processor % pc.nr_cpus]
     sd.cpu = cpu
-    cpu[ix["shadow_fault"]] += 1
+    i_fault, i_walk, i_fixed = sd.hot_counters
+    cpu[i_fault] += 1
     vid = vcpu.vcpu_id
     if ec & PFEC_reserved_bit:
         return _crash(sd, vcpu, f"reserved bit fault on shadow entry for va {va:#x}")
@@ -87,75 +103,79 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
     if gcr3 is None or sl4 is None:
         return _crash(sd, vcpu, "page fault before any CR3 was loaded")
     mem = sd.mem
-    p2m = sd.p2m_view()
+    p2m = sd._p2m_mv if sd.dom.p2m is sd._p2m_obj else sd.p2m_view()
     np2m = len(p2m)
     nfr = sd.nr_frames
     write = ec & PFEC_write_access
     fetch = ec & PFEC_insn_fetch
     nxe = sd.nxe.get(vid, True)
 
-    # --- guest walk (guest_walk_tables) ---
-    cpu[ix["guest_walk"]] += 1
-    gm = [0, 0, 0, 0]
-    gi = [0, 0, 0, 0]
-    ge = [0, 0, 0, 0]
-    rw = RW
-    nx = 0
+    # --- guest walk (guest_walk_tables), one level at a time ---
+    cpu[i_walk] += 1
     gfn = (gcr3 & ADDR) >> 12
-    for lvl in range(4):
-        mfn = p2m[gfn] if gfn < np2m else INVALID_MFN
-        if mfn >= nfr:
-            cpu[ix["shadow_fault_bail_bad_gfn"]] += 1
-            return _crash(sd, vcpu, f"BAD gfn={gfn:#x} (level {4 - lvl} table) for va {va:#x}")
-        i = (mfn << 9) | ((va >> SHIFTS[lvl]) & 511)
-        e = mem[i]
-        if not e & P:
-            return _guest_fault(sd, vcpu, ec, False, cpu, ix)
-        if e & PSE and lvl < 3:
-            if lvl == 0:  # PS is reserved in an L4 entry
-                sd.guest_ec[vid] = PFEC_page_present | PFEC_reserved_bit | (ec & 0x12)
-                cpu[ix["shadow_fault_bail_real_fault"]] += 1
-                return GUEST_FAULT
-            return _crash(
-                sd, vcpu, f"guest superpage at level {4 - lvl} for va {va:#x} (no fl1 shadows)"
-            )
-        gm[lvl] = mfn
-        gi[lvl] = i
-        ge[lvl] = e
-        rw &= e
-        nx |= e
-        gfn = (e & ADDR) >> 12
-    if (write and not rw & RW) or (fetch and nxe and nx & NX):
-        return _guest_fault(sd, vcpu, ec, True, cpu, ix)
-    lmfn = p2m[gfn] if gfn < np2m else INVALID_MFN
+    m4 = p2m[gfn] if gfn < np2m else nfr
+    if m4 >= nfr:
+        return _walk_fail(sd, vcpu, va, ec, 4, gfn, None, cpu, pc.index)
+    i4 = (m4 << 9) | ((va >> 39) & 511)
+    e4 = mem[i4]
+    if not e4 & P or e4 & PSE:
+        return _walk_fail(sd, vcpu, va, ec, 4, gfn, e4, cpu, pc.index)
+    gfn = (e4 & ADDR) >> 12
+    m3 = p2m[gfn] if gfn < np2m else nfr
+    if m3 >= nfr:
+        return _walk_fail(sd, vcpu, va, ec, 3, gfn, None, cpu, pc.index)
+    i3 = (m3 << 9) | ((va >> 30) & 511)
+    e3 = mem[i3]
+    if not e3 & P or e3 & PSE:
+        return _walk_fail(sd, vcpu, va, ec, 3, gfn, e3, cpu, pc.index)
+    gfn = (e3 & ADDR) >> 12
+    m2 = p2m[gfn] if gfn < np2m else nfr
+    if m2 >= nfr:
+        return _walk_fail(sd, vcpu, va, ec, 2, gfn, None, cpu, pc.index)
+    i2 = (m2 << 9) | ((va >> 21) & 511)
+    e2 = mem[i2]
+    if not e2 & P or e2 & PSE:
+        return _walk_fail(sd, vcpu, va, ec, 2, gfn, e2, cpu, pc.index)
+    gfn = (e2 & ADDR) >> 12
+    m1 = p2m[gfn] if gfn < np2m else nfr
+    if m1 >= nfr:
+        return _walk_fail(sd, vcpu, va, ec, 1, gfn, None, cpu, pc.index)
+    i1g = (m1 << 9) | ((va >> 12) & 511)
+    e1 = mem[i1g]
+    if not e1 & P:
+        return _walk_fail(sd, vcpu, va, ec, 1, gfn, e1, cpu, pc.index)
+    if write and not e4 & e3 & e2 & e1 & RW or fetch and nxe and (e4 | e3 | e2 | e1) & NX:
+        return _guest_fault(sd, vcpu, ec, True, cpu, pc.index)
+    gfn = (e1 & ADDR) >> 12
+    lmfn = p2m[gfn] if gfn < np2m else nfr
     if lmfn >= nfr:
-        cpu[ix["shadow_fault_bail_bad_gfn"]] += 1
+        cpu[pc.index["shadow_fault_bail_bad_gfn"]] += 1
         return _crash(sd, vcpu, f"BAD gfn={gfn:#x} for va {va:#x}")
     # set_ad_bits(): A at every level, D in the leaf on a write
-    for lvl in range(3):
-        e = ge[lvl]
-        if not e & A:
-            e |= A
-            mem[gi[lvl]] = e
-            ge[lvl] = e
-    e = ge[3]
-    gl1 = e | A | D if write else e | A
-    if gl1 != e:
-        mem[gi[3]] = gl1
+    if not e4 & A:
+        e4 |= A
+        mem[i4] = e4
+    if not e3 & A:
+        e3 |= A
+        mem[i3] = e3
+    if not e2 & A:
+        e2 |= A
+        mem[i2] = e2
+    gl1 = e1 | A | D if write else e1 | A
+    if gl1 != e1:
+        mem[i1g] = gl1
 
     # --- the access record: this fault is a guest access to lmfn ---
-    acc = sd.access
-    if not acc.mv_accessed[lmfn]:
-        acc.mv_accessed[lmfn] = 1
-        acc.mv_first_touch[lmfn] = sd.machine.now() or 1
-    acc.mv_window[lmfn] = 1
-    written = acc.mv_written
+    if not sd.mv_accessed[lmfn]:
+        sd.mv_accessed[lmfn] = 1
+        sd.mv_first_touch[lmfn] = (_monotonic_ns() - sd.t0) or 1
+    sd.mv_window[lmfn] = 1
+    written = sd.mv_written
     if write:
         written[lmfn] = 1
 
     # --- shadow chain (shadow_get_and_create_l1e) ---
-    i4 = (sl4 << 9) | ((va >> 39) & 511)
-    e = mem[i4]
+    e = mem[(sl4 << 9) | ((va >> 39) & 511)]
     sl1 = 0
     if e & P:
         e = mem[(e & ADDR) >> 3 | ((va >> 30) & 511)]
@@ -164,32 +184,36 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
             if e & P:
                 sl1 = (e & ADDR) >> 12
     if not sl1:
-        sl1 = _get_and_create_l1(sd, vid, va, gm, ge, nxe)
+        sl1 = _get_and_create_l1(sd, vid, va, (m4, m3, m2, m1), (e4, e3, e2), nxe)
         if not sl1:
             return _crash(sd, vcpu, "shadow pool exhausted")
 
     # --- the leaf (_sh_propagate + shadow_set_l1e) ---
     is_pt = lmfn in sd.shadow_flags
-    new = (lmfn << 12) | P | US | A
+    new = (lmfn << 12) | LEAF
     if gl1 & RW and gl1 & D and (write or written[lmfn]) and not is_pt:
         new |= RW
-    if fetch:
-        sd.exec_mfns.add(lmfn)
-    if nxe and (gl1 & NX or (not fetch and lmfn not in sd.exec_mfns)):
-        new |= NX
+    if nxe:
+        if fetch:
+            sd.exec_mfns.add(lmfn)
+            if gl1 & NX:
+                new |= NX
+        elif gl1 & NX or lmfn not in sd.exec_mfns:
+            new |= NX
     i1 = (sl1 << 9) | ((va >> 12) & 511)
     old = mem[i1]
     if write and is_pt:
         # A write to a guest page table: let this one instruction write, then resync.
         from emu.shadow.emulate import begin_step
 
-        cpu[ix["shadow_fault_emulate_write"]] += 1
+        cpu[pc.index["shadow_fault_emulate_write"]] += 1
         if old != new:
             mem[i1] = new
         begin_step(sd, vcpu, i1, lmfn)
         sd.spurious[vid] = 0
-        sd.flush_if_needed()
-        cpu[ix["shadow_fault_fixed"]] += 1
+        if sd.need_flush:
+            sd.flush_tlbs()
+        cpu[i_fixed] += 1
         return FIXED
     if old == new:
         # Nothing to fix: a stale TLB entry (another vCPU's fault already fixed it).
@@ -197,21 +221,20 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
         sd.spurious[vid] = n
         if n > SPURIOUS_LIMIT:
             return _crash(sd, vcpu, f"no progress on shadow fault va {va:#x} ec {ec:#x}")
-        fl = getattr(vcpu, "flush_tlb", None)
-        if fl is not None:
-            fl()
-            cpu[ix["shadow_vcpu_tlb_flush"]] += 1
+        vcpu.flush_tlb()
+        cpu[pc.index["shadow_vcpu_tlb_flush"]] += 1
     else:
         mem[i1] = new
-        sd.spurious[vid] = 0
         if old & P and ((old ^ new) & ADDR or (old & RW and not new & RW) or new & ~old & NX):
             sd.need_flush = True
-    sd.flush_if_needed()
-    cpu[ix["shadow_fault_fixed"]] += 1
+    if sd.need_flush:
+        sd.flush_tlbs()
+    cpu[i_fixed] += 1
     return FIXED
 
 
 def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool) -> int:
+    # gm: guest table frames L4..L1; ge: guest entries L4..L2 (the parents of L3..L1)
     """Make sure the shadow L3, L2 and L1 for `va` exist and are hooked; 0 if no memory.
 
     Preallocates only the missing levels (Xen asks for 3 always; with a tiny pool that
