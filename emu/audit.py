@@ -166,6 +166,10 @@ def audit_full(machine) -> AuditResult:
                 pool[~inuse[pool] | is_xen[pool] | owned[pool]],
             )
         _report(bad, "in two shadow pools", np.flatnonzero(in_pool > 1))
+        # Inside each pool: shadow headers, hash, refcounts, entries (emu/shadow/audit.py).
+        for dom in machine.domains.values():
+            if hasattr(getattr(dom, "paging", None), "audit"):
+                bad.extend(dom.paging.audit())
 
         # Exactly one state per frame.
         n_states = is_free.astype(np.int8) + is_xen + owned + (in_pool > 0)
