@@ -37,7 +37,7 @@ def run_handler(machine, kh: KeyHandler, args: Sequence[str] = (), announce: boo
             kh.fn(machine, out, tuple(args))
         except KeyhandlerError as e:
             out(f"'{kh.key}': {e}")
-        except Exception as e:  # a broken handler must not take the console down
+        except BaseException as e:  # a broken handler (even sys.exit) must not take it down
             out(f"'{kh.key}' handler failed: {type(e).__name__}: {e}")
 
 
