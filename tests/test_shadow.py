@@ -272,3 +272,70 @@ def test_perf_counter_keys(machine):
     lines = []
     perfc_printall(machine, lines.append, ())
     assert f"{'calls to shadow_fault':<32s}  TOTAL[{0:12d}]" in lines
+
+
+def _guest_leaf(m, dom, va: int) -> int:
+    """The guest's own L1 entry for `va`, walked from its CR3 through its P2M."""
+    table = (dom.vcpus[0].guest_cr3 & 0x000FFFFFFFFFF000) >> 12
+    for shift in (39, 30, 21, 12):
+        e = int(m.ram.u64[(int(dom.p2m[table]) << 9) | ((va >> shift) & 511)])
+        if shift == 12:
+            return e
+        table = (e & 0x000FFFFFFFFFF000) >> 12
+    raise AssertionError
+
+
+def _wait_for(pred, timeout: float = 30.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.timeout(90)
+def test_real_guests_touch_exactly_and_run_on_after_s():
+    """With GUEST's vCPUs and scheduler: exact A/D after a touch, `S`, guests run on."""
+    from emu.host import DomainSpec, HostConfig
+    from emu.machine import Machine
+    from keyhandlers.shadow import shadow_blow_all_tables
+
+    m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20))
+    m.boot_sync()
+    try:
+        d1 = m.create_domain(
+            DomainSpec(name="t1", memory=32, workload="touch:pages=300,stride=2,write=1")
+        )
+        d2 = m.create_domain(DomainSpec(name="t2", memory=32, vcpus=2, workload="random:ws=64"))
+        assert _wait_for(lambda: b"(d1) touch done 300" in m.console.ring.read())
+        with m.sched.quiesce(d1):
+            leaves = [_guest_leaf(m, d1, g << 12) for g in range(ARENA_GFN, ARENA_GFN + 700)]
+            arena = m.access.domain_arrays(d1)
+        want = {ARENA_GFN + 2 * i for i in range(300)}
+        got_a = {ARENA_GFN + i for i, e in enumerate(leaves) if e & A}
+        got_d = {ARENA_GFN + i for i, e in enumerate(leaves) if e & D}
+        assert got_a == want and got_d == want
+        assert {int(x) for x in np.flatnonzero(arena["accessed"][ARENA_GFN:])} == {
+            g - ARENA_GFN for g in want
+        }
+        assert audit(m) == []
+        f0 = m.perfc.total("shadow_fault")
+        lines: list[str] = []
+        shadow_blow_all_tables(m, lines.append, ())
+        with m.sched.quiesce(None):
+            for d in (d1, d2):
+                sd = d.paging
+                assert sd.free_pages == sd.total_pages - len(set(sd.toplevel.values()))
+            assert audit(m) == []
+        # d2's random workload re-faults its working set and keeps running.
+        assert _wait_for(lambda: m.perfc.total("shadow_fault") > f0 + 32)
+        with m.sched.quiesce(None):
+            assert audit(m) == []
+            r = m.access.domain_arrays(d2)
+            assert 0 < r["accessed"][ARENA_GFN:].sum() <= 64
+            assert r["accessed"][ARENA_GFN + 64 :].sum() == 0
+    finally:
+        m.shutdown()

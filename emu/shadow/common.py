@@ -226,7 +226,8 @@ class ShadowDomain:
             children = ((pres & _U_ADDR) >> _U_12).tolist()
         ents[:] = 0
         for child in children:
-            self.put_ref(child)
+            if child in pool.type:  # (not e.g. Xen's own slot, mapped for one instruction)
+                self.put_ref(child)
         self.hash.delete(gmfn, t, smfn)
         self.demote(gmfn, t)
         pool.free(smfn, self.cpu)
@@ -250,7 +251,8 @@ class ShadowDomain:
         ents[:] = 0
         self.need_flush = True
         for child in children:
-            self.put_ref(child)
+            if child in self.pool.type:
+                self.put_ref(child)
 
     # ---- pool pressure (common.c: _shadow_prealloc) ----------------------------------
     def prealloc(self, pages: int) -> bool:
@@ -320,6 +322,7 @@ class ShadowDomain:
             return
         ctr, ix = self.cpu, self.pc.index
         ctr[ix["shadow_mappings"]] += 1
+        self.exec_mfns.difference_update(mfns.tolist())
         for gmfn in mfns.tolist():
             if gmfn in self.shadow_flags:
                 self.remove_shadows(gmfn)

@@ -123,5 +123,5 @@ def validate_entry(sd, smfn: int, shadow_type: int, i: int) -> None:
     if level == 1:
         if old & _PAGE_ACCESSED and target < sd.nr_frames:
             sd.access.mv_window[target] = 1
-    else:
+    elif target in sd.pool.type:
         sd.put_ref(target)
