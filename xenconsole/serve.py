@@ -17,12 +17,14 @@ def _fail(msg: str) -> int:
 def serve(args) -> int:
     try:
         host = host_from_args(args)
-        telnet = None if args.no_telnet else parse_listen(args.telnet or DEFAULT_TELNET, "telnet")
-        tcp = parse_listen(args.tcp, "tcp") if args.tcp else None
-        rfc2217 = parse_listen(args.rfc2217, "rfc2217") if args.rfc2217 else None
+        # `is not None`: an empty value is a bad address, not a missing option.
+        telnet_arg = DEFAULT_TELNET if args.telnet is None else args.telnet
+        telnet = None if args.no_telnet else parse_listen(telnet_arg, "telnet")
+        tcp = parse_listen(args.tcp, "tcp") if args.tcp is not None else None
+        rfc2217 = parse_listen(args.rfc2217, "rfc2217") if args.rfc2217 is not None else None
     except (ConfigError, UsageError) as e:
         return _fail(str(e))
-    if args.no_telnet and args.telnet:
+    if args.no_telnet and args.telnet is not None:
         return _fail("--telnet and --no-telnet cannot be used together")
     if args.log_events and not args.log:
         return _fail("--log-events needs --log FILE")
@@ -41,21 +43,11 @@ def serve(args) -> int:
     from xenconsole.server import HostRunner, ServeOptions
     from xenconsole.transports import ConsoleFactory, RawClient, TelnetClient
 
-    log = None
-    if args.log:
-        try:
-            log = open(args.log, "ab")  # noqa: SIM115 - lives as long as the server
-        except OSError as e:
-            return _fail(f"cannot open log {args.log}: {e.strerror}")
-
     opts = ServeOptions(host=host, wait=not args.no_wait, log_path=args.log, plugins=args.plugin)
-    runner = HostRunner(reactor, opts, log)
-    if args.log_events:
-        from xenconsole.eventlog import install as install_event_log
-
-        install_event_log(runner.hub)
+    runner = HostRunner(reactor, opts, None)
     ready: list[str] = []
     ports = []
+    pty = None
     try:
         for kind, addr, cls in (("telnet", telnet, TelnetClient), ("tcp", tcp, RawClient)):
             if addr is None:
@@ -74,17 +66,36 @@ def serve(args) -> int:
             port = reactor.listenTCP(rfc2217[1], RFC2217Factory(runner.hub), interface=rfc2217[0])
             ports.append(port)
             ready.append(f"xenconsole: rfc2217 {rfc2217[0]}:{port.getHost().port}")
-        pty = None
         if args.pty is not None:
             from xenconsole.pty import PtyClient
 
             pty = PtyClient(runner.hub, reactor, link=args.pty or None)
             ready.append(f"xenconsole: pty {pty.path}")
+        # Opened last, so a bad option never leaves a new empty log file behind.
+        log = None
+        if args.log:
+            try:
+                log = open(args.log, "ab")  # noqa: SIM115 - lives as long as the server
+            except OSError as e:
+                raise UsageError(f"cannot open log {args.log}: {e.strerror}") from None
+            runner.hub.log = log
+        if args.log_events:
+            from xenconsole.eventlog import install as install_event_log
+
+            try:
+                install_event_log(runner.hub)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
     except (CannotListenError, OSError, UsageError) as e:
         for p in ports:
             p.stopListening()
+        if pty is not None:
+            pty.close()
         if isinstance(e, CannotListenError):
-            return _fail(f"cannot listen on {e.interface}:{e.port}: {e.socketError}")
+            why = getattr(e.socketError, "strerror", None) or e.socketError
+            return _fail(f"cannot listen on {e.interface}:{e.port}: {why}")
+        if isinstance(e, OSError) and e.strerror:
+            return _fail(e.strerror if e.filename is None else f"{e.filename}: {e.strerror}")
         return _fail(str(e))
 
     for kind, addr in (("telnet", telnet), ("tcp", tcp), ("rfc2217", rfc2217)):
