@@ -44,6 +44,7 @@ class GuestConsole:
         self.buf = bytearray()
         self.lines: deque[str] = deque(maxlen=CONSOLE_HISTORY)
         self.listeners: list = []  # fn(text) with each complete line (with "\n")
+        self.on_close: list = []  # fn() when the domain goes away (`xl console` returns)
         self.lock = threading.Lock()
 
     def putc(self, c: int) -> None:
@@ -160,6 +161,13 @@ class HVM:
         if dom.domid == 0:
             return
         self.machine.sched.remove_domain(dom)
+        hvm = getattr(dom, "hvm", None)
+        if hvm is not None:
+            for fn in list(hvm.console.on_close):
+                try:
+                    fn()
+                except Exception:  # a client gone away must not stop the destroy
+                    pass
         for v in dom.vcpus:
             if isinstance(v, V.VCPU):
                 v.blocked, v.running = True, False

@@ -27,11 +27,15 @@ def xen_info_line(machine) -> str:
     return f"----[ Xen-{ver}  x86_64  debug={debug}  Not tainted ]----"
 
 
-def show_registers(out: Out, r: dict, context: str, vname: str | None, symbol: str = "") -> None:
-    """_show_registers(): the block from `RIP:` to the segment line."""
+def show_registers(
+    out: Out, r: dict, context: str, vname: str | None, symbol: str = "", em: int | None = None
+) -> None:
+    """_show_registers(): the block from `RIP:` to the segment line (`EM:` for PV vCPUs)."""
     rip = f"RIP:    {r['cs']:04x}:[<{r['rip']:016x}>]"
     out(rip + (f" {symbol}" if symbol else ""))
-    out(f"RFLAGS: {r['rflags']:016x}   CONTEXT: {context}" + (f" ({vname})" if vname else ""))
+    em_text = "" if em is None else f"EM: {em}   "
+    ctx = f"CONTEXT: {context}" + (f" ({vname})" if vname else "")
+    out(f"RFLAGS: {r['rflags']:016x}   {em_text}{ctx}")
     g = r.get
     out(f"rax: {g('rax', 0):016x}   rbx: {g('rbx', 0):016x}   rcx: {g('rcx', 0):016x}")
     out(f"rdx: {g('rdx', 0):016x}   rsi: {g('rsi', 0):016x}   rdi: {g('rdi', 0):016x}")

@@ -227,6 +227,7 @@ class Scheduler:
                 if self.stopping:
                     return
                 v.running = True
+                v.kicked = False  # under the lock: a kick from now on ends this run
                 v._thread = me
                 v.processor = p.cpu
                 p.current = v

@@ -114,7 +114,10 @@ class VCPU(_domain.VCPU):
         self.kicked = False
         self.down = False  # hlt with IF clear (hvm_vcpu_down): offline
         self.wake_at: int | None = None  # set_timer_op deadline, machine ns
-        self.xen_step: tuple[int, int, bool] | None = None
+        self.xen_step: tuple[int, int, bool, bool] | None = None  # (idx, old, TF, stepping)
+        self.entering: int | None = None  # Xen L4e to map for the first (trampoline) slice
+        self.dead = False
+        self.silent_stops, self.silent_rip = 0, -1
         self.last_pcpu: int | None = None
         self.runstate_since = time.monotonic_ns()
         self.stats = {"runs": 0, "gp_emulated": 0, "hypercalls": 0, "reflected": 0}
@@ -165,28 +168,28 @@ class VCPU(_domain.VCPU):
 
     def enter(self, xen_l4e: int, vcpu_arg: int, start_info: int) -> None:
         """Prepare the first entry: the first slice starts in Xen's trampoline at CPL 0,
-        whose `iretq` drops to the kernel entry at CPL 3. Xen's slot stays in the shadow L4
-        until that slice ends (a stop right after an `iretq` confuses Unicorn: the next
-        fault arrives as #DF, so no run is ever ended there on purpose)."""
+        whose `iretq` drops to the kernel entry at CPL 3. Xen's slot is put in the shadow L4
+        for that slice only (a stop right after an `iretq` confuses Unicorn: the next fault
+        arrives as #DF, so no run is ever ended there on purpose)."""
         uc = self.uc
-        self._xen_slot_map(xen_l4e)
+        self.entering = xen_l4e
         uc.reg_write(X.UC_X86_REG_RSP, XEN_VA + FRAME_OFF)
         uc.reg_write(X.UC_X86_REG_RDI, vcpu_arg)
         uc.reg_write(X.UC_X86_REG_RSI, start_info)
         uc.reg_write(X.UC_X86_REG_RIP, XEN_VA + TRAMP_OFF)
 
-    def _xen_slot_map(self, xen_l4e: int) -> None:
+    def _xen_slot_map(self, xen_l4e: int, step: bool) -> None:
         u64 = self.machine.ram.u64
         idx = ((self.uc.reg_read(X.UC_X86_REG_CR3) & ADDR_MASK) >> 3) + XEN_SLOT
         tf = bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_TF)
-        self.xen_step = (idx, int(u64[idx]), tf)
+        self.xen_step = (idx, int(u64[idx]), tf, step)
         u64[idx] = xen_l4e
         self.flush_tlb()
 
     def _xen_slot_unmap(self) -> None:
         if self.xen_step is None:
             return
-        idx, old, _tf = self.xen_step
+        idx, old = self.xen_step[:2]
         self.xen_step = None
         self.machine.ram.u64[idx] = old
         self.flush_tlb()
@@ -196,14 +199,16 @@ class VCPU(_domain.VCPU):
     def run(self) -> tuple:
         """Run until preempted or stopped by a hook; returns the outcome for the scheduler:
         ('slice',) runnable, ('block',), ('yield',), ('crash', how, text), ('shutdown', code)."""
-        self.pending = None
-        self.kicked = False
+        self.pending = None  # `kicked` is cleared by the scheduler when it picks this vCPU
         self.stats["runs"] += 1
         uc = self.uc
         err: UcError | None = None
         # A stop that lands between raising an exception and its hook leaves old_exception
         # set, and the next fault would arrive as #DF: reset it before every run.
         ack_exception(uc)
+        if self.entering is not None:
+            self._xen_slot_map(self.entering, step=False)
+            self.entering = None
         try:
             uc.emu_start(uc.reg_read(X.UC_X86_REG_RIP), UNTIL)
         except UcError as e:
@@ -224,9 +229,19 @@ class VCPU(_domain.VCPU):
                 else:
                     p = ("crash", "triple", str(err))
             elif self.kicked:
+                self.silent_stops = 0
                 return ("slice",)
             else:
-                p = ("crash", "triple", "silent stop")  # qemu's own triple fault
+                # No hook stopped it and nobody kicked it: qemu's own triple fault, or an
+                # emu_stop that landed late. Only a stop that repeats without progress is
+                # taken for a triple fault.
+                rip = uc.reg_read(X.UC_X86_REG_RIP)
+                self.silent_stops = self.silent_stops + 1 if rip == self.silent_rip else 1
+                self.silent_rip = rip
+                if self.silent_stops < 3:
+                    return ("slice",)
+                p = ("crash", "triple", "silent stop")
+        self.silent_stops = 0
         if p[0] == "exc":
             _, vec, ec, cr2 = p
             if self.inject(vec, ec, cr2):
@@ -252,8 +267,8 @@ class VCPU(_domain.VCPU):
 
                 emulate_gp(self)
             elif intno == 1:
-                if self.xen_step is not None:
-                    _idx, _old, tf = self.xen_step
+                if self.xen_step is not None and self.xen_step[3]:
+                    tf = self.xen_step[2]
                     self._xen_slot_unmap()
                     if not tf:
                         fl = uc.reg_read(X.UC_X86_REG_EFLAGS)
@@ -277,7 +292,7 @@ class VCPU(_domain.VCPU):
         if (cr2 >> 39) == (XEN_VA >> 39) and not err & 4 and self.xen_step is None:
             # An implicit supervisor access (GDT read by iretq / a segment load): map Xen's
             # slot for exactly one instruction (TF), then take it away again.
-            self._xen_slot_map(self.machine.hvm.xen_l4e)
+            self._xen_slot_map(self.machine.hvm.xen_l4e, step=True)
             fl = uc.reg_read(X.UC_X86_REG_EFLAGS)
             uc.reg_write(X.UC_X86_REG_EFLAGS, fl | RFLAGS_TF)
             return

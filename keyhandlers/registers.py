@@ -1,0 +1,66 @@
+"""`d` (dump registers) and `0` (dump Dom0 registers): xen/common/keyhandler.c, x86 traps.c.
+
+`d` prints, for every pCPU, the guest state of the vCPU on it (the vCPU running when the key
+was pressed; every vCPU is held out of its Uc while the dump reads registers), or, for an
+idle pCPU, the host state of Xen's idle loop. The format is xen.md §2.5.
+
+`0`: dom0 here is the console shell, not a guest running on Unicorn, so its vCPUs have no
+emulated CPU state. Each is dumped as Xen would dump a PV vCPU (`*** Dumping Dom0 vcpu#N
+state: ***` + the register block, CONTEXT: pv guest) with every register zero except the
+PV kernel's flat selectors (cs e033, ss e02b); no guest stack trace is printed because there
+is no guest stack to read.
+"""
+
+from __future__ import annotations
+
+from emu.regdump import (
+    show_guest_execution_state,
+    show_idle_execution_state,
+    show_registers,
+)
+from keyhandlers import keyhandler
+
+FLAT_KERNEL_CS, FLAT_KERNEL_SS = 0xE033, 0xE02B
+
+
+def _quiesce_all(machine):
+    import contextlib
+
+    sched = getattr(machine, "sched", None)
+    return sched.quiesce(None) if sched is not None else contextlib.nullcontext()
+
+
+@keyhandler("d", "dump registers", diagnostic=True, irq=True)
+def dump_registers(machine, out, args) -> None:
+    out("'d' pressed -> dumping registers")
+    out("")
+    sched = getattr(machine, "sched", None)
+    ncpu = machine.host.cpus
+    if sched is not None:
+        with sched.cond:
+            on_cpu = [sched.current_on(c) for c in range(ncpu)]
+    else:
+        on_cpu = [None] * ncpu
+    with _quiesce_all(machine):
+        for cpu in range(ncpu):  # CPU0 takes the serial interrupt: it dumps first
+            v = on_cpu[cpu]
+            if v is None or getattr(v, "dead", False):
+                out(f"*** Dumping CPU{cpu} host state: ***")
+                show_idle_execution_state(machine, out, cpu)
+                out("")
+                continue
+            out(f"*** Dumping CPU{cpu} guest state ({v.name}): ***")
+            show_guest_execution_state(machine, out, v, cpu)
+            out("")
+
+
+@keyhandler("0", "dump Dom0 registers", diagnostic=True)
+def dump_hwdom_registers(machine, out, args) -> None:
+    dom0 = machine.domains.get(0)
+    if dom0 is None:
+        return
+    out("'0' pressed -> dumping Dom0's registers")
+    for v in dom0.vcpus:
+        out(f"*** Dumping Dom0 vcpu#{v.vcpu_id} state: ***")
+        r = {"cs": FLAT_KERNEL_CS, "ss": FLAT_KERNEL_SS, "rip": 0, "rflags": 0}
+        show_registers(out, r, "pv guest", f"d0v{v.vcpu_id}", em=0)

@@ -1,0 +1,154 @@
+"""`xl pause`, `xl unpause`, `xl vcpu-list`, `xl console` (tools/xl/xl_vcpu.c, xl_console.c,
+xl_misc.c)."""
+
+from __future__ import annotations
+
+from xenconsole.dom0.xl import XlExit, command, find_domain, getopts
+
+CTRL_RBRACKET = 0x1D  # DEFAULT_ESCAPE_CHARACTER in tools/console/client/main.c
+CONSOLE_REPLAY_BYTES = 4096  # what a console pty would have buffered before the attach
+
+
+def print_bitmap(cpus: set[int], nr_cpus: int) -> str:
+    """tools/xl/xl_utils.c print_bitmap(): `all`, `none`, or ranges."""
+    if not cpus:
+        return "none"
+    if cpus >= set(range(nr_cpus)):
+        return "all"
+    out, i = [], 0
+    s = sorted(c for c in cpus if c < nr_cpus)
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
+            j += 1
+        out.append(str(s[i]) if i == j else f"{s[i]}-{s[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def vcpu_row(dom, v, nr_cpus: int) -> str:
+    row = f"{dom.name:<32} {dom.domid:5d} {v.vcpu_id:5d}"
+    if getattr(v, "down", False):
+        row += f"{'-':>5} {'-':>3}-p "
+    else:
+        running = "r" if getattr(v, "running", False) else "-"
+        blocked = "b" if getattr(v, "blocked", False) and running == "-" else "-"
+        row += f"{getattr(v, 'processor', 0):5d} {running:>3}{blocked}- "
+    row += f"{v.cpu_time_ns / 1e9:9.1f}  "
+    aff = print_bitmap(set(range(nr_cpus)), nr_cpus)
+    return row + f"{aff} / {aff}"
+
+
+@command("vcpu-list", 0, 0, "List the VCPUs for all/some domains", "[Domain, ...]")
+def main_vcpulist(sh, argv: list[str]) -> int:
+    _, rest = getopts(sh, argv, "", [], "vcpu-list", 0)
+    m = sh.machine
+    nr_cpus = m.host.cpus
+    doms = (
+        [find_domain(sh, m, q) for q in rest] if rest else [m.domains[k] for k in sorted(m.domains)]
+    )
+    sh.println(
+        f"{'Name':<32} {'ID':>5} {'VCPU':>5} {'CPU':>5} {'State':>5} {'Time(s)':>9} "
+        "Affinity (Hard / Soft)"
+    )
+    for dom in doms:
+        for v in list(dom.vcpus):
+            sh.println(vcpu_row(dom, v, nr_cpus))
+    return 0
+
+
+def _libxl_error(sh, line: int, func: str, domid: int, what: str, err: str) -> None:
+    sh.println(f"libxl: error: libxl_domain.c:{line}:{func}: Domain {domid}:{what}: {err}")
+
+
+@command("pause", 0, 1, "Pause execution of a domain", "<Domain>")
+def main_pause(sh, argv: list[str]) -> int:
+    _, rest = getopts(sh, argv, "", [], "pause", 1)
+    dom = find_domain(sh, sh.machine, rest[0])
+    sched = getattr(sh.machine, "sched", None)
+    if dom.domid == 0 or sched is None:  # XEN_DOMCTL_pausedomain on itself: -EINVAL
+        _libxl_error(sh, 585, "libxl_domain_pause", dom.domid, "Pausing domain", "Invalid argument")
+        return 1
+    sched.pause_domain(dom)
+    return 0
+
+
+@command("unpause", 0, 1, "Unpause a paused domain", "<Domain>")
+def main_unpause(sh, argv: list[str]) -> int:
+    _, rest = getopts(sh, argv, "", [], "unpause", 1)
+    dom = find_domain(sh, sh.machine, rest[0])
+    sched = getattr(sh.machine, "sched", None)
+    if dom.domid == 0 or sched is None or dom.pause_count == 0:
+        _libxl_error(
+            sh,
+            634,
+            "libxl__domain_unpause_deprecated",
+            dom.domid,
+            "Unpausing domain",
+            "Invalid argument",
+        )
+        return 1
+    sched.unpause_domain(dom)
+    return 0
+
+
+class ConsoleSession:
+    """The foreground `xl console`: guest lines out, Ctrl-] back to the dom0 prompt."""
+
+    def __init__(self, sh, dom) -> None:
+        self.sh = sh
+        self.con = dom.hvm.console
+        self.closed = False
+
+    def start(self) -> None:
+        backlog = "".join(t + "\n" for t in self.con.lines)[-CONSOLE_REPLAY_BYTES:]
+        if backlog:
+            self.sh.write(backlog)
+        self.con.listeners.append(self.output)
+        closers = getattr(self.con, "on_close", None)
+        if closers is not None:
+            closers.append(self.close)
+        self.sh.foreground = self.input
+
+    def output(self, text: str) -> None:
+        if not self.closed:
+            self.sh.write(text)
+
+    def input(self, data: bytes) -> None:
+        if CTRL_RBRACKET in data:
+            self.close()
+        # anything else would go to the guest's console input, which these guests don't read
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.output in self.con.listeners:
+            self.con.listeners.remove(self.output)
+        if self.sh.foreground == self.input:
+            self.sh.foreground = None
+            self.sh.prompt()
+
+
+@command(
+    "console",
+    0,
+    0,
+    "Attach to domain's console",
+    "[options] <Domain>\n"
+    "-t <type>       console type, pv , serial or vuart\n"
+    "-n <number>     console number\n"
+    "-e <escape>     escape character",
+)
+def main_console(sh, argv: list[str]) -> int:
+    opts, rest = getopts(sh, argv, "n:t:e:", [], "console", 1)
+    for o, a in opts:
+        if o == "-t" and a not in ("pv", "serial", "vuart"):
+            sh.println("console type supported are: pv, serial, vuart")
+            raise XlExit(2)
+    dom = find_domain(sh, sh.machine, rest[0])
+    if getattr(dom, "hvm", None) is None:
+        sh.println(f"Unable to attach console of domain {dom.domid}: it has no guest console")
+        return 1
+    ConsoleSession(sh, dom).start()
+    return 0
