@@ -31,19 +31,36 @@ class Hub:
         self.on_input: Callable[[bytes], None] = lambda data: None
         self.on_break: Callable[[Client], None] = lambda client: None
         self.bytes_out = 0
+        self._pending = bytearray()
 
     # Output side: the machine's serial sink.
     def sink(self, data: bytes) -> None:
         if threading.get_ident() == self._reactor_thread:
-            self._fanout(data)
+            self._queue(data)
         else:  # a vCPU thread printed: hop onto the reactor, preserving order
-            self.reactor.callFromThread(self._fanout, data)
+            self.reactor.callFromThread(self._queue, data)
 
-    def _fanout(self, data: bytes) -> None:
+    def _queue(self, data: bytes) -> None:
+        # Output is gathered for the rest of this reactor turn and fanned out once: the dom0
+        # shell echoes byte by byte, and a write per byte per client is most of the cost of
+        # a fast paste. The log is written now, in order with anything else written to it.
+        if not data:
+            return
         self.bytes_out += len(data)
         if self.log is not None:
             self.log.write(data)
+        if not self._pending:
+            self.reactor.callLater(0, self.flush)
+        self._pending += data
+
+    def flush(self) -> None:
+        """Hand everything gathered so far to every client (and the log file to the OS)."""
+        if self.log is not None:
             self.log.flush()
+        if not self._pending:
+            return
+        data = bytes(self._pending)
+        self._pending.clear()
         for c in list(self.clients):
             try:
                 c.deliver(data)

@@ -5,12 +5,14 @@ write buffer passes its high-water mark (64 KiB) it pauses us; we then keep at m
 bytes, dropping the oldest, and on resume tell that client (and only that client) how much
 it lost. Nothing else ever waits for a slow client.
 
-Drops are whole chunks, never part of one: a chunk may hold an escaped telnet `IAC IAC` or
-an ANSI sequence, and cutting it would put a stray command on the wire.
+Drops are whole chunks, or a chunk's head up to the end of a line, never an arbitrary
+part: a chunk may hold an escaped telnet `IAC IAC`, and cutting between the two would put a
+stray command on the wire. (0xFF is never a line end, so a cut after `\n` is always safe.)
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -21,6 +23,9 @@ DEFAULT_LIMIT = 256 * 1024
 # Small writes (echo is one byte at a time) are merged up to this size, so a full backlog is
 # a few dozen objects rather than a quarter of a million.
 CHUNK = 16 * 1024
+# After a flush that moved nothing, wait this long before trying again (a stalled client
+# would otherwise cost a send() per delivery).
+FLUSH_RETRY = 0.005
 # Protocol replies (telnet negotiation, AYT) queued while paused; a client that floods us
 # with requests and never reads the answers cannot grow this.
 CONTROL_LIMIT = 4096
@@ -33,9 +38,19 @@ def drop_notice(n: int) -> bytes:
 
 @implementer(IPushProducer)
 class OutputBuffer:
-    def __init__(self, write: Callable[[bytes], None], limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        limit: int = DEFAULT_LIMIT,
+        flush: Callable[[], object] | None = None,
+    ) -> None:
+        """`write` is the transport's write; `flush`, if given, hands the transport's buffer
+        to the kernel now (a FileDescriptor's `doWrite`)."""
         self._write = write
+        self._flush = flush
+        self._flush_failed_at = -1.0
         self.limit = limit
+        self._merge = max(1, min(CHUNK, limit // 8))  # drops stay fine-grained for small limits
         self.paused = False
         self.backlog: deque[bytearray] = deque()
         self.backlog_bytes = 0
@@ -54,18 +69,49 @@ class OutputBuffer:
             self._write(data)
             return
         tail = self.backlog[-1] if self.backlog else None
-        if tail is not None and len(tail) + len(data) <= CHUNK:
+        if tail is not None and len(tail) + len(data) <= self._merge:
             tail += data
         else:
             self.backlog.append(bytearray(data))
         self.backlog_bytes += len(data)
-        # Oldest whole chunks go first; the newest chunk always stays, so a single chunk
-        # bigger than the limit is kept (it is bounded by one reactor turn's output).
-        while self.backlog_bytes > self.limit and len(self.backlog) > 1:
-            old = self.backlog.popleft()
-            self.backlog_bytes -= len(old)
-            self.dropped += len(old)
-            self.dropped_total += len(old)
+        if self.backlog_bytes > self.limit:
+            self._relieve()
+        while self.backlog_bytes > self.limit:
+            head = self.backlog[0]
+            over = self.backlog_bytes - self.limit
+            if len(head) <= over:
+                cut = len(head)
+            else:  # only part of the oldest chunk must go: cut just after a line end
+                nl = head.find(b"\n", over - 1)
+                cut = nl + 1 if nl >= 0 else len(head)
+            if cut == len(head):
+                self.backlog.popleft()
+            else:
+                del head[:cut]
+            self.backlog_bytes -= cut
+            self.dropped += cut
+            self.dropped_total += cut
+
+    def _relieve(self) -> None:
+        """Before dropping anything, let the kernel take what it can.
+
+        Twisted sends only between reactor turns, so output produced in one turn (a long
+        `;` chain, a big key dump) would overflow even a fast client. A client that really
+        stalls has full socket buffers, and then this moves nothing.
+        """
+        if self._flush is None or self.closed:
+            return
+        now = time.monotonic()
+        if now - self._flush_failed_at < FLUSH_RETRY:
+            return
+        for _ in range(16):
+            before = self.backlog_bytes
+            self._flush()  # may call resumeProducing, which moves backlog into the transport
+            if not self.paused and not self.backlog:
+                return
+            if self.backlog_bytes >= before:
+                self._flush_failed_at = now
+                return
 
     def send_control(self, data: bytes) -> None:
         """A protocol reply: written now, or queued (bounded) until the client reads again."""

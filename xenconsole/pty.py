@@ -42,7 +42,7 @@ class PtyClient(abstract.FileDescriptor):
         self.connected = 1
         self.attached = False
         self.dropped_while_detached = 0
-        self.out = OutputBuffer(self._write_attached, buffer_limit)
+        self.out = OutputBuffer(self._write_attached, buffer_limit, self._flush)
         self.registerProducer(self.out, True)
         self._probe = task.LoopingCall(self._check_attached)
         self._probe.clock = reactor
@@ -95,6 +95,10 @@ class PtyClient(abstract.FileDescriptor):
     def _write_attached(self, data: bytes) -> None:
         if self.attached:
             self.write(data)
+
+    def _flush(self) -> None:
+        if self.attached:
+            self.doWrite()
 
     def doRead(self):
         return fdesc.readFromFD(self.master, self.hub.receive)
