@@ -1,0 +1,80 @@
+"""Helpers for the guest tests: a machine without a console server, asm guests, waits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from emu.domain_build import guest_pte_flags
+from emu.host import DomainSpec, HostConfig
+from emu.machine import Machine
+
+PTE_A, PTE_D = np.uint64(0x20), np.uint64(0x40)
+
+
+class Lines:
+    """Everything the machine sent to its serial line, as text."""
+
+    def __init__(self, machine) -> None:
+        self.chunks: list[bytes] = []
+        machine.console.sinks.append(self.chunks.append)
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("latin-1").replace("\r\n", "\n")
+
+
+def new_machine(memory: int = 512 << 20, cpus: int = 2) -> Machine:
+    m = Machine(HostConfig(memory=memory, cpus=cpus, dom0_mem=64 << 20))
+    return m.boot_sync()
+
+
+def create(m, name: str, workload: str, memory: int = 16, vcpus: int = 1, paused=False):
+    spec = DomainSpec(name=name, memory=memory, vcpus=vcpus, workload=workload)
+    return m.create_domain(spec, paused=paused) if paused else m.create_domain(spec)
+
+
+def asm_guest(m, tmp_path: Path, name: str, source: str, memory: int = 16, vcpus: int = 1):
+    path = tmp_path / f"{name}.S"
+    path.write_text(source)
+    return create(m, name, f"asm:{path}", memory=memory, vcpus=vcpus)
+
+
+def wait_for(pred, timeout: float = 10.0, step: float = 0.01) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def console_lines(dom) -> list[str]:
+    return list(dom.hvm.console.lines)
+
+
+def arena_ad(m, dom, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """gfns in [first, last) whose guest PTE has A, and those with D."""
+    gfns = np.arange(first, last)
+    f = guest_pte_flags(m, dom, gfns)
+    return gfns[(f & PTE_A) != 0], gfns[(f & PTE_D) != 0]
+
+
+def gone(m, dom) -> bool:
+    return m.domains.get(dom.domid) is not dom
+
+
+# Port 0xe9 print of a NUL-terminated string at rsi; used by asm programs (append to source).
+PUTS = """
+puts:
+    mov al, byte ptr [rsi]
+    test al, al
+    jz puts_done
+    out 0xe9, al
+    inc rsi
+    jmp puts
+puts_done:
+    ret
+"""
