@@ -54,6 +54,7 @@ class Domain:
     paging: Any = None  # shadow state (emu.shadow) once enabled
     reserved_gfns: Any = field(default_factory=set)  # gfns ballooning must never take
     xenheap_pages: int = 0
+    xenpage_mfns: list[int] = field(default_factory=list)  # d->xenpage_list
     extra_pages: int = 0
     target_pages: int = 0  # balloon target (xenstore memory/target)
     static_max_kb: int = 0  # xenstore memory/static-max

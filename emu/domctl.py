@@ -46,6 +46,7 @@ def share_xen_page(machine, dom: Domain) -> int | None:
     ft.type_info[mfn] = PGT_writable_page | PGT_validated | 1
     ft.v[mfn] = dom.domid + 1
     dom.xenheap_pages += 1
+    dom.xenpage_mfns.append(mfn)
     return mfn
 
 
@@ -154,7 +155,8 @@ def _teardown(machine, dom: Domain) -> None:
         owned = ft.owned_by(dom.domid)  # page list from the owner field
         dom.tot_pages -= len(owned)
         machine.heap.free_runs(owned, need_scrub=True)
-        xen = ft.xenpages_of(dom.domid)
+        xen = np.array(dom.xenpage_mfns, dtype=np.int64)
+        dom.xenpage_mfns.clear()
         dom.xenheap_pages -= len(xen)
         machine.heap.free_runs(xen, need_scrub=True)
         dom.is_dying = 2

@@ -118,12 +118,9 @@ class Heap:
     # ---- low level: the buddy allocator --------------------------------------------------
 
     def _mark_free(self, mfn: int, order: int, need_scrub: bool) -> None:
-        n = 1 << order
-        s = slice(mfn, mfn + n)
-        self.ft.count_info[s] = PGC_state_free | (PGC_need_scrub if need_scrub else 0)
-        self.ft.type_info[s] = 0
-        self.ft.v[s] = 0
-        self.ft.tlbflush[s] = 0
+        # Whole records at once: links 0, count_info free (+need_scrub), type 0, v/tlbflush 0.
+        ci = PGC_state_free | (PGC_need_scrub if need_scrub else 0)
+        self.ft.words[mfn : mfn + (1 << order)] = np.array([0, ci, 0, 0], dtype=np.uint64)
 
     def _is_free_head(self, mfn: int, order: int) -> bool:
         if mfn <= 0 or mfn + (1 << order) > self.nr_frames:
@@ -186,9 +183,7 @@ class Heap:
                 n = 1 << order
                 self.avail[0, zone] -= n
                 self.total_avail_pages -= n
-                s = slice(mfn, mfn + n)
-                self.ft.count_info[s] = PGC_state_inuse
-                self.ft.v[s] = 0
+                self.ft.words[mfn : mfn + n] = np.array([0, PGC_state_inuse, 0, 0], dtype=np.uint64)
                 return mfn
             return None
 
@@ -228,6 +223,10 @@ class Heap:
                 return mfn
             self.assign_pages(dom, np.arange(mfn, mfn + n))
             return mfn
+
+    @staticmethod
+    def _assigned_row(dom: Domain) -> np.ndarray:
+        return np.array([0, PGC_allocated | 1, 0, owner_code(dom.domid)], dtype=np.uint64)
 
     def assign_pages(self, dom: Domain, mfns: np.ndarray) -> None:
         self.ft.count_info[mfns] = PGC_allocated | 1
@@ -278,10 +277,11 @@ class Heap:
                     continue
                 got.append((mfn, order))
                 left -= 1 << order
-            mfns = np.concatenate([np.arange(m, m + (1 << o)) for m, o in got])
             if dom is not None:
-                self.assign_pages(dom, mfns)
-            return mfns
+                for m, o in got:  # contiguous chunks: slice writes, not scattered ones
+                    self.ft.words[m : m + (1 << o)] = self._assigned_row(dom)
+                dom.tot_pages += count
+            return np.concatenate([np.arange(m, m + (1 << o)) for m, o in got])
 
     def alloc_xenheap_pages(self, order: int, memflags: int = 0):
         """x86-64: a domheap chunk flagged PGC_xen_heap, for the hypervisor's own use."""

@@ -62,7 +62,7 @@ def dump_pageframe_info(machine, dom, out) -> None:
             out(_page_line("DomPage", ft, mfn))
     if dom.is_hvm:
         out("    PoD entries=0 cachesize=0")
-    for mfn in ft.xenpages_of(dom.domid).tolist():
+    for mfn in list(getattr(dom, "xenpage_mfns", ())):
         out(_page_line("XenPage", ft, mfn))
 
 
