@@ -287,3 +287,91 @@ def test_q_format(machine):
         "Notifying guest 0:1 (virq 1, port 13)",
         "Notifying guest 1:0 (virq 1, port 0)",
     ]
+
+
+class FakePool:
+    """Stands in for a shadow pool's pool_mfns() (the real one is emu/shadow's)."""
+
+    def __init__(self, mfns):
+        self.mfns = np.asarray(mfns, dtype=np.int64)
+
+    def pool_mfns(self):
+        return self.mfns
+
+
+def test_audit_finds_each_kind_of_violation(machine):
+    from emu.page_info import PGC_allocated, PGC_state_free
+
+    dom = machine.create_domain(DomainSpec(name="v", memory=8))
+    ft = machine.frames
+    mfn = int(dom.p2m[5])
+    # 1. A frame owned twice: dom0's P2M also maps one of d1's frames.
+    dom0 = machine.domains[0]
+    saved = int(dom0.p2m[7])
+    dom0.p2m[7] = mfn
+    got = audit(machine)
+    assert f"1 frame(s) in d0's P2M but not owned by it: {mfn:#x}" in got
+    assert f"1 frame(s) mapped by d1 and by another P2M: {mfn:#x}" in got
+    assert f"1 frame(s) owned but in no P2M: {saved:#x}" in got
+    dom0.p2m[7] = saved
+    assert audit(machine) == []
+    # 2. M2P disagreeing with the P2M.
+    machine.m2p[mfn] = 6
+    assert audit(machine) == [f"1 frame(s) in d1's P2M with M2P disagreeing: {mfn:#x}"]
+    machine.m2p[mfn] = 5
+    # 3. A lost frame: taken off the heap's free lists without being marked in use.
+    a = machine.heap.alloc_heap_pages(0)
+    ft.count_info[a] = PGC_state_free
+    got = audit(machine)
+    assert f"1 frame(s) free in page_info but on no free list: {a:#x}" in got
+    ft.count_info[a] = 0
+    assert audit(machine) == [f"1 frame(s) in no state (lost): {a:#x}"]
+    # ... which is fine once it belongs to a shadow pool, but not to two.
+    dom.paging = FakePool([a])
+    assert audit(machine) == []
+    dom0.paging = FakePool([a])
+    assert audit(machine) == [f"1 frame(s) in two shadow pools: {a:#x}"]
+    dom0.paging = None
+    # 4. A pool frame that is also a domain's page.
+    dom.paging = FakePool([a, mfn])
+    assert audit(machine) == [f"1 frame(s) in d1's shadow pool but not anonymous in-use: {mfn:#x}"]
+    dom.paging = None
+    machine.heap.free_heap_pages(a, 0)
+    # 5. Accounting: tot_pages off by one; an owner that is not a live domain.
+    dom.tot_pages += 1
+    assert audit(machine) == ["d1: tot_pages=2049 but 2048 frames owned and 2048 P2M entries"]
+    dom.tot_pages -= 1
+    ft.v[mfn] = 42
+    got = audit(machine)
+    assert f"1 frame(s) owned by no live domain: {mfn:#x}" in got
+    ft.v[mfn] = 2
+    ft.count_info[mfn] = PGC_allocated  # reference count 0
+    assert audit(machine) == [f"1 frame(s) allocated with reference count 0: {mfn:#x}"]
+    ft.count_info[mfn] = PGC_allocated | 1
+    assert audit(machine) == []
+
+
+def test_O_key_prints_summary_and_capped_violations(machine):
+    out = Lines()
+    KEY_TABLE["O"].fn(machine, out, ())
+    assert re.fullmatch(r"'O' pressed -> auditing frame table and shadows \(now = \d+\)", out[0])
+    nr = machine.ram.nr_frames
+    free, xen = machine.free_pages(), machine.xen_frames() + 1
+    assert out[1:] == [
+        f"audit: frames={nr} free={free} xen={xen} domain=32768 shadow=0",
+        "audit: d0 owns 32768 frames",
+        "audit: consistent",
+    ]
+    assert KEY_TABLE["O"].desc == "audit frame table, heap, P2M/M2P and shadow pools"
+    # 25 broken domains: 20 violation lines, the rest counted.
+    doms = [machine.create_domain(DomainSpec(name=f"x{i}", memory=4)) for i in range(25)]
+    for d in doms:
+        d.tot_pages += 1
+    out = Lines()
+    KEY_TABLE["O"].fn(machine, out, ())
+    viol = [ln for ln in out if ln.startswith("audit: violation: ")]
+    assert (
+        viol[0] == "audit: violation: d1: tot_pages=1025 but 1024 frames owned and 1024 P2M entries"
+    )
+    assert len(viol) == 20
+    assert out[-2:] == ["audit: ... 5 more not shown", "audit: 25 violation(s)"]
