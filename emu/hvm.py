@@ -119,6 +119,7 @@ class HVM:
         self.machine = machine
         self._xen: XenPages | None = None
         self.lock = threading.RLock()
+        self.crash_counts: dict[str, int] = {}  # by cause: triple, shadow, unmapped, internal
 
     @property
     def xen(self) -> XenPages:
@@ -181,6 +182,7 @@ class HVM:
         with m.console.lock:
             if dom.shutdown_code is not None or dom.is_dying:
                 return  # __domain_crash(): already shutting down, print nothing
+            self.crash_counts[how] = self.crash_counts.get(how, 0) + 1
             p = m.console.printk
             if how == "triple":
                 p(f"{vcpu.name} Triple fault - invoking HVM shutdown action {SHUTDOWN_crash}\n")
