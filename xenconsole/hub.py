@@ -48,7 +48,10 @@ class Hub:
             return
         self.bytes_out += len(data)
         if self.log is not None:
-            self.log.write(data)
+            try:
+                self.log.write(data)
+            except (OSError, ValueError) as e:  # disk full, file closed: keep serving
+                self._log_failed(e)
         if not self._pending:
             self.reactor.callLater(0, self.flush)
         self._pending += data
@@ -56,7 +59,10 @@ class Hub:
     def flush(self) -> None:
         """Hand everything gathered so far to every client (and the log file to the OS)."""
         if self.log is not None:
-            self.log.flush()
+            try:
+                self.log.flush()
+            except (OSError, ValueError) as e:
+                self._log_failed(e)
         if not self._pending:
             return
         data = bytes(self._pending)
@@ -67,6 +73,10 @@ class Hub:
             except Exception:  # one broken client must not cost the others their output
                 traceback.print_exc(file=sys.stderr)
                 self.detach(c)
+
+    def _log_failed(self, e: Exception) -> None:
+        sys.stderr.write(f"xenconsole: log write failed ({e}); logging stopped\n")
+        self.log = None
 
     # Client side.
     def attach(self, client: Client) -> None:

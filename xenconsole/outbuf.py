@@ -31,6 +31,20 @@ FLUSH_RETRY = 0.005
 CONTROL_LIMIT = 4096
 
 
+def flusher(transport) -> Callable[[], None]:
+    """A `flush` for OutputBuffer: the transport's own write handler, called early.
+
+    Any error it returns is seen again by the reactor on its next turn, which then closes
+    the connection as usual.
+    """
+
+    def flush() -> None:
+        if transport.connected and not transport.disconnecting and hasattr(transport, "doWrite"):
+            transport.doWrite()
+
+    return flush
+
+
 def drop_notice(n: int) -> bytes:
     msg = f"*** xenconsole: output too fast for this client, {n} bytes dropped ***"
     return f"\r\n{msg}\r\n".encode()

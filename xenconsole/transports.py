@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.internet import protocol
 
-from xenconsole.outbuf import OutputBuffer
+from xenconsole.outbuf import OutputBuffer, flusher
 from xenconsole.telnet_codec import TelnetCodec, escape
 
 
@@ -24,20 +24,15 @@ class RawClient(protocol.Protocol):
             self.transport.setTcpKeepAlive(True)
         except AttributeError:
             pass
-        self.out = OutputBuffer(self.transport.write, self.factory.buffer_limit, self._flush)
+        self.out = OutputBuffer(
+            self.transport.write, self.factory.buffer_limit, flusher(self.transport)
+        )
         self.transport.registerProducer(self.out, True)
         self.setup()
         self.factory.hub.attach(self)
 
     def setup(self) -> None:
         pass
-
-    def _flush(self) -> None:
-        # The socket's own write handler, called early (see OutputBuffer._relieve); an error
-        # it returns is seen again by the reactor on its next turn, which closes the client.
-        t = self.transport
-        if t.connected and not t.disconnecting and hasattr(t, "doWrite"):
-            t.doWrite()
 
     def deliver(self, data: bytes) -> None:
         self.out.deliver(data)
