@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from emu.host import ConfigError
@@ -104,6 +105,14 @@ def serve(args) -> int:
                 f"xenconsole: warning: {kind} listens on {addr[0]}, not loopback; "
                 "the console is unauthenticated, as a real serial line is\n"
             )
+
+    # A signal between the ready line and reactor.run() (which installs Twisted's own
+    # handlers) must still mean a clean stop, not death by SIGTERM.
+    def _early_stop(signum, frame) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _early_stop)
     for line in ready:
         print(line)
     print("xenconsole: ready", flush=True)
