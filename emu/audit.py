@@ -65,47 +65,80 @@ F_STATE_FREE = PGC_state_free >> 56
 F_NEED_SCRUB = PGC_need_scrub >> 56
 
 
+class _Scratch:
+    """Per-machine work arrays, reused so that each audit does not page-fault them in."""
+
+    def __init__(self, nr: int) -> None:
+        self.flags = np.zeros(nr + 1, dtype=np.uint8)  # +1: a sentinel for reduceat
+        self.tmp = np.zeros(nr, dtype=np.uint8)
+        self.is_free = np.zeros(nr + 1, dtype=bool)
+        self.is_xen = np.zeros(nr, dtype=bool)
+        self.owned = np.zeros(nr, dtype=bool)
+        self.mapped = np.zeros(nr, dtype=bool)
+
+
+def _scratch(machine) -> _Scratch:
+    sc = getattr(machine, "_audit_scratch", None)
+    if sc is None:
+        sc = machine._audit_scratch = _Scratch(machine.frames.nr_frames)
+    return sc
+
+
+def _mask(flags: np.ndarray, tmp: np.ndarray, bits: int, value: int, out: np.ndarray) -> None:
+    np.bitwise_and(flags, bits, out=tmp)
+    np.equal(tmp, value, out=out)
+
+
 def audit_full(machine) -> AuditResult:
     """Classify every frame and cross-check the heap, P2M, M2P and shadow pools.
 
-    Works on two contiguous copies taken in one pass each (count_info's flag byte and the
-    owner word), so a 16M-frame table costs a few hundred milliseconds.
+    Works on count_info's flag byte, copied out of the frame table in one pass; the owner
+    word is read only for the frames a check is about. Whole-table lists of offending frames
+    are computed only when a count shows something is wrong.
     """
     ft = machine.frames
     heap = machine.heap
     nr = ft.nr_frames
     res = AuditResult(nr_frames=nr)
     bad = res.violations
+    sc = _scratch(machine)
     with machine.lock, heap.lock:
-        flags = np.ascontiguousarray(ft.flags)
-        v = np.ascontiguousarray(ft.v)
-        state = flags & F_STATE
-        is_free = state == F_STATE_FREE
-        inuse = state == 0
-        is_xen = inuse & ((flags & F_XEN_HEAP) != 0)
-        owned = inuse & ~is_xen & ((flags & F_ALLOCATED) != 0)
-        del state
+        flags = sc.flags[:nr]
+        np.copyto(flags, ft.flags)
+        is_free = sc.is_free[:nr]
+        _mask(flags, sc.tmp, F_STATE, F_STATE_FREE, is_free)
+        is_xen, owned = sc.is_xen, sc.owned
+        _mask(flags, sc.tmp, F_STATE | F_XEN_HEAP, F_XEN_HEAP, is_xen)
+        _mask(flags, sc.tmp, F_STATE | F_XEN_HEAP | F_ALLOCATED, F_ALLOCATED, owned)
         live_codes = np.array([d + 1 for d in machine.domains], dtype=np.uint32)
 
         # Free frames: exactly the union of the heap's free chunks, each on one list.
         heads, orders, zones = heap.free_chunks()
         sizes = np.left_shift(1, orders)
-        cover = np.zeros(nr + 1, dtype=np.int32)
-        np.add.at(cover, heads, 1)
-        np.add.at(cover, heads + sizes, -1)
-        cover = np.cumsum(cover[:nr], dtype=np.int32)
-        _report(bad, "on two free lists", np.flatnonzero(cover > 1))
-        listed = cover > 0
-        del cover
-        _report(bad, "free in page_info but on no free list", np.flatnonzero(is_free & ~listed))
-        _report(bad, "on a free list but not free in page_info", np.flatnonzero(listed & ~is_free))
-        del listed
-        _report(bad, "free head with wrong order", heads[v[heads] != orders])
-        _report(bad, "free chunk not order-aligned", heads[heads % sizes != 0])
-        _report(
-            bad, "still need scrubbing", np.flatnonzero(is_free & ((flags & F_NEED_SCRUB) != 0))
-        )
+        order_ = np.argsort(heads, kind="stable")
+        h, sz = heads[order_], sizes[order_]
         nfree = int(np.count_nonzero(is_free))
+        _report(bad, "on two free lists (overlapping chunks)", h[1:][h[1:] < (h + sz)[:-1]])
+        _report(bad, "free chunk not order-aligned", heads[heads % sizes != 0])
+        _report(bad, "free head with wrong order", heads[ft.v[heads] != orders])
+        if len(h):
+            # Frames marked free inside each chunk: one reduceat pass over the free mask.
+            idx = np.empty(2 * len(h), dtype=np.int64)
+            idx[0::2], idx[1::2] = h, np.minimum(h + sz, nr)
+            inside = np.add.reduceat(sc.is_free.view(np.uint8), idx, dtype=np.int64)[0::2]
+            _report(bad, "head of a free chunk with frames in use", h[inside != sz])
+        if nfree != int(sizes.sum()):
+            cover = np.zeros(nr + 1, dtype=np.int32)
+            np.add.at(cover, heads, 1)
+            np.add.at(cover, heads + sizes, -1)
+            listed = np.cumsum(cover[:nr]) > 0
+            _report(bad, "free in page_info but on no free list", np.flatnonzero(is_free & ~listed))
+            _report(
+                bad, "on a free list but not free in page_info", np.flatnonzero(listed & ~is_free)
+            )
+        _mask(flags, sc.tmp, F_STATE | F_NEED_SCRUB, F_STATE_FREE | F_NEED_SCRUB, sc.mapped)
+        if sc.mapped.any():
+            _report(bad, "still need scrubbing", np.flatnonzero(sc.mapped))
         if nfree != heap.total_avail_pages or nfree != int(heap.avail.sum()):
             bad.append(
                 f"heap counts disagree: {nfree} free frames, total_avail_pages="
@@ -116,24 +149,29 @@ def audit_full(machine) -> AuditResult:
             bad.append("avail[node][zone] disagrees with the free lists")
 
         # Xen frames: owner, if any, must be a live domain.
-        xen_idx = np.flatnonzero(is_xen & (v != 0))
+        xen_idx = np.flatnonzero(is_xen)
+        xv = ft.v[xen_idx]
         _report(
             bad,
             "Xen-heap page shared with a dead domain",
-            xen_idx[~np.isin(v[xen_idx], live_codes)],
+            xen_idx[(xv != 0) & ~np.isin(xv, live_codes)],
         )
+        nxen = len(xen_idx)
+        del xen_idx, xv
 
         # Domain frames: owned by a live domain, count >= 1, in that domain's P2M, M2P back.
         owned_idx = np.flatnonzero(owned)
-        owners = v[owned_idx]
+        owners = ft.v[owned_idx]
         _report(bad, "owned by no live domain", owned_idx[~np.isin(owners, live_codes)])
         counts = ft.count_info[owned_idx] & np.uint64(PGC_count_mask)
         _report(bad, "allocated with reference count 0", owned_idx[counts == 0])
         del counts
         per_owner = np.bincount(owners, minlength=int(live_codes.max(initial=0)) + 1)
         # Each frame in at most one P2M: an M2P entry names one gfn, and the owner check
-        # pins the domain, so a frame mapped twice fails one of the two checks below.
-        mapped = np.zeros(nr, dtype=bool)
+        # pins the domain, so a frame mapped twice fails one of the checks below.
+        mapped = sc.mapped
+        mapped[:] = False
+        nmapped = 0
         for domid, dom in machine.domains.items():
             p2m = dom.p2m
             gfns = np.flatnonzero(p2m != INVALID_MFN)
@@ -144,11 +182,12 @@ def audit_full(machine) -> AuditResult:
                 gfns, mfns = gfns[~out_of_range], mfns[~out_of_range]
             _report(bad, f"mapped by d{domid} and by another P2M", mfns[mapped[mfns]])
             mapped[mfns] = True
+            nmapped += len(mfns)
             code = np.uint32(domid + 1)
             _report(
                 bad,
                 f"in d{domid}'s P2M but not owned by it",
-                mfns[~owned[mfns] | (v[mfns] != code)],
+                mfns[~owned[mfns] | (ft.v[mfns] != code)],
             )
             _report(
                 bad,
@@ -163,30 +202,31 @@ def audit_full(machine) -> AuditResult:
                     f"{len(gfns)} P2M entries"
                 )
         _report(bad, "owned but in no P2M", owned_idx[~mapped[owned_idx]])
-        m2p_set = np.flatnonzero(machine.m2p != INVALID_M2P_ENTRY)
-        _report(bad, "with an M2P entry but in no P2M", m2p_set[~mapped[m2p_set]])
-        del mapped, m2p_set, owned_idx, owners
+        nowned = len(owned_idx)
+        del owned_idx, owners
+        if int(np.count_nonzero(machine.m2p != INVALID_M2P_ENTRY)) != nmapped:
+            m2p_set = np.flatnonzero(machine.m2p != INVALID_M2P_ENTRY)
+            _report(bad, "with an M2P entry but in no P2M", m2p_set[~mapped[m2p_set]])
 
         # Shadow pools: anonymous in-use frames, each in exactly one pool.
         pools = _pools(machine)
         pool_all = np.concatenate(list(pools.values())) if pools else np.zeros(0, np.int64)
         for domid, pool in pools.items():
             res.shadow[domid] = len(pool)
-            _report(
-                bad,
-                f"in d{domid}'s shadow pool but not anonymous in-use",
-                pool[~inuse[pool] | is_xen[pool] | owned[pool]],
-            )
+            bad_kind = is_free[pool] | is_xen[pool] | owned[pool]
+            _report(bad, f"in d{domid}'s shadow pool but not anonymous in-use", pool[bad_kind])
         srt = np.sort(pool_all)
         _report(bad, "in two shadow pools", np.unique(srt[1:][srt[1:] == srt[:-1]]))
-        in_pool = np.zeros(nr, dtype=bool)
-        in_pool[pool_all] = True
+        npool = len(np.unique(srt))
 
-        # Exactly one state per frame (pool frames were checked not to be in another).
-        none = ~(is_free | is_xen | owned | in_pool)
-        _report(bad, "in no state (lost)", np.flatnonzero(none))
+        # Exactly one state per frame: the states are disjoint, so they must add up.
+        if bad or nfree + nxen + nowned + npool != nr:
+            in_pool = np.zeros(nr, dtype=bool)
+            in_pool[pool_all] = True
+            lost = ~(is_free | is_xen | owned | in_pool)
+            _report(bad, "in no state (lost)", np.flatnonzero(lost))
         res.free = nfree
-        res.xen = int(np.count_nonzero(is_xen))
+        res.xen = nxen
     return res
 
 
