@@ -189,9 +189,12 @@ class VCPU(_domain.VCPU):
     def _xen_slot_unmap(self) -> None:
         if self.xen_step is None:
             return
-        idx, old = self.xen_step[:2]
+        idx, old, tf, step = self.xen_step
         self.xen_step = None
         self.machine.ram.u64[idx] = old
+        if step and not tf:  # the run ended before the single step's #DB: drop our TF
+            fl = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+            self.uc.reg_write(X.UC_X86_REG_EFLAGS, fl & ~RFLAGS_TF)
         self.flush_tlb()
 
     # ---- one time slice -------------------------------------------------------------------
@@ -269,10 +272,8 @@ class VCPU(_domain.VCPU):
             elif intno == 1:
                 if self.xen_step is not None and self.xen_step[3]:
                     tf = self.xen_step[2]
-                    self._xen_slot_unmap()
+                    self._xen_slot_unmap()  # clears our TF unless the guest had set it
                     if not tf:
-                        fl = uc.reg_read(X.UC_X86_REG_EFLAGS)
-                        uc.reg_write(X.UC_X86_REG_EFLAGS, fl & ~RFLAGS_TF)
                         return
                 if self.domain.paging.debug_trap(self):
                     return
