@@ -1,0 +1,118 @@
+"""`U` scan accessed pages, `Z` reset accessed-page window (keys this product adds; SPEC §5).
+
+`U [dN [GFN_FIRST-GFN_LAST]]`, per domain (every shadowed guest without arguments; dom0 is
+a PV domain without shadows, so it has no access record and is not listed):
+
+    (XEN) d1 pages=16128 accessed=300 dirty=100 window=300 never=15828
+    (XEN) d1 heat [####::..                                                        ] 0x0-0x3fff
+
+P = pages the domain owns in the range (valid P2M entries), A = read or written by the
+guest since it owns them, D = written, R = accessed since the last `Z` (or creation),
+N = P - A. The heat line frames 64 columns in `[...]` followed by the gfn range it covers
+(inclusive); gfn g is in column `(g - FIRST) * 64 // (LAST - FIRST + 1)`; a column shows
+` ` (no page accessed in the window), `.` (<25% of its owned pages), `:` (<50%), `o` (<75%)
+or `#` (>=75%). The scan itself is emu/scan.py (`scan_domain`).
+
+`Z [dN]`: a new window for one or every shadowed guest: the A bits of its shadow L1
+entries are cleared and every vCPU's TLB is flushed, so the next access is seen again.
+
+`parse_report(text)` turns `U` output (e.g. `Console.debug_key("U")`) back into numbers.
+"""
+
+from __future__ import annotations
+
+import re
+
+from emu.scan import ScanError, reset_window, scan_domain, tracked
+from keyhandlers import KeyhandlerError, keyhandler
+from keyhandlers._dargs import is_domain_arg, parse_domain, parse_range
+
+
+def _targets(machine, args: tuple[str, ...], key: str, max_args: int):
+    if len(args) > max_args:
+        raise KeyhandlerError(f"too many arguments (usage: {key})")
+    if not args:
+        return [d for _, d in sorted(machine.domains.items()) if tracked(d)]
+    if not is_domain_arg(args[0]):
+        raise KeyhandlerError(f"bad domain {args[0]!r} (expected dN, e.g. d1)")
+    dom = parse_domain(machine, args[0])
+    if not tracked(dom):
+        raise KeyhandlerError(f"d{dom.domid} is not a shadowed guest: no access record")
+    return [dom]
+
+
+@keyhandler(
+    "U",
+    "scan accessed pages",
+    diagnostic=True,
+    args="[dN [GFN_FIRST-GFN_LAST]]",
+    pressed="scanning accessed pages",
+)
+def scan_accessed_pages(machine, out, args: tuple[str, ...]) -> None:
+    doms = _targets(machine, args, "U [dN [GFN_FIRST-GFN_LAST]]", 2)
+    first = last = None
+    if len(args) == 2:
+        first, last = parse_range(args[1])
+    lines = []
+    for dom in doms:
+        try:
+            s = scan_domain(machine, dom, first, last)
+        except ScanError as e:
+            if len(doms) == 1:
+                raise KeyhandlerError(str(e)) from None
+            continue  # destroyed meanwhile: it leaves the report
+        lines += [s.summary(), s.heat_line()]
+    if not lines and not args:
+        lines.append("no shadowed guests")
+    for line in lines:
+        out(line)
+
+
+@keyhandler(
+    "Z",
+    "reset accessed-page window",
+    diagnostic=False,
+    args="[dN]",
+    pressed="resetting accessed-page window",
+)
+def reset_accessed_window(machine, out, args: tuple[str, ...]) -> None:
+    doms = _targets(machine, args, "Z [dN]", 1)
+    lines = []
+    for dom in doms:
+        try:
+            n = reset_window(machine, dom)
+        except ScanError as e:
+            if len(doms) == 1:
+                raise KeyhandlerError(str(e)) from None
+            continue
+        nv = len(getattr(dom, "vcpus", ()))
+        lines.append(
+            f"d{dom.domid} window reset: A cleared in {n} L1 shadow{'s' * (n != 1)}, "
+            f"{nv} vCPU TLB{'s' * (nv != 1)} flushed"
+        )
+    if not lines and not args:
+        lines.append("no shadowed guests")
+    for line in lines:
+        out(line)
+
+
+_SUMMARY = re.compile(
+    r"^\(XEN\) (?:\[[^\]\n]*\] )?d(\d+) pages=(\d+) accessed=(\d+) dirty=(\d+) "
+    r"window=(\d+) never=(\d+)\r?$",
+    re.M,
+)
+_HEAT = re.compile(
+    r"^\(XEN\) (?:\[[^\]\n]*\] )?d(\d+) heat \[(.{64})\] (0x[0-9a-f]+)-(0x[0-9a-f]+)\r?$", re.M
+)
+
+
+def parse_report(text: str) -> dict[int, dict]:
+    """`U` output -> {domid: {pages, accessed, dirty, window, never, heat, first, last}}."""
+    res: dict[int, dict] = {}
+    for m in _SUMMARY.finditer(text):
+        keys = ("pages", "accessed", "dirty", "window", "never")
+        res[int(m.group(1))] = dict(zip(keys, map(int, m.groups()[1:]), strict=True))
+    for m in _HEAT.finditer(text):
+        d = res.setdefault(int(m.group(1)), {})
+        d.update(heat=m.group(2), first=int(m.group(3), 16), last=int(m.group(4), 16))
+    return res

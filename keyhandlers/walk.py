@@ -1,0 +1,295 @@
+"""`W` walk shadow pagetables (a key this product adds; SPEC §5). Args `dN [VADDR]`.
+
+Without VADDR: every present entry of the shadow tables loaded in the domain's vCPUs' CR3s,
+level by level, indented by level:
+
+    (XEN) d1v0 cr3: guest l4 gfn 0x40 mfn 0x1a040, shadow l4 smfn 0x3e1ff
+    (XEN)  l4[000] smfn 0x3e1ff -> 0x3e1fe P RW US A D --  (guest l3 gfn 0x41 mfn 0x1a041)
+    (XEN)   l3[000] smfn 0x3e1fe -> 0x3e1fd P RW US A D --  (guest l2 gfn 0x42 mfn 0x1a042)
+    (XEN)    l2[000] smfn 0x3e1fd -> 0x3e1fc P RW US A D --  (guest l1 gfn 0x43 mfn 0x1a043)
+    (XEN)     l1[001] smfn 0x3e1fc -> mfn 0x1a001 gfn 0x1 P -- US A - --
+    (XEN)     l1[100-13f] smfn 0x3e1fc x64 -> mfn 0x1a100-0x1a13f gfn 0x100-0x13f P RW US A D NX
+
+Flags are always in the order `P RW US A D NX`, a clear bit printed as dashes. Consecutive
+present L1 entries collapse into one `[first-last] xN` line when their machine frames and
+M2P gfns both step by one and their flags are equal; entries that all step by the same S
+(index, mfn and gfn alike) collapse into `[first-last step S] xN`. A run is exact, never an
+approximation. An upper-level entry names the guest table its child shadows (the child's
+back-pointer and its gfn by the M2P). An entry that is not a shadow of this domain (Xen's
+own slot, mapped for one instruction at guest entry) is printed and not followed. After
+MAX_L1_LINES run lines the rest is counted, not printed; the last line always gives the
+totals: present L1 entries, L1 shadows, lines not shown.
+
+With VADDR: the one path for that address through the guest's own tables (from vCPU 0's
+guest CR3, read through the P2M) and through the shadow tables (from its shadow CR3), one
+line per level side by side, then the page each ends at and whether it is the same machine
+frame. Everything is read from machine RAM: no A/D bit is set, nothing counts as an access.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emu.scan import hold
+from keyhandlers import KeyhandlerError, keyhandler
+from keyhandlers._dargs import parse_domain, parse_int
+
+P, RW, US, A, D, PSE = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
+NX = 1 << 63
+ADDR = 0x000FFFFFFFFFF000
+INVALID = (1 << 64) - 1
+MAX_L1_LINES = 256
+SHIFTS = {4: 39, 3: 30, 2: 21, 1: 12}
+_FLAG_MASK = np.uint64(P | RW | US | A | D | NX)
+
+
+def flags_str(e: int) -> str:
+    """`P RW US A D NX` with dashes for clear bits (fixed width)."""
+    return " ".join(
+        (
+            "P" if e & P else "-",
+            "RW" if e & RW else "--",
+            "US" if e & US else "--",
+            "A" if e & A else "-",
+            "D" if e & D else "-",
+            "NX" if e & NX else "--",
+        )
+    )
+
+
+def _gfn_of(machine, mfn: int) -> str:
+    if mfn >= machine.ram.nr_frames:
+        return "-"
+    g = int(machine.m2p[mfn])
+    return "-" if g == INVALID else f"{g:#x}"
+
+
+def _vcpu0(dom):
+    vcpus = getattr(dom, "vcpus", None) or []
+    return vcpus[0] if vcpus else None
+
+
+@keyhandler(
+    "W",
+    "walk shadow pagetables",
+    args="dN [VADDR]",
+    pressed="walking shadow pagetables",
+)
+def walk_shadow_pagetables(machine, out, args: tuple[str, ...]) -> None:
+    if not args:
+        raise KeyhandlerError("which domain? (usage: W dN [VADDR])")
+    if len(args) > 2:
+        raise KeyhandlerError("too many arguments (usage: W dN [VADDR])")
+    dom = parse_domain(machine, args[0])
+    va = None
+    if len(args) == 2:
+        va = parse_int(args[1], "virtual address")
+        top = va >> 47
+        if va >= 1 << 64 or top not in (0, 0x1FFFF):
+            raise KeyhandlerError(f"non-canonical virtual address {args[1]}")
+    sd = getattr(dom, "paging", None)
+    if sd is None or not hasattr(sd, "pool"):
+        raise KeyhandlerError(f"d{dom.domid} has no shadow pagetables (not a shadowed guest)")
+    lines: list[str] = []
+    with hold(machine, dom):
+        if sd.dying or machine.domains.get(dom.domid) is not dom:
+            raise KeyhandlerError(f"d{dom.domid} is being destroyed")
+        if va is None:
+            _walk_all(machine, dom, sd, lines)
+        else:
+            _walk_va(machine, dom, sd, va, lines)
+    for line in lines:
+        out(line)
+
+
+# ---- every present entry ---------------------------------------------------------------
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.lines = 0
+        self.hidden_lines = 0
+        self.l1_entries = 0
+        self.l1_tables: set[int] = set()
+
+
+def _walk_all(machine, dom, sd, lines: list[str]) -> None:
+    pool = sd.pool
+    kinds = {}
+    for t in pool.type.values():
+        kinds[t] = kinds.get(t, 0) + 1
+    from emu.shadow import TYPE_LEVEL
+
+    used = ", ".join(
+        f"{kinds[t]} l{TYPE_LEVEL[t]}" for t in sorted(kinds, reverse=True) if t in TYPE_LEVEL
+    )
+    lines.append(
+        f"d{dom.domid}: shadow pool {pool.total_pages} pages, {pool.free_pages} free, "
+        f"{len(pool.type)} in use{': ' + used if used else ''}"
+    )
+    tops: dict[int, list[int]] = {}
+    for vid, sl4 in sorted(sd.toplevel.items()):
+        tops.setdefault(sl4, []).append(vid)
+    b = _Budget()
+    if not tops:
+        lines.append(f"d{dom.domid}: no shadow loaded in any vCPU's CR3")
+    for sl4, vids in tops.items():
+        names = ", ".join(f"d{dom.domid}v{v}" for v in vids)
+        gmfn = pool.back.get(sl4)
+        guest = f"guest l4 gfn {_gfn_of(machine, gmfn)} mfn {gmfn:#x}" if gmfn is not None else "?"
+        lines.append(f"{names} cr3: {guest}, shadow l4 smfn {sl4:#x}")
+        _walk_table(machine, sd, sl4, 4, lines, b)
+    others = [s for s in pool.pinned if s not in tops]
+    if others:
+        lines.append(
+            f"d{dom.domid}: {len(others)} pinned l4 shadow(s) not loaded in any CR3: "
+            + " ".join(f"{s:#x}" for s in others[:8])
+            + (" ..." if len(others) > 8 else "")
+        )
+    hidden = f", {b.hidden_lines} l1 lines not shown" if b.hidden_lines else ""
+    lines.append(
+        f"d{dom.domid}: {b.l1_entries} present l1 entries in {len(b.l1_tables)} l1 "
+        f"shadow(s){hidden}"
+    )
+
+
+def _walk_table(machine, sd, smfn: int, level: int, lines: list[str], b: _Budget) -> None:
+    u64 = machine.ram.u64
+    ents = u64[smfn << 9 : (smfn + 1) << 9]
+    pres = np.flatnonzero(ents & np.uint64(P))
+    ind = " " * (5 - level)
+    if level == 1:
+        _walk_l1(machine, smfn, ents, pres, ind, lines, b)
+        return
+    pool = sd.pool
+    for i in pres.tolist():
+        e = int(ents[i])
+        child = (e & ADDR) >> 12
+        head = f"{ind}l{level}[{i:03x}] smfn {smfn:#x} -> {child:#x} {flags_str(e)}"
+        if pool.type.get(child) is None:
+            lines.append(f"{head}  (not a shadow of this domain: Xen's own mapping)")
+            continue
+        g = pool.back.get(child)
+        lines.append(f"{head}  (guest l{level - 1} gfn {_gfn_of(machine, g)} mfn {g:#x})")
+        _walk_table(machine, sd, child, level - 1, lines, b)
+
+
+def _walk_l1(machine, smfn, ents, pres, ind, lines, b: _Budget) -> None:
+    if not pres.size:
+        return
+    b.l1_tables.add(smfn)
+    b.l1_entries += int(pres.size)
+    e = ents[pres]
+    mfn = ((e & np.uint64(ADDR)) >> np.uint64(12)).astype(np.int64)
+    nr = machine.ram.nr_frames
+    ok = mfn < nr
+    gfn = np.full(pres.size, -1, dtype=np.int64)
+    m2p = machine.m2p[np.where(ok, mfn, 0)]
+    valid = ok & (m2p != np.uint64(INVALID))
+    gfn[valid] = m2p[valid].astype(np.int64)
+    fl = e & _FLAG_MASK
+    # A run continues while index, mfn and gfn all advance by the same step as the pair
+    # before (1 for a contiguous run, S for a strided one) and the flags are equal.
+    step = np.diff(pres)
+    ok = (np.diff(mfn) == step) & (np.diff(gfn) == step) & (gfn[1:] >= 0) & (gfn[:-1] >= 0)
+    ok &= fl[1:] == fl[:-1]
+    brk = ~ok
+    brk[1:] |= step[1:] != step[:-1]
+    starts = np.concatenate(([0], np.flatnonzero(brk) + 1))
+    ends = np.concatenate((starts[1:], [pres.size])) - 1
+    for s, t in zip(starts.tolist(), ends.tolist(), strict=True):
+        if b.lines >= MAX_L1_LINES:
+            b.hidden_lines += 1
+            continue
+        b.lines += 1
+        i0, i1 = int(pres[s]), int(pres[t])
+        flags = flags_str(int(e[s]))
+        m0 = int(mfn[s])
+        if s == t:
+            g = "-" if gfn[s] < 0 else f"{int(gfn[s]):#x}"
+            lines.append(f"{ind}l1[{i0:03x}] smfn {smfn:#x} -> mfn {m0:#x} gfn {g} {flags}")
+            continue
+        k = int(step[s])
+        by = "" if k == 1 else f" step {k}"
+        lines.append(
+            f"{ind}l1[{i0:03x}-{i1:03x}{by}] smfn {smfn:#x} x{t - s + 1} -> mfn "
+            f"{m0:#x}-{int(mfn[t]):#x} gfn {int(gfn[s]):#x}-{int(gfn[t]):#x} {flags}"
+        )
+
+
+# ---- one virtual address -----------------------------------------------------------------
+
+
+def _walk_va(machine, dom, sd, va: int, lines: list[str]) -> None:
+    v = _vcpu0(dom)
+    vid = getattr(v, "vcpu_id", 0)
+    gcr3 = sd.guest_cr3.get(vid, getattr(v, "guest_cr3", None))
+    sl4 = sd.toplevel.get(vid)
+    if gcr3 is None:
+        raise KeyhandlerError(f"d{dom.domid}v{vid} has loaded no CR3 yet")
+    u64 = machine.ram.u64
+    nr = machine.ram.nr_frames
+    p2m = dom.p2m
+    lines.append(
+        f"d{dom.domid}v{vid} va {va:#018x}: guest cr3 {gcr3:#x}, shadow cr3 "
+        + (f"{sl4 << 12:#x}" if sl4 is not None else "none")
+    )
+    lines.append(
+        f"lvl idx | {'guest table gfn/mfn':<20} {'entry':<16} {'flags':<14} "
+        f"| {'shadow smfn':<11} {'entry':<16} flags"
+    )
+    gfn = (gcr3 & ADDR) >> 12
+    g_ok, s_tab = True, sl4
+    g_end = s_end = None
+    g_why = s_why = ""
+    for level in (4, 3, 2, 1):
+        i = (va >> SHIFTS[level]) & 511
+        gcol = " " * 52
+        if g_ok:
+            gm = int(p2m[gfn]) if gfn < len(p2m) else INVALID
+            if gm == INVALID or gm >= nr:
+                g_ok, g_why = False, f"guest table gfn {gfn:#x} not in the P2M"
+            else:
+                ge = int(u64[(gm << 9) + i])
+                gcol = f"{gfn:#x}/{gm:#x}".ljust(20) + f" {ge:016x} {flags_str(ge)}"
+                if not ge & P:
+                    g_ok, g_why = False, f"guest l{level} entry not present"
+                elif level in (3, 2) and ge & PSE:
+                    g_ok, g_why = False, f"guest l{level} superpage"
+                else:
+                    gfn = (ge & ADDR) >> 12
+                    if level == 1:
+                        g_end = gfn
+        scol = ""
+        if s_tab is not None:
+            se = int(u64[(s_tab << 9) + i])
+            scol = f"{s_tab:#x}".ljust(11) + f" {se:016x} {flags_str(se)}"
+            if not se & P:
+                s_tab, s_why = None, f"shadow l{level} entry not present"
+            else:
+                child = (se & ADDR) >> 12
+                if level == 1:
+                    s_end, s_tab = child, None
+                elif sd.pool.type.get(child) is None:
+                    s_tab, s_why = None, "shadow entry is not a shadow of this domain"
+                else:
+                    s_tab = child
+        elif sl4 is None:
+            s_why = s_why or "no shadow loaded"
+        lines.append(f"l{level}  {i:03x} | {gcol:<52} | {scol}".rstrip())
+    if g_end is not None:
+        gm = int(p2m[g_end]) if g_end < len(p2m) else INVALID
+        gpage = f"gfn {g_end:#x} -> mfn " + (f"{gm:#x}" if gm != INVALID else "none (hole)")
+    else:
+        gm, gpage = None, g_why
+    spage = f"mfn {s_end:#x} (gfn {_gfn_of(machine, s_end)})" if s_end is not None else s_why
+    lines.append(f"page    | {gpage:<52} | {spage}")
+    if s_end is not None and gm is not None and gm != INVALID:
+        if s_end == gm:
+            lines.append(f"both paths end at machine frame {gm:#x}")
+        else:
+            lines.append(f"MISMATCH: guest path ends at mfn {gm:#x}, shadow at mfn {s_end:#x}")
+    elif s_end is None and gm is not None and gm != INVALID:
+        lines.append(
+            f"guest path ends at machine frame {gm:#x}; no present shadow (the next access faults)"
+        )
