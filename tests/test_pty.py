@@ -30,6 +30,14 @@ def cfg(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def host(cfg):
+    """One server for the session tests: clients come and go on the same PTY, as in use."""
+    with serve("--config", cfg, pty=True) as h:
+        yield h
+        assert h.proc.poll() is None
+
+
 def read_until(port: serial.Serial, needle: bytes, timeout: float = 10.0) -> bytes:
     buf = b""
     deadline = time.monotonic() + timeout
@@ -88,71 +96,69 @@ def tcp_session(host, command: bytes) -> bytes:
 
 
 @pytest.mark.timeout(60)
-def test_pyserial_open_close_reopen_sessions(cfg):
-    with serve("--config", cfg, pty=True) as host:
-        path = host.pty
-        assert path is not None and path.startswith("/dev/pts/")
-        for session in range(4):
-            with serial.Serial(path, 115200, timeout=0.2) as port:
-                wait_for_prompt(port)
-                out = xl_list(port)
-                assert b"xl list\r\n" in out, session
-                assert b"Name                                        ID   Mem VCPUs" in out
-                assert out.endswith(PROMPT)
-            # the closed PTY costs nothing while detached, and other backends carry on
-            if session == 1:
-                assert b"Domain-0" in tcp_session(host, b"xl list")
-        assert host.proc.poll() is None
+def test_pyserial_open_close_reopen_sessions(host):
+    path = host.pty
+    assert path is not None and path.startswith("/dev/pts/")
+    for session in range(4):
+        with serial.Serial(path, 115200, timeout=0.2) as port:
+            wait_for_prompt(port)
+            out = xl_list(port)
+            assert b"xl list\r\n" in out, session
+            assert b"Name                                        ID   Mem VCPUs" in out
+            assert out.endswith(PROMPT)
+        # the closed PTY costs nothing while detached, and other backends carry on
+        if session == 1:
+            assert b"Domain-0" in tcp_session(host, b"xl list")
+    assert host.proc.poll() is None
 
 
 @pytest.mark.timeout(60)
-def test_output_while_detached_is_not_replayed(cfg):
+def test_output_while_detached_is_not_replayed(host):
     """`cat`-like clients (no flush on open) must not receive a stale backlog."""
-    with serve("--config", cfg, pty=True) as host:
-        with serial.Serial(host.pty, 115200, timeout=0.2) as port:
-            wait_for_prompt(port)
-        # console output while nobody holds the PTY: it must be dropped, not queued
-        stale = f"stale{os.getpid()}x{time.monotonic_ns()}".encode()
-        assert stale + b"\r\n" in tcp_session(host, b"echo " + stale)
-        fd = os.open(host.pty, os.O_RDWR | os.O_NOCTTY)  # no flush on open, unlike pyserial
-        try:
-            time.sleep(0.5)  # the server notices the client within its probe interval
-            r, _, _ = select.select([fd], [], [], 0.5)
-            assert r == [], os.read(fd, 65536)[:300]
-            os.write(fd, b"echo fresh\r")
-            buf = b""
-            deadline = time.monotonic() + 10
-            while not buf.endswith(b"fresh\r\n" + PROMPT):
-                assert time.monotonic() < deadline, buf
-                r, _, _ = select.select([fd], [], [], 1)
-                if r:
-                    buf += os.read(fd, 65536)
-            # exactly this session's output: the echo, the output, the prompt
-            assert buf == b"echo fresh\r\nfresh\r\n" + PROMPT
-            assert stale not in buf
-        finally:
-            os.close(fd)
+    with serial.Serial(host.pty, 115200, timeout=0.2) as port:
+        wait_for_prompt(port)
+    time.sleep(0.3)  # closed: the server has seen the HUP
+    # console output while nobody holds the PTY: it must be dropped, not queued
+    stale = f"stale{os.getpid()}x{time.monotonic_ns()}".encode()
+    assert stale + b"\r\n" in tcp_session(host, b"echo " + stale)
+    fd = os.open(host.pty, os.O_RDWR | os.O_NOCTTY)  # no flush on open, unlike pyserial
+    try:
+        time.sleep(0.5)  # the server notices the client within its probe interval
+        r, _, _ = select.select([fd], [], [], 0.5)
+        assert r == [], os.read(fd, 65536)[:300]
+        os.write(fd, b"echo fresh\r")
+        buf = b""
+        deadline = time.monotonic() + 10
+        while not buf.endswith(b"fresh\r\n" + PROMPT):
+            assert time.monotonic() < deadline, buf
+            r, _, _ = select.select([fd], [], [], 1)
+            if r:
+                buf += os.read(fd, 65536)
+        # exactly this session's output: the echo, the output, the prompt
+        assert buf == b"echo fresh\r\nfresh\r\n" + PROMPT
+        assert stale not in buf
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.timeout(60)
-def test_pty_is_raw_no_echo_loop(cfg):
+def test_pty_is_raw_no_echo_loop(host):
     """Nothing written to the PTY comes back unless the dom0 shell echoes it."""
-    with serve("--config", cfg, pty=True) as host:
-        with serial.Serial(host.pty, 115200, timeout=0.2) as port:
-            wait_for_prompt(port)
-            port.write(b"\x01\x01\x01")  # to Xen
-            got = read_until(port, b"switch input)\r\n")
-            assert got.endswith(
-                b"(XEN) *** Serial input to Xen (type 'CTRL-a' three times to switch input)\r\n"
-            )
-            port.write(b"\x01\x01\x01")
-            read_until(port, b"*** Serial input to DOM0")
-            time.sleep(0.3)
-            port.reset_input_buffer()
-            port.write(b"abc")
-            assert read_until(port, b"abc", 3) == b"abc"
-            time.sleep(0.5)
-            assert port.read(4096) == b""  # no second copy of our own output
+    with serial.Serial(host.pty, 115200, timeout=0.2) as port:
+        wait_for_prompt(port)
+        port.write(b"\x01\x01\x01")  # to Xen
+        got = read_until(port, b"switch input)\r\n")
+        assert got.endswith(
+            b"(XEN) *** Serial input to Xen (type 'CTRL-a' three times to switch input)\r\n"
+        )
+        port.write(b"\x01\x01\x01")
+        read_until(port, b"*** Serial input to DOM0")
+        time.sleep(0.3)
+        port.reset_input_buffer()
+        port.write(b"abc")
+        assert read_until(port, b"abc", 3) == b"abc"
+        time.sleep(0.5)
+        assert port.read(4096) == b""  # no second copy of our own output
 
 
 @pytest.mark.timeout(60)
@@ -169,42 +175,40 @@ def test_pty_link_symlink_is_created_and_removed(cfg, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_pty_server_idle_while_detached_does_not_spin(cfg):
+def test_pty_server_idle_while_detached_does_not_spin(host):
     """No client on the PTY: the reactor must not busy-loop on the master's HUP."""
-    with serve("--config", cfg, pty=True) as host:
-        wait_booted(host)  # the boot itself takes CPU; nobody is on the PTY
-        time.sleep(0.5)
-        t0 = _cpu_seconds(host.proc.pid)
-        time.sleep(1.0)
-        used = _cpu_seconds(host.proc.pid) - t0
-        assert used < 0.25, f"server used {used:.2f}s of CPU in 1s while idle"
-        # and once more after a client came and went
-        with serial.Serial(host.pty, 115200, timeout=0.2) as port:
-            wait_for_prompt(port)
-        time.sleep(0.5)
-        t0 = _cpu_seconds(host.proc.pid)
-        time.sleep(1.0)
-        used = _cpu_seconds(host.proc.pid) - t0
-        assert used < 0.25, f"server used {used:.2f}s of CPU in 1s after a PTY client left"
+    wait_booted(host)  # the boot itself takes CPU; nobody is on the PTY
+    time.sleep(0.5)
+    t0 = _cpu_seconds(host.proc.pid)
+    time.sleep(1.0)
+    used = _cpu_seconds(host.proc.pid) - t0
+    assert used < 0.25, f"server used {used:.2f}s of CPU in 1s while idle"
+    # and once more after a client came and went
+    with serial.Serial(host.pty, 115200, timeout=0.2) as port:
+        wait_for_prompt(port)
+    time.sleep(0.5)
+    t0 = _cpu_seconds(host.proc.pid)
+    time.sleep(1.0)
+    used = _cpu_seconds(host.proc.pid) - t0
+    assert used < 0.25, f"server used {used:.2f}s of CPU in 1s after a PTY client left"
 
 
 @pytest.mark.timeout(60)
-def test_pty_client_that_stalls_then_leaves(cfg):
+def test_pty_client_that_stalls_then_leaves(host):
     """A PTY client that stops reading fills every buffer; the next client must still work."""
-    with serve("--config", cfg, pty=True) as host:
-        wait_booted(host)
-        fd = os.open(host.pty, os.O_RDWR | os.O_NOCTTY)
-        try:
-            time.sleep(0.5)  # attached, and never reads
-            out = tcp_session(host, b";".join([b"xl dmesg"] * 200))
-            assert len(out) > 300_000  # more than the tty, Twisted's 64 KiB and the backlog
-            time.sleep(0.5)  # the server has written what the tty takes, and is paused
-        finally:
-            os.close(fd)
-        for _session in range(2):
-            with serial.Serial(host.pty, 115200, timeout=0.2) as port:
-                wait_for_prompt(port)
-                assert b"Domain-0" in xl_list(port)
+    wait_booted(host)
+    fd = os.open(host.pty, os.O_RDWR | os.O_NOCTTY)
+    try:
+        time.sleep(0.5)  # attached, and never reads
+        out = tcp_session(host, b";".join([b"xl dmesg"] * 200))
+        assert len(out) > 300_000  # more than the tty, Twisted's 64 KiB and the backlog
+        time.sleep(0.5)  # the server has written what the tty takes, and is paused
+    finally:
+        os.close(fd)
+    for _session in range(2):
+        with serial.Serial(host.pty, 115200, timeout=0.2) as port:
+            wait_for_prompt(port)
+            assert b"Domain-0" in xl_list(port)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -215,29 +219,26 @@ def _cpu_seconds(pid: int) -> float:
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(shutil.which("picocom") is None, reason="picocom is not installed")
-def test_picocom_sessions(cfg):
+def test_picocom_sessions(host):
     pexpect = pytest.importorskip("pexpect")
-    with serve("--config", cfg, pty=True) as host:
-        for _session in range(2):
-            child = pexpect.spawn(
-                "picocom", ["-q", "--noreset", "-b", "115200", host.pty], timeout=15
-            )
-            try:
-                deadline = time.monotonic() + 20
-                while True:
-                    child.send("\r")
-                    i = child.expect([PROMPT.decode(), pexpect.TIMEOUT], timeout=0.5)
-                    if i == 0:
-                        break
-                    assert time.monotonic() < deadline, "no prompt through picocom"
-                child.send("xl list\r")
-                child.expect("Domain-0 +0 +512 ")
-                child.expect(PROMPT.decode())
-                child.send("\x01\x18")  # C-a C-x: picocom's exit
-                child.expect(pexpect.EOF)
-            finally:
-                child.close(force=True)
-        assert host.proc.poll() is None
+    for _session in range(2):
+        child = pexpect.spawn("picocom", ["-q", "--noreset", "-b", "115200", host.pty], timeout=15)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                child.send("\r")
+                i = child.expect([PROMPT.decode(), pexpect.TIMEOUT], timeout=0.5)
+                if i == 0:
+                    break
+                assert time.monotonic() < deadline, "no prompt through picocom"
+            child.send("xl list\r")
+            child.expect("Domain-0 +0 +512 ")
+            child.expect(PROMPT.decode())
+            child.send("\x01\x18")  # C-a C-x: picocom's exit
+            child.expect(pexpect.EOF)
+        finally:
+            child.close(force=True)
+    assert host.proc.poll() is None
 
 
 if sys.platform != "linux":  # pragma: no cover

@@ -445,3 +445,37 @@ def test_outbuf_trims_one_huge_chunk_at_a_line_end():
     assert rest == b"".join(lines)[-len(rest) :]
     assert rest.startswith(b"(XEN) line ")  # whole lines only
     assert len(rest) + ob.dropped_total == sum(map(len, lines))
+
+
+def guest_cpu(xl_list: bytes) -> dict[str, float]:
+    rows = re.findall(rb"^(\S+)\s+(\d+)\s+\d+\s+\d+\s+\S+\s+([\d.]+)\r$", xl_list, re.M)
+    return {name.decode(): float(t) for name, domid, t in rows if domid != b"0"}
+
+
+@pytest.mark.timeout(90)
+def test_default_host_with_running_guests_survives_abuse():
+    """The same abuse while guest vCPU threads print (their output hops onto the reactor)."""
+    with serve() as h:
+        watcher = Reader(h.address("telnet"))
+        flood = Reader(h.address("tcp"))
+        bad = Reader(h.address("telnet"))
+        try:
+            await_prompt(watcher)
+            bad.send(bytes([IAC, 0xEC, IAC]) + bytes([0x01, IAC, SB, NAWS]) + b"\0" * 600)
+            flood.send(random_burst(256 * 1024, seed=3))
+            settle(flood, telnet=False)
+            out = run(flood, b"xl list", timeout=40)
+            assert b"Domain-0" in out and b"guest1" in out and b"guest2" in out
+            assert b"Domain-0" in run(bad, b"xl list", timeout=40)
+            # the guests ran on through all of it
+            t1 = guest_cpu(run(bad, b"xl list"))
+            time.sleep(1.0)
+            t2 = guest_cpu(run(bad, b"xl list"))
+            assert set(t1) == {"guest1", "guest2"} == set(t2)
+            assert any(t2[n] > t1[n] for n in t1), (t1, t2)
+            no_traceback(watcher, flood, bad)
+            assert h.proc.poll() is None
+        finally:
+            for c in (watcher, flood, bad):
+                c.close()
+        stop_and_check_stderr(h)
