@@ -226,8 +226,9 @@ def test_strip_ansi():
     assert strip_ansi("\x1b[H\x1b[2Ja\r\nb\x1b[0m") == "a\nb"
 
 
-def test_serve_cleans_up():
-    with serve() as h:
+def test_serve_cleans_up(host):
+    config = host.proc.args[host.proc.args.index("--config") + 1]
+    with serve("--config", config) as h:
         proc = h.proc
         assert set(h.urls) == {"telnet", "tcp"}
         assert h.ready_lines[-1] == "xenconsole: ready"
