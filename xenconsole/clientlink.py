@@ -66,6 +66,9 @@ class Link:
                     self.on_data(data)
         except (OSError, serial.SerialException):
             pass
+        except (TypeError, AttributeError):
+            if not self.closed:  # pyserial after close() in another thread; a real bug else
+                raise
         finally:
             if not self.closed:
                 self.on_data(None)
