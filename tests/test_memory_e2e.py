@@ -9,6 +9,7 @@ domains plus Xen's own frames (shared_info pages, guest-entry frames) plus shado
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -141,6 +142,16 @@ def test_create_list_memset_destroy_agree_to_the_page(tmp_path):
             assert s4["nr_pages"] == {0: 65536, 1: 16384}
             assert_delta(s3, s4, -65536)
             assert s4["owned"] == s0["owned"] and s4["shadow"] == s0["shadow"]
+
+            # -c attaches the new domain's console; Ctrl-] returns to dom0.
+            con.to_dom0()
+            con.sendline("xl create -c name=cc memory=16")
+            con.expect_exact("xl create -c name=cc memory=16")
+            time.sleep(1.0)
+            con.send("\x1d")
+            con.expect_exact("root@dom0:~# ")
+            assert list_mem(con)["cc"] == 16
+            assert con.run("xl destroy cc", check=True) == ""
 
             # Bad input leaves everything as it was.
             con.run("xl destroy 0")
