@@ -53,8 +53,12 @@ def test_bad_urls():
 def test_connection_refused():
     with serve(telnet=False, tcp=True) as h:
         addr = h.address("tcp")
-    with pytest.raises(OSError):
-        Console.open(f"socket://{addr[0]}:{addr[1]}", connect_timeout=2)
+    with pytest.raises(ConsoleError, match="cannot connect"):
+        Console.open(f"socket://{addr[0]}:{addr[1]}")
+    with pytest.raises(ConsoleError, match="no such device"):
+        Console.open("/dev/pts/no-such-pty")
+    with pytest.raises(ValueError, match="unknown scheme"):
+        Console.open("ftp://127.0.0.1:21")
 
 
 def test_switching_sends_ctrl_a_only_when_needed(host):
@@ -151,7 +155,7 @@ def test_telnet_negotiation_never_visible_and_0xff_escaped(host):
         con.expect_exact(b"abc\b \b")
         assert con.run("echo $?") == "0\n"
         assert b"\xff" not in con.transcript  # no negotiation byte ever shows
-        assert con.link.him.get(1) and con.link.him.get(3)  # server does ECHO and SGA
+        assert con.link.link.him.get(1) and con.link.link.him.get(3)  # server: ECHO, SGA
 
 
 def test_sendcontrol_and_expect_api(host):

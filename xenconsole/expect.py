@@ -13,24 +13,26 @@ behave exactly as in pexpect. On top of that it knows the console's modes: it fo
 `*** Serial input to ...` messages to know where input goes, and it can run a debug key or
 a dom0 command and hand back just its output.
 
-URLs: `telnet://HOST:PORT` (negotiation handled inside, never visible), `socket://HOST:PORT`
-(or `tcp://`, raw bytes), `rfc2217://HOST:PORT` (pyserial), a device path such as
-`/dev/pts/7` (a PTY or serial port, through pyserial), or any other pyserial URL.
+URLs, as for `xenconsole connect`: `telnet://HOST:PORT` (negotiation handled inside, never
+visible), `socket://HOST:PORT` (raw bytes), `rfc2217://HOST:PORT` (pyserial), or a device
+path such as `/dev/pts/7` (a PTY or serial port, through pyserial). A bad URL raises
+ValueError; a console that cannot be reached raises ConsoleError.
 """
 
 from __future__ import annotations
 
+import queue
 import re
 import secrets
-import select
 import shlex
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import pexpect
 from pexpect.spawnbase import SpawnBase
+
+from xenconsole import clientlink
 
 __all__ = ["Console", "ConsoleError", "CommandError", "EOF", "TIMEOUT", "PROMPT", "strip_ansi"]
 
@@ -70,198 +72,70 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text).replace("\r", "")
 
 
-# ---- byte transports ------------------------------------------------------------------------
+# ---- byte transport ---------------------------------------------------------------------------
 
 
-class _SocketLink:
-    """Raw TCP: bytes both ways."""
+class _PullLink:
+    """Reads with a timeout over a `clientlink` link, which pushes from its reader thread.
 
-    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
-        self.sock = socket.create_connection((host, port), timeout=connect_timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(None)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def _recv_raw(self, size: int, timeout: float | None) -> bytes | None:
-        """None on timeout, b'' at end of file."""
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
-            return None
-        try:
-            return self.sock.recv(size)
-        except (ConnectionResetError, BrokenPipeError):
-            return b""
-
-    def recv(self, size: int, timeout: float | None) -> bytes | None:
-        return self._recv_raw(size, timeout)
-
-    def write(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def send_break(self) -> None:
-        raise ConsoleError("a raw TCP console cannot send a break; use telnet:// or rfc2217://")
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-
-IAC, DONT, DO, WONT, WILL, SB, SE, BRK = 255, 254, 253, 252, 251, 250, 240, 243
-_OPT_ECHO, _OPT_SGA = 1, 3
-
-
-class _TelnetLink(_SocketLink):
-    """A telnet client in character mode: the server echoes and suppresses go-ahead.
-
-    We accept the server's ECHO and SGA, refuse everything else, answer only changes of
-    state (so negotiation loops die out), strip every command from the data, double 0xFF
-    and send a bare CR as CR NUL (RFC 854).
+    The links are the ones `xenconsole connect` uses: telnet (negotiation, IAC doubling and
+    CR NUL handled there), raw TCP, RFC 2217 and PTY/serial paths through pyserial.
     """
 
-    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
-        super().__init__(host, port, connect_timeout)
-        self.him: dict[int, bool] = {}  # options the server does
-        self.us: dict[int, bool] = {}  # options we do
-        self._state = 0  # 0 data, 1 IAC, 2 option byte, 3 SB, 4 SB IAC
-        self._cmd = 0
-        self._cr = False
-
-    def recv(self, size: int, timeout: float | None) -> bytes | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            raw = self._recv_raw(size, left)
-            if not raw:
-                return raw
-            data = self._feed(raw)
-            if data:
-                return data
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-
-    def _feed(self, raw: bytes) -> bytes:
-        out = bytearray()
-        for c in raw:
-            st = self._state
-            if st == 0:
-                if c == IAC:
-                    self._state = 1
-                elif self._cr and c == 0:  # CR NUL is a bare CR
-                    pass
-                else:
-                    out.append(c)
-                self._cr = c == 0x0D
-            elif st == 1:
-                self._state = 0
-                if c == IAC:
-                    out.append(IAC)
-                elif c in (DO, DONT, WILL, WONT):
-                    self._cmd, self._state = c, 2
-                elif c == SB:
-                    self._state = 3
-            elif st == 2:
-                self._state = 0
-                self._negotiate(self._cmd, c)
-            elif st == 3:
-                if c == IAC:
-                    self._state = 4
-            else:  # IAC inside SB: SE ends it, IAC IAC is data inside it
-                self._state = 0 if c == SE else 3
-        return bytes(out)
-
-    def _negotiate(self, cmd: int, opt: int) -> None:
-        if cmd == WILL:
-            if opt in (_OPT_ECHO, _OPT_SGA):
-                if not self.him.get(opt):
-                    self.him[opt] = True
-                    self.write(bytes([IAC, DO, opt]))
-            elif self.him.get(opt) is not False:
-                self.him[opt] = False
-                self.write(bytes([IAC, DONT, opt]))
-        elif cmd == WONT:
-            if self.him.get(opt) is not False:
-                self.him[opt] = False
-                self.write(bytes([IAC, DONT, opt]))
-        elif cmd == DO:
-            if opt == _OPT_SGA:
-                if not self.us.get(opt):
-                    self.us[opt] = True
-                    self.write(bytes([IAC, WILL, opt]))
-            elif self.us.get(opt) is not False:
-                self.us[opt] = False
-                self.write(bytes([IAC, WONT, opt]))
-        elif cmd == DONT and self.us.get(opt) is not False:
-            self.us[opt] = False
-            self.write(bytes([IAC, WONT, opt]))
-
-    @staticmethod
-    def escape(data: bytes) -> bytes:
-        return data.replace(b"\xff", b"\xff\xff").replace(b"\r", b"\r\x00")
-
-    def send_break(self) -> None:
-        self.write(bytes([IAC, BRK]))
-
-
-class _SerialLink:
-    """pyserial: a PTY or serial device path, `rfc2217://`, or any other pyserial URL."""
-
-    def __init__(self, url: str, connect_timeout: float) -> None:
-        import serial
-
-        self.serial_mod = serial
-        if url.startswith("rfc2217://") and "timeout=" not in url:
-            url += ("&" if "?" in url else "?") + f"timeout={connect_timeout:g}"
-        self.ser = serial.serial_for_url(url, baudrate=115200, timeout=0)
+    def __init__(self, link: clientlink.Link) -> None:
+        self.link = link
+        self._q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._eof = False
+        link.start(self._q.put)
 
     def fileno(self) -> int:
-        try:
-            return self.ser.fileno()
-        except Exception:
-            return -1
+        return -1
 
     def recv(self, size: int, timeout: float | None) -> bytes | None:
+        """Up to about `size` bytes; None on timeout, b'' at end of file."""
+        if self._eof:
+            return b""
         try:
-            self.ser.timeout = timeout
-            first = self.ser.read(1)
-            if not first:
-                return None
-            waiting = self.ser.in_waiting
-            return first + (self.ser.read(min(waiting, size - 1)) if waiting else b"")
-        except (self.serial_mod.SerialException, OSError):
-            return b""  # the other end went away: end of file
+            if timeout is not None and timeout <= 0:
+                data = self._q.get_nowait()
+            else:
+                data = self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        chunks, n = [], 0
+        while data is not None:
+            chunks.append(data)
+            n += len(data)
+            if n >= size:
+                break
+            try:
+                data = self._q.get_nowait()
+            except queue.Empty:
+                break
+        if data is None:
+            self._eof = True
+        return b"".join(chunks)
 
     def write(self, data: bytes) -> None:
-        self.ser.write(data)
-        self.ser.flush()
+        self.link.write(data)
 
     def send_break(self) -> None:
-        self.ser.send_break()
+        try:
+            self.link.send_break()
+        except clientlink.LinkError as e:
+            raise ConsoleError(str(e)) from None
 
     def close(self) -> None:
-        self.ser.close()
+        self.link.close()
 
 
-def _hostport(rest: str, url: str) -> tuple[str, int]:
-    host, sep, port = rest.split("/", 1)[0].split("?", 1)[0].rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"{url}: expected HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _open_link(url: str, connect_timeout: float):
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return _SerialLink(url, connect_timeout)  # a device path
-    if scheme == "telnet":
-        return _TelnetLink(*_hostport(rest, url), connect_timeout)
-    if scheme in ("socket", "tcp"):
-        return _SocketLink(*_hostport(rest, url), connect_timeout)
-    return _SerialLink(url, connect_timeout)
+def _open_link(url: str) -> _PullLink:
+    try:
+        return _PullLink(clientlink.open_link(url))
+    except clientlink.LinkUsageError as e:
+        raise ValueError(str(e)) from None
+    except clientlink.LinkError as e:
+        raise ConsoleError(str(e)) from None
 
 
 # ---- the console ----------------------------------------------------------------------------
@@ -315,7 +189,6 @@ class Console(SpawnBase):
         url: str,
         timeout: float = 30,
         *,
-        connect_timeout: float = 10,
         logfile: Any = None,
         encoding: str | None = "utf-8",
         codec_errors: str = "replace",
@@ -327,7 +200,7 @@ class Console(SpawnBase):
         pexpect) receives both directions.
         """
         return cls(
-            _open_link(url, connect_timeout),
+            _open_link(url),
             url,
             timeout=timeout,
             logfile=logfile,
@@ -373,8 +246,7 @@ class Console(SpawnBase):
 
     def _send_raw(self, b: bytes) -> None:
         self.events.append((time.monotonic(), "send", b))
-        escape = getattr(self.link, "escape", None)
-        self.link.write(escape(b) if escape else b)
+        self.link.write(b)
 
     def sendline(self, s: Any = "") -> int:
         """Send a line ending in CR, which is what Enter sends on a serial line."""
