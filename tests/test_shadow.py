@@ -125,11 +125,46 @@ def test_guest_faults_are_reflected_and_bad_gfns_crash(machine):
     entry, until = g.load(f"mov rsi, {x << 12:#x}\nmov al, byte ptr [rsi]")
     v.run(entry, until)
     assert v.events[-1][0] == "crash" and "BAD gfn=0xfffff" in sd.crash_reason
-    l2 = g.q(PT_GFN + 2)
-    l2[7] = (0x200 << 12) | P | RW | 0x80  # a 2 MiB superpage: no fl1 shadows
-    entry, until = g.load(f"mov rsi, {7 << 21:#x}\nmov al, byte ptr [rsi]")
+    l3 = g.q(PT_GFN + 1)
+    l3[3] = (0x200 << 12) | P | RW | 0x80  # 1 GiB page: not offered under shadow paging
+    entry, until = g.load(f"mov rsi, {3 << 30:#x}\nmov al, byte ptr [rsi]")
     v.run(entry, until)
-    assert v.events[-1][0] == "crash" and "superpage" in sd.crash_reason
+    assert v.events[-1] == ("guest", 3 << 30, 0x9)  # P|RSVD
+    _clean(machine)
+
+
+def test_guest_superpages_get_fl1_shadows(machine):
+    g = Guest(machine, name="fl1")
+    sd = g.dom.paging
+    v = g.vcpus[0]
+    l2 = g.q(PT_GFN + 2)
+    l2[7] = (0x400 << 12) | P | RW | 0x80  # VA 0xe00000 -> gfns 0x400-0x5ff, 2 MiB
+    g.ram.write(g.mfn(0x405) << 12, b"superpg!")
+    entry, until = g.load(
+        f"mov rsi, {(7 << 21) + 0x5000:#x}\nmov rax, qword ptr [rsi]\n"
+        f"mov rdi, {(7 << 21) + 0x9000:#x}\nmov qword ptr [rdi], rax"
+    )
+    assert v.run(entry, until) == until, v.events
+    from unicorn.x86_const import UC_X86_REG_RAX
+
+    assert v.uc.reg_read(UC_X86_REG_RAX).to_bytes(8, "little") == b"superpg!"
+    assert g.ram.read(g.mfn(0x409) << 12, 8) == b"superpg!"
+    assert int(l2[7]) & (A | D) == A | D  # the guest sees A/D on its 2 MiB entry
+    fl1 = sd.hash.map[(0x400, 8)]  # SH_type_fl1_64_shadow, keyed by the gfn
+    assert machine.frames.v[fl1] == 0x400 and fl1 in sd.shadow_l1_mfns()
+    acc = machine.access
+    assert acc.accessed[g.mfn(0x405)] and acc.written[g.mfn(0x409)]
+    assert not acc.accessed[g.mfn(0x406)]  # exact per 4 KiB frame
+    _clean(machine)
+    # The guest turns the superpage off: the fl1 goes, the next access walks 4 KiB again.
+    entry, until = g.load(
+        f"mov rdi, {((PT_GFN + 2) << 12) + 7 * 8:#x}\n"
+        f"mov rax, {((g.l1_gfns[7]) << 12) | P | RW:#x}\nmov qword ptr [rdi], rax\n"
+        f"mov rsi, {(7 << 21) + 0x5000:#x}\nmov rax, qword ptr [rsi]"
+    )
+    assert v.run(entry, until) == until, v.events
+    assert (0x400, 8) not in sd.hash.map
+    assert g.pte((7 << 9) + 5) & A
     _clean(machine)
 
 

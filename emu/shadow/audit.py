@@ -14,12 +14,14 @@ from emu.shadow import (
     _PAGE_DIRTY,
     _PAGE_NX,
     _PAGE_PRESENT,
+    _PAGE_PSE,
     _PAGE_RW,
     INVALID_MFN,
     LEVEL_TYPE,
     PADDR_MASK,
     TYPE_LEVEL,
     PGC_shadowed_pt,
+    SH_type_fl1_64_shadow,
     SH_type_max_shadow,
     SH_type_min_shadow,
 )
@@ -125,11 +127,13 @@ def audit_domain(sd) -> list[str]:
             if (back, t) in keys:
                 out.append(f"d{d}: hash bucket {b}: duplicate shadow of {back:#x} type {t}")
             keys.add((back, t))
+            seen.add(smfn)
+            if t == SH_type_fl1_64_shadow:
+                continue  # back-pointer is a gfn: no guest page to check
             if not int(ft.tlbflush[back]) & (1 << t):
                 out.append(f"d{d}: guest mfn {back:#x} lacks shadow_flags bit {t}")
             if not int(ft.count_info[back]) & PGC_shadowed_pt:
                 out.append(f"d{d}: guest mfn {back:#x} shadowed but not PGC_shadowed_pt")
-            seen.add(smfn)
     missing = set(pool.type) - seen
     if missing:
         out.append(f"d{d}: {len(missing)} shadow(s) not in the hash: {min(missing):#x}")
@@ -185,12 +189,20 @@ def audit_domain(sd) -> list[str]:
             isp = np.isin(tgt, np.fromiter(sd.shadow_flags, np.uint64, len(sd.shadow_flags)))
             checks.append((isp & ((s & _U(_PAGE_RW)) != 0), "writable mapping of a page table"))
         else:
+            # The child must be the shadow of the frame the guest entry points at, or for a
+            # guest 2 MiB entry the fl1 of that superpage's first gfn.
             ct = LEVEL_TYPE[lvl - 1]
+            pse = (g & _U(_PAGE_PSE)) != 0 if lvl == 2 else np.zeros(g.size, bool)
+            want_t = np.where(pse, SH_type_fl1_64_shadow, ct)
+            want_back = np.where(pse, (g & _U(PADDR_MASK & ~0x1FFFFF)) >> _U(12), want_mfn)
             child_back = np.array(
-                [pool.back.get(int(x), -1) if pool.type.get(int(x)) == ct else -1 for x in tgt],
+                [
+                    pool.back.get(int(x), -1) if pool.type.get(int(x)) == int(wt) else -1
+                    for x, wt in zip(tgt, want_t, strict=True)
+                ],
                 dtype=np.int64,
             )
-            checks.append((child_back.astype(np.uint64) != want_mfn, "bad translation"))
+            checks.append((child_back.astype(np.uint64) != want_back, "bad translation"))
         for mask, why in checks:
             hit = np.flatnonzero(mask)
             for k in hit[:MAX_PER_KIND].tolist():
@@ -198,6 +210,28 @@ def audit_domain(sd) -> list[str]:
                 fail(lvl, int(sm[w >> 9]), int(gm[w >> 9]), w & 511, int(g[k]), int(s[k]), why)
             if hit.size > MAX_PER_KIND:
                 out.append(f"d{d}: ... {hit.size - MAX_PER_KIND} more at level {lvl}: {why}")
+    # --- fl1 shadows (sh_audit_fl1_table): entry i maps gfn back + i ---
+    sm = pool.in_use_of_type(SH_type_fl1_64_shadow)
+    for smfn in sm.tolist():
+        s = u64[smfn << 9 : (smfn + 1) << 9]
+        pres = np.flatnonzero(s & _U(_PAGE_PRESENT))
+        if not pres.size:
+            continue
+        gfns = pool.back[smfn] + pres
+        want = np.full(pres.size, INVALID_MFN, dtype=np.uint64)
+        inr = gfns < p2m.size
+        want[inr] = p2m[gfns[inr]]
+        tgt = (s[pres] & _U(PADDR_MASK)) >> _U(12)
+        isp = np.isin(tgt, np.fromiter(sd.shadow_flags, np.uint64, len(sd.shadow_flags)))
+        for mask, why in (
+            (tgt != want, "bad translation"),
+            (isp & ((s[pres] & _U(_PAGE_RW)) != 0), "writable mapping of a page table"),
+        ):
+            for k in np.flatnonzero(mask)[:MAX_PER_KIND].tolist():
+                out.append(
+                    f"d{d}: Shadow 4-on-4 audit failed at level 1 gfn = {pool.back[smfn]:x} "
+                    f"sl1mfn = {smfn:x} index {int(pres[k])} Error: {why}"
+                )
     return out
 
 

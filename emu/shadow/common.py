@@ -22,6 +22,7 @@ from emu.shadow import (
     PADDR_MASK,
     TYPE_LEVEL,
     PGC_shadowed_pt,
+    SH_type_fl1_64_shadow,
     SH_type_l1_64_shadow,
     SH_type_l4_64_shadow,
 )
@@ -209,6 +210,16 @@ class ShadowDomain:
             self._l1_arr = None
         return smfn
 
+    def get_fl1_shadow(self, gfn: int) -> int:
+        """An fl1 shadow splintering the guest 2 MiB page at `gfn` (back-pointer: the gfn)."""
+        smfn = self.hash.lookup(gfn, SH_type_fl1_64_shadow, self.cpu)
+        if smfn is None:
+            smfn = self.pool.alloc(SH_type_fl1_64_shadow, gfn, self.cpu)
+            self.hash.insert(gfn, SH_type_fl1_64_shadow, smfn)
+            self.l1s.add(smfn)  # its entries map frames like any L1's
+            self._l1_arr = None
+        return smfn
+
     def destroy(self, smfn: int) -> None:
         """sh_destroy_shadow(): drop the children's refs, demote, back to the pool."""
         pool = self.pool
@@ -216,7 +227,7 @@ class ShadowDomain:
         gmfn = pool.back[smfn]
         base = smfn << 9
         ents = self.u64[base : base + 512]
-        if t == SH_type_l1_64_shadow:
+        if t == SH_type_l1_64_shadow or t == SH_type_fl1_64_shadow:
             self._fold_window(ents)
             self.l1s.discard(smfn)
             self._l1_arr = None
@@ -229,7 +240,8 @@ class ShadowDomain:
             if child in pool.type:  # (not e.g. Xen's own slot, mapped for one instruction)
                 self.put_ref(child)
         self.hash.delete(gmfn, t, smfn)
-        self.demote(gmfn, t)
+        if t != SH_type_fl1_64_shadow:  # an fl1's back-pointer is a gfn, not a guest table
+            self.demote(gmfn, t)
         pool.free(smfn, self.cpu)
         self.need_flush = True
 

@@ -81,11 +81,11 @@ def _walk_fail(sd, vcpu, va, ec, lvl, gfn, e, cpu, ix) -> int:
         return _crash(sd, vcpu, f"BAD gfn={gfn:#x} (level {lvl} table) for va {va:#x}")
     if not e & P:
         return _guest_fault(sd, vcpu, ec, False, cpu, ix)
-    if lvl == 4:  # PS is reserved in an L4 entry
-        sd.guest_ec[vcpu.vcpu_id] = PFEC_page_present | PFEC_reserved_bit | (ec & 0x12)
-        cpu[ix["shadow_fault_bail_real_fault"]] += 1
-        return GUEST_FAULT
-    return _crash(sd, vcpu, f"guest superpage at level {lvl} for va {va:#x} (no fl1 shadows)")
+    # PS in an L4 entry, or in an L3 entry (shadow mode offers no 1 GiB guest pages), or
+    # reserved address bits in a 2 MiB entry: a reserved-bit #PF for the guest.
+    sd.guest_ec[vcpu.vcpu_id] = PFEC_page_present | PFEC_reserved_bit | (ec & 0x12)
+    cpu[ix["shadow_fault_bail_real_fault"]] += 1
+    return GUEST_FAULT
 
 
 def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
@@ -134,8 +134,10 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
         return _walk_fail(sd, vcpu, va, ec, 2, gfn, None, cpu, pc.index)
     i2 = (m2 << 9) | ((va >> 21) & 511)
     e2 = mem[i2]
-    if not e2 & P or e2 & PSE:
+    if not e2 & P:
         return _walk_fail(sd, vcpu, va, ec, 2, gfn, e2, cpu, pc.index)
+    if e2 & PSE:
+        return _superpage_fault(sd, vcpu, va, ec, (i4, i3, i2), (m4, m3, m2), (e4, e3, e2), cpu)
     gfn = (e2 & ADDR) >> 12
     m1 = p2m[gfn] if gfn < np2m else nfr
     if m1 >= nfr:
@@ -233,8 +235,85 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
     return FIXED
 
 
-def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool) -> int:
-    # gm: guest table frames L4..L1; ge: guest entries L4..L2 (the parents of L3..L1)
+def _superpage_fault(sd, vcpu, va: int, ec: int, gi, gm, ge, cpu) -> int:
+    """A guest 2 MiB mapping: shadowed by an fl1 ("fake L1") of 4 KiB entries, keyed by
+    the superpage's first gfn. Each 4 KiB frame still faults on its own first access, so
+    the access record stays exact per frame (the guest sees A/D on its L2 entry)."""
+    pc = sd.pc
+    ix = pc.index
+    i_fault, i_walk, i_fixed = sd.hot_counters
+    vid = vcpu.vcpu_id
+    mem = sd.mem
+    p2m = sd.p2m_view()
+    np2m = len(p2m)
+    nfr = sd.nr_frames
+    write = ec & PFEC_write_access
+    fetch = ec & PFEC_insn_fetch
+    nxe = sd.nxe.get(vid, True)
+    e4, e3, e2 = ge
+    if e2 & 0x1FE000:  # address bits 13-20 of a 2 MiB entry are reserved
+        return _walk_fail(sd, vcpu, va, ec, 2, 0, e2, cpu, ix)
+    if write and not e4 & e3 & e2 & RW or fetch and nxe and (e4 | e3 | e2) & NX:
+        return _guest_fault(sd, vcpu, ec, True, cpu, ix)
+    base = (e2 & ADDR & ~0x1FFFFF) >> 12
+    gfn = base | ((va >> 12) & 511)
+    lmfn = p2m[gfn] if gfn < np2m else nfr
+    if lmfn >= nfr:
+        cpu[ix["shadow_fault_bail_bad_gfn"]] += 1
+        return _crash(sd, vcpu, f"BAD gfn={gfn:#x} for va {va:#x}")
+    for i, e in zip(gi[:2], ge[:2], strict=True):
+        if not e & A:
+            mem[i] = e | A
+    gl = e2 | A | D if write else e2 | A
+    if gl != e2:
+        mem[gi[2]] = gl
+    if not sd.mv_accessed[lmfn]:
+        sd.mv_accessed[lmfn] = 1
+        sd.mv_first_touch[lmfn] = (_monotonic_ns() - sd.t0) or 1
+    sd.mv_window[lmfn] = 1
+    if write:
+        sd.mv_written[lmfn] = 1
+    sl1 = _get_and_create_l1(sd, vid, va, (*gm, 0), (e4 | A, e3 | A, gl), nxe, base)
+    if not sl1:
+        return _crash(sd, vcpu, "shadow pool exhausted")
+    is_pt = lmfn in sd.shadow_flags
+    new = (lmfn << 12) | LEAF
+    if gl & RW and gl & D and (write or sd.mv_written[lmfn]) and not is_pt:
+        new |= RW
+    if nxe:
+        if fetch:
+            sd.exec_mfns.add(lmfn)
+        elif gl & NX or lmfn not in sd.exec_mfns:
+            new |= NX
+        if gl & NX:
+            new |= NX
+    i1 = (sl1 << 9) | ((va >> 12) & 511)
+    old = mem[i1]
+    if write and is_pt:
+        from emu.shadow.emulate import begin_step
+
+        cpu[ix["shadow_fault_emulate_write"]] += 1
+        mem[i1] = new
+        begin_step(sd, vcpu, i1, lmfn)
+    elif old == new:
+        n = sd.spurious.get(vid, 0) + 1
+        sd.spurious[vid] = n
+        if n > SPURIOUS_LIMIT:
+            return _crash(sd, vcpu, f"no progress on shadow fault va {va:#x} ec {ec:#x}")
+        vcpu.flush_tlb()
+    else:
+        mem[i1] = new
+        if old & P and ((old ^ new) & ADDR or (old & RW and not new & RW) or new & ~old & NX):
+            sd.need_flush = True
+    if sd.need_flush:
+        sd.flush_tlbs()
+    cpu[i_fixed] += 1
+    return FIXED
+
+
+def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool, fl1_gfn: int = -1) -> int:
+    # gm: guest table frames L4..L1; ge: guest entries L4..L2 (the parents of L3..L1);
+    # fl1_gfn >= 0: the guest L2 entry maps a 2 MiB page at that gfn (an fl1 shadow)
     """Make sure the shadow L3, L2 and L1 for `va` exist and are hooked; 0 if no memory.
 
     Preallocates only the missing levels (Xen asks for 3 always; with a tiny pool that
@@ -259,7 +338,10 @@ def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool) -> int:
         if e & P:
             child = (e & ADDR) >> 12
         else:
-            child = sd.get_shadow(gm[lvl], LEVEL_TYPE[4 - lvl])
+            if lvl == 3 and fl1_gfn >= 0:
+                child = sd.get_fl1_shadow(fl1_gfn)
+            else:
+                child = sd.get_shadow(gm[lvl], LEVEL_TYPE[4 - lvl])
             g = ge[lvl - 1]
             mem[pi] = (child << 12) | UPPER | (g & RW) | (g & nxmask)
             sd.get_ref(child)
