@@ -176,6 +176,8 @@ class Machine:
 
     def set_target(self, dom: Domain, pages: int) -> int:
         with self.lock:
+            if self.domains.get(dom.domid) is not dom or dom.is_dying:
+                return dom.tot_pages  # destroyed meanwhile (e.g. crashed): nothing to do
             return _set_target(self, dom, pages)
 
     def set_max_pages(self, dom: Domain, pages: int) -> None:

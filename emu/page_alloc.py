@@ -216,8 +216,8 @@ class Heap:
         """One chunk; with a domain it is assigned (PGC_allocated|1, owner, tot_pages)."""
         with self.lock:
             n = 1 << order
-            if dom is not None and dom.tot_pages + n > dom.max_pages:
-                return None  # assign_pages(): Over-allocation
+            if dom is not None and (dom.is_dying or dom.tot_pages + n > dom.max_pages):
+                return None  # assign_pages(): dying domain / Over-allocation
             mfn = self.alloc_heap_pages(order, 1, self._zone_hi(memflags))
             if mfn is None or dom is None:
                 return mfn
@@ -257,7 +257,7 @@ class Heap:
         with self.lock:
             if count <= 0:
                 return np.zeros(0, dtype=np.int64)
-            if dom is not None and dom.tot_pages + count > dom.max_pages:
+            if dom is not None and (dom.is_dying or dom.tot_pages + count > dom.max_pages):
                 return None
             if self.total_avail_pages < count:
                 return None
