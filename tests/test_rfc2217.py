@@ -8,6 +8,8 @@ import time
 import pytest
 import serial
 from console_hosts import host_only
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from serial import rfc2217 as r
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -151,7 +153,7 @@ def test_data_is_unescaped_in_and_escaped_out(conn) -> None:
 def test_oversized_subnegotiation_is_bounded_and_dropped(conn) -> None:
     hub, proto, tr = conn
     proto.dataReceived(IAC + SB + COM + r.SET_BAUDRATE + b"\x00" * 100_000)
-    assert proto.pm.suboption is not None and len(proto.pm.suboption) <= SB_MAX + 256
+    assert proto.pm.suboption is not None and len(proto.pm.suboption) <= SB_MAX
     proto.dataReceived(IAC + SE + b"ok")
     assert tr.value() == b""  # the monster was not answered
     assert bytes(hub.received) == b"ok"
@@ -177,6 +179,33 @@ def test_malformed_input_keeps_the_session(conn, bad: bytes) -> None:
     proto.dataReceived(bad + b"still here")
     assert bytes(hub.received) == b"still here"
     assert hub.clients == [proto]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=12))
+def test_any_bytes_in_any_split_keep_the_session(chunks: list[bytes]) -> None:
+    clock = Clock()
+    hub, proto, _tr = connect(clock)
+    clock.advance(ATTACH_FALLBACK)
+    for chunk in chunks:
+        proto.dataReceived(chunk)
+    assert hub.clients == [proto]
+    assert proto.pm.suboption is None or len(proto.pm.suboption) <= SB_MAX
+    # Data without IAC passes through untouched afterwards (after closing any open SB).
+    hub.received.clear()
+    proto.dataReceived(IAC + SE + b"\x00" + b"after")
+    assert bytes(hub.received).endswith(b"after")
+
+
+def test_answers_to_a_client_that_never_reads_are_bounded(conn) -> None:
+    _hub, proto, tr = conn
+    proto.out.pauseProducing()  # the client's socket is full
+    tr.clear()
+    for _ in range(10_000):
+        proto.dataReceived(sb(r.NOTIFY_MODEMSTATE))
+    assert tr.value() == b""
+    assert len(proto.out.control) <= 4096
+    assert proto.out.control_dropped > 0
 
 
 def test_disconnect_detaches(conn) -> None:

@@ -16,12 +16,11 @@ import serial
 from serial import rfc2217
 from twisted.internet import protocol
 
-from xenconsole.outbuf import DEFAULT_LIMIT, OutputBuffer
+from xenconsole.outbuf import DEFAULT_LIMIT, OutputBuffer, flusher
 
 # A subnegotiation longer than this is not RFC 2217 (the longest, SET-BAUDRATE, is 6 bytes);
 # PortManager would buffer it without bound, so it is discarded.
 SB_MAX = 64
-_FEED_SLICE = 256
 # A client joins the line once its port is open: pyserial's open() ends by purging its
 # receive and then its transmit buffer, and drops whatever arrived before; output sent during
 # negotiation (the whole boot, when the host powers on at the first client) would be lost.
@@ -83,21 +82,68 @@ class EmulatedUart(serial.SerialBase):
         return True
 
 
+_IAC, _SB, _SE = 255, 250, 240
+_NEGOTIATION = frozenset((251, 252, 253, 254))  # WILL WONT DO DONT
+
+
 class _PortManager(rfc2217.PortManager):
-    """PortManager with a bounded subnegotiation buffer and no fatal malformed options."""
+    """pyserial's PortManager with its input state machine rewritten for hostile input.
+
+    The original buffers a subnegotiation without bound, raises TypeError on a stray
+    `IAC SE` (which drops the connection), lets malformed option values escape as exceptions,
+    and yields one byte at a time. Negotiation and the COM-PORT options stay pyserial's.
+    """
 
     oversized = 0
     _discard = False
 
     def filter(self, data: bytes):
-        for i in range(0, len(data), _FEED_SLICE):
-            yield from super().filter(data[i : i + _FEED_SLICE])
-            if self.suboption is not None and len(self.suboption) > SB_MAX:
-                # Keep waiting for IAC SE but store nothing more; drop it when it comes.
-                self.suboption = bytearray()
-                if not self._discard:
-                    self._discard = True
-                    self.oversized += 1
+        """Yield runs of application bytes; handle telnet commands on the way."""
+        run = bytearray()
+        for b in data:
+            mode = self.mode
+            if mode == rfc2217.M_NORMAL:
+                if b == _IAC:
+                    self.mode = rfc2217.M_IAC_SEEN
+                elif self.suboption is None:
+                    run.append(b)
+                else:
+                    self._sb_append(b)
+            elif mode == rfc2217.M_IAC_SEEN:
+                self.mode = rfc2217.M_NORMAL
+                if b == _IAC:
+                    if self.suboption is None:
+                        run.append(b)
+                    else:
+                        self._sb_append(b)
+                elif b == _SB:
+                    self.suboption = bytearray()
+                    self._discard = False
+                elif b == _SE:
+                    if self.suboption is not None:  # a stray SE is ignored
+                        sub, self.suboption = bytes(self.suboption), None
+                        if run:
+                            yield bytes(run)
+                            run.clear()
+                        self._telnet_process_subnegotiation(sub)
+                elif b in _NEGOTIATION:
+                    self.telnet_command = bytes([b])
+                    self.mode = rfc2217.M_NEGOTIATE
+                else:
+                    self._telnet_process_command(bytes([b]))
+            else:  # M_NEGOTIATE: the option byte
+                self.mode = rfc2217.M_NORMAL
+                self._telnet_negotiate_option(self.telnet_command, bytes([b]))
+        if run:
+            yield bytes(run)
+
+    def _sb_append(self, b: int) -> None:
+        if len(self.suboption) < SB_MAX:
+            self.suboption.append(b)
+        elif not self._discard:
+            # Keep waiting for IAC SE but store nothing more; drop it when it comes.
+            self._discard = True
+            self.oversized += 1
 
     def _telnet_process_subnegotiation(self, suboption: bytes) -> None:
         if self._discard:
@@ -114,13 +160,11 @@ class _PortManager(rfc2217.PortManager):
 
 
 class _Conn:
-    """The `connection` PortManager writes negotiation answers to."""
+    """The `connection` PortManager writes its answers to: the client's bounded control queue,
+    so a client that floods requests and never reads the answers cannot grow our memory."""
 
-    def __init__(self, transport) -> None:
-        self.transport = transport
-
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
+    def __init__(self, out: OutputBuffer) -> None:
+        self.write = out.send_control
 
 
 class RFC2217Client(protocol.Protocol):
@@ -135,10 +179,12 @@ class RFC2217Client(protocol.Protocol):
         except AttributeError:
             pass
         hub = self.factory.hub
-        self.out = OutputBuffer(self.transport.write, self.factory.buffer_limit)
+        self.out = OutputBuffer(
+            self.transport.write, self.factory.buffer_limit, flusher(self.transport)
+        )
         self.transport.registerProducer(self.out, True)
         self.uart = EmulatedUart(on_break=lambda: hub.on_break(self))
-        self.pm = _PortManager(self.uart, _Conn(self.transport))
+        self.pm = _PortManager(self.uart, _Conn(self.out))
         self._attach_call = self.factory.clock.callLater(ATTACH_FALLBACK, self._attach)
 
     def _attach(self) -> None:
