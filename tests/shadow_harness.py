@@ -109,6 +109,7 @@ class HarnessVCPU:
         uc.emu_stop()
 
     def run(self, entry: int, until: int) -> int:
+        ack_exception(self.uc)  # a run stopped inside a fault leaves old_exception set
         self.uc.reg_write(UC_X86_REG_RSP, (STACK_GFN + 1) << 12)
         self.uc.emu_start(entry, until)
         return self.uc.reg_read(UC_X86_REG_RIP)

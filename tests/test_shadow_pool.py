@@ -151,3 +151,28 @@ def test_balloon_down_of_a_page_table_frame_unshadows_it():
     assert m.perfc.total("shadow unshadows a page") >= 1
     assert gmfn not in sd.shadow_flags
     _clean(m)
+
+
+def test_balloon_takes_the_top_level_table_in_cr3():
+    """The guest's own L4 (an arena page here) is ballooned out while in its CR3."""
+    m = new_machine()
+    g = Guest(m, mem_mb=8)
+    sd = g.dom.paging
+    v = g.vcpus[0]
+    top = g.nr_pages - 1
+    g.q(top)[:] = g.q(PT_GFN)  # a copy of its L4 in the highest gfn, loaded as CR3
+    v.load_cr3(top << 12)
+    g.touch(ARENA_GFN, 4)
+    sl4 = sd.toplevel[0]
+    gone = g.mfn(top)
+    m.set_target(g.dom, g.nr_pages - 1)
+    assert sl4 in sd.orphans and not m.ram.u64[sl4 << 9 : (sl4 + 1) << 9].any()
+    assert gone not in sd.shadow_flags
+    _clean(m)
+    entry, until = g.load("nop")
+    v.run(entry, until)
+    assert v.events[-1][0] == "crash" and "left the domain" in sd.crash_reason
+    v.load_cr3(PT_GFN << 12)  # a new CR3 frees the orphan
+    assert sl4 not in sd.pool.type and not sd.orphans
+    g.touch(ARENA_GFN, 4)
+    _clean(m)

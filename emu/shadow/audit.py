@@ -134,7 +134,7 @@ def audit_domain(sd) -> list[str]:
                 out.append(f"d{d}: guest mfn {back:#x} lacks shadow_flags bit {t}")
             if not int(ft.count_info[back]) & PGC_shadowed_pt:
                 out.append(f"d{d}: guest mfn {back:#x} shadowed but not PGC_shadowed_pt")
-    missing = set(pool.type) - seen
+    missing = set(pool.type) - seen - sd.orphans
     if missing:
         out.append(f"d{d}: {len(missing)} shadow(s) not in the hash: {min(missing):#x}")
     for gmfn, f in sd.shadow_flags.items():
@@ -171,6 +171,8 @@ def audit_domain(sd) -> list[str]:
     for lvl in (1, 2, 3, 4):
         t = LEVEL_TYPE[lvl]
         sm = pool.in_use_of_type(t)
+        if sd.orphans:
+            sm = sm[~np.isin(sm, np.fromiter(sd.orphans, np.int64, len(sd.orphans)))]
         if not sm.size:
             continue
         gm = np.array([pool.back[m] for m in sm.tolist()], dtype=np.int64)

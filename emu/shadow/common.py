@@ -78,6 +78,7 @@ class ShadowDomain:
         self.stepping: dict[int, bool] = {}  # vcpu_id -> TF was set by us (value: guest's TF)
         self.guest_ec: dict[int, int] = {}
         self.spurious: dict[int, int] = {}
+        self.orphans: set[int] = set()  # l4 shadows in a CR3 whose guest frame left
         self.need_flush = False
         self.dying = False
         self.crash_reason: str | None = None
@@ -239,9 +240,12 @@ class ShadowDomain:
         for child in children:
             if child in pool.type:  # (not e.g. Xen's own slot, mapped for one instruction)
                 self.put_ref(child)
-        self.hash.delete(gmfn, t, smfn)
-        if t != SH_type_fl1_64_shadow:  # an fl1's back-pointer is a gfn, not a guest table
-            self.demote(gmfn, t)
+        if smfn in self.orphans:  # already out of the hash, its guest frame demoted
+            self.orphans.discard(smfn)
+        else:
+            self.hash.delete(gmfn, t, smfn)
+            if t != SH_type_fl1_64_shadow:  # an fl1's back-pointer is a gfn, no guest table
+                self.demote(gmfn, t)
         pool.free(smfn, self.cpu)
         self.need_flush = True
 
@@ -359,7 +363,13 @@ class ShadowDomain:
                 continue
             if t == SH_type_l4_64_shadow:
                 if smfn in self.toplevel.values():
-                    continue  # in a vCPU's CR3: it goes when the guest loads another table
+                    # In a vCPU's CR3 (the guest gave up its own top-level table): empty
+                    # it and cut it from the departing frame; it is freed when that vCPU
+                    # loads another CR3, and any fault through it crashes the domain.
+                    self.unhook(smfn)
+                    self.hash.delete(gmfn, t, smfn)
+                    self.demote(gmfn, t)
+                    self.orphans.add(smfn)
                 self.unpin(smfn)
                 continue
             ctr[ix["shadow_unshadow_bf"]] += 1
@@ -414,6 +424,7 @@ class ShadowDomain:
         self.l1s.clear()
         self._l1_arr = None
         self.toplevel.clear()
+        self.orphans.clear()
         self.steps.clear()
         self.stepping.clear()
         self.pool.release_all()

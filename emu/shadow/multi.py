@@ -102,6 +102,8 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
     sl4 = sd.toplevel.get(vid)
     if gcr3 is None or sl4 is None:
         return _crash(sd, vcpu, "page fault before any CR3 was loaded")
+    if sd.orphans and sl4 in sd.orphans:
+        return _crash(sd, vcpu, f"top-level page table (cr3 {gcr3:#x}) left the domain")
     mem = sd.mem
     p2m = sd._p2m_mv if sd.dom.p2m is sd._p2m_obj else sd.p2m_view()
     np2m = len(p2m)
