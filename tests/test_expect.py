@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from xenconsole.expect import EOF, TIMEOUT, CommandError, Console, ConsoleError, strip_ansi
-from xenconsole.testing import serve
+from xenconsole.testing import ServeError, serve
 
 HAS_RFC2217 = (Path(__file__).parent.parent / "xenconsole" / "rfc2217.py").exists()
 TO_XEN = "(XEN) *** Serial input to Xen (type 'CTRL-a' three times to switch input)"
@@ -237,3 +237,15 @@ def test_serve_cleans_up(host):
         assert set(h.urls) == {"telnet", "tcp"}
         assert h.ready_lines[-1] == "xenconsole: ready"
     assert proc.poll() == 0  # SIGTERM: a clean exit
+
+
+def test_serve_reports_why_it_did_not_start():
+    with pytest.raises(ServeError, match="xenconsole: error: plugin: No module named 'nope'"):
+        with serve("--plugin", "nope"):
+            pass
+
+
+def test_served_host_console_helper(host):
+    with host.console("tcp", timeout=15) as con:
+        assert con.run("echo helper") == "helper\n"
+    assert host.stderr_text() == ""  # nothing went wrong on the server side

@@ -16,6 +16,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,13 +30,24 @@ class ServeError(RuntimeError):
 
 @dataclass
 class ServedHost:
+    """A running `xenconsole serve`: its process, ready lines and URLs by kind
+    (`telnet`, `tcp`, `rfc2217`, `pty`), ready for `xenconsole.expect.Console.open`."""
+
     proc: subprocess.Popen
     urls: dict[str, str] = field(default_factory=dict)
     ready_lines: list[str] = field(default_factory=list)
+    _stderr: bytearray = field(default_factory=bytearray)
+    _reader: threading.Thread | None = None
 
     @property
     def pty(self) -> str | None:
         return self.urls.get("pty")
+
+    def console(self, kind: str = "telnet", **kw):
+        """`Console.open()` on one of the listeners (telnet, tcp, rfc2217 or pty)."""
+        from xenconsole.expect import Console
+
+        return Console.open(self.urls[kind], **kw)
 
     def address(self, kind: str) -> tuple[str, int]:
         """(host, port) of the telnet, tcp or rfc2217 listener."""
@@ -45,10 +57,10 @@ class ServedHost:
         return host, int(port)
 
     def stderr_text(self) -> str:
-        """What the server wrote to stderr so far (only once it has exited)."""
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        return self.proc.stderr.read().decode(errors="replace")
+        """What the server wrote to stderr so far (warnings; never meant for clients)."""
+        if self.proc.poll() is not None and self._reader is not None:
+            self._reader.join(5)  # it ends at the pipe's end of file
+        return self._stderr.decode(errors="replace")
 
 
 def _url(kind: str, rest: str) -> str:
@@ -90,11 +102,27 @@ def serve(
         start_new_session=True,
     )
     host = ServedHost(proc)
+    # Drain stderr all along: a server that writes a lot there must never block on the pipe.
+    reader = threading.Thread(target=_drain, args=(proc.stderr, host._stderr), daemon=True)
+    reader.start()
+    host._reader = reader
     try:
         _read_ready(host, timeout)
         yield host
     finally:
         _stop(proc)
+        reader.join(5)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+
+
+def _drain(pipe, into: bytearray) -> None:
+    try:
+        for chunk in iter(lambda: os.read(pipe.fileno(), 65536), b""):
+            into += chunk
+    except (OSError, ValueError):
+        pass
 
 
 def _read_ready(host: ServedHost, timeout: float) -> None:
@@ -112,7 +140,7 @@ def _read_ready(host: ServedHost, timeout: float) -> None:
         chunk = os.read(proc.stdout.fileno(), 4096)
         if not chunk:
             proc.wait(5)
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            err = host.stderr_text()
             raise ServeError(f"xenconsole serve exited ({proc.returncode}): {err.strip()}")
         buf += chunk
         while b"\n" in buf:
@@ -137,9 +165,6 @@ def _stop(proc: subprocess.Popen) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    for f in (proc.stdout, proc.stderr):
-        if f is not None:
-            f.close()
 
 
 try:
