@@ -291,3 +291,15 @@ def test_any_xl_arguments_give_no_traceback(host, words):
     raw = host.type(line.encode() + b"\r")
     assert b"Traceback" not in raw and b"internal error" not in raw
     assert raw.endswith(P)
+
+
+def test_xl_list_option_columns(host):
+    base = host.cmd("xl list").split("\r\n")
+    v = host.cmd("xl list -v").split("\r\n")
+    assert v[0] == base[0] + "   UUID                            Reason-Code\tSecurity Label"
+    uuid = host.machine.domains[0].handle
+    assert v[1] == base[1] + f" {uuid}" + " " * 8 + "-" + " " * 16 + "-"
+    z = host.cmd("xl list -Z").split("\r\n")
+    assert z[:2] == [base[0] + "   Security Label", base[1] + " " * 16 + "-"]
+    cn = host.cmd("xl list -c -n").split("\r\n")
+    assert cn[:2] == [base[0] + "         Cpupool NODE Affinity", base[1] + "          Pool-0 all"]

@@ -35,17 +35,44 @@ def domain_details(dom) -> dict:
     }
 
 
-def list_header() -> str:
-    return "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+def list_header(verbose=False, context=False, cpupool=False, numa=False) -> str:
+    head = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+    if verbose:
+        head += "   UUID                            Reason-Code\tSecurity Label"
+    if context and not verbose:
+        head += "   Security Label"
+    if cpupool:
+        head += "         Cpupool"
+    if numa:
+        head += " NODE Affinity"
+    return head
 
 
-def list_row(dom) -> str:
+def _reason_code(dom) -> int:
+    code = dom.shutdown_code
+    if isinstance(code, str):
+        return max(0, SHUTDOWN_REASON_LETTERS.find(code))
+    return int(code or 0)
+
+
+def list_row(dom, verbose=False, context=False, cpupool=False, numa=False) -> str:
+    """list_domains(): one `xl list` row, with the columns its options add."""
     mem_mb = ((dom.tot_pages * 4) + dom.outstanding_pages * 4) // 1024
     online = len(dom.vcpus)
-    return (
+    row = (
         f"{dom.name:<40} {dom.domid:5d} {mem_mb:5d} {online:5d}     "
         f"{dom.state_chars()}  {dom.cpu_time():8.1f}"
     )
+    if verbose:
+        row += f" {dom.handle}"
+        row += f" {_reason_code(dom):8x}" if dom.shutdown_code is not None else f" {'-':>8}"
+    if verbose or context:
+        row += f" {'-':>16}"  # no XSM label
+    if cpupool:
+        row += f"{'Pool-0':>16}"
+    if numa:
+        row += " all"  # print_bitmap() of a one-node affinity
+    return row
 
 
 @command(
@@ -78,9 +105,13 @@ def main_list(sh, argv: list[str]) -> int:
     if any(o in ("-l", "--long") for o, _ in opts):
         sh.println(json.dumps([domain_details(d) for d in doms], indent=4))
         return 0
-    sh.println(list_header())
+    flags = {
+        name: any(o in (f"-{short}", f"--{name}") for o, _ in opts)
+        for short, name in (("v", "verbose"), ("Z", "context"), ("c", "cpupool"), ("n", "numa"))
+    }
+    sh.println(list_header(**flags))
     for dom in doms:
-        sh.println(list_row(dom))
+        sh.println(list_row(dom, **flags))
     return 0
 
 
