@@ -173,7 +173,7 @@ class ClientSession:
             style=STYLE,
             full_screen=True,
             mouse_support=False,
-            min_redraw_interval=0.02,
+            min_redraw_interval=None,  # batches come from the reader; a floor only adds lag
         )
         app.ttimeoutlen = 0.05  # a lone ESC goes out after 50 ms, not half a second
         app.timeoutlen = 0.05
