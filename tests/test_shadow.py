@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(scope="module")
 def machine():
-    return new_machine()
+    return new_machine(memory_mb=1024)
 
 
 def _clean(m) -> None:
@@ -168,8 +168,18 @@ def test_guest_superpages_get_fl1_shadows(machine):
     _clean(machine)
 
 
-def test_guest_page_table_writes_are_emulated_and_shadows_follow(machine):
-    g = Guest(machine, name="ptw")
+@pytest.mark.parametrize(
+    "store,how",
+    [
+        ("mov qword ptr [rdi], rbx", "emulated"),
+        ("mov qword ptr [rdi + 8*rcx], rbx", "emulated"),
+        ("mov dword ptr [rdi], ebx", "emulated"),
+        ("xchg qword ptr [rdi], rbx", "single-stepped"),
+        ("mov word ptr [rdi], bx\nmov word ptr [rdi + 2], 0x22", "single-stepped"),
+    ],
+)
+def test_guest_page_table_writes_are_emulated_and_shadows_follow(machine, store, how):
+    g = Guest(machine, name=f"ptw{machine.next_domid}")
     sd = g.dom.paging
     x, y = ARENA_GFN + 2, ARENA_GFN + 300
     g.ram.write(g.mfn(x) << 12, b"XXXXXXXX")
@@ -182,9 +192,10 @@ def test_guest_page_table_writes_are_emulated_and_shadows_follow(machine):
         f"""
         mov rsi, {x << 12:#x}
         mov rdi, {pte_va:#x}
+        xor ecx, ecx
         mov rax, qword ptr [rsi]
         mov rbx, {(y << 12) | P | RW:#x}
-        mov qword ptr [rdi], rbx
+        {store}
         mov rdx, qword ptr [rsi]
         """
     )
@@ -194,7 +205,9 @@ def test_guest_page_table_writes_are_emulated_and_shadows_follow(machine):
 
     assert v.uc.reg_read(UC_X86_REG_RAX).to_bytes(8, "little") == b"XXXXXXXX"
     assert v.uc.reg_read(UC_X86_REG_RDX).to_bytes(8, "little") == b"YYYYYYYY"
-    assert machine.perfc.total("shadow_fault emulates a write") - e0 == 1
+    n = 2 if "word ptr [rdi + 2]" in store else 1
+    assert machine.perfc.total("shadow_fault emulates a write") - e0 == n
+    assert sd.pt_writes[how] == n and sum(sd.pt_writes.values()) == n
     assert g.pte(x) == (y << 12) | P | RW | A  # the walker set A again on the new mapping
     assert (_sl1e(g, x) >> 12) & 0xFFFFFFFFFF == g.mfn(y)
     # The page table itself stays read-only in every shadow, and was recorded as written.

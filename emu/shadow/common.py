@@ -79,6 +79,7 @@ class ShadowDomain:
         self.guest_ec: dict[int, int] = {}
         self.spurious: dict[int, int] = {}
         self.orphans: set[int] = set()  # l4 shadows in a CR3 whose guest frame left
+        self.pt_writes = {"emulated": 0, "single-stepped": 0}  # guest page-table writes
         self.need_flush = False
         self.dying = False
         self.crash_reason: str | None = None

@@ -1,10 +1,16 @@
 """Guest writes to write-protected page tables (multi.c: sh_x86_emulate_write, validate).
 
-Instead of decoding the instruction, the faulting write is single-stepped: the shadow L1
-entry is made writable for one instruction with RFLAGS.TF set (unicorn.md §3: the
-instruction runs and #DB follows at once), then `sh_debug_trap()` write-protects it again,
-diffs the page against the snapshot taken before the step and revalidates each changed
-entry in every shadow of that frame (`sh_validate_guest_entry()`), then flushes all TLBs.
+The common forms (`mov [mem], reg` / `mov [mem], imm`, 4 or 8 bytes, aligned, no segment
+override, guest not single-stepping itself) are emulated as Xen does: the instruction is
+fetched through the guest's tables and decoded with capstone, the value written into the
+guest frame, the entry revalidated (`sh_validate_guest_entry()`) and RIP advanced.
+
+Anything else is single-stepped: the shadow L1 entry is made writable for one instruction
+with RFLAGS.TF set (unicorn.md §3: the instruction runs and #DB follows at once), then
+`sh_debug_trap()` write-protects it again, diffs the page against the snapshot taken before
+the step, revalidates each changed entry in every shadow of that frame and flushes all
+TLBs. (While a step is pending, another vCPU of the domain scheduled before the #DB could
+write that page through the lent entry; the diff then revalidates its writes too.)
 
 Revalidation empties the shadow entry instead of propagating the new guest entry eagerly
 (as Xen does): the next access faults and is recorded, so the access record stays exact
@@ -18,6 +24,112 @@ import numpy as np
 from emu.shadow import _PAGE_ACCESSED, _PAGE_PRESENT, _PAGE_RW, PADDR_MASK, TYPE_LEVEL
 
 EFLAGS_TF = 0x100
+_P, _PS, _ADDR = 0x1, 0x80, 0x000FFFFFFFFFF000
+_cs = None
+_UC_REG: dict[int, int] = {}
+
+
+def _decoder():
+    global _cs
+    if _cs is None:
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+        _cs = Cs(CS_ARCH_X86, CS_MODE_64)
+        _cs.detail = True
+    return _cs
+
+
+def _uc_reg(cs, reg: int) -> int:
+    r = _UC_REG.get(reg)
+    if r is None:
+        from unicorn import x86_const as X
+
+        r = _UC_REG[reg] = getattr(X, f"UC_X86_REG_{cs.reg_name(reg).upper()}")
+    return r
+
+
+def guest_va_to_mfn(sd, vid: int, va: int) -> int | None:
+    """Translate through the guest's own tables (a hypervisor read: no A/D bit set)."""
+    gcr3 = sd.guest_cr3.get(vid)
+    if gcr3 is None:
+        return None
+    mem = sd.mem
+    table = (gcr3 & _ADDR) >> 12
+    for shift in (39, 30, 21, 12):
+        mfn = sd.gfn_to_mfn(table)
+        if mfn is None:
+            return None
+        e = mem[(mfn << 9) | ((va >> shift) & 511)]
+        if not e & _P:
+            return None
+        if shift == 21 and e & _PS:
+            return sd.gfn_to_mfn(((e & _ADDR & ~0x1FFFFF) >> 12) | ((va >> 12) & 511))
+        table = (e & _ADDR) >> 12
+    return sd.gfn_to_mfn(table)
+
+
+def emulate_write(sd, vcpu, va: int, gmfn: int) -> bool:
+    """Emulate a simple aligned `mov` store into guest table `gmfn`; False = single-step."""
+    from capstone import x86_const as C
+    from unicorn import x86_const as X
+
+    uc = vcpu.uc
+    if uc.reg_read(X.UC_X86_REG_EFLAGS) & EFLAGS_TF:
+        return False  # the guest is single-stepping itself: let the hardware do it
+    rip = uc.reg_read(X.UC_X86_REG_RIP)
+    vid = vcpu.vcpu_id
+    code = b""
+    for page_va in (rip & ~0xFFF, (rip & ~0xFFF) + 0x1000):
+        mfn = guest_va_to_mfn(sd, vid, page_va)
+        if mfn is None:
+            break
+        code += sd.machine.ram.read(mfn << 12, 0x1000)
+    off = rip & 0xFFF
+    code = code[off : off + 15]
+    cs = _decoder()
+    insn = next(cs.disasm(code, rip, 1), None)
+    if insn is None or insn.id != C.X86_INS_MOV or len(insn.operands) != 2:
+        return False
+    dst, src = insn.operands
+    size = dst.size
+    if dst.type != C.X86_OP_MEM or size not in (4, 8) or dst.mem.segment:
+        return False
+    m = dst.mem
+    ea = m.disp
+    if m.base == C.X86_REG_RIP:
+        ea += rip + insn.size
+    elif m.base:
+        ea += uc.reg_read(_uc_reg(cs, m.base))
+    if m.index:
+        ea += uc.reg_read(_uc_reg(cs, m.index)) * m.scale
+    ea &= (1 << 64) - 1
+    if ea != va or va & (size - 1):
+        return False  # not the access that faulted, or unaligned: let the CPU do it
+    if src.type == C.X86_OP_REG:
+        value = uc.reg_read(_uc_reg(cs, src.reg))
+    elif src.type == C.X86_OP_IMM:
+        value = src.imm
+    else:
+        return False
+    value &= (1 << (8 * size)) - 1
+    idx = va & 0xFFF
+    i = (gmfn << 9) | (idx >> 3)
+    before = sd.mem[i]
+    sd.machine.ram.write((gmfn << 12) | idx, value.to_bytes(size, "little"))
+    if sd.mem[i] != before:
+        flags = sd.shadow_flags.get(gmfn, 0)
+        for t in TYPE_LEVEL:
+            if flags & (1 << t):
+                smfn = sd.hash.map.get((gmfn, t))
+                if smfn is not None:
+                    validate_entry(sd, smfn, t, idx >> 3)
+    uc.reg_write(X.UC_X86_REG_RIP, rip + insn.size)
+    sd.pt_writes["emulated"] += 1
+    if sd.need_flush:
+        sd.flush_tlbs()
+    return True
+
+
 _VALIDATE = {1: "shadow_validate_gl1e_calls", 2: "shadow_validate_gl2e_calls",
              3: "shadow_validate_gl3e_calls", 4: "shadow_validate_gl4e_calls"}  # fmt: skip
 
@@ -34,6 +146,7 @@ def _eflags(uc, value: int | None = None) -> int:
 def begin_step(sd, vcpu, i1: int, gmfn: int) -> None:
     """Let the faulting instruction write through shadow entry `i1` once, under TF."""
     vid = vcpu.vcpu_id
+    sd.pt_writes["single-stepped"] += 1
     snapshot = sd.u64[gmfn << 9 : (gmfn + 1) << 9].copy()
     temp = sd.mem[i1] | _PAGE_RW
     sd.mem[i1] = temp  # an upgrade: no flush needed

@@ -207,13 +207,15 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
     i1 = (sl1 << 9) | ((va >> 12) & 511)
     old = mem[i1]
     if write and is_pt:
-        # A write to a guest page table: let this one instruction write, then resync.
-        from emu.shadow.emulate import begin_step
+        # A write to a guest page table: emulate it, or let this one instruction write
+        # and resync after it.
+        from emu.shadow.emulate import begin_step, emulate_write
 
         cpu[pc.index["shadow_fault_emulate_write"]] += 1
         if old != new:
             mem[i1] = new
-        begin_step(sd, vcpu, i1, lmfn)
+        if not emulate_write(sd, vcpu, va, lmfn):
+            begin_step(sd, vcpu, i1, lmfn)
         sd.spurious[vid] = 0
         if sd.need_flush:
             sd.flush_tlbs()
@@ -292,11 +294,12 @@ def _superpage_fault(sd, vcpu, va: int, ec: int, gi, gm, ge, cpu) -> int:
     i1 = (sl1 << 9) | ((va >> 12) & 511)
     old = mem[i1]
     if write and is_pt:
-        from emu.shadow.emulate import begin_step
+        from emu.shadow.emulate import begin_step, emulate_write
 
         cpu[ix["shadow_fault_emulate_write"]] += 1
         mem[i1] = new
-        begin_step(sd, vcpu, i1, lmfn)
+        if not emulate_write(sd, vcpu, va, lmfn):
+            begin_step(sd, vcpu, i1, lmfn)
     elif old == new:
         n = sd.spurious.get(vid, 0) + 1
         sd.spurious[vid] = n
