@@ -457,3 +457,67 @@ def test_fuzz_guest_rewrites_its_own_tables_and_the_audit_stays_clean():
     assert outcomes.get("ran", 0) > 10 and outcomes.get("guest", 0) > 10, outcomes
     assert outcomes.get("crash", 0) >= 1, outcomes
     assert m.perfc.total("shadow_fault emulates a write") > 100
+
+
+ASM_PT_WRITER = """
+    mov rax, cr3
+    mov rbx, 0x000FFFFFFFFFF000
+    and rax, rbx
+    mov rcx, qword ptr [rax]
+    and rcx, rbx
+    mov rcx, qword ptr [rcx]
+    and rcx, rbx
+    mov rcx, qword ptr [rcx]
+    and rcx, rbx
+    mov rdx, 0x101000
+    mov rsi, 0x4b4f
+    mov qword ptr [rdx], rsi
+    mov rdx, 0x100000
+    mov rsi, 0x4142
+    mov qword ptr [rdx], rsi
+    lea rdi, [rcx + 0x800]
+    mov rsi, 0x8000000000101003
+    mov qword ptr [rdi], rsi
+    mov rsi, qword ptr [rdx]
+    mov al, sil
+    out 0xe9, al
+    shr rsi, 8
+    mov al, sil
+    out 0xe9, al
+    mov rsi, 0x8000000000100003
+    xchg qword ptr [rdi], rsi
+    mov rsi, qword ptr [rdx]
+    mov al, sil
+    out 0xe9, al
+    shr rsi, 8
+    mov al, sil
+    out 0xe9, al
+    mov al, 10
+    out 0xe9, al
+spin:
+    hlt
+    jmp spin
+"""
+
+
+@pytest.mark.timeout(60)
+def test_real_guest_rewrites_its_own_pte_at_cpl3(tmp_path):
+    """An `asm:` guest (GUEST's vCPU, CPL 3) remaps a page by writing its own L1 entry:
+    once with a plain mov (emulated), once with xchg (single-stepped)."""
+    from emu.host import DomainSpec, HostConfig
+    from emu.machine import Machine
+
+    src = tmp_path / "ptw.S"
+    src.write_text(ASM_PT_WRITER)
+    m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20))
+    m.boot_sync()
+    try:
+        d = m.create_domain(DomainSpec(name="ptw", memory=8, workload=f"asm:{src}"))
+        assert _wait_for(lambda: b"(d1) OKBA" in m.console.ring.read(), 20)
+        sd = d.paging
+        assert sd.pt_writes == {"emulated": 1, "single-stepped": 1}
+        with m.sched.quiesce(d):
+            assert _guest_leaf(m, d, 0x100000) & ~(A | D) == 0x8000000000100003
+            assert audit(m) == []
+    finally:
+        m.shutdown()
