@@ -274,6 +274,43 @@ def test_connect_reports_a_host_that_goes_away(tmp_path) -> None:
     )
 
 
+@pytest.mark.timeout(60)
+def test_connect_passes_the_window_size_on_by_naws() -> None:
+    """A scripted telnet server asks for NAWS and records what the real client sends."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    t = Term(f"telnet://127.0.0.1:{srv.getsockname()[1]}", cols=80, rows=24)
+    try:
+        peer, _ = srv.accept()
+        peer.settimeout(10)
+        peer.sendall(b"\xff\xfd\x1f" + TO_DOM0)  # DO NAWS, then the dom0 switch message
+        t.wait_status(" input: DOM0  |")
+        got = bytearray()
+
+        def naws_seen(size: bytes) -> bool:
+            t.pump(lambda: True, timeout=0)
+            try:
+                got.extend(peer.recv(4096))
+            except TimeoutError:
+                pass
+            return b"\xff\xfa\x1f" + size + b"\xff\xf0" in got
+
+        deadline = time.monotonic() + 10
+        while not naws_seen(b"\x00\x50\x00\x17"):  # 80 x 23: the rows above the status bar
+            assert time.monotonic() < deadline, bytes(got)
+        assert got.startswith(b"\xff\xfb\x1f")  # WILL NAWS first
+        t.p.setwinsize(31, 120)
+        while not naws_seen(b"\x00\x78\x00\x1e"):  # 120 x 30
+            assert time.monotonic() < deadline, bytes(got)
+        peer.close()
+        status, tail = t.finish()
+    finally:
+        t.p.close(force=True)
+        srv.close()
+    assert status == 1 and b"closed by the host" in tail
+
+
 def run_connect(url: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "xenconsole", "connect", url],

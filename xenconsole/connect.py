@@ -82,9 +82,9 @@ class ConsoleControl(UIControl):
         self.session = session
 
     def create_content(self, width: int, height: int) -> UIContent:
-        s = self.session.screen
-        if (width, height) != (s.cols, s.rows):
+        if (width, height) != self.session.size:
             self.session.resize(width, height)
+        s = self.session.screen
         rows = ["".join(row) for row in s.lines]
         return UIContent(
             get_line=lambda i: [("", rows[i])],
@@ -101,6 +101,7 @@ class ClientSession:
     def __init__(self, link: Link) -> None:
         self.link = link
         self.screen = Screen(80, 23)
+        self.size: tuple[int, int] | None = None  # the console area, once drawn
         self.target = "?"
         self.switches = 0
         self.notice = ""
@@ -180,6 +181,7 @@ class ClientSession:
         return app
 
     def resize(self, cols: int, rows: int) -> None:
+        self.size = (cols, rows)
         self.screen.resize(cols, rows)
         self.link.set_size(cols, rows)
 
