@@ -165,7 +165,8 @@ def test_example_plugin_key_on_the_serial_line_and_via_xl_debug_keys(tmp_path) -
             line.send(b"\r")
             out = line.until(b" s\r\n")
             assert out.startswith(b"\r\n" + D0_LINE)
-            assert re.fullmatch(rb"\(XEN\) 1 domain\(s\), host uptime \d+ s\r\n", out[2 + len(D0_LINE) :])
+            summary = out[2 + len(D0_LINE) :]
+            assert re.fullmatch(rb"\(XEN\) 1 domain\(s\), host uptime \d+ s\r\n", summary)
             line.send(b"yd7\r")
             assert line.until(b"d7\r\n(XEN) 'y': no domain d7\r\n")
             line.send(b"\x01\x01\x01")
