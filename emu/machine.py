@@ -205,3 +205,11 @@ class Machine:
 
     def shutdown(self) -> None:
         """Stop everything the machine runs (vCPU threads); safe to call twice."""
+        sched = getattr(self, "sched", None)  # GUEST: stop the pCPU threads
+        if sched is not None:
+            sched.stop()
+
+
+from emu.hvm import attach as _attach_hvm  # noqa: E402  (GUEST: vCPUs, scheduler, guests)
+
+SUBSYSTEMS.append(_attach_hvm)
