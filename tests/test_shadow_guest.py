@@ -141,3 +141,34 @@ def test_real_guest_rewrites_its_own_pte_at_cpl3(tmp_path):
             assert audit(m) == []
     finally:
         m.shutdown()
+
+
+def test_balloon_and_destroy_while_guests_run():
+    """mem-set down (from this thread) while a random workload runs: the shadows of the
+    departing frames go first, under quiesce; the guest runs on; destroy returns the pool."""
+    from emu.host import DomainSpec, HostConfig
+    from emu.machine import Machine
+
+    m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20))
+    m.boot_sync()
+    try:
+        d = m.create_domain(DomainSpec(name="bal", memory=16, vcpus=2, workload="random:ws=1500"))
+        assert _wait_for(lambda: m.perfc.total("shadow_fault") > 1000)
+        avail = m.heap.total_avail_pages
+        for _ in range(5):
+            m.set_target(d, d.tot_pages - 200)
+            with m.sched.quiesce(d):
+                assert audit(m) == []
+                r = m.access.domain_arrays(d)
+                assert r["accessed"][ARENA_GFN + 1500 :].sum() == 0
+            t0 = d.cpu_time()
+            assert _wait_for(lambda t0=t0: d.cpu_time() > t0 + 0.01)  # runs on
+        assert d.domid in m.domains and d.paging.crash_reason is None
+        assert m.heap.total_avail_pages == avail + 1000
+        pool = d.paging.total_pages
+        m.destroy_domain(d)
+        assert d.paging.total_pages == 0
+        assert m.heap.total_avail_pages >= avail + 1000 + pool
+        assert audit(m) == []
+    finally:
+        m.shutdown()

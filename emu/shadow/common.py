@@ -9,6 +9,8 @@ A domain's vCPUs never run in parallel, and callers from other threads hold
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from emu.access import access_of
@@ -475,18 +477,28 @@ def attach(machine) -> None:
     hooks.domain_destroying.append(lambda dom: _domain_destroying(machine, dom))
 
 
+def _quiesced(machine, dom):
+    """The domain's vCPUs out of emu_start (balloon and destroy come from other threads)."""
+    sched = getattr(machine, "sched", None)
+    if sched is not None and hasattr(sched, "quiesce"):
+        return sched.quiesce(dom)
+    return contextlib.nullcontext()
+
+
 def _p2m_removing(machine, dom, gfns) -> None:
     p2m = np.asarray(dom.p2m)
     gfns = np.asarray(gfns, dtype=np.int64)
     gfns = gfns[(gfns >= 0) & (gfns < p2m.size)]
-    if getattr(dom, "paging", None) is not None:
-        dom.paging.remove_all_mappings(gfns)
-    mfns = p2m[gfns]
-    access_of(machine).clear(mfns[mfns != np.uint64(INVALID_MFN)])
+    with _quiesced(machine, dom):
+        if getattr(dom, "paging", None) is not None:
+            dom.paging.remove_all_mappings(gfns)
+        mfns = p2m[gfns]
+        access_of(machine).clear(mfns[mfns != np.uint64(INVALID_MFN)])
 
 
 def _domain_destroying(machine, dom) -> None:
-    if getattr(dom, "paging", None) is not None:
-        dom.paging.teardown()
-    p2m = np.asarray(dom.p2m)
-    access_of(machine).clear(p2m[p2m != np.uint64(INVALID_MFN)])
+    with _quiesced(machine, dom):
+        if getattr(dom, "paging", None) is not None:
+            dom.paging.teardown()
+        p2m = np.asarray(dom.p2m)
+        access_of(machine).clear(p2m[p2m != np.uint64(INVALID_MFN)])
