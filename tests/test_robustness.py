@@ -479,3 +479,111 @@ def test_default_host_with_running_guests_survives_abuse():
             for c in (watcher, flood, bad):
                 c.close()
         stop_and_check_stderr(h)
+
+
+# A real reactor in a child process (the test process must not own the global reactor):
+# the real transports and hub, one client that never reads, one that reads everything.
+_PAUSE_SCRIPT = r"""
+import json, socket, sys, threading
+from twisted.internet import reactor, task
+from xenconsole.hub import Hub
+from xenconsole.transports import ConsoleFactory, RawClient, TelnetClient
+
+kind = sys.argv[1]
+hub = Hub(reactor)
+port = reactor.listenTCP(0, ConsoleFactory(hub, TelnetClient if kind == "telnet" else RawClient,
+                                           256 * 1024), interface="127.0.0.1")
+addr = ("127.0.0.1", port.getHost().port)
+line = b"".join(b"(XEN) line %06d \xff of output\r\n" % i for i in range(1200))
+result = {}
+
+def clients():
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(addr)
+    reader = socket.create_connection(addr)
+    got = bytearray()
+    def read():
+        while True:
+            d = reader.recv(1 << 20)
+            if not d:
+                return
+            got.extend(d)
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    reactor.callFromThread(start)
+    done.wait()
+    reader.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv (close alone would not)
+    t.join(5)
+    reader.close()
+    result["reader_bytes"] = len(got)
+    result["reader_ok"] = got.endswith(want_tail[0])
+    stalled.close()
+    reactor.callFromThread(reactor.stop)
+
+done = threading.Event()
+want_tail = [b""]
+
+def start():
+    sent = [0]
+    def tick():
+        if len(hub.clients) < 2:
+            return
+        hub.sink(line)
+        sent[0] += len(line)
+        if sent[0] >= 12 << 20:
+            loop.stop()
+            reactor.callLater(1.0, finish, sent[0])
+    loop = task.LoopingCall(tick)
+    loop.start(0.001)
+
+def vmrss():
+    with open("/proc/self/status") as f:
+        return int([s for s in f if s.startswith("VmRSS")][0].split()[1])
+
+def finish(sent):
+    stalled, reader = hub.clients
+    t = stalled.transport
+    result.update(
+        sent=sent,
+        pauses=stalled.out.pauses,
+        paused=stalled.out.paused,
+        backlog=stalled.out.backlog_bytes,
+        dropped=stalled.out.dropped_total,
+        twisted_buffer=len(t.dataBuffer) - t.offset + t._tempDataLen,
+        reader_pauses=reader.out.pauses,
+        reader_dropped=reader.out.dropped_total,
+        vmrss_kib=vmrss(),
+    )
+    ff = sent // len(line) * line.count(b"\xff")
+    result["expected"] = sent + ff + 9 if kind == "telnet" else sent  # IAC doubled; 3 requests
+    tail = line[-64:]
+    want_tail[0] = tail.replace(b"\xff", b"\xff\xff") if kind == "telnet" else tail
+    done.set()
+
+threading.Thread(target=clients, daemon=True).start()
+reactor.run()
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["tcp", "telnet"])
+def test_twisted_pauses_the_producer_of_a_stalled_socket(kind):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _PAUSE_SCRIPT, kind], capture_output=True, timeout=50
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    r = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    print(f"\n{kind}: {r}")
+    assert r["pauses"] >= 1 and r["paused"]  # Twisted called pauseProducing, and it held
+    assert r["backlog"] <= 256 * 1024
+    assert r["twisted_buffer"] < 1 << 20  # 64 KiB high-water mark plus one turn's output
+    assert r["dropped"] > 4 << 20  # 12 MiB sent; the kernel's socket buffers hold a few
+    assert r["reader_dropped"] == 0 and r["reader_ok"]
+    assert r["reader_bytes"] == r["expected"]  # every byte, none twice
+    assert r["vmrss_kib"] < 300 << 10
