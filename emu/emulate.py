@@ -27,7 +27,6 @@ from capstone import x86_const as C
 from unicorn import x86_const as X
 
 from emu import guestmem
-from emu.vcpu import ack_exception
 
 ENOSYS, EINVAL, EFAULT = 38, 22, 14
 HC_console_io, HC_set_timer_op, HC_xen_version, HC_sched_op = 18, 15, 17, 29
@@ -94,7 +93,7 @@ def emulate_gp(vcpu) -> None:
     vcpu.stats["gp_emulated"] += 1
     if vcpu.pending is None or vcpu.pending[0] != "crash":
         uc.reg_write(X.UC_X86_REG_RIP, rip + insn.size)
-        ack_exception(uc)  # after the RIP write, as unicorn.md §3's redirect recipe does
+        vcpu.ack(uc)  # after the RIP write, as unicorn.md §3's redirect recipe does
 
 
 def _emulate(vcpu, insn) -> bool:

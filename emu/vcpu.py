@@ -43,6 +43,7 @@ from unicorn import x86_const as X
 
 from emu import domain as _domain
 from emu import guestmem
+from emu.shadow import CRASH, FIXED
 
 ADDR_MASK = 0x000FFFFFFFFFF000
 RFLAGS_TF, RFLAGS_IF = 0x100, 0x200
@@ -85,6 +86,23 @@ def ack_exception(uc: Uc) -> int:
     ctypes.c_int32.from_address(base + OLD_OFF).value = -1
     uc.context_restore(ctx)
     return err & 0xFFFFFFFF
+
+
+class ExceptionAck:
+    """`ack_exception` for one Uc, reusing one saved context (no allocation per fault)."""
+
+    def __init__(self, uc: Uc) -> None:
+        self.ctx = uc.context_save()
+        base = self.ctx.context.value
+        self.err = ctypes.c_int32.from_address(base + ERR_OFF)
+        self.old = ctypes.c_int32.from_address(base + OLD_OFF)
+
+    def __call__(self, uc: Uc) -> int:
+        uc.context_update(self.ctx)
+        err = self.err.value
+        self.old.value = -1
+        uc.context_restore(self.ctx)
+        return err & 0xFFFFFFFF
 
 
 REG_NAMES = (
@@ -133,6 +151,7 @@ class VCPU(_domain.VCPU):
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc = uc
+        self.ack = ExceptionAck(uc)
 
     def __repr__(self) -> str:
         return f"<VCPU d{self.domain.domid}v{self.vcpu_id}>"
@@ -208,7 +227,7 @@ class VCPU(_domain.VCPU):
         err: UcError | None = None
         # A stop that lands between raising an exception and its hook leaves old_exception
         # set, and the next fault would arrive as #DF: reset it before every run.
-        ack_exception(uc)
+        self.ack(uc)
         if self.entering is not None:
             self._xen_slot_map(self.entering, step=False)
             self.entering = None
@@ -261,7 +280,7 @@ class VCPU(_domain.VCPU):
     # ---- hooks ---------------------------------------------------------------------------
 
     def _on_intr(self, uc: Uc, intno: int, _ud) -> None:
-        err = ack_exception(uc)
+        err = self.ack(uc)
         try:
             if intno == 14:
                 self._page_fault(uc, err)
@@ -287,8 +306,6 @@ class VCPU(_domain.VCPU):
             self.stop(("crash", "internal", f"{type(e).__name__}: {e}"))
 
     def _page_fault(self, uc: Uc, err: int) -> None:
-        from emu.shadow import CRASH, FIXED
-
         cr2 = uc.reg_read(X.UC_X86_REG_CR2)
         if (cr2 >> 39) == (XEN_VA >> 39) and not err & 4 and self.xen_step is None:
             # An implicit supervisor access (GDT read by iretq / a segment load): map Xen's
