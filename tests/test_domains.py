@@ -375,3 +375,16 @@ def test_O_key_prints_summary_and_capped_violations(machine):
     )
     assert len(viol) == 20
     assert out[-2:] == ["audit: ... 5 more not shown", "audit: 25 violation(s)"]
+
+
+def test_q_lists_dompages_below_10_pages(machine):
+    dom = machine.create_domain(DomainSpec(name="tiny", memory=8))
+    machine.set_target(dom, 3)
+    out = Lines()
+    KEY_TABLE["q"].fn(machine, out, ())
+    i = out.index("Memory pages belonging to domain 1:")
+    mfns = sorted(int(m) for m in dom.p2m[:3])
+    assert out[i + 1 : i + 4] == [
+        f"    DomPage {m:016x}: caf=8000000000000001, taf=0000000000000000" for m in mfns
+    ]
+    assert out[i + 4] == "    PoD entries=0 cachesize=0"
