@@ -28,6 +28,7 @@ made exactly where Xen's `sh_page_fault()` sets guest A/D bits.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,13 +56,17 @@ class DomainScan:
     domid: int
     first: int
     last: int
-    gfn: np.ndarray  # uint64
-    mfn: np.ndarray  # uint64, INVALID_MFN for holes
+    mfn: np.ndarray | None  # uint64, INVALID_MFN for holes (None without `detail`)
     owned: np.ndarray  # bool: a valid P2M entry
     accessed: np.ndarray  # bool: read or written by the guest since it owns the frame
     dirty: np.ndarray  # bool: written
     window: np.ndarray  # bool: accessed since the last `Z` (or since creation)
-    first_touch_ns: np.ndarray  # uint64: machine time of the first access, 0 = never
+    first_touch_ns: np.ndarray | None  # uint64: first access time, 0 = never (None w/o detail)
+
+    @property
+    def gfn(self) -> np.ndarray:
+        """The gfns the arrays cover (uint64), `first` up to the range's or the P2M's end."""
+        return np.arange(self.first, self.first + self.owned.size, dtype=np.uint64)
 
     @property
     def pages(self) -> int:
@@ -98,15 +103,18 @@ class DomainScan:
         the larger buckets spread evenly) and, for n < columns, some columns are empty.
         """
         n = self.last - self.first + 1
-        # Column c starts at offset ceil(c * n / columns); prefix sums give each column's
-        # count without touching the pages one by one.
-        edges = (np.arange(columns + 1, dtype=np.int64) * n + columns - 1) // columns
-        edges = np.minimum(edges, self.gfn.size)
-        zero = np.zeros(1, dtype=np.int64)
-        cs_own = np.concatenate((zero, np.cumsum(self.owned, dtype=np.int64)))
-        cs_win = np.concatenate((zero, np.cumsum(self.window, dtype=np.int64)))
-        owned = cs_own[edges[1:]] - cs_own[edges[:-1]]
-        win = cs_win[edges[1:]] - cs_win[edges[:-1]]
+        # Column c covers offsets ceil(c * n / columns) .. ceil((c + 1) * n / columns) - 1:
+        # one count_nonzero per column over a slice, never a loop per page.
+        size = self.owned.size
+        edges = [min(size, (c * n + columns - 1) // columns) for c in range(columns + 1)]
+        owned = np.array(
+            [np.count_nonzero(self.owned[a:b]) for a, b in zip(edges, edges[1:], strict=False)],
+            dtype=np.int64,
+        )
+        win = np.array(
+            [np.count_nonzero(self.window[a:b]) for a, b in zip(edges, edges[1:], strict=False)],
+            dtype=np.int64,
+        )
         return owned, win
 
     def heat(self, columns: int = HEAT_COLUMNS) -> str:
@@ -153,32 +161,57 @@ def hold(machine, dom):
         yield
 
 
-def _shadow_bits(machine, dom, p2m: np.ndarray, first: int):
-    """gfn offsets (from `first`, within `p2m`) whose present shadow L1 entry has A; and D."""
-    ent = dom.paging.shadow_l1_entries()
-    pa = np.uint64(_PTE_P | _PTE_A)
-    ent = ent[(ent & pa) == pa]
-    if not ent.size:
-        empty = np.zeros(0, dtype=np.intp)
+_SCRATCH_LOCK = threading.Lock()
+
+
+def _scratch(machine) -> np.ndarray:
+    """A zeroed u1 per machine frame, reused by every scan (under _SCRATCH_LOCK)."""
+    buf = getattr(machine, "_scan_scratch", None)
+    if buf is None or buf.size != machine.ram.nr_frames:
+        buf = np.zeros(machine.ram.nr_frames, dtype=np.uint8)
+        machine._scan_scratch = buf
+    return buf
+
+
+def _frames(ent: np.ndarray) -> np.ndarray:
+    ent &= _PTE_ADDR  # in place: `ent` is a fresh selection, no more temporaries
+    ent >>= np.uint64(12)
+    return ent.view(np.int64)
+
+
+def _shadow_marks(machine, dom) -> tuple[np.ndarray, np.ndarray]:
+    """MFNs mapped by present shadow L1 entries of `dom` with A set, and with D set."""
+    l1 = dom.paging.shadow_l1_mfns()
+    if not l1.size:
+        empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    mfn = (ent & _PTE_ADDR) >> np.uint64(12)
+    # Whole 4 KiB rows (one per L1 shadow): a block copy each, not an index per entry.
+    ent = machine.ram.u64.reshape(-1, 512)[np.asarray(l1, dtype=np.intp)].ravel()
+    low = ent.view(np.uint8)[::8]  # P, A, D are in the low byte (little-endian): no copy
+    pa, pd = np.uint8(_PTE_P | _PTE_A), np.uint8(_PTE_P | _PTE_D)
+    a = _frames(ent[(low & pa) == pa])
+    d = _frames(ent[(low & pd) == pd])  # D outlives a cleared A (Z clears A only)
     nr = machine.ram.nr_frames
-    ok = mfn < np.uint64(nr)
-    mfn, ent = mfn[ok], ent[ok]
-    gfn = machine.m2p[mfn.astype(np.intp)]
-    off = gfn - np.uint64(first)  # wraps for gfn < first: then off >= size below
-    ok = off < np.uint64(p2m.size)
-    off, mfn, ent = off[ok].astype(np.intp), mfn[ok], ent[ok]
-    ok = p2m[off] == mfn  # the M2P entry maps back: the frame is this domain's gfn
-    off, ent = off[ok], ent[ok]
-    dirty = off[(ent & np.uint64(_PTE_D)) != 0]
-    return off, dirty
+    if a.size and int(a.max()) >= nr:
+        a = a[a < nr]
+    if d.size and int(d.max()) >= nr:
+        d = d[d < nr]
+    return a, d
 
 
 def scan_domain(
-    machine, dom, first: int | None = None, last: int | None = None, *, quiesce: bool = True
+    machine,
+    dom,
+    first: int | None = None,
+    last: int | None = None,
+    *,
+    quiesce: bool = True,
+    detail: bool = True,
 ) -> DomainScan:
     """Scan `dom` over gfns `first`..`last` inclusive (default: its whole P2M).
+
+    `detail=False` leaves `mfn` and `first_touch_ns` None (no copy of the P2M slice, no
+    gather of first-touch times): `U` needs only the counts.
 
     Raises ScanError for a domain whose accesses are not tracked (dom0, a dying domain) or a
     bad range. With `quiesce` (the default) the domain's vCPUs are held out of `emu_start`
@@ -197,33 +230,51 @@ def scan_domain(
     with ctx:
         if not tracked(dom):
             raise ScanError(f"d{dom.domid} is being destroyed")
-        return _scan_locked(machine, dom, first, last)
+        return _scan_locked(machine, dom, first, last, detail)
 
 
-def _scan_locked(machine, dom, first: int, last: int) -> DomainScan:
+def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainScan:
     rec = access_of(machine)
     nr = machine.ram.nr_frames
     p2m_all = np.asarray(dom.p2m)
     hi = min(last + 1, p2m_all.size)
     p2m = p2m_all[first:hi] if first < hi else p2m_all[:0]
-    owned = (p2m != INVALID_MFN) & (p2m < np.uint64(nr))
-    idx = np.where(owned, p2m, 0).astype(np.intp)
-    accessed = (rec.accessed[idx] != 0) & owned
-    dirty = (rec.written[idx] != 0) & owned
-    window = (rec.window[idx] != 0) & owned
-    first_touch = np.where(owned, rec.first_touch_ns[idx], np.uint64(0))
-    a_off, d_off = _shadow_bits(machine, dom, p2m, first)
-    if a_off.size:
-        window[a_off] = True
-        accessed[a_off] = True  # a hardware-set A bit is a guest access, whatever the record
-    if d_off.size:
-        dirty[d_off] = True
+    owned = p2m < np.uint64(nr)  # INVALID_MFN (holes) is never below nr
+    full = bool(owned.all())
+    # The common case (no holes): the P2M itself is the index, no copy.
+    idx = p2m.view(np.int64) if full else np.where(owned, p2m, 0).view(np.int64)
+    accessed = rec.accessed[idx].view(bool)
+    dirty = rec.written[idx].view(bool)
+    window = rec.window[idx].view(bool)
+    first_touch = rec.first_touch_ns[idx] if detail else None
+    if not full:
+        accessed &= owned
+        dirty &= owned
+        window &= owned
+        if first_touch is not None:
+            first_touch[~owned] = 0
+    # Hardware-set shadow A/D bits, per MFN: mark them in a scratch map, read it through the
+    # same index, unmark (the scratch is all zeros between scans).
+    a_m, d_m = _shadow_marks(machine, dom)
+    if a_m.size or d_m.size:
+        with _SCRATCH_LOCK:
+            marks = _scratch(machine)
+            marks[a_m] = 1
+            marks[d_m] |= 2
+            hw = marks[idx]
+            marks[a_m] = 0
+            marks[d_m] = 0
+        if not full:
+            hw[~owned] = 0
+        hw_a = (hw & 1).view(bool)
+        accessed |= hw_a  # a hardware-set A bit is a guest access, whatever the record
+        window |= hw_a
+        dirty |= (hw >> 1).view(bool)
     return DomainScan(
         domid=dom.domid,
         first=first,
         last=last,
-        gfn=np.arange(first, first + p2m.size, dtype=np.uint64),
-        mfn=p2m.copy(),
+        mfn=p2m.copy() if detail else None,
         owned=owned,
         accessed=accessed,
         dirty=dirty,

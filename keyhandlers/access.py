@@ -56,7 +56,7 @@ def scan_accessed_pages(machine, out, args: tuple[str, ...]) -> None:
     lines = []
     for dom in doms:
         try:
-            s = scan_domain(machine, dom, first, last)
+            s = scan_domain(machine, dom, first, last, detail=False)
         except ScanError as e:
             if len(doms) == 1:
                 raise KeyhandlerError(str(e)) from None

@@ -78,7 +78,6 @@ def _synthetic(owned, window, first=0) -> DomainScan:
         1,
         first,
         first + n - 1,
-        np.arange(first, first + n, dtype=np.uint64),
         np.zeros(n, dtype=np.uint64),
         owned,
         window.copy(),
