@@ -210,7 +210,9 @@ class VCPU(_domain.VCPU):
             return
         idx, old, tf, step = self.xen_step
         self.xen_step = None
-        self.machine.ram.u64[idx] = old
+        u64 = self.machine.ram.u64
+        if int(u64[idx]) == self.machine.hvm.xen_l4e:  # unless the shadow code replaced it
+            u64[idx] = old
         if step and not tf:  # the run ended before the single step's #DB: drop our TF
             fl = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
             self.uc.reg_write(X.UC_X86_REG_EFLAGS, fl & ~RFLAGS_TF)

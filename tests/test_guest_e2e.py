@@ -135,3 +135,31 @@ def test_default_host_guests_under_debug_keys():
         s.sendall(b"xl unpause guest2; xl list\r")
         r.wait(r"guest2 .* [r-]-----.*\n", start=at)
         s.close()
+
+
+@pytest.mark.timeout(60)
+def test_xl_console_follows_guest_and_returns_when_it_dies(tmp_path):
+    from tests.guest_helpers import new_machine, wait_for
+    from xenconsole.dom0.shell import Dom0Shell
+
+    m = new_machine()
+    try:
+        shown: list[bytes] = []
+        sh = Dom0Shell(m, shown.append)
+        prog = tmp_path / "talk.S"
+        prog.write_text(
+            "    mov rcx, 3\nagain:\n    mov al, 0x68\n    out 0xe9, al\n    mov al, 10\n"
+            "    out 0xe9, al\n    mov eax, 29\n    xor edi, edi\n    push rcx\n    syscall\n"
+            "    pop rcx\n    dec rcx\n    jnz again\n    ud2\n"
+        )
+        sh.run_line(f"xl create -p name=talk memory=4 'workload=\"asm:{prog}\"'")
+        assert sh.status == 0, b"".join(shown)
+        sh.run_line("xl console talk")
+        assert sh.foreground is not None
+        sh.run_line("xl unpause talk")  # typed elsewhere (xl from another client)
+        # three lines, then ud2 with no IDT: the domain crashes and the console returns
+        assert wait_for(lambda: sh.foreground is None, timeout=10)
+        text = b"".join(shown).decode().replace("\r\n", "\n")
+        assert "h\nh\nh\nroot@dom0:~# " in text
+    finally:
+        m.shutdown()
