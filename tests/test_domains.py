@@ -388,3 +388,27 @@ def test_q_lists_dompages_below_10_pages(machine):
         f"    DomPage {m:016x}: caf=8000000000000001, taf=0000000000000000" for m in mfns
     ]
     assert out[i + 4] == "    PoD entries=0 cachesize=0"
+
+
+def test_xl_create_overrides_and_dry_run(xl, machine, tmp_path):
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text("name = 'g'\nmemory = 64\nworkload = \"idle\"\n")
+    free = machine.free_pages()
+    assert xl(f"xl create -n {cfg} memory=32 vcpus=2") == (
+        0,
+        f'Parsing config from {cfg}\nname = "g"\nmemory = 32\nmaxmem = 32\nvcpus = 2\n'
+        'workload = "idle"\n',
+    )
+    assert machine.free_pages() == free and list(machine.domains) == [0]
+    assert xl(f"xl create -q {cfg} memory=32 name=h") == (0, "")
+    dom = machine.find_domain("h")
+    assert dom.tot_pages == 32 << 8 and machine.find_domain("g") is None
+    status, out = xl(f"xl create {cfg} {cfg}")
+    assert status == 2 and out.startswith("Usage: xl")
+    bad = tmp_path / "bad.cfg"
+    bad.write_text('name = "b"\nmemory = = 3\n')
+    assert xl(f"xl create {bad}") == (
+        1,
+        f"Parsing config from {bad}\n{bad}:2: config parsing error near `= 3': syntax error\n"
+        "Failed to parse config: Invalid argument\n",
+    )
