@@ -192,10 +192,9 @@ class Heap:
         start = max(start, 1)
         end = min(start + count, self.nr_frames)
         with self.lock:
+            # Order-aligned chunks above MFN 0 never cross a zone boundary (zone = flsl).
             for mfn, order in aligned_chunks(start, end):
-                # Split further so that no chunk crosses a zone boundary.
-                for m, o in aligned_chunks(mfn, mfn + (1 << order), order):
-                    self.free_heap_pages(m, o)
+                self.free_heap_pages(mfn, order)
 
     def free_runs(self, mfns: np.ndarray, need_scrub: bool = True) -> None:
         """Free arbitrary frames: grouped into runs, then into aligned buddy chunks."""
