@@ -16,7 +16,7 @@ import time
 import pytest
 import serial
 
-from xenconsole.testing import serve
+from xenconsole.testing import ServeError, serve
 
 PROMPT = b"root@dom0:~# "
 # No guests: nothing prints unless a test makes it, so "no stale output" and "idle" hold.
@@ -243,3 +243,19 @@ def test_picocom_sessions(host):
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("PTY tests need Linux")
+
+
+@pytest.mark.timeout(60)
+def test_pty_link_replaces_a_stale_link_but_never_a_file(cfg, tmp_path):
+    stale = tmp_path / "stale"
+    stale.symlink_to("/dev/pts/does-not-exist")
+    with serve("--config", cfg, "--pty", str(stale), pty=False, telnet=False, tcp=False) as h:
+        assert os.readlink(stale) == h.urls["pty"]
+    assert not os.path.lexists(stale)
+    precious = tmp_path / "precious"
+    precious.write_text("keep me\n")
+    with pytest.raises(ServeError) as e:
+        with serve("--config", cfg, "--pty", str(precious), pty=False):
+            pass
+    assert f"cannot create PTY link {precious}: File exists" in str(e.value)
+    assert precious.read_text() == "keep me\n"

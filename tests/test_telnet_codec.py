@@ -345,7 +345,7 @@ def _run(chunks: list[bytes]) -> tuple[bytes, bytes, list[tuple[int, int]]]:
     return bytes(w.data), bytes(w.sent), w.naws
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(tokens=st.lists(_tokens, max_size=40), cuts=st.lists(st.integers(0, 10_000), max_size=12))
 def test_any_chunking_gives_the_same_bytes(tokens, cuts):
     stream = b"".join(tokens)

@@ -120,7 +120,11 @@ class OutputBuffer:
             return
         for _ in range(16):
             before = self.backlog_bytes
-            self._flush()  # may call resumeProducing, which moves backlog into the transport
+            try:
+                self._flush()  # may call resumeProducing, which moves backlog to the transport
+            except Exception:  # the reactor sees the same error on its own turn
+                self._flush_failed_at = now
+                return
             if not self.paused and not self.backlog:
                 return
             if self.backlog_bytes >= before:

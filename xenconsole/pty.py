@@ -33,7 +33,8 @@ class PtyClient(abstract.FileDescriptor):
         self.link = link
         if link:
             try:
-                if os.path.islink(link) or os.path.exists(link):
+                # A stale link from an earlier run is replaced; a real file never is.
+                if os.path.islink(link):
                     os.unlink(link)
                 os.symlink(self.path, link)
             except OSError as e:
