@@ -1,5 +1,7 @@
 """Whole-machine memory audit: every frame is in exactly one state (CONTRACT.md).
 
+It also runs the shadow code's audit (emu/shadow/audit.py) for shadowed domains.
+
 States: free (in a heap free list), Xen (PGC_xen_heap: Xen's own frames, Xen-heap pages),
 owned by exactly one live domain (PGC_allocated, owner set, P2M and M2P agreeing), or in
 exactly one domain's shadow pool. `audit()` is vectorised (numpy over the whole frame
@@ -227,6 +229,14 @@ def audit_full(machine) -> AuditResult:
             _report(bad, "in no state (lost)", np.flatnonzero(lost))
         res.free = nfree
         res.xen = nxen
+        # The shadow code's own audit (hash chains, shadow entries against guest entries and
+        # the P2M), when shadow paging is built in; callers quiesce vCPUs first (key O does).
+        try:
+            from emu.shadow.audit import audit_shadows
+        except ImportError:
+            audit_shadows = None
+        if audit_shadows is not None and pools:
+            bad.extend(f"shadow: {v}" for v in audit_shadows(machine))
     return res
 
 
