@@ -412,3 +412,15 @@ def test_xl_create_overrides_and_dry_run(xl, machine, tmp_path):
         f"Parsing config from {bad}\n{bad}:2: config parsing error near `= 3': syntax error\n"
         "Failed to parse config: Invalid argument\n",
     )
+
+
+def test_audit_includes_the_shadow_audit(machine, monkeypatch):
+    import emu.shadow.audit as shadow_audit
+
+    dom = machine.create_domain(DomainSpec(name="s", memory=8))
+    a = machine.heap.alloc_domheap_pages(None, 0)
+    dom.paging = FakePool([a])
+    monkeypatch.setattr(shadow_audit, "audit_shadows", lambda m: ["d1: bad translation"])
+    assert audit(machine) == ["shadow: d1: bad translation"]
+    monkeypatch.setattr(shadow_audit, "audit_shadows", lambda m: [])
+    assert audit(machine) == []
