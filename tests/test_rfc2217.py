@@ -122,6 +122,14 @@ def test_break_reaches_the_hub_and_is_acknowledged(conn) -> None:
     )
 
 
+def test_telnet_iac_brk_is_a_break_too(conn) -> None:
+    hub, proto, tr = conn
+    proto.dataReceived(b"a" + IAC + b"\xf3" + b"b" + IAC + b"\xf1")  # BRK, then NOP
+    assert hub.breaks == [proto.name]
+    assert bytes(hub.received) == b"ab"
+    assert tr.value() == b""
+
+
 def test_modem_lines_are_a_live_null_modem(conn) -> None:
     _hub, proto, tr = conn
     proto.dataReceived(sb(r.NOTIFY_MODEMSTATE))

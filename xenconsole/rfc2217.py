@@ -137,6 +137,12 @@ class _PortManager(rfc2217.PortManager):
         if run:
             yield bytes(run)
 
+    def _telnet_process_command(self, command: bytes) -> None:
+        # A plain telnet client on this port sends BREAK as IAC BRK: same as the COM-PORT one.
+        if command == b"\xf3":
+            self.serial.breaks += 1
+            self.serial._on_break()
+
     def _sb_append(self, b: int) -> None:
         if len(self.suboption) < SB_MAX:
             self.suboption.append(b)
