@@ -390,3 +390,16 @@ def test_fuzz_guest_rewrites_its_own_tables_and_the_audit_stays_clean():
     assert outcomes.get("ran", 0) > 10 and outcomes.get("guest", 0) > 10, outcomes
     assert outcomes.get("crash", 0) >= 1, outcomes
     assert m.perfc.total("shadow_fault emulates a write") > 100
+
+
+def test_stale_tlb_faults_do_not_add_up_to_a_crash(machine):
+    """A fault the shadow already allows (a stale TLB) flushes and resumes; only a run of
+    them with no progress in between would crash the domain."""
+    g = Guest(machine, name="spur")
+    sd, v = g.dom.paging, g.vcpus[0]
+    for i in range(200):
+        va = (ARENA_GFN + i) << 12
+        assert sd.page_fault(v, va, 0) == 0  # fixed
+        assert sd.page_fault(v, va, 0) == 0  # nothing to fix: flush, resume
+    assert machine.perfc.total("shadow_fault fixed fault") >= 400
+    _clean(machine)

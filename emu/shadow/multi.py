@@ -231,6 +231,8 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
         cpu[pc.index["shadow_vcpu_tlb_flush"]] += 1
     else:
         mem[i1] = new
+        if sd.spurious:
+            sd.spurious.pop(vid, None)  # progress: the no-progress count starts again
         if old & P and ((old ^ new) & ADDR or (old & RW and not new & RW) or new & ~old & NX):
             sd.need_flush = True
     if sd.need_flush:
@@ -308,6 +310,8 @@ def _superpage_fault(sd, vcpu, va: int, ec: int, gi, gm, ge, cpu) -> int:
         vcpu.flush_tlb()
     else:
         mem[i1] = new
+        if sd.spurious:
+            sd.spurious.pop(vid, None)  # progress: the no-progress count starts again
         if old & P and ((old ^ new) & ADDR or (old & RW and not new & RW) or new & ~old & NX):
             sd.need_flush = True
     if sd.need_flush:
