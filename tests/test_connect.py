@@ -10,6 +10,8 @@ import time
 import pexpect
 import pytest
 from console_hosts import host_only
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xenconsole.clientlink import LinkUsageError, TelnetLink, open_link
 from xenconsole.connect import ClientSession
@@ -51,6 +53,28 @@ def test_screen_utf8_split_and_resize_keeps_the_cursor_line() -> None:
     assert s.display() == ["2", "3"] and (s.x, s.y) == (1, 1)
     s.resize(12, 3)
     assert s.display() == ["2", "3", ""] and s.cols == 12
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=200),
+            st.sampled_from([b"\x1b[", b"\x1b[?1049h", b"\x1b[999;999H", b"\x1b]0;", b"\r\n"]),
+            st.tuples(st.integers(1, 120), st.integers(1, 50)),
+        ),
+        max_size=30,
+    )
+)
+def test_screen_survives_any_bytes_and_resizes(items) -> None:
+    s = Screen(80, 24)
+    for item in items:
+        if isinstance(item, tuple):
+            s.resize(*item)
+        else:
+            s.feed_bytes(item)
+        assert len(s.lines) == s.rows and all(len(row) == s.cols for row in s.lines)
+        assert 0 <= s.x < s.cols and 0 <= s.y < s.rows
 
 
 # ---- input target tracking ----------------------------------------------------------------
