@@ -138,7 +138,8 @@ def audit_full(machine) -> AuditResult:
             _report(
                 bad, "on a free list but not free in page_info", np.flatnonzero(listed & ~is_free)
             )
-        _mask(flags, sc.tmp, F_STATE | F_NEED_SCRUB, F_STATE_FREE | F_NEED_SCRUB, sc.mapped)
+        # A free frame's flag byte is exactly PGC_state_free, plus PGC_need_scrub if pending.
+        np.equal(flags, F_STATE_FREE | F_NEED_SCRUB, out=sc.mapped)
         if sc.mapped.any():
             _report(bad, "still need scrubbing", np.flatnonzero(sc.mapped))
         if nfree != heap.total_avail_pages or nfree != int(heap.avail.sum()):
@@ -163,12 +164,16 @@ def audit_full(machine) -> AuditResult:
 
         # Domain frames: owned by a live domain, count >= 1, in that domain's P2M, M2P back.
         owned_idx = np.flatnonzero(owned)
-        owners = ft.v[owned_idx]
-        _report(bad, "owned by no live domain", owned_idx[~np.isin(owners, live_codes)])
+        # Owner codes above the highest live one all count as "dead" (the last slot).
+        top = int(live_codes.max(initial=0)) + 1
+        owners = np.minimum(ft.v[owned_idx], top)
+        live_lut = np.zeros(top + 1, dtype=bool)
+        live_lut[live_codes] = True
+        _report(bad, "owned by no live domain", owned_idx[~live_lut[owners]])
         counts = ft.count_info[owned_idx] & np.uint64(PGC_count_mask)
         _report(bad, "allocated with reference count 0", owned_idx[counts == 0])
         del counts
-        per_owner = np.bincount(owners, minlength=int(live_codes.max(initial=0)) + 1)
+        per_owner = np.bincount(owners, minlength=top + 1)
         # Each frame in at most one P2M: an M2P entry names one gfn, and the owner check
         # pins the domain, so a frame mapped twice fails one of the checks below.
         mapped = sc.mapped
