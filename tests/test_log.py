@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 import serial
 from console_hosts import host_only
 
-from xenconsole.eventlog import EVENT_RE, event_line, strip_events
+from xenconsole.eventlog import EVENT_RE, event_line, install, strip_events
+from xenconsole.hub import Hub
 from xenconsole.testing import serve
 
 PROMPT = b"root@dom0:~# "
@@ -120,6 +122,42 @@ def test_log_events_marks_attach_detach_and_break(tmp_path) -> None:
     assert EVENT_RE.match(data)  # the first attach precedes the boot
     # Without the markers the log is exactly the output stream client A saw.
     assert strip_events(data) == bytes(got)
+
+
+class Sink:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.got = bytearray()
+
+    def deliver(self, data: bytes) -> None:
+        self.got += data
+
+
+def test_markers_sit_where_each_clients_stream_starts_and_ends() -> None:
+    from twisted.internet.task import Clock
+
+    clock, log = Clock(), io.BytesIO()
+    hub = Hub(clock, log)
+    install(hub)
+    a, b = Sink("tcp:a"), Sink("tcp:b")
+    hub.attach(a)
+    hub.sink(b"one ")  # gathered for this reactor turn, not yet handed out
+    hub.attach(b)
+    hub.sink(b"two ")
+    hub.on_break(b)
+    hub.detach(b)
+    hub.sink(b"three")
+    clock.advance(0)
+    assert (bytes(a.got), bytes(b.got)) == (b"one two three", b"two ")
+    kinds = [(m.group(2), m.group(3)) for m in EVENT_RE.finditer(log.getvalue())]
+    assert kinds == [
+        (b"attach", b"tcp:a"),
+        (b"attach", b"tcp:b"),
+        (b"break", b"tcp:b"),
+        (b"detach", b"tcp:b"),
+    ]
+    pieces = EVENT_RE.split(log.getvalue())[::4]
+    assert pieces == [b"", b"one ", b"two ", b"", b"three"]
 
 
 def test_event_line_format() -> None:

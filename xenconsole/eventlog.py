@@ -47,11 +47,16 @@ def install(hub) -> None:
     """
     if hub.log is None:
         raise ValueError("--log-events needs --log FILE")
-    f = hub.log
 
     def event(kind: str, who: str) -> None:
-        f.write(event_line(kind, who))
-        f.flush()
+        # The hub gathers a reactor turn's output before fanning it out; hand that out
+        # first, so the marker sits exactly where this client's stream starts or ends.
+        flush = getattr(hub, "flush", None)
+        if flush is not None:
+            flush()
+        if hub.log is not None:  # None once a write failed: logging stopped
+            hub.log.write(event_line(kind, who))
+            hub.log.flush()
 
     attach, detach, on_break = hub.attach, hub.detach, hub.on_break
 
