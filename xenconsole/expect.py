@@ -176,7 +176,6 @@ class Console(SpawnBase):
         self.name = f"<Console {url}>"
         self.child_fd = link.fileno()
         self.closed = False
-        self.target: str | None = None
         self.exit_status: int | None = None
         self.transcript = bytearray()
         self.events: list[tuple[float, str, bytes]] = []
@@ -212,7 +211,7 @@ class Console(SpawnBase):
         return f"<Console {self.url} target={self.target}>"
 
     def __str__(self) -> str:
-        tail = self.buffer[-300:] if self.buffer else self.transcript[-300:]
+        tail = self.buffer[-300:] if self.buffer else bytes(self.transcript[-300:])
         return f"{self.name} target={self.target}\nlast output: {tail!r}"
 
     # ---- pexpect transport hooks ------------------------------------------------------------
@@ -368,6 +367,9 @@ class Console(SpawnBase):
                     f" ({self})"
                 ) from None
             self.before = stale + self.before
+            # The line matched may have been in flight before our Ctrl-As (the boot's own
+            # switch, say); ours then follows within milliseconds: catch it before deciding.
+            self._drain(quiet=0.2, limit=0.6)
         if self.target != want:
             raise ConsoleError(f"could not switch serial input to {want} (now {self.target})")
 
