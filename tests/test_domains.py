@@ -7,6 +7,7 @@ end-to-end test (test_memory_e2e.py) runs the whole machine.
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -424,3 +425,23 @@ def test_audit_includes_the_shadow_audit(machine, monkeypatch):
     assert audit(machine) == ["shadow: d1: bad translation"]
     monkeypatch.setattr(shadow_audit, "audit_shadows", lambda m: [])
     assert audit(machine) == []
+
+
+def test_xl_create_odd_files(xl, machine, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert xl(f"xl create {fifo}") == (3, f"Failed to read config file: {fifo}: Invalid argument\n")
+    assert xl(f"xl create {tmp_path}") == (
+        3,
+        f"Failed to read config file: {tmp_path}: Invalid argument\n",
+    )
+    binary = tmp_path / "bin.cfg"
+    binary.write_bytes(b"\x00\xff" * 5000)
+    status, out = xl(f"xl create {binary}")
+    assert (
+        status == 1
+        and len(out) < 300
+        and out.endswith("Failed to parse config: Invalid argument\n")
+    )
+    assert xl("xl create /dev/null name=n memory=8") == (0, "Parsing config from /dev/null\n")
+    assert list(machine.domains) == [0, 1] and audit(machine) == []

@@ -9,8 +9,10 @@ refused (a real xl ignores keys it does not know; here they would silently do no
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 
 from emu.domctl import DomainError
 from emu.host import DomainSpec
@@ -19,6 +21,7 @@ from xenconsole.dom0.xl import CMD_TABLE, XlExit, command, find_domain, getopts,
 KEYS = ("name", "memory", "maxmem", "vcpus", "workload")
 INT_KEYS = ("memory", "maxmem", "vcpus")
 ERROR_FAIL = 3  # xl create returns -ERROR_FAIL
+MAX_CONFIG = 1 << 20
 
 _STMT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _NUM = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)$")
@@ -73,7 +76,7 @@ def parse_config(text: str, source: str, bare_ok: bool = False) -> dict:
             continue
         m = _STMT.match(stmt)
         if not m:
-            near = stmt.strip().split()[0] if stmt.strip() else stmt
+            near = (stmt.strip().split() or [""])[0][:40]
             raise ConfigParseError(
                 f"{source}:{lineno}: config parsing error near `{near}': syntax error"
             )
@@ -82,7 +85,7 @@ def parse_config(text: str, source: str, bare_ok: bool = False) -> dict:
             value = _value(raw, bare_ok)
         except ValueError:
             raise ConfigParseError(
-                f"{source}:{lineno}: config parsing error near `{raw}': syntax error"
+                f"{source}:{lineno}: config parsing error near `{raw[:40]}': syntax error"
             ) from None
         if key not in KEYS:
             raise ConfigParseError(
@@ -175,8 +178,11 @@ def main_create(sh, argv: list[str]) -> int:
     try:
         if config_file is not None:
             try:
+                # Regular files only: a FIFO or a device would block the console server.
+                if config_file != "/dev/null" and not stat.S_ISREG(os.stat(config_file).st_mode):
+                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
                 with open(config_file, encoding="utf-8", errors="replace") as f:
-                    text = f.read(1 << 20)
+                    text = f.read(MAX_CONFIG)
             except OSError as e:
                 sh.println(
                     f"Failed to read config file: {config_file}: "
