@@ -40,6 +40,7 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from emu import domain as _domain
 from emu import guestmem
@@ -89,20 +90,37 @@ def ack_exception(uc: Uc) -> int:
 
 
 class ExceptionAck:
-    """`ack_exception` for one Uc, reusing one saved context (no allocation per fault)."""
+    """`ack_exception` for one Uc, reusing one saved context (no allocation per fault) and
+    calling the C library directly (the binding's wrappers cost more than the calls)."""
 
     def __init__(self, uc: Uc) -> None:
         self.ctx = uc.context_save()
         base = self.ctx.context.value
         self.err = ctypes.c_int32.from_address(base + ERR_OFF)
         self.old = ctypes.c_int32.from_address(base + OLD_OFF)
+        self._uch, self._raw = uc._uch, self.ctx.context
+        self._save, self._restore = _uclib.uc_context_save, _uclib.uc_context_restore
 
     def __call__(self, uc: Uc) -> int:
-        uc.context_update(self.ctx)
+        self._save(self._uch, self._raw)
         err = self.err.value
         self.old.value = -1
-        uc.context_restore(self.ctx)
+        self._restore(self._uch, self._raw)
         return err & 0xFFFFFFFF
+
+
+class RegReader:
+    """One register of one Uc read straight through the C library (the #PF hook's CR2)."""
+
+    def __init__(self, uc: Uc, reg: int) -> None:
+        self._buf = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._buf)
+        self._args = (uc._uch, reg)
+        self._read = _uclib.uc_reg_read
+
+    def __call__(self) -> int:
+        self._read(*self._args, self._ref)
+        return self._buf.value
 
 
 REG_NAMES = (
@@ -152,6 +170,7 @@ class VCPU(_domain.VCPU):
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc = uc
         self.ack = ExceptionAck(uc)
+        self._cr2 = RegReader(uc, X.UC_X86_REG_CR2)
 
     def __repr__(self) -> str:
         return f"<VCPU d{self.domain.domid}v{self.vcpu_id}>"
@@ -308,7 +327,7 @@ class VCPU(_domain.VCPU):
             self.stop(("crash", "internal", f"{type(e).__name__}: {e}"))
 
     def _page_fault(self, uc: Uc, err: int) -> None:
-        cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+        cr2 = self._cr2()
         if (cr2 >> 39) == (XEN_VA >> 39) and not err & 4 and self.xen_step is None:
             # An implicit supervisor access (GDT read by iretq / a segment load): map Xen's
             # slot for exactly one instruction (TF), then take it away again.
