@@ -6,6 +6,7 @@ and `p` are pressed over and over (~20 s here; BENCHMARKS.md reports a longer ma
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
@@ -15,7 +16,8 @@ import pytest
 
 from xenconsole.testing import serve
 
-PRESS_SECONDS = 20.0
+# XENCONSOLE_E2E_SECONDS=240 makes this the long manual run reported in BENCHMARKS.md.
+PRESS_SECONDS = float(os.environ.get("XENCONSOLE_E2E_SECONDS", "20"))
 CTRL_A3 = b"\x01\x01\x01"
 
 
@@ -62,7 +64,7 @@ def _xl_list_time(text: str, name: str) -> float:
     return float(m[-1][1])
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(100 + PRESS_SECONDS)
 def test_default_host_guests_under_debug_keys():
     with serve() as host:
         s = socket.create_connection(host.address("tcp"))
