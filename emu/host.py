@@ -128,6 +128,13 @@ def domain_spec_from_mapping(d: dict, where: str = "domain") -> DomainSpec:
         if not isinstance(d["workload"], str):
             raise ConfigError(f"{where}: workload must be a string")
         spec.workload = d["workload"]
+    # Shape checks (a workload's fit is checked when the domain is created).
+    if spec.memory <= 0:
+        raise ConfigError(f"{where}: memory must be a positive number of MiB, got {spec.memory}")
+    if spec.maxmem is not None and spec.maxmem < spec.memory:
+        raise ConfigError(f"{where}: maxmem ({spec.maxmem}) is below memory ({spec.memory})")
+    if not 1 <= spec.vcpus <= 128:
+        raise ConfigError(f"{where}: vcpus must be between 1 and 128, got {spec.vcpus}")
     return spec
 
 

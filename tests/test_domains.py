@@ -445,3 +445,20 @@ def test_xl_create_odd_files(xl, machine, tmp_path):
     )
     assert xl("xl create /dev/null name=n memory=8") == (0, "Parsing config from /dev/null\n")
     assert list(machine.domains) == [0, 1] and audit(machine) == []
+
+
+@pytest.mark.parametrize(
+    "table,err",
+    [
+        ("memory = -5", "<t>: domain 0: memory must be a positive number of MiB, got -5"),
+        ("memory = 64\nmaxmem = 32", "<t>: domain 0: maxmem (32) is below memory (64)"),
+        ("vcpus = 0", "<t>: domain 0: vcpus must be between 1 and 128, got 0"),
+        ("colour = 1", "<t>: domain 0: unknown key 'colour'"),
+    ],
+)
+def test_host_config_domain_errors(table, err):
+    from emu.host import ConfigError, parse_config_text
+
+    with pytest.raises(ConfigError) as e:
+        parse_config_text(f'[[domain]]\nname = "a"\n{table}\n', "<t>")
+    assert str(e.value) == err
