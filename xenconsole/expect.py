@@ -51,6 +51,7 @@ _EVENTS = re.compile(
 _SWITCH_LINE = re.compile(r"\(XEN\) (?:\[[^\]\n]*\] )?" + _SWITCH + r"[^\n]*\n")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _GUEST_LINE = re.compile(r"^\(d\d+\) ")
+_GUEST_LINES = re.compile(rb"(?m)^\(d\d+\) [^\n]*\n?")
 
 
 class ConsoleError(RuntimeError):
@@ -327,9 +328,10 @@ class Console(SpawnBase):
                 n = len(self.transcript)
                 self._drain(quiet=0.1, limit=deadline - time.monotonic())
                 now = time.monotonic()
-                if len(self.transcript) > n:
-                    last = now
-                    xen_talking = xen_talking or b"(XEN) " in self.transcript[max(0, n - 6) :]
+                new = bytes(self.transcript[max(0, n - 6) :])
+                if _GUEST_LINES.sub(b"", new[6:] if n >= 6 else new).strip():
+                    last = now  # guests chattering on does not count as a boot going on
+                    xen_talking = xen_talking or b"(XEN) " in new
                 elif now - last >= (1.5 if xen_talking else 0.3):
                     break
         while self.booting and time.monotonic() < deadline:
