@@ -97,14 +97,16 @@ def set_target(machine, dom: Domain, pages: int) -> int:
     """
     pages = max(0, int(pages))
     dom.target_pages = pages
-    with machine.heap.lock:
-        if pages < dom.tot_pages:
-            gfns = balloon_candidates(dom, dom.tot_pages - pages)
-            if len(gfns):
-                decrease_reservation(machine, dom, gfns)
-        elif pages > dom.tot_pages:
+    # No heap lock across decrease_reservation: its p2m_removing hooks wait for the domain's
+    # vCPUs to leave Unicorn, and a vCPU may need the heap lock to get there.
+    if pages < dom.tot_pages:
+        gfns = balloon_candidates(dom, dom.tot_pages - pages)
+        if len(gfns):
+            decrease_reservation(machine, dom, gfns)
+    elif pages > dom.tot_pages:
+        with machine.heap.lock:
             limit = min(pages, dom.max_pages)
             want = min(limit - dom.tot_pages, machine.heap.total_avail_pages)
             if want > 0:
                 populate_physmap(machine, dom, balloon_holes(dom, want))
-        return dom.tot_pages
+    return dom.tot_pages
