@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -296,6 +297,25 @@ def test_connect_reports_a_host_that_goes_away(tmp_path) -> None:
     assert tail.endswith(
         f"xenconsole: connection to {host.urls['tcp']} closed by the host\r\n".encode()
     )
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_goes_to_the_host_and_sigint_quits(tmp_path) -> None:
+    with serve(*host_only(tmp_path)) as host:
+        t = Term(host.urls["tcp"])
+        try:
+            t.wait_status(" input: ?  |")
+            t.p.send("\r")
+            t.wait_text("root@dom0:~#")
+            t.p.send("echo abandoned\x03")  # dom0's shell abandons the line
+            t.wait_text("root@dom0:~# echo abandoned^C\nroot@dom0:~#")
+            assert t.p.isalive()
+            t.p.kill(signal.SIGINT)
+            status, tail = t.finish()
+        finally:
+            t.p.close(force=True)
+    assert status == 0
+    assert tail.endswith(f"xenconsole: disconnected from {host.urls['tcp']}\r\n".encode())
 
 
 @pytest.mark.timeout(60)

@@ -128,8 +128,14 @@ class ClientSession:
         kb = KeyBindings()
 
         def passthrough(event) -> None:
+            keys = event.key_sequence
+            if any(kp.key == Keys.SIGINT for kp in keys):  # a real SIGINT (kill -INT)
+                self.quit()
+                return
             self.notice = ""  # a menu action's notice lasts until the next keystroke
-            self.send("".join(kp.data for kp in event.key_sequence).encode("utf-8"))
+            # Keys.Any also matches prompt_toolkit's own events (mouse, CPR): not for the host.
+            data = "".join(kp.data for kp in keys if kp.key not in _NOT_PASSED)
+            self.send(data.encode("utf-8"))
 
         for key in PASSTHROUGH_KEYS:
             kb.add(key, filter=~menu, eager=True)(passthrough)
