@@ -102,8 +102,9 @@ def _emulate(vcpu, insn) -> bool:
     ops = insn.operands
     if mn == "hlt":
         if not vcpu.vif:
-            vcpu.down = True  # hvm_hlt(): halting with interrupts off takes the vCPU down
-        vcpu.stop(("block",))
+            _vcpu_down(vcpu)  # hvm_hlt(): halting with interrupts off takes the vCPU down
+        else:
+            vcpu.stop(("block",))
         return True
     if mn == "cli":
         vcpu.vif = False
@@ -139,6 +140,18 @@ def _emulate(vcpu, insn) -> bool:
             vcpu.uc.reg_write(_uc_reg(ops[0].reg), value)
             return True
     return False
+
+
+def _vcpu_down(vcpu) -> None:
+    """hvm_vcpu_down(): offline; when no vCPU of the domain is left online, power off."""
+    vcpu.down = True
+    if all(getattr(v, "down", False) for v in vcpu.domain.vcpus):
+        vcpu.machine.console.printk(
+            f"arch/x86/hvm/hvm.c:1729:{vcpu.name} All CPUs offline -- powering off.\n"
+        )
+        vcpu.stop(("shutdown", SHUTDOWN_poweroff))
+    else:
+        vcpu.stop(("block",))
 
 
 def _read_cr(vcpu, n: int) -> int | None:

@@ -357,8 +357,12 @@ tick:
 """
         + PUTS
     )
+    lines = Lines(machine)
     dom = asm_guest(machine, tmp_path, "timer", src)
     assert wait_for(lambda: console_lines(dom) == ["tick"] * 3)
-    assert wait_for(lambda: dom.vcpus[0].down)  # hlt with IF clear: the vCPU goes down
-    machine.destroy_domain(dom)
+    # hlt with IF clear takes the vCPU down; with none left online the domain powers off
+    assert wait_for(lambda: gone(machine, dom))
+    assert dom.vcpus[0].down
+    msg = f"(XEN) arch/x86/hvm/hvm.c:1729:d{dom.domid}v0 All CPUs offline -- powering off.\n"
+    assert msg in lines.text
     assert audit(machine) == []
