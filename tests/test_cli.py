@@ -140,8 +140,8 @@ def test_port_already_in_use():
             )
 
 
-def test_ready_lines_are_exact():
-    with serve(pty=True, rfc2217=HAS_RFC2217) as h:
+def test_ready_lines_are_exact(files):
+    with serve("--config", str(files / "host_only.toml"), pty=True, rfc2217=HAS_RFC2217) as h:
         lines = h.ready_lines
         kinds = ["telnet", "tcp"] + (["rfc2217"] if HAS_RFC2217 else []) + ["pty"]
         assert len(lines) == len(kinds) + 1
@@ -158,9 +158,10 @@ def test_ready_lines_are_exact():
                 assert con.run("echo up") == "up\n"
 
 
-def test_default_telnet_address_and_pty_link(tmp_path):
+def test_pty_link(files, tmp_path):
     link = tmp_path / "console"
-    with serve("--pty", str(link), telnet=False, tcp=False) as h:
+    cfg = str(files / "host_only.toml")
+    with serve("--pty", str(link), "--config", cfg, telnet=False, tcp=False) as h:
         assert h.ready_lines[0] == f"xenconsole: pty {os.readlink(link)}"
         with Console.open(str(link), timeout=15) as con:
             assert con.run("echo via-link") == "via-link\n"

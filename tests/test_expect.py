@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import textwrap
 from pathlib import Path
 
@@ -51,10 +52,11 @@ def test_bad_urls():
 
 
 def test_connection_refused():
-    with serve(telnet=False, tcp=True) as h:
-        addr = h.address("tcp")
+    with socket.socket() as s:  # a port nobody listens on any more
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     with pytest.raises(ConsoleError, match="cannot connect"):
-        Console.open(f"socket://{addr[0]}:{addr[1]}")
+        Console.open(f"socket://127.0.0.1:{port}")
     with pytest.raises(ConsoleError, match="no such device"):
         Console.open("/dev/pts/no-such-pty")
     with pytest.raises(ValueError, match="unknown scheme"):
@@ -210,8 +212,8 @@ def test_rfc2217_console(host):
         assert con.debug_key("h").startswith("(XEN) 'h' pressed -> showing installed handlers\n")
 
 
-def test_eof_when_the_server_goes_away():
-    with serve() as h:
+def test_eof_when_the_server_goes_away(host):
+    with serve("--config", _config_of(host)) as h:
         con = Console.open(h.urls["tcp"], timeout=15)
     with pytest.raises(EOF):
         con.expect("never")
@@ -230,9 +232,12 @@ def test_strip_ansi():
     assert strip_ansi("\x1b[H\x1b[2Ja\r\nb\x1b[0m") == "a\nb"
 
 
+def _config_of(host) -> str:
+    return host.proc.args[host.proc.args.index("--config") + 1]
+
+
 def test_serve_cleans_up(host):
-    config = host.proc.args[host.proc.args.index("--config") + 1]
-    with serve("--config", config) as h:
+    with serve("--config", _config_of(host)) as h:
         proc = h.proc
         assert set(h.urls) == {"telnet", "tcp"}
         assert h.ready_lines[-1] == "xenconsole: ready"
