@@ -366,3 +366,51 @@ tick:
     msg = f"(XEN) arch/x86/hvm/hvm.c:1729:d{dom.domid}v0 All CPUs offline -- powering off.\n"
     assert msg in lines.text
     assert audit(machine) == []
+
+
+def test_keys_d_0_r_formats(machine):
+    import re
+
+    from keyhandlers import KEY_TABLE
+    from keyhandlers.dispatch import run_handler
+
+    dom = create(machine, "keys", "stream:pages=32", memory=4)
+    v = dom.vcpus[0]
+    assert wait_for(lambda: v.running, step=0.001)
+    lines = Lines(machine)
+    run_handler(machine, KEY_TABLE["d"])
+    d = lines.text.splitlines()
+    assert d[:2] == ["(XEN) 'd' pressed -> dumping registers", "(XEN) "]
+    i = d.index(f"(XEN) *** Dumping CPU{v.processor} guest state (d{dom.domid}v0): ***")
+    assert d[i + 1] == "(XEN) ----[ Xen-4.22.0  x86_64  debug=y  Not tainted ]----"
+    assert d[i + 2] == f"(XEN) CPU:    {v.processor}"
+    assert re.fullmatch(r"\(XEN\) RIP:    0023:\[<0000000000001[0-9a-f]{3}>\]", d[i + 3])
+    assert re.fullmatch(
+        rf"\(XEN\) RFLAGS: [0-9a-f]{{16}}   CONTEXT: hvm guest \(d{dom.domid}v0\)", d[i + 4]
+    )
+    assert d[i + 10].startswith("(XEN) r15: ") and " cr0: 0000000080050033 " in d[i + 10]
+    assert d[i + 11] == f"(XEN) cr3: {dom.hvm.layout.pt_start << 12:016x}   cr2: " + d[i + 11][-16:]
+    assert d[i + 13].endswith("ss: 001b   cs: 0023") and d[i + 14] == "(XEN) "
+    other = 1 - v.processor
+    assert f"(XEN) *** Dumping CPU{other} host state: ***" in d  # the other pCPU idles
+    lines.chunks.clear()
+    run_handler(machine, KEY_TABLE["0"])
+    z = lines.text.splitlines()
+    assert z[:4] == [
+        "(XEN) '0' pressed -> dumping Dom0's registers",
+        "(XEN) *** Dumping Dom0 vcpu#0 state: ***",
+        "(XEN) RIP:    e033:[<0000000000000000>]",
+        "(XEN) RFLAGS: 0000000000000000   EM: 0   CONTEXT: pv guest (d0v0)",
+    ]
+    assert "(XEN) *** Dumping Dom0 vcpu#1 state: ***" in z
+    lines.chunks.clear()
+    assert wait_for(lambda: v.running, step=0.001)
+    run_handler(machine, KEY_TABLE["r"])
+    r = lines.text.splitlines()
+    assert r[0] == "(XEN) sched_smt_power_savings: disabled"
+    assert "(XEN) Scheduler: SMP Credit Scheduler rev2 (credit2)" in r
+    assert f"(XEN) \tDomain: {dom.domid} w 256 c 0 v 1" in r
+    on_cpu = any(re.fullmatch(rf"\(XEN\) CPU\[0[01]\] current=d{dom.domid}v0, .*", x) for x in r)
+    queued = any(x.startswith(f"(XEN) \t  0: [{dom.domid}.0] flags=0") for x in r)
+    assert on_cpu or queued, r
+    machine.destroy_domain(dom)
