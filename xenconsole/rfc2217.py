@@ -1,7 +1,9 @@
 """The RFC 2217 backend: the serial line as pyserial's `rfc2217://` sees a real COM port.
 
-The protocol is pyserial's own server side (`serial.rfc2217.PortManager`) run inside a Twisted
-protocol (reference/ecosystem.md §3). The "port" it manages is `EmulatedUart`, a
+The protocol is pyserial's own server side (`serial.rfc2217.PortManager`: option negotiation
+and every COM-PORT option) run inside a Twisted protocol (reference/ecosystem.md §3), with its
+input parser replaced by a bounded one that survives any bytes. The "port" it manages is
+`EmulatedUart`, a
 `serial.SerialBase` that stores the line settings the client asks for and reports them back,
 answers modem lines as a connected null-modem cable would (CTS, DSR, CD up, no RING), and turns
 a BREAK into a hub break event. Xen's ns16550 driver ignores a received break, so the console
