@@ -4,7 +4,8 @@ Each pCPU is a host thread that takes the first runnable vCPU from one shared ru
 (credit2's single runqueue for the socket), runs it inside `emu_start` for a slice, and puts
 it back. Unicorn releases the GIL while guest code runs, so pCPUs really run in parallel;
 but a domain's vCPUs never do (LOCK is not atomic across Uc instances, unicorn.md §7): a
-pCPU skips a vCPU whose domain already runs elsewhere.
+pCPU skips a vCPU whose domain already runs elsewhere. There are min(host cpus, host
+cores, 8) pCPU threads; any further emulated pCPUs exist for the keys and stay idle.
 
 Slices end by `emu_stop()` from one timer thread (full JIT speed; count-based slices run
 about 10x slower, unicorn.md §6). The timer thread sleeps on a condition until the next
