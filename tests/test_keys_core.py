@@ -207,3 +207,16 @@ def test_R_reboots_to_the_prompt_again():
         con.expect_exact("root@dom0:~# ")
         assert con.run("echo $?") == "0\n"
         assert b"Traceback" not in con.transcript
+
+
+@pytest.mark.timeout(60)
+def test_R_through_the_expect_api(tmp_path):
+    """`debug_key("R")` returns before the reboot starts; the next `run` waits it out."""
+    cfg = tmp_path / "host.toml"
+    cfg.write_text('[host]\nmemory = "1G"\ndom0_mem = "256M"\n')
+    with serve("--config", str(cfg)) as host, Console.open(host.urls["tcp"], timeout=20) as con:
+        assert con.debug_key("R") == "(XEN) 'R' pressed -> rebooting machine\n"
+        assert con.run("echo after-reboot") == "after-reboot\n"
+        assert con.target == "dom0" and not con.booting
+        assert con.transcript.count(b"(XEN) Xen version 4.22.0") >= 1
+        assert "'R' pressed" not in con.run("xl dmesg")

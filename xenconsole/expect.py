@@ -352,11 +352,13 @@ class Console(SpawnBase):
 
     def _switch_to(self, want: str, timeout: float | None) -> None:
         timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         self._drain()
-        self._settle_boot(timeout)
         # From an unknown state, or with boot-time domUs in the rotation, one switch may land
-        # elsewhere first; the rotation has at most a few stops.
+        # elsewhere first; the rotation has at most a few stops. A reboot (key `R`) may
+        # start meanwhile: each round first lets a boot in progress finish.
         for _ in range(4):
+            self._settle_boot(max(0.5, deadline - time.monotonic()))
             if self.target == want:
                 return
             stale = self._take_unconsumed()
