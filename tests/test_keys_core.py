@@ -15,7 +15,7 @@ from test_shell import Host
 
 import keyhandlers
 from keyhandlers import KEY_TABLE, KeyhandlerError, installed
-from xenconsole.expect import Console
+from xenconsole.expect import TIMEOUT, Console
 from xenconsole.testing import serve
 
 TO_XEN = b"(XEN) *** Serial input to Xen (type 'CTRL-a' three times to switch input)\r\n"
@@ -206,6 +206,13 @@ def test_R_reboots_to_the_prompt_again():
         con.expect_exact("(XEN) Xen version 4.22.0 (")
         con.expect_exact("root@dom0:~# ")
         assert con.run("echo $?") == "0\n"
+        # Two presses before the restart: one reboot.
+        con.to_xen()
+        con.send("RR")
+        con.expect_exact("(XEN) 'R' pressed -> rebooting machine\r\n" * 2)
+        con.expect_exact("root@dom0:~# ")
+        assert con.before.count("(XEN) Xen version 4.22.0 (") == 1
+        assert con.expect_exact(["(XEN) Xen version", TIMEOUT], timeout=1.5) == 1
         assert b"Traceback" not in con.transcript
 
 

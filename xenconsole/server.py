@@ -49,6 +49,7 @@ class HostRunner:
         self.machine: Machine | None = None
         self.shell: Dom0Shell | None = None
         self._boot_call = None
+        self._reboot_call = None
         self._new_machine()
 
     def _new_machine(self) -> None:
@@ -96,7 +97,10 @@ class HostRunner:
             start_domains(self.opts.host.domains)
 
     def _reboot_requested(self) -> None:
-        self.reactor.callLater(REBOOT_DELAY, self._reboot)
+        # machine_restart() does not return: a second `R` before the restart changes nothing.
+        if self._reboot_call is not None and self._reboot_call.active():
+            return
+        self._reboot_call = self.reactor.callLater(REBOOT_DELAY, self._reboot)
 
     def _reboot(self) -> None:
         old = self.machine
@@ -108,7 +112,8 @@ class HostRunner:
         self.power_on()
 
     def stop(self) -> None:
-        if self._boot_call is not None and self._boot_call.active():
-            self._boot_call.cancel()
+        for call in (self._boot_call, self._reboot_call):
+            if call is not None and call.active():
+                call.cancel()
         if self.machine is not None:
             self.machine.shutdown()
