@@ -95,8 +95,9 @@ def main_unpause(sh, argv: list[str]) -> int:
 class ConsoleSession:
     """The foreground `xl console`: guest lines out, Ctrl-] back to the dom0 prompt."""
 
-    def __init__(self, sh, dom) -> None:
+    def __init__(self, sh, dom, escape: int = CTRL_RBRACKET) -> None:
         self.sh = sh
+        self.escape = escape
         self.con = dom.hvm.console
         self.closed = False
 
@@ -115,7 +116,7 @@ class ConsoleSession:
             self.sh.write(text)
 
     def input(self, data: bytes) -> None:
-        if CTRL_RBRACKET in data:
+        if self.escape in data:
             self.close()
         # anything else would go to the guest's console input, which these guests don't read
 
@@ -142,13 +143,16 @@ class ConsoleSession:
 )
 def main_console(sh, argv: list[str]) -> int:
     opts, rest = getopts(sh, argv, "n:t:e:", [], "console", 1)
+    escape = CTRL_RBRACKET
     for o, a in opts:
         if o == "-t" and a not in ("pv", "serial", "vuart"):
             sh.println("console type supported are: pv, serial, vuart")
-            raise XlExit(2)
+            raise XlExit(1)
+        if o == "-e" and a:  # tools/console/client: "^c" is Ctrl-c, else the character
+            escape = (ord(a[1].upper()) & 0x1F) if a[0] == "^" and len(a) == 2 else ord(a[0])
     dom = find_domain(sh, sh.machine, rest[0])
     if getattr(dom, "hvm", None) is None:
-        sh.println(f"Unable to attach console of domain {dom.domid}: it has no guest console")
+        sh.println("Unable to attach console")
         return 1
-    ConsoleSession(sh, dom).start()
+    ConsoleSession(sh, dom, escape).start()
     return 0
