@@ -22,8 +22,9 @@ entries are cleared and every vCPU's TLB is flushed, so the next access is seen 
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
-from emu.scan import ScanError, reset_window, scan_domain, tracked
+from emu.scan import ScanError, hold, reset_window, scan_domain, tracked
 from keyhandlers import KeyhandlerError, keyhandler
 from keyhandlers._dargs import is_domain_arg, parse_domain, parse_range
 
@@ -54,14 +55,17 @@ def scan_accessed_pages(machine, out, args: tuple[str, ...]) -> None:
     if len(args) == 2:
         first, last = parse_range(args[1])
     lines = []
-    for dom in doms:
-        try:
-            s = scan_domain(machine, dom, first, last, detail=False)
-        except ScanError as e:
-            if len(doms) == 1:
-                raise KeyhandlerError(str(e)) from None
-            continue  # destroyed meanwhile: it leaves the report
-        lines += [s.summary(), s.heat_line()]
+    # One hold for the whole report (every domain's vCPUs out of emu_start, lifecycle still):
+    # one consistent snapshot, and one wake-up of the scheduler instead of one per domain.
+    with hold(machine, doms[0] if len(doms) == 1 else None) if doms else nullcontext():
+        for dom in doms:
+            try:
+                s = scan_domain(machine, dom, first, last, quiesce=False, detail=False)
+            except ScanError as e:
+                if len(doms) == 1:
+                    raise KeyhandlerError(str(e)) from None
+                continue  # destroyed meanwhile: it leaves the report
+            lines += [s.summary(), s.heat_line()]
     if not lines and not args:
         lines.append("no shadowed guests")
     for line in lines:
