@@ -11,6 +11,7 @@ baseline for bench/bench_memory.py.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,14 @@ def _report(out: list[str], what: str, mfns: np.ndarray) -> None:
         ex = " ".join(f"{int(m):#x}" for m in mfns[:MAX_PER_KIND])
         more = f" (+{len(mfns) - MAX_PER_KIND} more)" if len(mfns) > MAX_PER_KIND else ""
         out.append(f"{len(mfns)} frame(s) {what}: {ex}{more}")
+
+
+def quiesce_all(machine):
+    """Keep every vCPU out of emu_start while auditing, if a scheduler runs them."""
+    sched = getattr(machine, "sched", None)
+    if sched is not None and hasattr(sched, "quiesce"):
+        return sched.quiesce(None)
+    return contextlib.nullcontext()
 
 
 def _pools(machine) -> dict[int, np.ndarray]:
@@ -104,7 +113,8 @@ def audit_full(machine) -> AuditResult:
     res = AuditResult(nr_frames=nr)
     bad = res.violations
     sc = _scratch(machine)
-    with machine.lock, heap.lock:
+    # vCPUs out of Unicorn for the duration: shadows and guest tables hold still.
+    with quiesce_all(machine), machine.lock, heap.lock:
         flags = sc.flags[:nr]
         np.copyto(flags, ft.flags)
         is_free = sc.is_free[:nr]

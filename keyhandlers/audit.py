@@ -14,26 +14,15 @@ Output:
 
 from __future__ import annotations
 
-import contextlib
-
 from keyhandlers import keyhandler
 
 MAX_LINES = 20
 
 
-def quiesce_all(machine):
-    """Keep every vCPU out of its Uc while auditing, if a scheduler runs them."""
-    sched = getattr(machine, "sched", None)
-    if sched is not None and hasattr(sched, "quiesce"):
-        return sched.quiesce(None)
-    return contextlib.nullcontext()
-
-
 def audit_lines(machine) -> list[str]:
     from emu.audit import audit_full
 
-    with quiesce_all(machine):
-        r = audit_full(machine)
+    r = audit_full(machine)  # quiesces the vCPUs itself
     lines = [
         f"audit: frames={r.nr_frames} free={r.free} xen={r.xen} "
         f"domain={sum(r.domain.values())} shadow={sum(r.shadow.values())}"
