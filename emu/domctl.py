@@ -50,6 +50,20 @@ def share_xen_page(machine, dom: Domain) -> int | None:
     return mfn
 
 
+XEN_ENTRY_PAGES = 4  # emu/hvm.py's per-machine guest-entry frames (taken once)
+
+
+def guest_overhead_pages(machine, dom: Domain) -> int:
+    """Frames a domU needs besides its memory once the guest subsystems run it."""
+    if not machine.hooks.domain_created:
+        return 0  # the memory model alone: no guest, no shadow pool
+    try:
+        from emu.shadow.pool import default_pool_pages
+    except ImportError:
+        return XEN_ENTRY_PAGES
+    return default_pool_pages(dom) + XEN_ENTRY_PAGES
+
+
 def validate_spec(machine, spec: DomainSpec) -> None:
     if not isinstance(spec.name, str) or not NAME_RE.match(spec.name):
         raise DomainError(f"Invalid domain name: {spec.name!r}")
@@ -94,12 +108,8 @@ def create_domain(machine, spec: DomainSpec, paused: bool = False) -> Domain:
         validate_spec(machine, spec)
         pages = spec.memory << 8
         maxmem = spec.maxmem if spec.maxmem is not None else spec.memory
-        # One shared_info page besides the memory itself.
-        if machine.heap.total_avail_pages < pages + 1:
-            raise DomainError("failed to free memory for the domain")
-        domid = machine.next_domid
-        machine.next_domid += 1
-        dom = Domain(domid, spec.name, handle=str(uuid.uuid4()), vm_assist=VM_ASSIST_HVM)
+        dom = Domain(machine.next_domid, spec.name, handle=str(uuid.uuid4()))
+        dom.vm_assist = VM_ASSIST_HVM
         dom.spec = spec
         dom.max_pages = max_pages_for_kb(maxmem << 10)
         dom.static_max_kb = maxmem << 10
@@ -107,6 +117,12 @@ def create_domain(machine, spec: DomainSpec, paused: bool = False) -> Domain:
         dom.pause_count = 1 if paused else 0
         ncpu = machine.host.cpus
         dom.vcpus = [VCPU(i, processor=i % ncpu, blocked=True) for i in range(spec.vcpus)]
+        # libxl_domain_need_memory(): the memory, the shared_info page and, when guests run
+        # under shadow paging, the shadow pool and Xen's guest-entry frames.
+        if machine.heap.total_avail_pages < pages + 1 + guest_overhead_pages(machine, dom):
+            raise DomainError("failed to free memory for the domain")
+        machine.next_domid += 1
+        domid = dom.domid
         machine.domains[domid] = dom
         hooks_ran = False
         try:
