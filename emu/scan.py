@@ -250,10 +250,16 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
     for mfns, targets in ((a_new, (accessed, window)), (d_new, (dirty,))):
         if not mfns.size:
             continue
-        off = machine.m2p.take(mfns).view(np.int64) - first  # INVALID (-1) goes negative
+        off = machine.m2p.take(mfns).view(np.int64)
+        if first:
+            off = off - first  # INVALID (-1) stays negative
         ok = (off >= 0) & (off < p2m.size)
-        off, mfns = off[ok], mfns[ok]
-        off = off[p2m.take(off).view(np.int64) == mfns]  # the frame is this domain's gfn
+        if not ok.all():
+            keep = np.flatnonzero(ok)
+            off, mfns = off.take(keep), mfns.take(keep)
+        ok = p2m.take(off).view(np.int64) == mfns  # the frame is this domain's gfn
+        if not ok.all():
+            off = off.take(np.flatnonzero(ok))
         for arr in targets:
             arr[off] = True
     return DomainScan(
