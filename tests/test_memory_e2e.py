@@ -158,6 +158,10 @@ def test_create_list_memset_destroy_agree_to_the_page(tmp_path):
             assert con.exit_status == 1
             con.run("xl create name=huge memory=4096")
             assert con.exit_status == 3
+            # Memory alone would fit, not with its shadow pool: refused whole.
+            out = con.run(f"xl create name=edge memory={s4['free'] >> 8}")
+            assert out.strip() == "failed to free memory for the domain"
+            assert con.exit_status == 3
             assert snapshot(con)["free"] == s4["free"]
 
 
