@@ -16,7 +16,9 @@ M2P gfns both step by one and their flags are equal; entries that all step by th
 (index, mfn and gfn alike) collapse into `[first-last step S] xN`. A run is exact, never an
 approximation. An upper-level entry names the guest table its child shadows (the child's
 back-pointer and its gfn by the M2P). An entry that is not a shadow of this domain (Xen's
-own slot, mapped for one instruction at guest entry) is printed and not followed. After
+own slot, mapped for one instruction at guest entry) is printed and not followed. Pinned
+top-level shadows in no vCPU's CR3 are walked after the loaded ones; a lower shadow reached
+a second time (two parents) is named with `shown above` instead of being printed again. After
 MAX_L1_LINES run lines the rest is counted, not printed; the last line always gives the
 totals: present L1 entries, L1 shadows, lines not shown.
 
@@ -111,6 +113,7 @@ class _Budget:
         self.hidden_lines = 0
         self.l1_entries = 0
         self.l1_tables: set[int] = set()
+        self.walked: set[int] = set()  # lower shadows already printed (shared by two parents)
 
 
 def _walk_all(machine, dom, sd, lines: list[str]) -> None:
@@ -139,13 +142,13 @@ def _walk_all(machine, dom, sd, lines: list[str]) -> None:
         guest = f"guest l4 gfn {_gfn_of(machine, gmfn)} mfn {gmfn:#x}" if gmfn is not None else "?"
         lines.append(f"{names} cr3: {guest}, shadow l4 smfn {sl4:#x}")
         _walk_table(machine, sd, sl4, 4, lines, b)
-    others = [s for s in pool.pinned if s not in tops]
-    if others:
+    for sl4 in [s for s in pool.pinned if s not in tops]:
+        gmfn = pool.back.get(sl4)
         lines.append(
-            f"d{dom.domid}: {len(others)} pinned l4 shadow(s) not loaded in any CR3: "
-            + " ".join(f"{s:#x}" for s in others[:8])
-            + (" ..." if len(others) > 8 else "")
+            f"d{dom.domid} pinned, in no CR3: guest l4 gfn {_gfn_of(machine, gmfn)} "
+            f"mfn {gmfn:#x}, shadow l4 smfn {sl4:#x}"
         )
+        _walk_table(machine, sd, sl4, 4, lines, b)
     hidden = f", {b.hidden_lines} l1 lines not shown" if b.hidden_lines else ""
     lines.append(
         f"d{dom.domid}: {b.l1_entries} present l1 entries in {len(b.l1_tables)} l1 "
@@ -170,8 +173,11 @@ def _walk_table(machine, sd, smfn: int, level: int, lines: list[str], b: _Budget
             lines.append(f"{head}  (not a shadow of this domain: Xen's own mapping)")
             continue
         g = pool.back.get(child)
-        lines.append(f"{head}  (guest l{level - 1} gfn {_gfn_of(machine, g)} mfn {g:#x})")
-        _walk_table(machine, sd, child, level - 1, lines, b)
+        seen = " shown above" if child in b.walked else ""
+        lines.append(f"{head}  (guest l{level - 1} gfn {_gfn_of(machine, g)} mfn {g:#x}{seen})")
+        if not seen:
+            b.walked.add(child)
+            _walk_table(machine, sd, child, level - 1, lines, b)
 
 
 def _walk_l1(machine, smfn, ents, pres, ind, lines, b: _Budget) -> None:
