@@ -265,3 +265,47 @@ def test_walk_and_hexdump_over_the_console(tmp_path):
                 walk,
                 re.M,
             ), walk
+
+
+SWITCH = (
+    """
+    mov rsi, 0x40000
+    mov rdi, 0x100000
+    mov rcx, 512
+copy:
+    mov rax, qword ptr [rsi]
+    mov qword ptr [rdi], rax
+    add rsi, 8
+    add rdi, 8
+    dec rcx
+    jnz copy
+    mov rax, 0x100000
+    mov cr3, rax
+    mov al, byte ptr [0x200000]
+    lea rsi, [rip + msg]
+    call puts
+idle:
+    sti
+    hlt
+    jmp idle
+msg:
+    .asciz "switched\\n"
+"""
+    + PUTS
+)
+
+
+def test_walk_after_a_cr3_switch_pinned_and_shared_shadows(machine, tmp_path):
+    # The guest copies its L4 (gfn 0x40) to gfn 0x100 and loads that: the old top-level
+    # shadow stays pinned in no CR3, and both top levels share the shadow L3 below them.
+    dom = asm_guest(machine, tmp_path, "sw", SWITCH, memory=16)
+    assert wait_for(lambda: console_lines(dom) == ["switched"])
+    assert wait_for(lambda: dom.vcpus[0].blocked)
+    d = f"d{dom.domid}"
+    lines = run(walk_shadow_pagetables, machine, d)
+    assert lines[1].startswith(f"{d}v0 cr3: guest l4 gfn 0x100 mfn {int(dom.p2m[0x100]):#x}, ")
+    pinned = [x for x in lines if x.startswith(f"{d} pinned, in no CR3: guest l4 gfn 0x40 ")]
+    assert len(pinned) == 1
+    assert any(x.endswith(" shown above)") for x in lines)
+    assert claimed_l1(lines) == actual_l1(machine, dom)
+    machine.destroy_domain(dom)
