@@ -5,6 +5,11 @@
     s.accessed, s.dirty, s.window, s.first_touch_ns  # numpy arrays, one entry per gfn
     s.pages, s.nr_accessed, s.nr_dirty, s.nr_window, s.nr_never
     s.heat()                                          # the 64-column heat line of `U`
+    scan_all(machine)            # every shadowed guest, as `U` without arguments
+    reset_window(machine, dom)   # key `Z`: a new window
+
+Each call holds the domain still while it reads (`machine.sched.quiesce(dom)`, then the
+machine lock). `s.owned` marks the gfns the domain owns; `s.gfn` lists the gfns covered.
 
 Two sources are combined, both vectorised (never a Python loop per page):
 
