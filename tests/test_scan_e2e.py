@@ -228,6 +228,10 @@ def test_random_working_set_stays_inside(con):
     ws = 200
     create(con, "rnd", "random:ws=200,seed=3")
     domid = int(re.search(r"^rnd\s+(\d+)", con.run("xl list"), re.M).group(1))
+    end = time.monotonic() + 20
+    while U(con, f"d{domid}", "0x100-0xfff")[domid]["accessed"] == 0:  # first slices
+        assert time.monotonic() < end
+        time.sleep(0.1)
     seen = []
     for _ in range(5):
         time.sleep(0.3)
