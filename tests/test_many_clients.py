@@ -178,6 +178,10 @@ def test_ten_clients_one_stalled(capsys) -> None:
     assert common.startswith(kept[0]) and common.endswith(kept[-1])
     assert sum(map(len, kept)) + sum(dropped) == len(common)
 
+    # Server memory: what a stalled client may cost is bounded (256 KiB here, plus Twisted's
+    # 64 KiB); a generous margin still catches a per-byte or per-chunk leak.
+    assert rss1 - rss0 < 32 * 1024, f"server RSS grew from {rss0} to {rss1} KiB"
+
     # The guests ran on through the stall.
     assert before and set(before) == set(after)
     assert any(after[name] > before[name] for name in before)
