@@ -253,3 +253,23 @@ def test_any_arguments_give_output_or_one_error(machine):
             assert all(isinstance(x, str) and "\n" not in x for x in out)
     assert scan_domain(machine, dom, 0x100, 0x7FF).nr_accessed == 20
     machine.destroy_domain(dom)
+
+
+def test_a_paused_domain_runs_no_more_slices():
+    """`Z` then `U` on a paused guest relies on it: a vCPU paused while it waits in the run
+    queue must not be picked (one pCPU, two spinning guests: each is queued half the time)."""
+    m = new_machine(cpus=1)
+    try:
+        a = create(m, "spin_a", "stream:pages=4", memory=4)
+        b = create(m, "spin_b", "stream:pages=4", memory=4)
+        for _ in range(10):
+            assert wait_for(lambda: b.vcpus[0].cpu_time_ns > 0)
+            m.sched.pause_domain(b)
+            t = b.vcpus[0].cpu_time_ns
+            before = a.vcpus[0].cpu_time_ns
+            assert wait_for(lambda b0=before: a.vcpus[0].cpu_time_ns > b0 + 30_000_000)
+            assert b.vcpus[0].cpu_time_ns == t and not b.vcpus[0].running
+            m.sched.unpause_domain(b)
+            assert wait_for(lambda t0=t: b.vcpus[0].cpu_time_ns > t0)
+    finally:
+        m.shutdown()
