@@ -211,8 +211,8 @@ class Scheduler:
         for v in self.runq:
             d = v.domain.domid
             if d not in self.running_doms and not self._held(d):
-                if v.pause_count or v.domain.pause_count:
-                    continue  # paused while queued: stays queued until unpaused
+                if not self._runnable(v):
+                    continue  # paused (or shut down) while queued: stays until unpaused
                 self.runq.remove(v)
                 return v
         return None

@@ -414,3 +414,19 @@ def test_keys_d_0_r_formats(machine):
     queued = any(x.startswith(f"(XEN) \t  0: [{dom.domid}.0] flags=0") for x in r)
     assert on_cpu or queued, r
     machine.destroy_domain(dom)
+
+
+def test_pause_holds_vcpus_waiting_in_the_run_queue(machine):
+    # two busy guests on two pCPUs keep vCPUs waiting in the queue; a pause must hold those
+    doms = [create(machine, f"q{i}", "random:ws=64", memory=4, vcpus=2) for i in range(2)]
+    assert wait_for(lambda: all(v.cpu_time_ns > 2_000_000 for d in doms for v in d.vcpus))
+    for _ in range(20):
+        machine.sched.pause_domain(doms[0])
+        t = [v.cpu_time_ns for v in doms[0].vcpus]
+        time.sleep(0.03)
+        assert [v.cpu_time_ns for v in doms[0].vcpus] == t
+        assert not any(v.running for v in doms[0].vcpus)
+        machine.sched.unpause_domain(doms[0])
+        time.sleep(0.01)
+    for d in doms:
+        machine.destroy_domain(d)
