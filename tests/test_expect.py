@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from xenconsole.expect import EOF, TIMEOUT, CommandError, Console, ConsoleError, strip_ansi
+from xenconsole.expect import (
+    EOF,
+    TIMEOUT,
+    CommandError,
+    Console,
+    ConsoleError,
+    keys_in,
+    strip_ansi,
+)
 from xenconsole.testing import ServeError, serve
 
 HAS_RFC2217 = (Path(__file__).parent.parent / "xenconsole" / "rfc2217.py").exists()
@@ -99,6 +107,8 @@ def test_debug_key_output(host):
         assert "(XEN)  key '~' (ascii '7e') => echo arguments (test)" in lines
         assert lines[-1] == "(XEN)  key '~' (ascii '7e') => echo arguments (test)"
         assert "\r" not in out and out.endswith("\n")
+        keys = keys_in(out)
+        assert keys == sorted(keys) and "h" in keys and keys[-1] == "~"
         assert con.target == "xen"  # input stays with Xen
 
 

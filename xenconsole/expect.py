@@ -34,7 +34,16 @@ from pexpect.spawnbase import SpawnBase
 
 from xenconsole import clientlink
 
-__all__ = ["Console", "ConsoleError", "CommandError", "EOF", "TIMEOUT", "PROMPT", "strip_ansi"]
+__all__ = [
+    "Console",
+    "ConsoleError",
+    "CommandError",
+    "EOF",
+    "TIMEOUT",
+    "PROMPT",
+    "keys_in",
+    "strip_ansi",
+]
 
 EOF = pexpect.EOF
 TIMEOUT = pexpect.TIMEOUT
