@@ -403,3 +403,39 @@ def test_stale_tlb_faults_do_not_add_up_to_a_crash(machine):
         assert sd.page_fault(v, va, 0) == 0  # nothing to fix: flush, resume
     assert machine.perfc.total("shadow_fault fixed fault") >= 400
     _clean(machine)
+
+
+def test_a_step_interrupted_before_its_write_is_taken_back_by_another_vcpu():
+    """vCPU 0 faults on a PT write that must be single-stepped, but is descheduled before the
+    instruction runs; vCPU 1 then faults: the lent entry is write-protected again, and
+    vCPU 0's write, when it resumes, faults and is stepped again."""
+    from unicorn.x86_const import UC_X86_REG_EFLAGS, UC_X86_REG_RIP, UC_X86_REG_RSP
+
+    m = new_machine()
+    g = Guest(m, mem_mb=8, nr_vcpus=2)
+    sd = g.dom.paging
+    v0, v1 = g.vcpus
+    x, y = ARENA_GFN + 2, ARENA_GFN + 7
+    l1gfn = g.l1_gfns[0]
+    pte_va = (l1gfn << 12) + x * 8
+    entry, until = g.load(
+        f"mov rdi, {pte_va:#x}\nmov rbx, {(y << 12) | P | RW:#x}\nxchg qword ptr [rdi], rbx\nnop"
+    )
+    # Run vCPU 0 up to the xchg's fault by hand: call the fault path as its hook would.
+    v0.uc.reg_write(UC_X86_REG_RSP, 0x31000)
+    v0.uc.emu_start(entry, entry + 17)  # the two movs only
+    assert sd.page_fault(v0, pte_va, 0x2) == 0  # a write to a not-present page
+    assert sd.steps and v0.uc.reg_read(UC_X86_REG_EFLAGS) & 0x100
+    i1 = shadow_l1e_index(sd, 0, pte_va)
+    assert int(g.ram.u64[i1]) & RW  # lent for one instruction
+    # vCPU 1 runs and faults: the entry is taken back.
+    e1, u1 = g.load(f"mov rsi, {(ARENA_GFN + 100) << 12:#x}\nmov al, byte ptr [rsi]", CODE_GFN + 1)
+    assert v1.run(e1, u1) == u1
+    assert not sd.steps and not int(g.ram.u64[i1]) & RW
+    # vCPU 0 resumes at the xchg: it faults again, is stepped, the shadow follows.
+    v0.uc.emu_start(v0.uc.reg_read(UC_X86_REG_RIP), until)
+    assert v0.uc.reg_read(UC_X86_REG_RIP) == until, v0.events
+    assert not sd.steps and not sd.stepping
+    assert g.pte(x) & ~(A | D) == (y << 12) | P | RW
+    assert sd.pt_writes["single-stepped"] == 2
+    _clean(m)

@@ -176,6 +176,14 @@ def resolve_steps(sd, vcpu_or_id) -> None:
     sd.flush_if_needed()
 
 
+def resolve_other_steps(sd, vid: int) -> None:
+    """Another vCPU of the domain runs while one was descheduled between its PT-write fault
+    and the #DB: take the lent entry back now (that vCPU's write faults again and is
+    stepped again when it resumes; TF is still set)."""
+    for other in [v for v in sd.steps if v != vid]:
+        resolve_steps(sd, other)
+
+
 def resolve_all_steps(sd) -> None:
     for vid in list(sd.steps):
         resolve_steps(sd, vid)

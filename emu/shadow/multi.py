@@ -104,6 +104,10 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
         return _crash(sd, vcpu, "page fault before any CR3 was loaded")
     if sd.orphans and sl4 in sd.orphans:
         return _crash(sd, vcpu, f"top-level page table (cr3 {gcr3:#x}) left the domain")
+    if sd.steps and (len(sd.steps) > 1 or vid not in sd.steps):
+        from emu.shadow.emulate import resolve_other_steps
+
+        resolve_other_steps(sd, vid)
     mem = sd.mem
     p2m = sd._p2m_mv if sd.dom.p2m is sd._p2m_obj else sd.p2m_view()
     np2m = len(p2m)
@@ -361,11 +365,12 @@ def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool, fl1_gfn: int = 
 def sh_update_cr3(sd, vcpu, guest_cr3: int) -> int:
     """sh_update_cr3()/sh_set_toplevel_shadow(): the machine address of the l4 shadow."""
     from emu.shadow.common import ShadowError
-    from emu.shadow.emulate import resolve_steps
+    from emu.shadow.emulate import resolve_other_steps, resolve_steps
 
     vid = vcpu.vcpu_id
     sd.cpu = sd.pc.cpu[getattr(vcpu, "processor", 0) % sd.pc.nr_cpus]
     resolve_steps(sd, vcpu)
+    resolve_other_steps(sd, vid)
     gfn = (guest_cr3 & ADDR) >> 12
     gmfn = sd.gfn_to_mfn(gfn)
     if gmfn is None:
