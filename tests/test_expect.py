@@ -19,7 +19,7 @@ from xenconsole.expect import (
     keys_in,
     strip_ansi,
 )
-from xenconsole.testing import ServeError, serve
+from xenconsole.testing import ServeError, serve, xenconsole_host  # noqa: F401 (fixture)
 
 HAS_RFC2217 = (Path(__file__).parent.parent / "xenconsole" / "rfc2217.py").exists()
 TO_XEN = "(XEN) *** Serial input to Xen (type 'CTRL-a' three times to switch input)"
@@ -264,3 +264,11 @@ def test_served_host_console_helper(host):
     with host.console("tcp", timeout=15) as con:
         assert con.run("echo helper") == "helper\n"
     assert host.stderr_text() == ""  # nothing went wrong on the server side
+
+
+def test_the_pytest_fixture(xenconsole_host):  # noqa: F811 (the imported fixture)
+    assert set(xenconsole_host.urls) == {"telnet", "tcp", "pty"}
+    with xenconsole_host.console("telnet", timeout=15) as con:
+        con.to_dom0()  # booted already: no boot to wait out
+        assert not con.booting
+        assert con.run("xl list").splitlines()[1].startswith("Domain-0 ")

@@ -43,6 +43,13 @@ class ServedHost:
     def pty(self) -> str | None:
         return self.urls.get("pty")
 
+    def wait_booted(self, timeout: float = 60) -> None:
+        """Return once dom0's shell answers: the boot is over (attaching powers the host on
+        if it waits for a client)."""
+        kind = next(k for k in ("tcp", "telnet", "rfc2217", "pty") if k in self.urls)
+        with self.console(kind, timeout=timeout) as con:
+            con.run("true")
+
     def console(self, kind: str = "telnet", **kw):
         """`Console.open()` on one of the listeners (telnet, tcp, rfc2217 or pty)."""
         from xenconsole.expect import Console
@@ -178,4 +185,5 @@ if pytest is not None:
     def xenconsole_host() -> Iterator[ServedHost]:
         """A running host with telnet, tcp and pty listeners, booted before the test starts."""
         with serve(pty=True) as host:
+            host.wait_booted()
             yield host
