@@ -115,6 +115,7 @@ ASM_PT_WRITER = """
     out 0xe9, al
     mov al, 10
     out 0xe9, al
+    sti
 spin:
     hlt
     jmp spin
