@@ -260,17 +260,23 @@ class ShadowDomain:
             self.access.window[m[m < self.nr_frames]] = 1
 
     def unhook(self, smfn: int) -> None:
-        """shadow_unhook_mappings(): empty every entry of a (top-level) shadow."""
+        """shadow_unhook_mappings(): empty every guest entry of a (top-level) shadow.
+
+        An entry that is not a shadow of ours (Xen's own slot, mapped by the vCPU code for
+        one instruction) is left alone, as Xen leaves its own L4 slots.
+        """
         base = smfn << 9
         ents = self.u64[base : base + 512]
-        pres = ents[(ents & _U_P) != 0]
-        if not pres.size:
+        idx = np.flatnonzero(ents & _U_P)
+        if not idx.size:
             return
-        children = ((pres & _U_ADDR) >> _U_12).tolist()
-        ents[:] = 0
+        children = ((ents[idx] & _U_ADDR) >> _U_12).tolist()
+        pool_type = self.pool.type
+        ours = [i for i, c in zip(idx.tolist(), children, strict=True) if c in pool_type]
+        ents[ours] = 0
         self.need_flush = True
         for child in children:
-            if child in self.pool.type:
+            if child in pool_type:
                 self.put_ref(child)
 
     # ---- pool pressure (common.c: _shadow_prealloc) ----------------------------------
