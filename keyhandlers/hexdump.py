@@ -49,16 +49,17 @@ def hex_lines(data: bytes | np.ndarray, base: int) -> list[str]:
     return out
 
 
-def _pages(args: tuple[str, ...], i: int, out) -> int:
+def _pages(args: tuple[str, ...], i: int) -> tuple[int, list[str]]:
+    """(pages to dump, the capping notice if any): the notice is printed only once every
+    argument has been checked, so a mistake is still exactly one line."""
     if len(args) <= i:
-        return 1
+        return 1, []
     n = parse_int(args[i], "page count")
     if n == 0:
         raise KeyhandlerError("page count must be at least 1")
     if n > MAX_PAGES:
-        out(f"{n} pages asked, dumping the first {MAX_PAGES} (the most one X shows)")
-        n = MAX_PAGES
-    return n
+        return MAX_PAGES, [f"{n} pages asked, dumping the first {MAX_PAGES} (the most one X shows)"]
+    return n, []
 
 
 @keyhandler(
@@ -82,9 +83,8 @@ def hexdump_memory(machine, out, args: tuple[str, ...]) -> None:
         p2m = dom.p2m
         if gfn >= len(p2m) or int(p2m[gfn]) == INVALID:
             raise KeyhandlerError(f"d{dom.domid} gfn {gfn:#x} is not populated")
-        n = _pages(args, 2, out)
+        n, lines = _pages(args, 2)
         end = min(gfn + n, len(p2m))
-        lines: list[str] = []
         for g in range(gfn, end):
             m = int(p2m[g])
             if m == INVALID or m >= nr:
@@ -101,12 +101,12 @@ def hexdump_memory(machine, out, args: tuple[str, ...]) -> None:
         mfn = parse_int(args[0], "mfn")
         if mfn >= nr:
             raise KeyhandlerError(f"mfn {mfn:#x} is past the end of RAM (last mfn {nr - 1:#x})")
-        n = _pages(args, 1, out)
+        n, notice = _pages(args, 1)
         if mfn + n > nr:
             raise KeyhandlerError(
                 f"mfns {mfn:#x}-{mfn + n - 1:#x} run past the end of RAM (last mfn {nr - 1:#x})"
             )
-        lines = hex_lines(ram.u8[mfn << 12 : (mfn + n) << 12], mfn << 12)
+        lines = notice + hex_lines(ram.u8[mfn << 12 : (mfn + n) << 12], mfn << 12)
         lines.append(f"{(mfn + n) << 12:016x}")
     for line in lines:
         out(line)

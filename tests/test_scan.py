@@ -238,17 +238,22 @@ def test_any_arguments_give_output_or_one_error(machine):
         "\x00",
         "é",
         "0x-1",
+        "100",
+        "0x1ffff",
+        "0x1fff8",
     ]
     rng = random.Random(5)
     handlers = (scan_accessed_pages, reset_accessed_window, walk_shadow_pagetables, hexdump_memory)
-    for _ in range(400):
+    for _ in range(600):
         fn = rng.choice(handlers)
         args = [rng.choice(tokens) for _ in range(rng.randint(0, 4))]
+        out = Out()
         try:
-            out = run(fn, machine, *args)
+            fn(machine, out, tuple(args))
         except KeyhandlerError as e:
             msg = str(e)
             assert msg and "\n" not in msg, (fn.__name__, args, msg)
+            assert out == [], (fn.__name__, args, out)  # the error is the only line
         else:
             assert all(isinstance(x, str) and "\n" not in x for x in out)
     assert scan_domain(machine, dom, 0x100, 0x7FF).nr_accessed == 20

@@ -222,6 +222,10 @@ def test_hexdump_guest_pages_cap_and_holes(machine):
     end = machine.ram.nr_frames
     tail = run(hexdump_memory, machine, hex(end - 1))
     assert tail[-1] == f"{end << 12:016x}"
+    out = Out()  # capped to 16 pages, still past the end: the error is the only line
+    with pytest.raises(KeyhandlerError, match="run past the end of RAM"):
+        hexdump_memory(machine, out, (hex(end - 8), "100"))
+    assert out == []
     machine.destroy_domain(dom)
 
 
