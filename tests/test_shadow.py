@@ -174,7 +174,15 @@ def test_guest_superpages_get_fl1_shadows(machine):
         ("mov qword ptr [rdi], rbx", "emulated"),
         ("mov qword ptr [rdi + 8*rcx], rbx", "emulated"),
         ("mov dword ptr [rdi], ebx", "emulated"),
-        ("xchg qword ptr [rdi], rbx", "single-stepped"),
+        ("xchg qword ptr [rdi], rbx", "emulated"),
+        ("xchg ebx, dword ptr [rdi]", "emulated"),
+        ("mov rax, qword ptr [rdi]\nlock cmpxchg qword ptr [rdi], rbx", "emulated"),
+        (
+            "mov rax, 0x1234\nlock cmpxchg qword ptr [rdi], rbx\nmov rax, qword ptr [rdi]\n"
+            "lock cmpxchg qword ptr [rdi], rbx",
+            "emulated",
+        ),  # fails (rax := old), then succeeds
+        ("add qword ptr [rdi], r8", "single-stepped"),
         ("mov word ptr [rdi], bx\nmov word ptr [rdi + 2], 0x22", "single-stepped"),
     ],
 )
@@ -193,7 +201,8 @@ def test_guest_page_table_writes_are_emulated_and_shadows_follow(machine, store,
         mov rsi, {x << 12:#x}
         mov rdi, {pte_va:#x}
         xor ecx, ecx
-        mov rax, qword ptr [rsi]
+        mov r9, qword ptr [rsi]
+        mov r8, {(y - x) << 12:#x}
         mov rbx, {(y << 12) | P | RW:#x}
         {store}
         mov rdx, qword ptr [rsi]
@@ -201,11 +210,11 @@ def test_guest_page_table_writes_are_emulated_and_shadows_follow(machine, store,
     )
     v = g.vcpus[0]
     assert v.run(entry, until) == until, v.events
-    from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RDX
+    from unicorn.x86_const import UC_X86_REG_R9, UC_X86_REG_RDX
 
-    assert v.uc.reg_read(UC_X86_REG_RAX).to_bytes(8, "little") == b"XXXXXXXX"
+    assert v.uc.reg_read(UC_X86_REG_R9).to_bytes(8, "little") == b"XXXXXXXX"
     assert v.uc.reg_read(UC_X86_REG_RDX).to_bytes(8, "little") == b"YYYYYYYY"
-    n = 2 if "word ptr [rdi + 2]" in store else 1
+    n = 2 if "word ptr [rdi + 2]" in store or store.count("cmpxchg") == 2 else 1
     assert machine.perfc.total("shadow_fault emulates a write") - e0 == n
     assert sd.pt_writes[how] == n and sum(sd.pt_writes.values()) == n
     assert g.pte(x) == (y << 12) | P | RW | A  # the walker set A again on the new mapping
@@ -419,11 +428,11 @@ def test_a_step_interrupted_before_its_write_is_taken_back_by_another_vcpu():
     l1gfn = g.l1_gfns[0]
     pte_va = (l1gfn << 12) + x * 8
     entry, until = g.load(
-        f"mov rdi, {pte_va:#x}\nmov rbx, {(y << 12) | P | RW:#x}\nxchg qword ptr [rdi], rbx\nnop"
+        f"mov rdi, {pte_va:#x}\nmov rbx, {(y - x) << 12:#x}\nadd qword ptr [rdi], rbx\nnop"
     )
     # Run vCPU 0 up to the xchg's fault by hand: call the fault path as its hook would.
     v0.uc.reg_write(UC_X86_REG_RSP, 0x31000)
-    v0.uc.emu_start(entry, entry + 17)  # the two movs only
+    v0.uc.emu_start(entry, entry + 17)  # the two movs only (10 + 7 bytes)
     assert sd.page_fault(v0, pte_va, 0x2) == 0  # a write to a not-present page
     assert sd.steps and v0.uc.reg_read(UC_X86_REG_EFLAGS) & 0x100
     i1 = shadow_l1e_index(sd, 0, pte_va)
@@ -432,10 +441,36 @@ def test_a_step_interrupted_before_its_write_is_taken_back_by_another_vcpu():
     e1, u1 = g.load(f"mov rsi, {(ARENA_GFN + 100) << 12:#x}\nmov al, byte ptr [rsi]", CODE_GFN + 1)
     assert v1.run(e1, u1) == u1
     assert not sd.steps and not int(g.ram.u64[i1]) & RW
-    # vCPU 0 resumes at the xchg: it faults again, is stepped, the shadow follows.
+    # vCPU 0 resumes at the add: it faults again, is stepped, the shadow follows.
     v0.uc.emu_start(v0.uc.reg_read(UC_X86_REG_RIP), until)
     assert v0.uc.reg_read(UC_X86_REG_RIP) == until, v0.events
     assert not sd.steps and not sd.stepping
     assert g.pte(x) & ~(A | D) == (y << 12) | P | RW
     assert sd.pt_writes["single-stepped"] == 2
     _clean(m)
+
+
+def test_cmpxchg_flags_match_the_cpu():
+    """The emulator's `cmp` flags (for cmpxchg) against Unicorn executing `cmp` itself."""
+    from shadow_harness import asm
+    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+    from unicorn.x86_const import UC_X86_REG_EFLAGS, UC_X86_REG_RAX, UC_X86_REG_RBX
+
+    from emu.shadow.emulate import _ARITH_FLAGS, _cmp_flags
+
+    rng = np.random.default_rng(5)
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    for size, src in ((8, "cmp rax, rbx"), (4, "cmp eax, ebx")):
+        code = asm(src, 0x1000)
+        uc.mem_write(0x1000, code)
+        vals = [0, 1, 0x7F, 0x80, (1 << 31), (1 << 32) - 1, (1 << 63), (1 << 64) - 1]
+        vals += [int(x) for x in rng.integers(0, 1 << 63, 40, dtype=np.int64)]
+        for a in vals:
+            for b in vals[::3]:
+                mask = (1 << (8 * size)) - 1
+                uc.reg_write(UC_X86_REG_RAX, a)
+                uc.reg_write(UC_X86_REG_RBX, b)
+                uc.emu_start(0x1000, 0x1000 + len(code))
+                want = uc.reg_read(UC_X86_REG_EFLAGS) & _ARITH_FLAGS
+                assert _cmp_flags(a & mask, b & mask, size) == want, (size, hex(a), hex(b))

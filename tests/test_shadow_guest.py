@@ -105,8 +105,8 @@ ASM_PT_WRITER = """
     shr rsi, 8
     mov al, sil
     out 0xe9, al
-    mov rsi, 0x8000000000100003
-    xchg qword ptr [rdi], rsi
+    mov rsi, -0x1000
+    add qword ptr [rdi], rsi
     mov rsi, qword ptr [rdx]
     mov al, sil
     out 0xe9, al
@@ -125,7 +125,7 @@ spin:
 @pytest.mark.timeout(60)
 def test_real_guest_rewrites_its_own_pte_at_cpl3(tmp_path):
     """An `asm:` guest (GUEST's vCPU, CPL 3) remaps a page by writing its own L1 entry:
-    once with a plain mov (emulated), once with xchg (single-stepped)."""
+    once with a plain mov (emulated), once with an add (single-stepped)."""
     from emu.host import DomainSpec, HostConfig
     from emu.machine import Machine
 

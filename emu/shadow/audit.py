@@ -168,6 +168,9 @@ def audit_domain(sd) -> list[str]:
 
     # --- entries (sh_audit_l1_table .. sh_audit_l4_table) ---
     p2m = np.asarray(sd.dom.p2m)
+    # Entries made writable for one single-stepped instruction of a vCPU that was stopped
+    # before it ran it (the step completes, or is taken back, before anything else uses it).
+    lent = np.array([r[0] for recs in sd.steps.values() for r in recs], dtype=np.int64)
     for lvl in (1, 2, 3, 4):
         t = LEVEL_TYPE[lvl]
         sm = pool.in_use_of_type(t)
@@ -189,6 +192,7 @@ def audit_domain(sd) -> list[str]:
         if lvl == 1:
             checks.append((tgt != want_mfn, "bad translation"))
             isp = np.isin(tgt, np.fromiter(sd.shadow_flags, np.uint64, len(sd.shadow_flags)))
+            isp &= ~np.isin(si[where], lent)  # lent for a pending single-step (emulate.py)
             checks.append((isp & ((s & _U(_PAGE_RW)) != 0), "writable mapping of a page table"))
         else:
             # The child must be the shadow of the frame the guest entry points at, or for a
@@ -225,6 +229,7 @@ def audit_domain(sd) -> list[str]:
         want[inr] = p2m[gfns[inr]]
         tgt = (s[pres] & _U(PADDR_MASK)) >> _U(12)
         isp = np.isin(tgt, np.fromiter(sd.shadow_flags, np.uint64, len(sd.shadow_flags)))
+        isp &= ~np.isin((smfn << 9) + pres, lent)
         for mask, why in (
             (tgt != want, "bad translation"),
             (isp & ((s[pres] & _U(_PAGE_RW)) != 0), "writable mapping of a page table"),

@@ -1,9 +1,10 @@
 """Guest writes to write-protected page tables (multi.c: sh_x86_emulate_write, validate).
 
-The common forms (`mov [mem], reg` / `mov [mem], imm`, 4 or 8 bytes, aligned, no segment
-override, guest not single-stepping itself) are emulated as Xen does: the instruction is
-fetched through the guest's tables and decoded with capstone, the value written into the
-guest frame, the entry revalidated (`sh_validate_guest_entry()`) and RIP advanced.
+The common forms (`mov [m], reg|imm`, `xchg [m], reg`, `[lock] cmpxchg [m], reg`; 4 or 8
+bytes, aligned, no segment override, guest not single-stepping itself: the PTE updates
+kernels use) are emulated as Xen does: the instruction is fetched through the guest's
+tables and decoded with capstone, the value written into the guest frame, the entry
+revalidated (`sh_validate_guest_entry()`), registers/flags updated and RIP advanced.
 
 Anything else is single-stepped: the shadow L1 entry is made writable for one instruction
 with RFLAGS.TF set (unicorn.md §3: the instruction runs and #DB follows at once), then
@@ -68,13 +69,52 @@ def guest_va_to_mfn(sd, vid: int, va: int) -> int | None:
     return sd.gfn_to_mfn(table)
 
 
+def _full_reg(cs, reg: int) -> int:
+    """The 64-bit register a 32-bit one lives in (a 32-bit write zero-extends into it)."""
+    name = cs.reg_name(reg)
+    if name.startswith("e"):
+        name = "r" + name[1:]
+    elif name.startswith("r") and name.endswith("d"):
+        name = name[:-1]
+    from unicorn import x86_const as X
+
+    return getattr(X, f"UC_X86_REG_{name.upper()}")
+
+
+def _cmp_flags(a: int, b: int, size: int) -> int:
+    """RFLAGS CF PF AF ZF SF OF of `cmp a, b` (a - b) at `size` bytes."""
+    bits = 8 * size
+    mask = (1 << bits) - 1
+    r = (a - b) & mask
+    sign = 1 << (bits - 1)
+    f = 0
+    if a < b:
+        f |= 0x1  # CF
+    if bin(r & 0xFF).count("1") % 2 == 0:
+        f |= 0x4  # PF
+    if (a ^ b ^ r) & 0x10:
+        f |= 0x10  # AF
+    if r == 0:
+        f |= 0x40  # ZF
+    if r & sign:
+        f |= 0x80  # SF
+    if (a ^ b) & (a ^ r) & sign:
+        f |= 0x800  # OF
+    return f
+
+
+_ARITH_FLAGS = 0x8D5  # CF PF AF ZF SF OF
+
+
 def emulate_write(sd, vcpu, va: int, gmfn: int) -> bool:
-    """Emulate a simple aligned `mov` store into guest table `gmfn`; False = single-step."""
+    """Emulate a store into guest table `gmfn` (x86_emulate's job in Xen): aligned 4/8-byte
+    `mov [m], reg|imm`, `xchg [m], reg`, `[lock] cmpxchg [m], reg`. False = single-step."""
     from capstone import x86_const as C
     from unicorn import x86_const as X
 
     uc = vcpu.uc
-    if uc.reg_read(X.UC_X86_REG_EFLAGS) & EFLAGS_TF:
+    eflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+    if eflags & EFLAGS_TF:
         return False  # the guest is single-stepping itself: let the hardware do it
     rip = uc.reg_read(X.UC_X86_REG_RIP)
     vid = vcpu.vcpu_id
@@ -88,11 +128,17 @@ def emulate_write(sd, vcpu, va: int, gmfn: int) -> bool:
     code = code[off : off + 15]
     cs = _decoder()
     insn = next(cs.disasm(code, rip, 1), None)
-    if insn is None or insn.id != C.X86_INS_MOV or len(insn.operands) != 2:
+    kinds = (C.X86_INS_MOV, C.X86_INS_XCHG, C.X86_INS_CMPXCHG)
+    if insn is None or insn.id not in kinds or len(insn.operands) != 2:
         return False
-    dst, src = insn.operands
+    ops = list(insn.operands)
+    if insn.id == C.X86_INS_XCHG and ops[1].type == C.X86_OP_MEM:
+        ops.reverse()  # xchg reg, [m] is the same instruction
+    dst, src = ops
     size = dst.size
     if dst.type != C.X86_OP_MEM or size not in (4, 8) or dst.mem.segment:
+        return False
+    if insn.id != C.X86_INS_MOV and src.type != C.X86_OP_REG:
         return False
     m = dst.mem
     ea = m.disp
@@ -105,13 +151,36 @@ def emulate_write(sd, vcpu, va: int, gmfn: int) -> bool:
     ea &= (1 << 64) - 1
     if ea != va or va & (size - 1):
         return False  # not the access that faulted, or unaligned: let the CPU do it
+    mask = (1 << (8 * size)) - 1
     if src.type == C.X86_OP_REG:
-        value = uc.reg_read(_uc_reg(cs, src.reg))
+        value = uc.reg_read(_uc_reg(cs, src.reg)) & mask
     elif src.type == C.X86_OP_IMM:
-        value = src.imm
+        value = src.imm & mask
     else:
         return False
-    value &= (1 << (8 * size)) - 1
+    maddr = (gmfn << 12) | (va & 0xFFF)
+    old = int.from_bytes(sd.machine.ram.read(maddr, size), "little")
+    store = True
+    if insn.id == C.X86_INS_XCHG:
+        uc.reg_write(_full_reg(cs, src.reg) if size == 4 else _uc_reg(cs, src.reg), old)
+    elif insn.id == C.X86_INS_CMPXCHG:
+        acc = uc.reg_read(X.UC_X86_REG_RAX) & mask
+        flags = _cmp_flags(acc, old, size)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, (eflags & ~_ARITH_FLAGS) | flags)
+        if acc != old:
+            store = False
+            uc.reg_write(X.UC_X86_REG_RAX, old)  # (32-bit: EAX zero-extends into RAX)
+    if store:
+        _store(sd, gmfn, va, value, size)
+    uc.reg_write(X.UC_X86_REG_RIP, rip + insn.size)
+    sd.pt_writes["emulated"] += 1
+    if sd.need_flush:
+        sd.flush_tlbs()
+    return True
+
+
+def _store(sd, gmfn: int, va: int, value: int, size: int) -> None:
+    """Write into a guest table and revalidate the entry in every shadow of it."""
     idx = va & 0xFFF
     i = (gmfn << 9) | (idx >> 3)
     before = sd.mem[i]
@@ -123,11 +192,6 @@ def emulate_write(sd, vcpu, va: int, gmfn: int) -> bool:
                 smfn = sd.hash.map.get((gmfn, t))
                 if smfn is not None:
                     validate_entry(sd, smfn, t, idx >> 3)
-    uc.reg_write(X.UC_X86_REG_RIP, rip + insn.size)
-    sd.pt_writes["emulated"] += 1
-    if sd.need_flush:
-        sd.flush_tlbs()
-    return True
 
 
 _VALIDATE = {1: "shadow_validate_gl1e_calls", 2: "shadow_validate_gl2e_calls",
