@@ -25,7 +25,7 @@ MAX_CONFIG = 1 << 20
 
 _STMT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _NUM = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)$")
-_BARE = re.compile(r"^[A-Za-z0-9_.:/,+\-@]+$")
+_BARE = re.compile(r"^[A-Za-z0-9_.:/,+\-@=]+$")
 
 
 class ConfigParseError(Exception):
