@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 
 from emu.scan import hold
+from emu.shadow import TYPE_LEVEL
+from emu.shadow import SH_type_fl1_64_shadow as FL1_TYPE
 from keyhandlers import KeyhandlerError, keyhandler
 from keyhandlers._dargs import parse_domain, parse_int
 
@@ -121,11 +123,11 @@ def _walk_all(machine, dom, sd, lines: list[str]) -> None:
     kinds = {}
     for t in pool.type.values():
         kinds[t] = kinds.get(t, 0) + 1
-    from emu.shadow import TYPE_LEVEL
 
-    used = ", ".join(
-        f"{kinds[t]} l{TYPE_LEVEL[t]}" for t in sorted(kinds, reverse=True) if t in TYPE_LEVEL
-    )
+    names = {t: f"l{lvl}" for t, lvl in TYPE_LEVEL.items()}
+    names[FL1_TYPE] = "fl1"
+    order = sorted(names, key=lambda t: (-TYPE_LEVEL.get(t, 1), t == FL1_TYPE))
+    used = ", ".join(f"{kinds[t]} {names[t]}" for t in order if t in kinds)
     lines.append(
         f"d{dom.domid}: shadow pool {pool.total_pages} pages, {pool.free_pages} free, "
         f"{len(pool.type)} in use{': ' + used if used else ''}"
@@ -174,7 +176,10 @@ def _walk_table(machine, sd, smfn: int, level: int, lines: list[str], b: _Budget
             continue
         g = pool.back.get(child)
         seen = " shown above" if child in b.walked else ""
-        lines.append(f"{head}  (guest l{level - 1} gfn {_gfn_of(machine, g)} mfn {g:#x}{seen})")
+        if pool.type.get(child) == FL1_TYPE:  # back-pointer is the gfn of a guest 2 MiB page
+            lines.append(f"{head}  (fl1: guest 2 MiB page at gfn {g:#x}{seen})")
+        else:
+            lines.append(f"{head}  (guest l{level - 1} gfn {_gfn_of(machine, g)} mfn {g:#x}{seen})")
         if not seen:
             b.walked.add(child)
             _walk_table(machine, sd, child, level - 1, lines, b)
@@ -245,12 +250,12 @@ def _walk_va(machine, dom, sd, va: int, lines: list[str]) -> None:
         f"| {'shadow smfn':<11} {'entry':<16} flags"
     )
     gfn = (gcr3 & ADDR) >> 12
-    g_ok, s_tab = True, sl4
+    g_ok, s_tab, g_big = True, sl4, False
     g_end = s_end = None
     g_why = s_why = ""
     for level in (4, 3, 2, 1):
         i = (va >> SHIFTS[level]) & 511
-        gcol = " " * 52
+        gcol = "(in the guest's 2 MiB page above)" if level == 1 and g_big else ""
         if g_ok:
             gm = int(p2m[gfn]) if gfn < len(p2m) else INVALID
             if gm == INVALID or gm >= nr:
@@ -260,8 +265,12 @@ def _walk_va(machine, dom, sd, va: int, lines: list[str]) -> None:
                 gcol = f"{gfn:#x}/{gm:#x}".ljust(20) + f" {ge:016x} {flags_str(ge)}"
                 if not ge & P:
                     g_ok, g_why = False, f"guest l{level} entry not present"
-                elif level in (3, 2) and ge & PSE:
-                    g_ok, g_why = False, f"guest l{level} superpage"
+                elif level == 2 and ge & PSE:
+                    # A 2 MiB page (the shadow splinters it into an fl1): no guest l1.
+                    base = ((ge & ADDR) >> 12) & ~511  # bit 12 is PAT, not address
+                    g_ok, g_end, g_big = False, base + ((va >> 12) & 511), True
+                elif level == 3 and ge & PSE:
+                    g_ok, g_why = False, "guest l3 1 GiB page (not supported)"
                 else:
                     gfn = (ge & ADDR) >> 12
                     if level == 1:

@@ -313,3 +313,49 @@ def test_walk_after_a_cr3_switch_pinned_and_shared_shadows(machine, tmp_path):
     assert any(x.endswith(" shown above)") for x in lines)
     assert claimed_l1(lines) == actual_l1(machine, dom)
     machine.destroy_domain(dom)
+
+
+BIG = (
+    """
+    mov rdi, 0x42010
+    mov rax, 0x400083
+    mov qword ptr [rdi], rax
+    mov rax, cr3
+    mov cr3, rax
+    mov rdi, 0x401020
+    mov rax, 0x2165676170206267
+    mov qword ptr [rdi], rax
+    lea rsi, [rip + msg]
+    call puts
+idle:
+    sti
+    hlt
+    jmp idle
+msg:
+    .asciz "big\\n"
+"""
+    + PUTS
+)
+
+
+def test_walk_through_a_guest_2mib_page(machine, tmp_path):
+    # The guest maps VA 0x400000 with one 2 MiB page (its l2 at gfn 0x42, entry 2 -> PSE
+    # gfn 0x400) and writes at 0x401020: the shadow splinters it into an fl1.
+    dom = asm_guest(machine, tmp_path, "big", BIG, memory=16)
+    assert wait_for(lambda: console_lines(dom) == ["big"])
+    d = f"d{dom.domid}"
+    lines = run(walk_shadow_pagetables, machine, d, "0x401020")
+    mfn = int(dom.p2m[0x401])
+    rows = {x[:2]: x for x in lines if re.match(r"l[1-4]  ", x)}
+    assert rows["l2"].startswith("l2  002 | 0x42/")  # PS | A | D: the walker set A and D
+    assert " 00000000004000e3 P RW -- A D -- | " in rows["l2"]
+    assert rows["l1"].startswith("l1  001 | (in the guest's 2 MiB page above)")
+    assert lines[-2].startswith(f"page    | gfn 0x401 -> mfn {mfn:#x} ")
+    assert lines[-1] == f"both paths end at machine frame {mfn:#x}"
+    full = run(walk_shadow_pagetables, machine, d)
+    assert any(x.endswith("(fl1: guest 2 MiB page at gfn 0x400)") for x in full), full
+    assert " fl1" in full[0]
+    assert claimed_l1(full) == actual_l1(machine, dom)
+    dump = run(hexdump_memory, machine, hex(mfn))
+    assert dump[2].endswith("|gb page!........|"), dump
+    machine.destroy_domain(dom)
