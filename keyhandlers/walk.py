@@ -15,7 +15,8 @@ present L1 entries collapse into one `[first-last] xN` line when their machine f
 M2P gfns both step by one and their flags are equal; entries that all step by the same S
 (index, mfn and gfn alike) collapse into `[first-last step S] xN`. A run is exact, never an
 approximation. An upper-level entry names the guest table its child shadows (the child's
-back-pointer and its gfn by the M2P). An entry that is not a shadow of this domain (Xen's
+back-pointer and its gfn by the M2P), or, for an fl1 shadow splintering a guest 2 MiB page,
+that page's first gfn. An entry that is not a shadow of this domain (Xen's
 own slot, mapped for one instruction at guest entry) is printed and not followed. Pinned
 top-level shadows in no vCPU's CR3 are walked after the loaded ones; a lower shadow reached
 a second time (two parents) is named with `shown above` instead of being printed again. After
@@ -24,7 +25,8 @@ totals: present L1 entries, L1 shadows, lines not shown.
 
 With VADDR: the one path for that address through the guest's own tables (from vCPU 0's
 guest CR3, read through the P2M) and through the shadow tables (from its shadow CR3), one
-line per level side by side, then the page each ends at and whether it is the same machine
+line per level side by side (a guest 2 MiB page ends the guest side at l2; the shadow side
+goes on through its fl1), then the page each ends at and whether it is the same machine
 frame. Everything is read from machine RAM: no A/D bit is set, nothing counts as an access.
 """
 
