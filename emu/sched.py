@@ -7,10 +7,13 @@ but a domain's vCPUs never do (LOCK is not atomic across Uc instances, unicorn.m
 pCPU skips a vCPU whose domain already runs elsewhere. There are min(host cpus, host
 cores, 8) pCPU threads; any further emulated pCPUs exist for the keys and stay idle.
 
-Slices end by `emu_stop()` from one timer thread (full JIT speed; count-based slices run
-about 10x slower, unicorn.md §6). The timer thread sleeps on a condition until the next
-slice end or `set_timer_op` deadline, and with nothing running it sleeps indefinitely: an
-idle host burns no CPU. Blocked vCPUs (hlt, SCHEDOP_block) are not on the run queue.
+Slices are counted (`emu_start(count=SLICE_INSNS)`, emu/vcpu.py) and never ended by an
+`emu_stop()` from another thread: such a stop can land after an instruction's store but
+before it retires, and the store then runs twice (measured: `add [mem],1` x 30 M with a stop
+every 0.3 ms gave 6,313 extra adds). The timer thread only *kicks* (sets `kicked`) at the
+slice end or a `set_timer_op` deadline; the vCPU's next hook ends the run, or its count
+runs out. With nothing running the timer sleeps indefinitely: an idle host burns no CPU.
+Blocked vCPUs (hlt, SCHEDOP_block) are not on the run queue.
 
 `quiesce(dom)` (CONTRACT.md): keep `dom`'s vCPUs (all, for None) out of `emu_start` for
 the body of a `with` block; used by debug keys and xl from the reactor thread.
@@ -28,7 +31,7 @@ from collections import deque
 from collections.abc import Iterator
 
 SLICE_NS = 10_000_000  # credit2's default rate limit / timeslice order of magnitude
-KICK_RETRY_NS = 1_000_000  # re-kick an overdue vCPU (an emu_stop can land between runs)
+KICK_RETRY_NS = 10_000_000  # how often the timer looks again at an overdue vCPU
 MAX_PCPU_THREADS = 8
 
 
@@ -109,8 +112,7 @@ class Scheduler:
                 if v in self.runq:
                     self.runq.remove(v)
                 if v.running:
-                    v.kicked = True
-                    v.uc.emu_stop()
+                    v.kicked = True  # its next hook or the end of its count ends the run
             me = threading.current_thread()
             while any(v.running and getattr(v, "_thread", None) is not me for v in mine):
                 self.cond.wait(0.05)
@@ -176,15 +178,9 @@ class Scheduler:
             ]
 
         for v in busy():
-            v.kicked = True
-            v.uc.emu_stop()
-        deadline = time.monotonic() + 0.002
+            v.kicked = True  # the next hook ends the run, or the slice's count runs out
         while busy():
             self.cond.wait(0.002)
-            if time.monotonic() > deadline:  # an emu_stop that landed between two runs
-                for v in busy():
-                    v.uc.emu_stop()
-                deadline = time.monotonic() + 0.002
 
     @contextlib.contextmanager
     def quiesce(self, dom=None) -> Iterator[None]:
@@ -283,8 +279,7 @@ class Scheduler:
                     if v is None:
                         continue
                     if now >= p.slice_end:
-                        v.kicked = True
-                        v.uc.emu_stop()
+                        v.kicked = True  # a flag only: see the module docstring
                         p.slice_end = now + KICK_RETRY_NS
                     left = p.slice_end - now
                     timeout = left if timeout is None else min(timeout, left)

@@ -49,6 +49,11 @@ from emu.shadow import CRASH, FIXED
 ADDR_MASK = 0x000FFFFFFFFFF000
 RFLAGS_TF, RFLAGS_IF = 0x100, 0x200
 UNTIL = 1 << 63  # non-canonical: a run never ends by reaching it
+# A slice is at most this many guest instructions (count= is exact; an emu_stop() from
+# another thread can land after an instruction's store but before it retires, so the store
+# runs twice on resume). A kick from the scheduler ends the slice at the next hook instead.
+SLICE_INSNS = 200_000
+EXCP08_DBLE = 8
 # Real control state of every vCPU (never changed by the guest): PG|WP|NE|ET|MP|PE,
 # PAE|OSFXSR|OSXMMEXCPT, EFER SCE|LME|LMA|NXE.
 REAL_CR0, REAL_CR4, REAL_EFER = 0x80010033, 0x620, 0xD01
@@ -153,7 +158,6 @@ class VCPU(_domain.VCPU):
         self.xen_step: tuple[int, int, bool, bool] | None = None  # (idx, old, TF, stepping)
         self.entering: int | None = None  # Xen L4e to map for the first (trampoline) slice
         self.dead = False
-        self.silent_stops, self.silent_rip = 0, -1
         self.last_pcpu: int | None = None
         self.runstate_since = time.monotonic_ns()
         self.stats = {"runs": 0, "gp_emulated": 0, "hypercalls": 0, "reflected": 0}
@@ -169,6 +173,7 @@ class VCPU(_domain.VCPU):
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc = uc
+        uc.ctl_flush_tb()  # every run is counted: no code may be translated without the count
         self.ack = ExceptionAck(uc)
         self._cr2 = RegReader(uc, X.UC_X86_REG_CR2)
 
@@ -253,7 +258,7 @@ class VCPU(_domain.VCPU):
             self._xen_slot_map(self.entering, step=False)
             self.entering = None
         try:
-            uc.emu_start(uc.reg_read(X.UC_X86_REG_RIP), UNTIL)
+            uc.emu_start(uc.reg_read(X.UC_X86_REG_RIP), UNTIL, count=SLICE_INSNS)
         except UcError as e:
             err = e
         except Exception as e:  # a hook raised: the binding re-raises it here
@@ -271,26 +276,28 @@ class VCPU(_domain.VCPU):
                     p = ("crash", "unmapped", "fetch outside machine memory")
                 else:
                     p = ("crash", "triple", str(err))
-            elif self.kicked:
-                self.silent_stops = 0
-                return ("slice",)
-            else:
-                # No hook stopped it and nobody kicked it: qemu's own triple fault, or an
-                # emu_stop that landed late. Only a stop that repeats without progress is
-                # taken for a triple fault.
-                rip = uc.reg_read(X.UC_X86_REG_RIP)
-                self.silent_stops = self.silent_stops + 1 if rip == self.silent_rip else 1
-                self.silent_rip = rip
-                if self.silent_stops < 3:
-                    return ("slice",)
+            elif self._old_exception() == EXCP08_DBLE:
+                # qemu's own triple fault: a fault while delivering a double fault ends the
+                # run silently, with old_exception still #DF.
                 p = ("crash", "triple", "silent stop")
-        self.silent_stops = 0
+            else:
+                return ("slice",)  # the instruction count ran out, or a kick ended it
         if p[0] == "exc":
             _, vec, ec, cr2 = p
             if self.inject(vec, ec, cr2):
                 return ("slice",)
             return ("crash", "triple", f"exception {vec} with no handler")
         return p
+
+    def _old_exception(self) -> int:
+        a = self.ack
+        a._save(a._uch, a._raw)
+        return a.old.value
+
+    def _end_if_kicked(self, uc: Uc) -> None:
+        """A hook is a safe place to end a slice early: the scheduler asked for the pCPU."""
+        if self.kicked and self.pending is None:
+            uc.emu_stop()
 
     def stop(self, pending: tuple) -> None:
         """From a hook: end this run, and tell the scheduler why."""
@@ -325,6 +332,7 @@ class VCPU(_domain.VCPU):
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             self.stop(("crash", "internal", f"{type(e).__name__}: {e}"))
+        self._end_if_kicked(uc)
 
     def _page_fault(self, uc: Uc, err: int) -> None:
         cr2 = self._cr2()

@@ -1,0 +1,62 @@
+"""Time slices never repeat a guest instruction's store.
+
+Unicorn's emu_stop() from another thread can land after a store but before the instruction
+retires, so the store runs again on resume. The scheduler therefore ends slices only by an
+instruction count or inside a hook. A guest that increments a memory word millions of times,
+across hundreds of slices and with another busy domain competing for the pCPUs, must end
+with the exact count.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.console_hosts import host_only
+from xenconsole.expect import Console
+from xenconsole.testing import serve
+
+N = 3_000_000
+
+COUNTER = f"""
+    mov rcx, {N}
+lp:
+    add qword ptr [0x100000], 1
+    dec rcx
+    jnz lp
+    mov rax, qword ptr [0x100000]
+    mov rbx, {N}
+    cmp rax, rbx
+    jne bad
+    mov al, 0x6f
+    out 0xe9, al
+    mov al, 0x6b
+    out 0xe9, al
+    jmp nl
+bad:
+    mov al, 0x4e
+    out 0xe9, al
+nl:
+    mov al, 0x0a
+    out 0xe9, al
+    cli
+    hlt
+"""
+
+SPIN = """
+spin:
+    add qword ptr [0x100000], 1
+    jmp spin
+"""
+
+
+@pytest.mark.timeout(180)
+def test_counter_guest_is_exact_across_slices(tmp_path):
+    counter = tmp_path / "counter.S"
+    counter.write_text(COUNTER)
+    spin = tmp_path / "spin.S"
+    spin.write_text(SPIN)
+    with serve(*host_only(tmp_path)) as host, Console.open(host.urls["tcp"]) as con:
+        con.run(f"xl create name=spin memory=16 workload=asm:{spin}", check=True)
+        con.run(f"xl create name=count memory=16 workload=asm:{counter}", check=True)
+        i = con.expect([r"\(d2\) ok\r\n", r"\(d2\) N\r\n"], timeout=150)
+        assert i == 0, "the counter guest saw a store run twice"
