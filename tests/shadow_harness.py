@@ -8,9 +8,6 @@ does. Guest code runs at CPL 0 here (the shadows force _PAGE_USER either way).
 
 from __future__ import annotations
 
-import ctypes
-import struct
-
 import numpy as np
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc
@@ -20,7 +17,6 @@ from unicorn.x86_const import (
     UC_X86_REG_CR2,
     UC_X86_REG_CR3,
     UC_X86_REG_CR4,
-    UC_X86_REG_DR0,
     UC_X86_REG_MSR,
     UC_X86_REG_RIP,
     UC_X86_REG_RSP,
@@ -37,27 +33,7 @@ PT_GFN = 0x40  # L4, L3, L2, then the L1s
 ARENA_GFN = 0x100
 
 
-def _exc_offsets() -> tuple[int, int]:
-    u = Uc(UC_ARCH_X86, UC_MODE_64)
-    u.reg_write(UC_X86_REG_DR0, 0x5EED5EED5EED5EED)
-    b = bytes(u.context_save())
-    dr0 = b.find((0x5EED5EED5EED5EED).to_bytes(8, "little"))
-    err_off, old_off = dr0 - 16, dr0 + 96
-    assert struct.unpack_from("<i", b, old_off)[0] == -1
-    return err_off, old_off
-
-
-ERR_OFF, OLD_OFF = _exc_offsets()
-
-
-def ack_exception(uc: Uc) -> int:
-    ctx = uc.context_save()
-    base = ctx.context.value
-    err = ctypes.c_int32.from_address(base + ERR_OFF).value
-    ctypes.c_int32.from_address(base + OLD_OFF).value = -1
-    uc.context_restore(ctx)
-    return err
-
+from emu.vcpu import ack_exception  # noqa: E402  (the vCPUs' own recipe, unicorn.md §3)
 
 _ks = Ks(KS_ARCH_X86, KS_MODE_64)
 

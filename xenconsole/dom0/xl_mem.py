@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from xenconsole.dom0.xl import command, find_domain, getopts
+from xenconsole.dom0.xl import XlExit, command, find_domain, getopts
 
 LIBXL_MIN_DOM0_MEM_KB = 128 * 1024
 LIBXL_MAXMEM_CONSTANT_KB = 1024
@@ -43,6 +43,19 @@ def parse_mem_size_kb(mem: str) -> int:
     return -1 if kb < 0 else kb
 
 
+def _domain_and_size(sh, argv: list[str], helpstr: str):
+    """`<Domain> <MemMB...>`: (machine, domain, size text, KiB); xl's errors end the command."""
+    _opts, rest = getopts(sh, argv, "", [], helpstr, 2)
+    machine = sh.machine
+    dom = find_domain(sh, machine, rest[0])
+    mem = rest[1]
+    kb = parse_mem_size_kb(mem)
+    if kb == -1:
+        sh.println(f"invalid memory size: {mem}")
+        raise XlExit(1)
+    return machine, dom, mem, kb
+
+
 def _libxl_error(sh, line: int, func: str, domid: int, msg: str) -> None:
     sh.println(f"libxl: error: libxl_mem.c:{line}:{func}: Domain {domid}:{msg}")
 
@@ -55,14 +68,7 @@ def _libxl_error(sh, line: int, func: str, domid: int, msg: str) -> None:
     "<Domain> <MemMB['b'[bytes]|'k'[KB]|'m'[MB]|'g'[GB]|'t'[TB]]>",
 )
 def main_memset(sh, argv: list[str]) -> int:
-    _opts, rest = getopts(sh, argv, "", [], "mem-set", 2)
-    machine = sh.machine
-    dom = find_domain(sh, machine, rest[0])
-    mem = rest[1]
-    kb = parse_mem_size_kb(mem)
-    if kb == -1:
-        sh.println(f"invalid memory size: {mem}")
-        return 1
+    machine, dom, mem, kb = _domain_and_size(sh, argv, "mem-set")
     new_target_kb = kb % U64  # libxl takes it as uint64_t
     fail = f"cannot set domid {dom.domid} dynamic max memory to : {mem}"
     if new_target_kb > dom.static_max_kb:
@@ -99,14 +105,7 @@ def main_memset(sh, argv: list[str]) -> int:
     "<Domain> <MemMB['b'[bytes]|'k'[KB]|'m'[MB]|'g'[GB]|'t'[TB]]>",
 )
 def main_memmax(sh, argv: list[str]) -> int:
-    _opts, rest = getopts(sh, argv, "", [], "mem-max", 2)
-    machine = sh.machine
-    dom = find_domain(sh, machine, rest[0])
-    mem = rest[1]
-    kb = parse_mem_size_kb(mem)
-    if kb == -1:
-        sh.println(f"invalid memory size: {mem}")
-        return 1
+    machine, dom, mem, kb = _domain_and_size(sh, argv, "mem-max")
     max_kb = kb % U64
     if max_kb < dom.target_pages * 4:
         _libxl_error(
