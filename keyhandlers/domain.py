@@ -87,6 +87,11 @@ def dump_domain(machine, dom, out) -> None:
     out(f"    handle={dom.handle} vm_assist={dom.vm_assist:08x}")
     if dom.paging is not None:
         out(f"    paging assistance: {paging_words(dom.paging)}")
+        if hasattr(dom.paging, "total_pages"):
+            # Not in Xen's q: the pool in the words of its "failed to allocate from shadow
+            # pool (tot= p2m= ...)" message, plus shadow_get_allocation()'s MB figure.
+            tot, free = dom.paging.total_pages, dom.paging.free_pages
+            out(f"    shadow pool: tot={tot} free={free} p2m=0 allocation={-(-tot // 256)}MB")
     out(f"Rangesets belonging to domain {dom.domid}:")
     for name, ranges in _rangesets(dom):
         out(f"    {name:<10} {ranges}")

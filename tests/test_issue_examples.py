@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.console_hosts import host_only
@@ -33,3 +35,34 @@ def test_web_example_from_issue_3(tmp_path):
         assert free_after - free_before == 128
         con.run("xl destroy web", check=True)
         assert "web" not in con.run("xl list")
+
+
+@pytest.mark.timeout(60)
+def test_q_shows_the_shadow_pool_of_a_guest():
+    """Issue 4: `q` gains per-vCPU lines and the shadow pool size."""
+    from emu.host import DomainSpec, HostConfig
+    from emu.machine import Machine
+    from emu.setup import boot
+    from keyhandlers.dispatch import handle_keypress
+
+    out: list[bytes] = []
+    m = Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=256 << 20))
+    m.console.sinks.append(out.append)
+    try:
+        for _ in boot(m):
+            pass
+        dom = m.create_domain(DomainSpec(name="t", memory=64, vcpus=2, workload="idle"))
+        out.clear()
+        handle_keypress(m, "q")
+        text = b"".join(out).decode()
+        tot = dom.paging.total_pages
+        assert tot == 1024  # libxl's 1 MiB per vCPU + 8 KiB per MiB, at least 4 MiB
+        pools = re.findall(
+            r"\(XEN\)     shadow pool: tot=(\d+) free=(\d+) p2m=0 allocation=4MB\r\n", text
+        )
+        assert len(pools) == 1 and int(pools[0][0]) == tot
+        assert 0 < int(pools[0][1]) < tot  # the guest's kernel has built some shadows
+        assert text.count("(XEN)     paging assistance: shadowed 4-on-4\r\n") == 2
+        assert "(XEN)     shadow pool:" not in text.split("General information for domain 1")[0]
+    finally:
+        m.shutdown()
