@@ -78,3 +78,17 @@ puts:
 puts_done:
     ret
 """
+
+
+class Out(list):
+    """A key handler's `out`: collects the lines it prints (without the `(XEN) ` prefix)."""
+
+    def __call__(self, line: str = "") -> None:
+        self.append(line)
+
+
+def run_key(fn, m, *args) -> list[str]:
+    """Call a key handler function directly and return its lines."""
+    out = Out()
+    fn(m, out, tuple(args))
+    return list(out)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from guest_helpers import PTE_A, PTE_D, asm_guest, console_lines, create, new_machine, wait_for
+from guest_helpers import PTE_A, PTE_D, Out, asm_guest, console_lines, create, new_machine, wait_for
+from guest_helpers import run_key as run
 
 from emu.audit import audit
 from emu.domain_build import guest_pte_flags
@@ -26,17 +27,6 @@ def machine():
     m = new_machine()
     yield m
     m.shutdown()
-
-
-class Out(list):
-    def __call__(self, line: str = "") -> None:
-        self.append(line)
-
-
-def run(fn, m, *args) -> list[str]:
-    out = Out()
-    fn(m, out, tuple(args))
-    return list(out)
 
 
 def all_ptes(m, dom) -> np.ndarray:

@@ -13,6 +13,7 @@ import re
 import time
 
 import pytest
+from guest_helpers import PUTS
 
 from keyhandlers.access import parse_report
 from xenconsole.expect import Console
@@ -20,17 +21,6 @@ from xenconsole.testing import serve
 
 pytestmark = pytest.mark.timeout(120)
 
-PUTS = """
-puts:
-    mov al, byte ptr [rsi]
-    test al, al
-    jz puts_done
-    out 0xe9, al
-    inc rsi
-    jmp puts
-puts_done:
-    ret
-"""
 
 # Reads 256 pages from gfn 0xe80, writes every 4th of them (64), then idles.
 MIX = (

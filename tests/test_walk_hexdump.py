@@ -15,7 +15,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from guest_helpers import PUTS, asm_guest, console_lines, create, new_machine, wait_for
+from guest_helpers import PUTS, Out, asm_guest, console_lines, create, new_machine, wait_for
+from guest_helpers import run_key as run
 
 from emu.scan import scan_domain
 from keyhandlers import KeyhandlerError
@@ -68,17 +69,6 @@ def machine():
     m = new_machine()
     yield m
     m.shutdown()
-
-
-class Out(list):
-    def __call__(self, line: str = "") -> None:
-        self.append(line)
-
-
-def run(fn, m, *args) -> list[str]:
-    out = Out()
-    fn(m, out, tuple(args))
-    return list(out)
 
 
 def actual_l1(m, dom) -> dict[tuple[int, int], tuple[int, str, str]]:
