@@ -186,6 +186,10 @@ class Machine:
     def find_domain(self, name: str) -> Domain | None:
         return next((d for d in self.domains.values() if d.name == name), None)
 
+    def domain_list(self) -> list:
+        """Every domain in id order; a snapshot (a vCPU thread may destroy one meanwhile)."""
+        return sorted(self.domains.copy().values(), key=lambda d: d.domid)
+
     def start_config_domains(self, specs: list[DomainSpec]) -> list[str]:
         """The config's [[domain]] entries, each as `xl create` of that spec would."""
         errors = []

@@ -125,7 +125,7 @@ def debug_port(dom, v) -> int:
 def dump_domains(machine, out, args) -> None:
     out(f"'q' pressed -> dumping domain info (now = {machine.now()})")
     with machine.lock:
-        doms = [machine.domains[k] for k in sorted(machine.domains)]
+        doms = machine.domain_list()
         for dom in doms:
             dump_domain(machine, dom, out)
         for dom in doms:

@@ -74,7 +74,7 @@ def dump_runq(machine, out, args) -> None:
     out(f"Cpus: {cpulist(cpus)}")
     out("Scheduling granularity: cpu, 1 CPU per sched-resource")
     out(f"Scheduler: {SCHEDULER_NAME}")
-    doms = [machine.domains[k] for k in sorted(machine.domains)]
+    doms = machine.domain_list()
     owner = {id(v): d.domid for d in doms for v in d.vcpus}  # dom0's records lack .domain
     lock = sched.cond if sched is not None else None
     if lock is not None:

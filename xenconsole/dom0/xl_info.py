@@ -101,7 +101,7 @@ def main_list(sh, argv: list[str]) -> int:
             return 1
         doms = [find_domain(sh, machine, rest[0])]
     else:
-        doms = [machine.domains[k] for k in sorted(machine.domains)]
+        doms = machine.domain_list()
     if any(o in ("-l", "--long") for o, _ in opts):
         sh.println(json.dumps([domain_details(d) for d in doms], indent=4))
         return 0
