@@ -80,6 +80,23 @@ puts_done:
 """
 
 
+def say_then_idle(body: str, message: str) -> str:
+    """An asm program: `body`, then print `message` on its own line, then idle forever."""
+    return (
+        body
+        + f"""    lea rsi, [rip + say_msg]
+    call puts
+idle:
+    sti
+    hlt
+    jmp idle
+say_msg:
+    .asciz "{message}\\n"
+"""
+        + PUTS
+    )
+
+
 class Out(list):
     """A key handler's `out`: collects the lines it prints (without the `(XEN) ` prefix)."""
 

@@ -13,7 +13,7 @@ import re
 import time
 
 import pytest
-from guest_helpers import PUTS
+from guest_helpers import PUTS, say_then_idle
 
 from keyhandlers.access import parse_report
 from xenconsole.expect import Console
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # Reads 256 pages from gfn 0xe80, writes every 4th of them (64), then idles.
-MIX = (
+MIX = say_then_idle(
     """
     mov rsi, 0xe80000
     mov rcx, 256
@@ -38,16 +38,8 @@ mix_skip:
     inc rdx
     dec rcx
     jnz mix_loop
-    lea rsi, [rip + msg]
-    call puts
-idle:
-    sti
-    hlt
-    jmp idle
-msg:
-    .asciz "mix done\\n"
-"""
-    + PUTS
+""",
+    "mix done",
 )
 
 # Forever: read 100 pages (gfn 0x200, stride 2), print `pass N`, spin a while.

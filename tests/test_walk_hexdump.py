@@ -15,7 +15,16 @@ import subprocess
 
 import numpy as np
 import pytest
-from guest_helpers import PUTS, Out, asm_guest, console_lines, create, new_machine, wait_for
+from guest_helpers import (
+    PUTS,
+    Out,
+    asm_guest,
+    console_lines,
+    create,
+    new_machine,
+    say_then_idle,
+    wait_for,
+)
 from guest_helpers import run_key as run
 
 from emu.scan import scan_domain
@@ -261,7 +270,7 @@ def test_walk_and_hexdump_over_the_console(tmp_path):
             ), walk
 
 
-SWITCH = (
+SWITCH = say_then_idle(
     """
     mov rsi, 0x40000
     mov rdi, 0x100000
@@ -276,16 +285,8 @@ copy:
     mov rax, 0x100000
     mov cr3, rax
     mov al, byte ptr [0x200000]
-    lea rsi, [rip + msg]
-    call puts
-idle:
-    sti
-    hlt
-    jmp idle
-msg:
-    .asciz "switched\\n"
-"""
-    + PUTS
+""",
+    "switched",
 )
 
 
@@ -305,7 +306,7 @@ def test_walk_after_a_cr3_switch_pinned_and_shared_shadows(machine, tmp_path):
     machine.destroy_domain(dom)
 
 
-BIG = (
+BIG = say_then_idle(
     """
     mov rdi, 0x42010
     mov rax, 0x400083
@@ -315,16 +316,8 @@ BIG = (
     mov rdi, 0x401020
     mov rax, 0x2165676170206267
     mov qword ptr [rdi], rax
-    lea rsi, [rip + msg]
-    call puts
-idle:
-    sti
-    hlt
-    jmp idle
-msg:
-    .asciz "big\\n"
-"""
-    + PUTS
+""",
+    "big",
 )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 
+from xenconsole.dom0.lex import split_unquoted
+
 PROMPT = "root@dom0:~# "
 MAX_LINE = 4095
 SERIAL_RX_SIZE = 128  # Xen's serial_rx_ring: what dom0 has not read yet; more is dropped
@@ -147,21 +149,7 @@ class Dom0Shell:
 
 def _split_commands(text: str) -> list[str]:
     """Split on `;` outside quotes (enough for `xl debug-keys q; xl dmesg`)."""
-    parts, cur, quote = [], [], None
-    for ch in text:
-        if quote:
-            cur.append(ch)
-            if ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-            cur.append(ch)
-        elif ch == ";":
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
+    parts, _open_quote = split_unquoted(text)  # shlex reports an open quote per command
     return [p for p in parts if p.strip()] or [""]
 
 

@@ -16,6 +16,7 @@ import stat
 
 from emu.domctl import DomainError
 from emu.host import DomainSpec
+from xenconsole.dom0.lex import split_unquoted
 from xenconsole.dom0.xl import CMD_TABLE, XlExit, command, find_domain, getopts, help_text
 
 KEYS = ("name", "memory", "maxmem", "vcpus", "workload")
@@ -35,25 +36,11 @@ class ConfigParseError(Exception):
 def _split_statements(text: str):
     """(line number, statement) pairs: `#` comments and `;` separators outside quotes."""
     for lineno, raw in enumerate(text.splitlines(), 1):
-        cur, quote = [], None
-        for ch in raw:
-            if quote:
-                cur.append(ch)
-                if ch == quote:
-                    quote = None
-            elif ch in "\"'":
-                quote = ch
-                cur.append(ch)
-            elif ch == "#":
-                break
-            elif ch == ";":
-                yield lineno, "".join(cur)
-                cur = []
-            else:
-                cur.append(ch)
-        if quote:
+        parts, open_quote = split_unquoted(raw, ";", comment="#")
+        if open_quote:
             raise ConfigParseError(f"{lineno}: unterminated string")
-        yield lineno, "".join(cur)
+        for part in parts:
+            yield lineno, part
 
 
 def _value(text: str, bare_ok: bool):

@@ -1,0 +1,86 @@
+"""Why guest time slices are counted: a cross-thread `emu_stop()` can repeat a store.
+
+A bare Unicorn runs `add qword [mem], 1` N times in a loop (paging off, one vCPU). Variant 1
+ends slices the way a timer thread would, with `emu_stop()` from another thread every
+`--stop-us` microseconds, and resumes at the saved RIP; variant 2 ends them with
+`emu_start(count=SLICE_INSNS)` as emu/sched.py does. Prints the final memory value against
+N (extra adds = stores that ran twice) and the instruction rate of each variant.
+
+    .venv/bin/python bench/bench_slices.py [--n 30000000] [--stop-us 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from keystone import KS_ARCH_X86, KS_MODE_64, Ks  # noqa: E402
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc  # noqa: E402
+from unicorn import x86_const as X  # noqa: E402
+
+from emu.vcpu import SLICE_INSNS  # noqa: E402
+
+CODE, DATA = 0x1000, 0x2000
+SOURCE = "lp: add qword ptr [0x2000], 1\ndec rcx\njnz lp\nhlt"
+
+
+def make_uc(n: int) -> tuple[Uc, int]:
+    code = bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(SOURCE, CODE)[0])
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(CODE, 0x1000)
+    uc.mem_map(DATA, 0x1000)
+    uc.mem_write(CODE, code)
+    uc.reg_write(X.UC_X86_REG_RCX, n)
+    return uc, CODE + len(code)
+
+
+def run(n: int, stop_us: float | None) -> tuple[int, int, float]:
+    """(final memory value, slices, seconds): timer stops if stop_us, else counted slices."""
+    uc, end = make_uc(n)
+    stop = threading.Event()
+
+    def kicker() -> None:
+        while not stop.is_set():
+            time.sleep(stop_us / 1e6)
+            uc.emu_stop()
+
+    count = 0
+    if stop_us is None:
+        uc.ctl_flush_tb()
+        count = SLICE_INSNS
+    else:
+        threading.Thread(target=kicker, daemon=True).start()
+    rip, slices = CODE, 0
+    t = time.perf_counter()
+    while rip != end:
+        uc.emu_start(rip, 1 << 63, count=count)
+        slices += 1
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+    dt = time.perf_counter() - t
+    stop.set()
+    return int.from_bytes(uc.mem_read(DATA, 8), "little"), slices, dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=30_000_000)
+    ap.add_argument("--stop-us", type=float, default=300.0)
+    a = ap.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.1f}; {a.n:,} x `add qword [mem], 1`")
+    for label, stop_us in ((f"emu_stop() every {a.stop_us:g} us", a.stop_us), (None, None)):
+        label = label or f"count={SLICE_INSNS:,} slices"
+        val, slices, dt = run(a.n, stop_us)
+        print(
+            f"  {label:<28} memory {val:,} ({val - a.n:+,} vs N) in {slices:,} slices, "
+            f"{3 * a.n / dt / 1e6:.0f} M instr/s"
+        )
+
+
+if __name__ == "__main__":
+    main()
