@@ -26,7 +26,7 @@ from contextlib import nullcontext
 
 from emu.scan import ScanError, hold, reset_window, scan_domain, tracked
 from keyhandlers import KeyhandlerError, keyhandler
-from keyhandlers._dargs import is_domain_arg, parse_domain, parse_range
+from keyhandlers.args import is_domain_arg, parse_domain, parse_range
 
 
 def _targets(machine, args: tuple[str, ...], key: str, max_args: int):

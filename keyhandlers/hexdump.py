@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from keyhandlers import KeyhandlerError, keyhandler
-from keyhandlers._dargs import is_domain_arg, parse_domain, parse_int
+from keyhandlers.args import is_domain_arg, parse_domain, parse_int
 
 MAX_PAGES = 16
 INVALID = (1 << 64) - 1

@@ -38,7 +38,7 @@ from emu.scan import hold
 from emu.shadow import TYPE_LEVEL
 from emu.shadow import SH_type_fl1_64_shadow as FL1_TYPE
 from keyhandlers import KeyhandlerError, keyhandler
-from keyhandlers._dargs import parse_domain, parse_int
+from keyhandlers.args import parse_domain, parse_int
 
 P, RW, US, A, D, PSE = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
 NX = 1 << 63

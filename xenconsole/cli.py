@@ -85,6 +85,7 @@ def cmd_keys(args) -> int:
     import keyhandlers
 
     try:
+        keyhandlers.load_builtin()
         keyhandlers.load_entry_points()
         keyhandlers.load_modules(args.plugin)
     except Exception as e:

@@ -34,6 +34,7 @@ def serve(args) -> int:
     import keyhandlers
 
     try:
+        keyhandlers.load_builtin()
         keyhandlers.load_entry_points()
         keyhandlers.load_modules(args.plugin)
     except Exception as e:

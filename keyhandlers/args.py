@@ -1,6 +1,7 @@
 """Argument parsing shared by the keys that take a domain or a frame (`U` `Z` `W` `X`).
 
-Every mistake raises KeyhandlerError with one line for the console.
+Every mistake raises KeyhandlerError with one line for the console. Public: a plugin's keys
+may parse their arguments with these too (`from keyhandlers.args import parse_domain`).
 """
 
 from __future__ import annotations
