@@ -140,8 +140,6 @@ def _create_args(sh, argv: list[str]):
 
 @command(
     "create",
-    1,
-    1,
     "Create a domain from config file <filename>",
     "<ConfigFile> [options] [vars]",
     "-c                      Connect to the console after the domain is created.\n"
@@ -158,6 +156,8 @@ def _create_args(sh, argv: list[str]):
     "-A, --vncviewer-autopass\n"
     "                        Pass VNC password to viewer via stdin.\n"
     "--ignore-global-affinity-masks Ignore global masks in xl.conf.",
+    modifies=True,
+    can_dryrun=True,
 )
 def main_create(sh, argv: list[str]) -> int:
     config_file, extra, flags = _create_args(sh, argv)
@@ -211,13 +211,12 @@ def main_create(sh, argv: list[str]) -> int:
 
 @command(
     "destroy",
-    0,
-    1,
     "Terminate a domain immediately",
     "[options] <Domain>\n",
     "-f                      Permit destroying domain 0, which will only succeed\n"
     "                        when run from disaggregated toolstack domain with a\n"
     "                        hardware domain distinct from domain 0.",
+    can_dryrun=True,
 )
 def main_destroy(sh, argv: list[str]) -> int:
     opts, rest = getopts(sh, argv, "f", [], "destroy", 1)

@@ -77,8 +77,6 @@ def list_row(dom, verbose=False, context=False, cpupool=False, numa=False) -> st
 
 @command(
     "list",
-    0,
-    0,
     "List information about all/some domains",
     "[options] [Domain]\n",
     "-l, --long              Output all VM details\n"
@@ -176,8 +174,6 @@ def topology_lines(machine) -> list[str]:
 
 @command(
     "info",
-    0,
-    0,
     "Get information about Xen host",
     "-n, --numa         List host NUMA topology information",
 )
@@ -206,8 +202,6 @@ def main_info(sh, argv: list[str]) -> int:
 
 @command(
     "dmesg",
-    0,
-    0,
     "Read and/or clear dmesg buffer",
     "[-c]",
     "  -c                        Clear dmesg buffer as well as printing it",
@@ -220,7 +214,7 @@ def main_dmesg(sh, argv: list[str]) -> int:
     return 0
 
 
-@command("debug-keys", 0, 1, "Send debug keys to Xen", "<Keys>")
+@command("debug-keys", "Send debug keys to Xen", "<Keys>", can_dryrun=True)
 def main_debug_keys(sh, argv: list[str]) -> int:
     _opts, rest = getopts(sh, argv, "", [], "debug-keys", 1)
     keys, args = rest[0], rest[1:]

@@ -39,7 +39,7 @@ def vcpu_row(dom, v, nr_cpus: int) -> str:
     return row + f"{aff} / {aff}"
 
 
-@command("vcpu-list", 0, 0, "List the VCPUs for all/some domains", "[Domain, ...]")
+@command("vcpu-list", "List the VCPUs for all/some domains", "[Domain, ...]")
 def main_vcpulist(sh, argv: list[str]) -> int:
     _, rest = getopts(sh, argv, "", [], "vcpu-list", 0)
     m = sh.machine
@@ -61,7 +61,7 @@ def _libxl_error(sh, line: int, func: str, domid: int, what: str, err: str) -> N
     sh.println(f"libxl: error: libxl_domain.c:{line}:{func}: Domain {domid}:{what}: {err}")
 
 
-@command("pause", 0, 1, "Pause execution of a domain", "<Domain>")
+@command("pause", "Pause execution of a domain", "<Domain>", can_dryrun=True)
 def main_pause(sh, argv: list[str]) -> int:
     _, rest = getopts(sh, argv, "", [], "pause", 1)
     dom = find_domain(sh, sh.machine, rest[0])
@@ -73,7 +73,7 @@ def main_pause(sh, argv: list[str]) -> int:
     return 0
 
 
-@command("unpause", 0, 1, "Unpause a paused domain", "<Domain>")
+@command("unpause", "Unpause a paused domain", "<Domain>", can_dryrun=True)
 def main_unpause(sh, argv: list[str]) -> int:
     _, rest = getopts(sh, argv, "", [], "unpause", 1)
     dom = find_domain(sh, sh.machine, rest[0])
@@ -133,8 +133,6 @@ class ConsoleSession:
 
 @command(
     "console",
-    0,
-    0,
     "Attach to domain's console",
     "[options] <Domain>\n"
     "-t <type>       console type, pv , serial or vuart\n"
