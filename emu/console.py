@@ -7,6 +7,7 @@ Ctrl-A presses and hands bytes to Xen's key dispatch or to dom0.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 
@@ -26,7 +27,19 @@ _LOGLVL_STR = [
 ]
 
 RX_XEN, RX_DOM0 = 0, 1
+
+# Input switching (console.c: conswitch, switch_serial_input). This is the one home of the
+# switch keys and messages: the clients (xenconsole.expect, xenconsole.connect) import them.
 SWITCH_CHAR = "a"
+SWITCH_CODE = ord(SWITCH_CHAR) - ord("a") + 1  # Ctrl-A
+SWITCH_PRESSES = 3
+SWITCH_KEYS = bytes([SWITCH_CODE]) * SWITCH_PRESSES  # what a client sends to switch input
+SWITCH_TARGET_XEN, SWITCH_TARGET_DOM0 = "Xen", "DOM0"
+SWITCH_MESSAGE = "*** Serial input to {target} (type 'CTRL-{char}' three times to switch input)"
+# Recognises a switch message in console output; group 1 is where input goes now ("Xen",
+# "DOM0", "DOM1", ...). `->` is the wording of Xen 4.4 to 4.11, which clients may meet too.
+SWITCH_PATTERN = r"\*\*\* Serial input (?:to|->) (\w+)[ \r]"
+SWITCH_RE = re.compile(SWITCH_PATTERN.encode())
 
 
 def loglvl_str(lvl: int) -> str:
@@ -34,12 +47,15 @@ def loglvl_str(lvl: int) -> str:
 
 
 def switch_message(to_dom0: bool) -> str:
-    who = "DOM0" if to_dom0 else "Xen"
-    return f"*** Serial input to {who} (type 'CTRL-{SWITCH_CHAR}' three times to switch input)"
+    target = SWITCH_TARGET_DOM0 if to_dom0 else SWITCH_TARGET_XEN
+    return SWITCH_MESSAGE.format(target=target, char=SWITCH_CHAR)
 
 
-class Console:
-    """Xen's console state. Sinks receive the exact bytes that go out on the serial line."""
+class HypervisorConsole:
+    """Xen's console state. Sinks receive the exact bytes that go out on the serial line.
+
+    (Not `xenconsole.expect.Console`, the scripting client that attaches to this line.)
+    """
 
     def __init__(self, nr_cpus: int = 1, debug_build: bool = True) -> None:
         # Debug builds print everything (lower/upper thresholds 4/4 for both sets).
@@ -56,7 +72,7 @@ class Console:
         self.lock = threading.RLock()
         # Input side (serial_rx).
         self.console_rx = RX_XEN
-        self.switch_code = ord(SWITCH_CHAR) - ord("a") + 1
+        self.switch_code = SWITCH_CODE
         self._switch_count = 0
         self.xen_rx: Callable[[int], None] = lambda c: None
         self.dom0_rx: Callable[[bytes], None] = lambda b: None
@@ -155,7 +171,7 @@ class Console:
                 self._deliver(masked[run_start:i])
             run_start = i + 1
             self._switch_count += 1
-            if self._switch_count == 3:
+            if self._switch_count == SWITCH_PRESSES:
                 self._switch_count = 0
                 self.switch_input()
         # Flush the tail, and any Ctrl-As replayed just before it.
@@ -164,7 +180,7 @@ class Console:
 
 
 class _LogEverything:
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: HypervisorConsole) -> None:
         self.console = console
 
     def __enter__(self) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from emu import domctl
-from emu.console import Console
+from emu.console import HypervisorConsole
 from emu.domain import Domain
 from emu.host import DomainSpec, HostConfig
 from emu.memory import set_target as _set_target
@@ -66,7 +66,7 @@ class Machine:
     def __init__(self, host: HostConfig) -> None:
         host.validate()
         self.host = host
-        self.console = Console(nr_cpus=host.cpus, debug_build=self.debug_build)
+        self.console = HypervisorConsole(nr_cpus=host.cpus, debug_build=self.debug_build)
         self._t0 = time.monotonic_ns()
         self.booted = False
         self.domains: dict[int, Domain] = {}

@@ -149,4 +149,3 @@ def load_entry_points(group: str = ENTRY_POINT_GROUP) -> list[str]:
             raise PluginError(f"{ep.name} ({ep.value}): {e}") from e
         loaded.append(ep.name)
     return loaded
-

@@ -1,4 +1,4 @@
-"""Ctrl-A x3 input switching (reference/xen.md §1.5), byte for byte, on emu.console.Console.
+"""Ctrl-A x3 input switching on emu.console.HypervisorConsole, byte for byte.
 
 Every byte that reaches Xen or dom0, and every byte that goes out on the serial line, is
 recorded in one ordered event list, so both content and order are checked.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from emu.console import RX_DOM0, RX_XEN, Console
+from emu.console import RX_DOM0, RX_XEN, HypervisorConsole
 from emu.host import HostConfig
 from emu.machine import Machine
 from keyhandlers import KEY_TABLE
@@ -22,7 +22,7 @@ class Line:
     """A console whose two input targets and serial output are recorded in order."""
 
     def __init__(self, target: int = RX_DOM0) -> None:
-        self.con = Console(nr_cpus=1)
+        self.con = HypervisorConsole(nr_cpus=1)
         self.events: list[tuple[str, bytes]] = []
         self.con.xen_rx = lambda c: self._add("xen", bytes([c]))
         self.con.dom0_rx = lambda b: self._add("dom0", bytes(b))
@@ -58,7 +58,7 @@ def test_three_ctrl_a_switch_dom0_to_xen_and_back():
 
 
 def test_input_starts_with_xen():
-    assert Console(nr_cpus=1).console_rx == RX_XEN
+    assert HypervisorConsole(nr_cpus=1).console_rx == RX_XEN
 
 
 def test_switch_mid_chunk_splits_delivery():

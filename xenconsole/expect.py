@@ -32,6 +32,7 @@ from typing import Any
 import pexpect
 from pexpect.spawnbase import SpawnBase
 
+from emu.console import CONSOLE_PREFIX, SWITCH_KEYS, SWITCH_PATTERN
 from xenconsole import clientlink
 
 __all__ = [
@@ -49,15 +50,12 @@ EOF = pexpect.EOF
 TIMEOUT = pexpect.TIMEOUT
 
 PROMPT = "root@dom0:~# "
-CTRL_A = b"\x01"
 
-# `*** Serial input to DOM0 (type ...)` (Xen 4.12+) and `*** Serial input -> DOM0 (...)`
-# (4.4-4.11); a new boot (`(XEN) Xen version `) gives input back to Xen.
-_SWITCH = r"\*\*\* Serial input (?:to|->) (\w+)[ \r]"
-_EVENTS = re.compile(
-    rb"\(XEN\) (?:\[[^\]\n]*\] )?(?:\*\*\* Serial input (?:to|->) (\w+)[ \r]|(Xen version ))"
-)
-_SWITCH_LINE = re.compile(r"\(XEN\) (?:\[[^\]\n]*\] )?" + _SWITCH + r"[^\n]*\n")
+# A switch message (emu/console.py) says where input goes; a new boot (`(XEN) Xen version `)
+# gives input back to Xen. Either may follow a console timestamp (`(XEN) [...] `).
+_XEN_LINE = re.escape(CONSOLE_PREFIX) + r"(?:\[[^\]\n]*\] )?"
+_EVENTS = re.compile(f"{_XEN_LINE}(?:{SWITCH_PATTERN}|(Xen version ))".encode())
+_SWITCH_LINE = re.compile(_XEN_LINE + SWITCH_PATTERN + r"[^\n]*\n")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _GUEST_LINE = re.compile(r"^\(d\d+\) ")
 _GUEST_LINES = re.compile(rb"(?m)^\(d\d+\) [^\n]*\n?")
@@ -371,7 +369,7 @@ class Console(SpawnBase):
             if self.target == want:
                 return
             stale = self._take_unconsumed()
-            self._send_raw(CTRL_A * 3)
+            self._send_raw(SWITCH_KEYS)
             try:
                 self.expect(_SWITCH_LINE, timeout=timeout)
             except TIMEOUT:
