@@ -14,8 +14,8 @@ from serial import rfc2217 as r
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from xenconsole.rfc2217 import ATTACH_FALLBACK, SB_MAX, RFC2217Factory
 from xenconsole.testing import serve
+from xenconsole.transports.rfc2217 import ATTACH_FALLBACK, SB_MAX, RFC2217Factory
 
 IAC, SB, SE = b"\xff", b"\xfa", b"\xf0"
 COM = r.COM_PORT_OPTION

@@ -43,8 +43,8 @@ def serve(args) -> int:
     from twisted.internet import reactor
     from twisted.internet.error import CannotListenError
 
-    from xenconsole.server import HostRunner, ServeOptions
-    from xenconsole.transports import ConsoleFactory, RawClient, TelnetClient
+    from xenconsole.hostrunner import HostRunner, ServeOptions
+    from xenconsole.transports.tcp import ConsoleFactory, RawClient, TelnetClient
 
     opts = ServeOptions(host=host, wait=not args.no_wait, log_path=args.log, plugins=args.plugin)
     runner = HostRunner(reactor, opts, None)
@@ -63,14 +63,14 @@ def serve(args) -> int:
             ready.append(f"xenconsole: {kind} {addr[0]}:{h.port}")
         if rfc2217 is not None:
             try:
-                from xenconsole.rfc2217 import RFC2217Factory
+                from xenconsole.transports.rfc2217 import RFC2217Factory
             except ImportError:
                 raise UsageError("--rfc2217 is not available in this build") from None
             port = reactor.listenTCP(rfc2217[1], RFC2217Factory(runner.hub), interface=rfc2217[0])
             ports.append(port)
             ready.append(f"xenconsole: rfc2217 {rfc2217[0]}:{port.getHost().port}")
         if args.pty is not None:
-            from xenconsole.pty import PtyClient
+            from xenconsole.transports.pty import PtyClient
 
             pty = PtyClient(runner.hub, reactor, link=args.pty or None)
             ready.append(f"xenconsole: pty {pty.path}")

@@ -1,4 +1,4 @@
-"""`xenconsole serve`: boot the host and serve its serial line on every requested backend."""
+"""Boot the host, wire its serial line to the console hub, and boot it again after `R`."""
 
 from __future__ import annotations
 

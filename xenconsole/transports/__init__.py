@@ -1,0 +1,1 @@
+"""The console's transports (filled in by the next commit)."""
