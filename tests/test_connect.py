@@ -14,9 +14,11 @@ from console_hosts import host_only
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenconsole.clientlink import LinkUsageError, TelnetLink, open_link
+from xenconsole.clientlink import LinkUsageError
 from xenconsole.connect import ClientSession
 from xenconsole.testing import serve
+from xenconsole.transports import open_link
+from xenconsole.transports.telnet import TelnetLink
 from xenconsole.vt import Screen
 
 TO_XEN = b"(XEN) *** Serial input to Xen (type 'CTRL-a' three times to switch input)\r\n"

@@ -167,7 +167,8 @@ def test_telnet_negotiation_never_visible_and_0xff_escaped(host):
         con.expect_exact(b"abc\b \b")
         assert con.run("echo $?") == "0\n"
         assert b"\xff" not in con.transcript  # no negotiation byte ever shows
-        assert con.link.link.him.get(1) and con.link.link.him.get(3)  # server: ECHO, SGA
+        him = con.link.link.codec.him
+        assert him.get(1) and him.get(3)  # server: ECHO, SGA
 
 
 def test_sendcontrol_and_expect_api(host):

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from xenconsole.clientlink import open_link
 from xenconsole.testing import serve
+from xenconsole.transports import open_link
 
 STALL = float(os.environ.get("XENCONSOLE_STALL_SECONDS", "10"))
 STALL_KIND = os.environ.get("XENCONSOLE_STALL_KIND", "pty")

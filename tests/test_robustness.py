@@ -487,7 +487,8 @@ _PAUSE_SCRIPT = r"""
 import json, socket, sys, threading
 from twisted.internet import reactor, task
 from xenconsole.hub import Hub
-from xenconsole.transports.tcp import ConsoleFactory, RawClient, TelnetClient
+from xenconsole.transports.tcp import ConsoleFactory, RawClient
+from xenconsole.transports.telnet import TelnetClient
 
 kind = sys.argv[1]
 hub = Hub(reactor)

@@ -1,4 +1,4 @@
-"""The sans-IO telnet codec, fed bytes directly: no sockets, no reactor."""
+"""The sans-IO telnet codec in both roles, fed bytes directly: no sockets, no reactor."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from xenconsole.telnet_codec import (
     AYT,
     BINARY,
     BRK,
+    CLIENT,
     DO,
     DONT,
     ECHO,
@@ -20,6 +21,7 @@ from xenconsole.telnet_codec import (
     SB,
     SB_MAX,
     SE,
+    SERVER,
     SGA,
     WILL,
     WONT,
@@ -31,7 +33,7 @@ from xenconsole.telnet_codec import (
 class Wire:
     """A codec with everything it produces recorded."""
 
-    def __init__(self, start: bool = False) -> None:
+    def __init__(self, start: bool = False, role=SERVER) -> None:
         self.sent = bytearray()
         self.data = bytearray()
         self.calls: list[bytes] = []
@@ -42,6 +44,7 @@ class Wire:
             on_data=self._data,
             on_break=self._break,
             on_naws=lambda w, h: self.naws.append((w, h)),
+            role=role,
         )
         if start:
             self.codec.start()
@@ -330,6 +333,9 @@ _tokens = st.one_of(
             iac(WILL, NAWS),
             iac(WONT, NAWS),
             iac(WILL, 0x42),
+            iac(DO, NAWS),  # the client role answers with its window
+            iac(DONT, NAWS),
+            iac(WILL, ECHO),
             iac(SB, NAWS, 0, 80, 0, 24) + iac(SE),
             iac(SB, NAWS, 0, IAC, IAC, 0, 24) + iac(SE),
             iac(SB, 24) + b"xterm",
@@ -339,15 +345,17 @@ _tokens = st.one_of(
 )
 
 
-def _run(chunks: list[bytes]) -> tuple[bytes, bytes, list[tuple[int, int]]]:
-    w = Wire(start=True)
+def _run(chunks: list[bytes], role=SERVER) -> tuple[bytes, bytes, list[tuple[int, int]]]:
+    w = Wire(start=True, role=role)
+    w.codec.set_window(80, 24)
     w.feed(*chunks)
     return bytes(w.data), bytes(w.sent), w.naws
 
 
+@pytest.mark.parametrize("role", [SERVER, CLIENT], ids=lambda r: r.name)
 @settings(max_examples=200, deadline=None)
 @given(tokens=st.lists(_tokens, max_size=40), cuts=st.lists(st.integers(0, 10_000), max_size=12))
-def test_any_chunking_gives_the_same_bytes(tokens, cuts):
+def test_any_chunking_gives_the_same_bytes(role, tokens, cuts):
     stream = b"".join(tokens)
     positions = sorted({c % (len(stream) + 1) for c in cuts})
     chunks, prev = [], 0
@@ -355,12 +363,91 @@ def test_any_chunking_gives_the_same_bytes(tokens, cuts):
         chunks.append(stream[prev:p])
         prev = p
     chunks.append(stream[prev:])
-    assert _run(chunks) == _run([stream])
-    assert _run([bytes([b]) for b in stream]) == _run([stream])
+    assert _run(chunks, role) == _run([stream], role)
+    assert _run([bytes([b]) for b in stream], role) == _run([stream], role)
 
 
+@pytest.mark.parametrize("role", [SERVER, CLIENT], ids=lambda r: r.name)
 @settings(max_examples=200, deadline=None)
 @given(stream=st.binary(max_size=600), cut=st.integers(0, 600))
-def test_random_bytes_never_raise_and_chunking_is_irrelevant(stream, cut):
+def test_random_bytes_never_raise_and_chunking_is_irrelevant(role, stream, cut):
     cut %= len(stream) + 1
-    assert _run([stream[:cut], stream[cut:]]) == _run([stream])
+    assert _run([stream[:cut], stream[cut:]], role) == _run([stream], role)
+
+
+# ---- the client role -------------------------------------------------------------------
+
+
+def test_client_waits_for_the_server_and_agrees_to_character_mode():
+    w = Wire(start=True, role=CLIENT)
+    assert w.take_sent() == b""  # the server leads
+    w.codec.set_window(100, 30)
+    assert w.take_sent() == b""  # no NAWS before the server asks for it
+    w.feed(iac(WILL, ECHO) + iac(WILL, SGA) + iac(DO, NAWS) + iac(DO, 0x18))
+    naws = iac(SB, NAWS, 0, 100, 0, 30) + iac(SE)
+    assert w.take_sent() == iac(DO, ECHO) + iac(DO, SGA) + iac(WILL, NAWS) + naws + iac(WONT, 24)
+    assert w.codec.him == {ECHO: True, SGA: True} and w.codec.us == {NAWS: True}
+    w.feed(iac(WILL, ECHO) + iac(DO, NAWS))  # said again: no answer, no loop
+    assert w.take_sent() == b""
+
+
+def test_client_reports_window_changes_with_ff_doubled():
+    w = Wire(role=CLIENT).feed(iac(DO, NAWS))
+    w.take_sent()
+    w.codec.set_window(255, 40)
+    assert w.take_sent() == iac(SB, NAWS, 0, IAC, IAC, 0, 40) + iac(SE)
+    w.codec.set_window(255, 40)  # unchanged: nothing sent
+    assert w.take_sent() == b""
+    w.feed(iac(DONT, NAWS))
+    assert w.take_sent() == iac(WONT, NAWS)
+    w.codec.set_window(80, 24)  # the server no longer wants it
+    assert w.take_sent() == b""
+
+
+def test_client_receives_console_bytes_untouched():
+    w = Wire(role=CLIENT).feed(b"(XEN) a\r\n", b"b\r", b"\x00c\r", b"\n" + iac(IAC))
+    assert bytes(w.data) == b"(XEN) a\r\nb\r\x00c\r\n\xff"
+    # a terminal's commands mean nothing coming from the host: no data, no break, no reply
+    w.feed(iac(IP) + iac(BRK) + iac(AYT) + b"!")
+    assert bytes(w.data).endswith(b"\xff!") and w.breaks == 0 and w.sent == b""
+    w.feed(iac(SB, NAWS, 0, 80, 0, 24) + iac(SE))  # the host has no window to report
+    assert w.naws == [] and w.codec.window is None
+
+
+def test_client_encodes_nvt_and_break():
+    c = Wire(role=CLIENT).codec
+    assert c.encode(b"ls\r\xff") == b"ls\r\x00\xff\xff"
+    assert c.encode(b"a\r\nb") == b"a\r\nb"
+    c.feed(iac(DO, BINARY))
+    assert c.encode(b"ls\r") == b"ls\r"  # BINARY: CR as it is
+    assert Wire().codec.encode(b"x\r\xff") == b"x\r\xff\xff"  # the server: only 0xFF
+    w = Wire(role=CLIENT)
+    w.codec.send_break()
+    assert w.take_sent() == iac(BRK)
+
+
+def test_client_and_server_settle_and_the_server_learns_the_window():
+    s_out, c_out = bytearray(), bytearray()
+    typed, seen, sizes = bytearray(), bytearray(), []
+    server = TelnetCodec(
+        send=s_out.extend, on_data=typed.extend, on_naws=lambda w, h: sizes.append((w, h))
+    )
+    client = TelnetCodec(send=c_out.extend, on_data=seen.extend, role=CLIENT)
+    client.set_window(132, 43)
+    server.start()
+    client.start()
+    for _ in range(10):
+        if not s_out and not c_out:
+            break
+        x, y = bytes(s_out), bytes(c_out)
+        s_out.clear()
+        c_out.clear()
+        client.feed(x)
+        server.feed(y)
+    assert s_out == b"" and c_out == b""
+    assert sizes == [(132, 43)] and server.window == (132, 43)
+    assert server.us == {ECHO: True, SGA: True} and server.him == {NAWS: True}
+    server.feed(client.encode(b"xl list\r\xff"))
+    assert bytes(typed) == b"xl list\r\xff"
+    client.feed(escape(b"root@dom0:~# \r\n\xff"))
+    assert bytes(seen) == b"root@dom0:~# \r\n\xff"

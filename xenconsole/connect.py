@@ -34,7 +34,8 @@ from prompt_toolkit.layout.controls import FormattedTextControl, UIContent, UICo
 from prompt_toolkit.styles import Style
 
 from emu.console import SWITCH_KEYS, SWITCH_RE, SWITCH_TARGET_DOM0, SWITCH_TARGET_XEN
-from xenconsole.clientlink import Link, LinkError, LinkUsageError, open_link
+from xenconsole.clientlink import Link, LinkError, LinkUsageError
+from xenconsole.transports import open_link
 from xenconsole.vt import Screen
 
 ESCAPE_KEY = Keys.ControlSquareClose

@@ -34,6 +34,7 @@ from pexpect.spawnbase import SpawnBase
 
 from emu.console import CONSOLE_PREFIX, SWITCH_KEYS, SWITCH_PATTERN
 from xenconsole import clientlink
+from xenconsole.transports import open_link
 
 __all__ = [
     "Console",
@@ -139,7 +140,7 @@ class _PullLink:
 
 def _open_link(url: str) -> _PullLink:
     try:
-        return _PullLink(clientlink.open_link(url))
+        return _PullLink(open_link(url))
     except clientlink.LinkUsageError as e:
         raise ValueError(str(e)) from None
     except clientlink.LinkError as e:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import traceback
-from dataclasses import dataclass, field
 
 from emu.host import HostConfig
 from emu.machine import Machine
@@ -30,20 +29,15 @@ Debian GNU/Linux 12 dom0 hvc0
 """
 
 
-@dataclass
-class ServeOptions:
-    host: HostConfig
-    wait: bool = True
-    log_path: str | None = None
-    plugins: list[str] = field(default_factory=list)
-
-
 class HostRunner:
-    """Owns the machine and its console wiring; survives `R` by booting a fresh machine."""
+    """Owns the machine and its console wiring; survives `R` by booting a fresh machine.
 
-    def __init__(self, reactor, opts: ServeOptions, log=None) -> None:
+    `wait`: power on when the first client attaches (else at `start()`)."""
+
+    def __init__(self, reactor, host: HostConfig, wait: bool = True, log=None) -> None:
         self.reactor = reactor
-        self.opts = opts
+        self.host = host
+        self.wait = wait
         self.hub = Hub(reactor, log)
         self.hub.on_input = self._input
         self.machine: Machine | None = None
@@ -53,7 +47,7 @@ class HostRunner:
         self._new_machine()
 
     def _new_machine(self) -> None:
-        machine = Machine(self.opts.host)
+        machine = Machine(self.host)
         machine.console.sinks.append(self.hub.sink)
         machine.console.xen_rx = XenKeyInput(machine)
         self.shell = Dom0Shell(machine, machine.console.serial_write)
@@ -70,7 +64,7 @@ class HostRunner:
             traceback.print_exc(file=sys.stderr)
 
     def start(self) -> None:
-        if self.opts.wait:
+        if self.wait:
             self.hub.on_first_attach = self.power_on
         else:
             self.power_on()
@@ -94,7 +88,7 @@ class HostRunner:
         self.shell.prompt()
         start_domains = getattr(machine, "start_config_domains", None)
         if start_domains is not None:
-            start_domains(self.opts.host.domains)
+            start_domains(self.host.domains)
 
     def _reboot_requested(self) -> None:
         # machine_restart() does not return: a second `R` before the restart changes nothing.

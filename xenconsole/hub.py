@@ -2,7 +2,7 @@
 
 Every client's input enters the machine through `Console.serial_rx`; every output byte the
 machine sends to the serial line is fanned out here to every client (and the log file).
-Transports (telnet, tcp, pty, rfc2217) are backends that only call `attach`, `detach` and
+Transports (xenconsole/transports/) are backends that only call `attach`, `detach` and
 `receive`, and implement `deliver(bytes)`.
 """
 
@@ -12,13 +12,20 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 
 class Client(Protocol):
     name: str
 
     def deliver(self, data: bytes) -> None: ...
+
+
+class Listener(NamedTuple):
+    """A transport waiting for clients: where (its ready line's text) and how to stop it."""
+
+    where: str
+    close: Callable[[], object]
 
 
 class Hub:

@@ -1,4 +1,4 @@
-"""The PTY backend (QEMU's char-pty design, reference/ecosystem.md §2b).
+"""A PTY (`--pty [LINK]`; clients open its path): QEMU's char-pty design.
 
 The PTY is raw and the server keeps no slave fd open: while no client has the slave open the
 master reports HUP, we stop reading and drop output; a probe notices when a client opens it
@@ -12,8 +12,11 @@ import os
 import select
 import tty
 
+import serial
 from twisted.internet import abstract, fdesc, task
 
+from xenconsole.clientlink import LinkError, SerialLink
+from xenconsole.hub import Hub, Listener
 from xenconsole.outbuf import OutputBuffer
 
 PROBE_INTERVAL = 0.1
@@ -135,3 +138,24 @@ class PtyClient(abstract.FileDescriptor):
                     os.unlink(self.link)
             except OSError:
                 pass
+
+
+def parse_link(text: str, kind: str) -> str | None:
+    """`--pty` alone: no link; `--pty LINK`: a symlink to the PTY at LINK."""
+    return text or None
+
+
+def listen(reactor, hub: Hub, link: str | None) -> Listener:
+    pty = PtyClient(hub, reactor, link=link)
+    return Listener(pty.path, pty.close)
+
+
+class DeviceLink(SerialLink):
+    """A device path, through pyserial: this PTY, or any serial port."""
+
+    scheme = "a PTY"  # a BREAK cannot travel over one: tcsendbreak on a PTY is lost
+
+    def _open(self, url: str) -> serial.SerialBase:
+        if not os.path.exists(url):
+            raise LinkError(f"{url}: no such device")
+        return serial.Serial(url, baudrate=115200, timeout=0.1)

@@ -1,9 +1,8 @@
-"""The RFC 2217 backend: the serial line as pyserial's `rfc2217://` sees a real COM port.
+"""RFC 2217 (`--rfc2217`, `rfc2217://HOST:PORT`): the serial line as pyserial sees a COM port.
 
 The protocol is pyserial's own server side (`serial.rfc2217.PortManager`: option negotiation
-and every COM-PORT option) run inside a Twisted protocol (reference/ecosystem.md §3), with its
-input parser replaced by a bounded one that survives any bytes. The "port" it manages is
-`EmulatedUart`, a
+and every COM-PORT option) run inside a Twisted protocol, with its input parser replaced by a
+bounded one that survives any bytes. The "port" it manages is `EmulatedUart`, a
 `serial.SerialBase` that stores the line settings the client asks for and reports them back,
 answers modem lines as a connected null-modem cable would (CTS, DSR, CD up, no RING), and turns
 a BREAK into a hub break event. Xen's ns16550 driver ignores a received break, so the console
@@ -18,7 +17,11 @@ import serial
 from serial import rfc2217
 from twisted.internet import protocol
 
+from xenconsole.clientlink import SerialLink, hostport
+from xenconsole.hub import Hub, Listener
+from xenconsole.options import Address
 from xenconsole.outbuf import DEFAULT_LIMIT, OutputBuffer, flusher
+from xenconsole.transports.tcp import listen_tcp
 
 # A subnegotiation longer than this is not RFC 2217 (the longest, SET-BAUDRATE, is 6 bytes);
 # PortManager would buffer it without bound, so it is discarded.
@@ -230,3 +233,18 @@ class RFC2217Factory(protocol.ServerFactory):
         self.hub = hub
         self.buffer_limit = buffer_limit
         self.clock = clock
+
+
+def listen(reactor, hub: Hub, addr: Address) -> Listener:
+    return listen_tcp(reactor, addr, RFC2217Factory(hub))
+
+
+class RFC2217Link(SerialLink):
+    """`rfc2217://HOST:PORT`, through pyserial's own RFC 2217 client."""
+
+    scheme = "RFC 2217"
+    can_break = True
+
+    def _open(self, url: str) -> serial.SerialBase:
+        hostport(url)
+        return serial.serial_for_url(url, baudrate=115200, timeout=0.1)

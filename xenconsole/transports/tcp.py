@@ -1,15 +1,21 @@
-"""Network backends of the serial line: telnet (character mode) and raw TCP.
+"""Raw TCP: bytes both ways, no negotiation (`--tcp`, `socket://HOST:PORT`).
 
-Each connection is a hub client: it delivers output through its own bounded `OutputBuffer`
-and hands input to the hub. The console core never knows which backend a byte came from.
+Server side: each connection is a hub client that delivers output through its own bounded
+`OutputBuffer` and hands input to the hub; the console core never knows which transport a
+byte came from. Client side: `SocketLink`. The telnet transport builds on both.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
+
 from twisted.internet import protocol
 
-from xenconsole.outbuf import OutputBuffer, flusher
-from xenconsole.telnet_codec import TelnetCodec, escape
+from xenconsole.clientlink import Link, LinkError, hostport
+from xenconsole.hub import Hub, Listener
+from xenconsole.options import Address
+from xenconsole.outbuf import DEFAULT_LIMIT, OutputBuffer, flusher
 
 
 class RawClient(protocol.Protocol):
@@ -45,30 +51,57 @@ class RawClient(protocol.Protocol):
         self.factory.hub.detach(self)
 
 
-class TelnetClient(RawClient):
-    """Telnet in character mode (WILL ECHO, WILL SGA, DO NAWS); raw clients work too."""
-
-    kind = "telnet"
-
-    def setup(self) -> None:
-        hub = self.factory.hub
-        self.codec = TelnetCodec(
-            # Replies go through the client's buffer: bounded if the client never reads.
-            send=self.out.send_control,
-            on_data=hub.receive,
-            on_break=lambda: hub.on_break(self),
-        )
-        self.codec.start()
-
-    def deliver(self, data: bytes) -> None:
-        self.out.deliver(escape(data))
-
-    def dataReceived(self, data: bytes) -> None:
-        self.codec.feed(data)
-
-
 class ConsoleFactory(protocol.ServerFactory):
     def __init__(self, hub, client_class: type[RawClient], buffer_limit: int) -> None:
         self.hub = hub
         self.protocol = client_class
         self.buffer_limit = buffer_limit
+
+
+def listen_tcp(reactor, addr: Address, factory: protocol.ServerFactory) -> Listener:
+    """Listen on `addr` (port 0: any free one); CannotListenError if it cannot."""
+    port = reactor.listenTCP(addr.port, factory, interface=addr.host)
+    return Listener(f"{addr.host}:{port.getHost().port}", port.stopListening)
+
+
+def listen(reactor, hub: Hub, addr: Address) -> Listener:
+    return listen_tcp(reactor, addr, ConsoleFactory(hub, RawClient, DEFAULT_LIMIT))
+
+
+class SocketLink(Link):
+    """`socket://HOST:PORT`: raw TCP, bytes both ways."""
+
+    scheme = "socket://"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        host, port = hostport(url)
+        try:
+            self.sock = socket.create_connection((host, port), timeout=10)
+        except OSError as e:
+            raise LinkError(f"cannot connect to {url}: {e.strerror or e}") from None
+        self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._wlock = threading.Lock()
+
+    def _read(self) -> bytes | None:
+        data = self.sock.recv(65536)
+        return data or None
+
+    def _send(self, data: bytes) -> None:
+        with self._wlock:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                pass  # the reader notices the end and reports it once
+
+    def write(self, data: bytes) -> None:
+        self._send(data)
+
+    def close(self) -> None:
+        super().close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
