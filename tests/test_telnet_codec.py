@@ -285,11 +285,8 @@ def test_disabling_an_enabled_option_is_acknowledged_once():
     assert w.take_sent() == b""
 
 
-def test_two_codecs_talking_to_each_other_settle():
-    """Our server codec against a peer that answers like us: the exchange must end."""
-    a_out, b_out = bytearray(), bytearray()
-    a = TelnetCodec(send=a_out.extend, on_data=lambda d: None)
-    b = TelnetCodec(send=b_out.extend, on_data=lambda d: None)
+def converse(a: TelnetCodec, a_out: bytearray, b: TelnetCodec, b_out: bytearray) -> None:
+    """Start both ends and pass what each sends to the other until neither has more."""
     a.start()
     b.start()
     for _ in range(10):
@@ -301,6 +298,14 @@ def test_two_codecs_talking_to_each_other_settle():
         b.feed(x)
         a.feed(y)
     assert a_out == b"" and b_out == b""
+
+
+def test_two_codecs_talking_to_each_other_settle():
+    """Our server codec against a peer that answers like us: the exchange must end."""
+    a_out, b_out = bytearray(), bytearray()
+    a = TelnetCodec(send=a_out.extend, on_data=lambda d: None)
+    b = TelnetCodec(send=b_out.extend, on_data=lambda d: None)
+    converse(a, a_out, b, b_out)
 
 
 def test_outgoing_ff_is_doubled():
@@ -434,17 +439,7 @@ def test_client_and_server_settle_and_the_server_learns_the_window():
     )
     client = TelnetCodec(send=c_out.extend, on_data=seen.extend, role=CLIENT)
     client.set_window(132, 43)
-    server.start()
-    client.start()
-    for _ in range(10):
-        if not s_out and not c_out:
-            break
-        x, y = bytes(s_out), bytes(c_out)
-        s_out.clear()
-        c_out.clear()
-        client.feed(x)
-        server.feed(y)
-    assert s_out == b"" and c_out == b""
+    converse(server, s_out, client, c_out)
     assert sizes == [(132, 43)] and server.window == (132, 43)
     assert server.us == {ECHO: True, SGA: True} and server.him == {NAWS: True}
     server.feed(client.encode(b"xl list\r\xff"))

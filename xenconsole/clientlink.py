@@ -11,6 +11,7 @@ is woken once per received chunk.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -123,3 +124,51 @@ class SerialLink(Link):
             self.port.close()
         except (serial.SerialException, OSError):
             pass
+
+
+class PullLink:
+    """Reads with a timeout over a link, which pushes from its reader thread (for
+    `xenconsole.expect`, which pexpect drives by pulling)."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._eof = False
+        link.start(self._q.put)
+
+    def fileno(self) -> int:
+        return -1
+
+    def recv(self, size: int, timeout: float | None) -> bytes | None:
+        """Up to about `size` bytes; None on timeout, b'' at end of file."""
+        if self._eof:
+            return b""
+        try:
+            if timeout is not None and timeout <= 0:
+                data = self._q.get_nowait()
+            else:
+                data = self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        chunks, n = [], 0
+        while data is not None:
+            chunks.append(data)
+            n += len(data)
+            if n >= size:
+                break
+            try:
+                data = self._q.get_nowait()
+            except queue.Empty:
+                break
+        if data is None:
+            self._eof = True
+        return b"".join(chunks)
+
+    def write(self, data: bytes) -> None:
+        self.link.write(data)
+
+    def send_break(self) -> None:
+        self.link.send_break()
+
+    def close(self) -> None:
+        self.link.close()

@@ -21,7 +21,6 @@ ValueError; a console that cannot be reached raises ConsoleError.
 
 from __future__ import annotations
 
-import queue
 import re
 import secrets
 import shlex
@@ -84,63 +83,9 @@ def strip_ansi(text: str) -> str:
 # ---- byte transport ---------------------------------------------------------------------------
 
 
-class _PullLink:
-    """Reads with a timeout over a `clientlink` link, which pushes from its reader thread.
-
-    The links are the ones `xenconsole connect` uses: telnet (negotiation, IAC doubling and
-    CR NUL handled there), raw TCP, RFC 2217 and PTY/serial paths through pyserial.
-    """
-
-    def __init__(self, link: clientlink.Link) -> None:
-        self.link = link
-        self._q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._eof = False
-        link.start(self._q.put)
-
-    def fileno(self) -> int:
-        return -1
-
-    def recv(self, size: int, timeout: float | None) -> bytes | None:
-        """Up to about `size` bytes; None on timeout, b'' at end of file."""
-        if self._eof:
-            return b""
-        try:
-            if timeout is not None and timeout <= 0:
-                data = self._q.get_nowait()
-            else:
-                data = self._q.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        chunks, n = [], 0
-        while data is not None:
-            chunks.append(data)
-            n += len(data)
-            if n >= size:
-                break
-            try:
-                data = self._q.get_nowait()
-            except queue.Empty:
-                break
-        if data is None:
-            self._eof = True
-        return b"".join(chunks)
-
-    def write(self, data: bytes) -> None:
-        self.link.write(data)
-
-    def send_break(self) -> None:
-        try:
-            self.link.send_break()
-        except clientlink.LinkError as e:
-            raise ConsoleError(str(e)) from None
-
-    def close(self) -> None:
-        self.link.close()
-
-
-def _open_link(url: str) -> _PullLink:
+def _open_link(url: str) -> clientlink.PullLink:
     try:
-        return _PullLink(open_link(url))
+        return clientlink.PullLink(open_link(url))
     except clientlink.LinkUsageError as e:
         raise ValueError(str(e)) from None
     except clientlink.LinkError as e:
@@ -268,7 +213,10 @@ class Console(SpawnBase):
 
     def send_break(self) -> None:
         """A serial BREAK (telnet IAC BRK, RFC 2217 or the device's own)."""
-        self.link.send_break()
+        try:
+            self.link.send_break()
+        except clientlink.LinkError as e:
+            raise ConsoleError(str(e)) from None
 
     def isalive(self) -> bool:
         return not self.closed and not self.flag_eof

@@ -20,8 +20,8 @@ from twisted.internet import protocol
 from xenconsole.clientlink import SerialLink, hostport
 from xenconsole.hub import Hub, Listener
 from xenconsole.options import Address
-from xenconsole.outbuf import DEFAULT_LIMIT, OutputBuffer, flusher
-from xenconsole.transports.tcp import listen_tcp
+from xenconsole.outbuf import DEFAULT_LIMIT, OutputBuffer
+from xenconsole.transports.tcp import listen_tcp, open_output
 
 # A subnegotiation longer than this is not RFC 2217 (the longest, SET-BAUDRATE, is 6 bytes);
 # PortManager would buffer it without bound, so it is discarded.
@@ -183,17 +183,8 @@ class RFC2217Client(protocol.Protocol):
     attached = False
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.name = f"{self.kind}:{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
-        try:
-            self.transport.setTcpKeepAlive(True)
-        except AttributeError:
-            pass
         hub = self.factory.hub
-        self.out = OutputBuffer(
-            self.transport.write, self.factory.buffer_limit, flusher(self.transport)
-        )
-        self.transport.registerProducer(self.out, True)
+        self.out = open_output(self, self.factory.buffer_limit)
         self.uart = EmulatedUart(on_break=lambda: hub.on_break(self))
         self.pm = _PortManager(self.uart, _Conn(self.out))
         self._attach_call = self.factory.clock.callLater(ATTACH_FALLBACK, self._attach)

@@ -18,22 +18,28 @@ from xenconsole.options import Address
 from xenconsole.outbuf import DEFAULT_LIMIT, OutputBuffer, flusher
 
 
+def open_output(client: protocol.Protocol, buffer_limit: int) -> OutputBuffer:
+    """For a new TCP connection: its name (`KIND:HOST:PORT`), keepalive, and its bounded
+    output buffer, registered as the connection's producer."""
+    transport = client.transport
+    peer = transport.getPeer()
+    client.name = f"{client.kind}:{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+    try:
+        transport.setTcpKeepAlive(True)
+    except AttributeError:
+        pass
+    out = OutputBuffer(transport.write, buffer_limit, flusher(transport))
+    transport.registerProducer(out, True)
+    return out
+
+
 class RawClient(protocol.Protocol):
     """Raw TCP: bytes both ways, no negotiation."""
 
     kind = "tcp"
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.name = f"{self.kind}:{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
-        try:
-            self.transport.setTcpKeepAlive(True)
-        except AttributeError:
-            pass
-        self.out = OutputBuffer(
-            self.transport.write, self.factory.buffer_limit, flusher(self.transport)
-        )
-        self.transport.registerProducer(self.out, True)
+        self.out = open_output(self, self.factory.buffer_limit)
         self.setup()
         self.factory.hub.attach(self)
 
