@@ -81,14 +81,18 @@ class SocketLink(Link):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        host, port = hostport(url)
         try:
-            self.sock = socket.create_connection((host, port), timeout=10)
+            self.sock = self._connect(url)
         except OSError as e:
             raise LinkError(f"cannot connect to {url}: {e.strerror or e}") from None
-        self.sock.settimeout(None)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._wlock = threading.Lock()
+
+    def _connect(self, url: str) -> socket.socket:
+        """The connected socket (a stream socket of another family: override this)."""
+        sock = socket.create_connection(hostport(url), timeout=10)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _read(self) -> bytes | None:
         data = self.sock.recv(65536)
