@@ -34,9 +34,9 @@ import numpy as np  # noqa: E402
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
+from emu.cpu.vcpu import SLICE_INSNS, ExceptionAck  # noqa: E402
 from emu.host import DomainSpec, HostConfig, load_config  # noqa: E402
 from emu.machine import Machine  # noqa: E402
-from emu.vcpu import SLICE_INSNS, ExceptionAck  # noqa: E402
 from keyhandlers import KEY_TABLE  # noqa: E402
 from keyhandlers.dispatch import run_handler  # noqa: E402
 

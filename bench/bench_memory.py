@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from emu.audit import audit_full, audit_naive  # noqa: E402
 from emu.host import DomainSpec, HostConfig, parse_size  # noqa: E402
 from emu.machine import Machine  # noqa: E402
-from emu.page_info import PAGE_INFO_BYTES  # noqa: E402
+from emu.mm.page_info import PAGE_INFO_BYTES  # noqa: E402
 from keyhandlers import KEY_TABLE  # noqa: E402
 
 

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from emu.access.scan import scan_domain, tracked  # noqa: E402
 from emu.host import DomainSpec, HostConfig, parse_size  # noqa: E402
 from emu.machine import Machine  # noqa: E402
-from emu.scan import scan_domain, tracked  # noqa: E402
 from keyhandlers.access import parse_report, scan_accessed_pages  # noqa: E402
 
 INVALID = (1 << 64) - 1

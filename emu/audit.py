@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emu.domain import INVALID_M2P_ENTRY, INVALID_MFN
-from emu.page_info import (
+from emu.mm.page_info import (
     PGC_allocated,
     PGC_count_mask,
     PGC_need_scrub,

@@ -19,9 +19,9 @@ from emu.domain import (
     Domain,
 )
 from emu.host import DomainSpec
-from emu.memory import populate_physmap
-from emu.p2m import p2m_remove_entries
-from emu.page_info import PGC_allocated, PGC_xen_heap, PGT_validated, PGT_writable_page
+from emu.mm.memory import populate_physmap
+from emu.mm.p2m import p2m_remove_entries
+from emu.mm.page_info import PGC_allocated, PGC_xen_heap, PGT_validated, PGT_writable_page
 
 LIBXL_MAXMEM_CONSTANT_KB = 1024  # libxl adds this to max_pages (libxl__arch_extra_memory)
 MAX_VCPUS = 128

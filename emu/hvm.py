@@ -23,9 +23,9 @@ import struct
 import threading
 from collections import deque
 
-from emu import vcpu as V
-from emu.regdump import show_guest_execution_state
-from emu.sched import Scheduler
+from emu.cpu import vcpu as V
+from emu.cpu.regdump import show_guest_execution_state
+from emu.cpu.sched import Scheduler
 
 SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
 SHUTDOWN_LETTER = {SHUTDOWN_poweroff: "-", SHUTDOWN_reboot: "r", SHUTDOWN_suspend: "s"}

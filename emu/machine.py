@@ -16,11 +16,11 @@ from emu import domctl
 from emu.console import Console
 from emu.domain import Domain
 from emu.host import DomainSpec, HostConfig
-from emu.memory import set_target as _set_target
-from emu.p2m import new_m2p
-from emu.page_alloc import Heap, runs_of
-from emu.page_info import PAGE_INFO_BYTES, FrameTable, PGC_xen_heap
-from emu.ram import MachineRAM
+from emu.mm.memory import set_target as _set_target
+from emu.mm.p2m import new_m2p
+from emu.mm.page_alloc import Heap, runs_of
+from emu.mm.page_info import PAGE_INFO_BYTES, FrameTable, PGC_xen_heap
+from emu.mm.ram import MachineRAM
 
 XEN_VERSION = "4.22.0"
 XEN_MAJOR, XEN_MINOR, XEN_EXTRA = 4, 22, ".0"
@@ -160,7 +160,7 @@ class Machine:
 
     def boot_sync(self) -> Machine:
         """Run the whole boot at once (tests, benchmarks: no console server)."""
-        from emu.setup import boot
+        from emu.boot import boot
 
         for _ in boot(self):
             pass

@@ -11,7 +11,7 @@ guest since it owns them, D = written, R = accessed since the last `Z` (or creat
 N = P - A. The heat line frames 64 columns in `[...]` followed by the gfn range it covers
 (inclusive); gfn g is in column `(g - FIRST) * 64 // (LAST - FIRST + 1)`; a column shows
 ` ` (no page accessed in the window), `.` (<25% of its owned pages), `:` (<50%), `o` (<75%)
-or `#` (>=75%). The scan itself is emu/scan.py (`scan_domain`).
+or `#` (>=75%). The scan itself is emu/access/scan.py (`scan_domain`).
 
 `Z [dN]`: a new window for one or every shadowed guest: the A bits of its shadow L1
 entries are cleared and every vCPU's TLB is flushed, so the next access is seen again.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 
-from emu.scan import ScanError, hold, reset_window, scan_domain, tracked
+from emu.access.scan import ScanError, hold, reset_window, scan_domain, tracked
 from keyhandlers import KeyhandlerError, keyhandler
 from keyhandlers._dargs import is_domain_arg, parse_domain, parse_range
 

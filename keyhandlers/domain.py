@@ -45,7 +45,7 @@ def _page_line(kind: str, ft, mfn: int) -> str:
 
 
 def dump_pageframe_info(machine, dom, out) -> None:
-    from emu.page_info import PGT_none, PGT_type_mask, PGT_writable_page
+    from emu.mm.page_info import PGT_none, PGT_type_mask, PGT_writable_page
 
     ft = machine.frames
     out(f"Memory pages belonging to domain {dom.domid}:")

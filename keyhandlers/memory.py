@@ -9,7 +9,7 @@ PAGE_SHIFT = 12
 
 @keyhandler("m", "memory info", diagnostic=True)
 def pagealloc_info(machine, out, args) -> None:
-    from emu.page_alloc import MEMZONE_XEN, NR_ZONES
+    from emu.mm.page_alloc import MEMZONE_XEN, NR_ZONES
 
     heap = machine.heap
     with heap.lock:

@@ -13,7 +13,7 @@ is no guest stack to read.
 
 from __future__ import annotations
 
-from emu.regdump import (
+from emu.cpu.regdump import (
     show_guest_execution_state,
     show_idle_execution_state,
     show_registers,

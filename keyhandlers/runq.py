@@ -1,7 +1,7 @@
 """`r`: dump run queues (sched/cpupool.c dump_runq(), core.c schedule_dump(), credit2.c).
 
 The emulated host runs credit2 with one runqueue for all pCPUs, which is what the scheduler
-in emu/sched.py is: one shared queue, pCPU threads taking vCPUs from it. Credits and loads
+in emu/cpu/sched.py is: one shared queue, pCPU threads taking vCPUs from it. Credits and loads
 are derived from each vCPU's measured run time: credit counts down CSCHED2_CREDIT_INIT
 (10 ms) of run time per reset, load is the share of wall time the vCPU ran since the
 previous `r` (since it was created, the first time), in credit2's fixed point (shift 18).

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu.scan import hold
+from emu.access.scan import hold
 from emu.shadow import TYPE_LEVEL
 from emu.shadow import SH_type_fl1_64_shadow as FL1_TYPE
 from keyhandlers import KeyhandlerError, keyhandler

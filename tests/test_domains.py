@@ -301,7 +301,7 @@ class FakePool:
 
 
 def test_audit_finds_each_kind_of_violation(machine):
-    from emu.page_info import PGC_allocated, PGC_state_free
+    from emu.mm.page_info import PGC_allocated, PGC_state_free
 
     dom = machine.create_domain(DomainSpec(name="v", memory=8))
     ft = machine.frames

@@ -1,4 +1,4 @@
-"""emu/scan.py and the `U`/`Z` handlers on a machine without a console server (real guests on
+"""emu/access/scan.py and the `U`/`Z` handlers on a machine without a console server (real guests on
 Unicorn under the real shadow code): per-gfn arrays against the guest's own PTE A/D bits,
 the heat line's buckets and thresholds, and that nothing the hypervisor does (U, Z's scan,
 W, X) changes the access record or a guest page-table entry.
@@ -11,9 +11,9 @@ import pytest
 from guest_helpers import PTE_A, PTE_D, Out, asm_guest, console_lines, create, new_machine, wait_for
 from guest_helpers import run_key as run
 
+from emu.access.scan import DomainScan, ScanError, reset_window, scan_all, scan_domain
 from emu.audit import audit
 from emu.domain_build import guest_pte_flags
-from emu.scan import DomainScan, ScanError, reset_window, scan_all, scan_domain
 from keyhandlers import KeyhandlerError
 from keyhandlers.access import parse_report, reset_accessed_window, scan_accessed_pages
 from keyhandlers.hexdump import hexdump_memory

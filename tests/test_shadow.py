@@ -19,7 +19,7 @@ from shadow_harness import (
 )
 
 from emu.audit import audit
-from emu.page_info import PGC_shadowed_pt
+from emu.mm.page_info import PGC_shadowed_pt
 from emu.shadow import (
     SH_type_l1_64_shadow,
     SH_type_l2_64_shadow,

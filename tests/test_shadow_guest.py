@@ -1,4 +1,4 @@
-"""Shadow paging with GUEST's real vCPUs and scheduler (emu/vcpu.py, emu/hvm.py): exact
+"""Shadow paging with GUEST's real vCPUs and scheduler (emu/cpu/vcpu.py, emu/hvm.py): exact
 A/D after a touch workload, `S` while guests run, a CPL 3 guest writing its own PTEs."""
 
 from __future__ import annotations

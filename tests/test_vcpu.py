@@ -9,8 +9,8 @@ import time
 import pytest
 from unicorn import x86_const as X
 
-from emu import vcpu as V
 from emu.audit import audit
+from emu.cpu import vcpu as V
 from emu.workload import guest_layout, validate_workload
 from tests.guest_helpers import (
     PUTS,

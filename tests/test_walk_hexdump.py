@@ -27,7 +27,7 @@ from guest_helpers import (
 )
 from guest_helpers import run_key as run
 
-from emu.scan import scan_domain
+from emu.access.scan import scan_domain
 from keyhandlers import KeyhandlerError
 from keyhandlers import walk as W
 from keyhandlers.hexdump import MAX_PAGES, hexdump_memory

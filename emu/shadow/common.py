@@ -13,7 +13,7 @@ import contextlib
 
 import numpy as np
 
-from emu.access import access_of
+from emu.access.record import access_of
 from emu.perfc import perfc_of
 from emu.shadow import (
     _PAGE_ACCESSED,

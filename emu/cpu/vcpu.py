@@ -5,9 +5,9 @@ returned by `dom.paging.update_cr3()`. Everything the guest cannot do itself rea
 hypervisor through the hooks installed here:
 
 - UC_HOOK_INTR: #PF -> the shadow fault path; #GP -> privileged-instruction emulation
-  (emu/emulate.py); #DB -> a shadow or Xen single-step; anything else is reflected into the
+  (emu/cpu/priv_op.py); #DB -> a shadow or Xen single-step; anything else is reflected into the
   guest through the IDT it loaded with `lidt`, or, with none, is a triple fault.
-- UC_HOOK_INSN syscall -> hypercalls (emu/emulate.py); IN/OUT -> port 0xe9, every other
+- UC_HOOK_INSN syscall -> hypercalls (emu/cpu/priv_op.py); IN/OUT -> port 0xe9, every other
   port reads all-ones and ignores writes (nothing decodes it).
 - UC_HOOK_INSN_INVALID -> #UD, reflected or a triple fault.
 
@@ -43,7 +43,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from emu import domain as _domain
-from emu import guestmem
+from emu.mm import guestmem
 from emu.shadow import CRASH, FIXED
 
 ADDR_MASK = 0x000FFFFFFFFFF000
@@ -313,7 +313,7 @@ class VCPU(_domain.VCPU):
             if intno == 14:
                 self._page_fault(uc, err)
             elif intno == 13:
-                from emu.emulate import emulate_gp
+                from emu.cpu.priv_op import emulate_gp
 
                 emulate_gp(self)
             elif intno == 1:
@@ -355,7 +355,7 @@ class VCPU(_domain.VCPU):
         self.stop(("exc", 14, ec, cr2))
 
     def _on_syscall(self, uc: Uc, _ud) -> None:
-        from emu.emulate import hypercall
+        from emu.cpu.priv_op import hypercall
 
         try:
             hypercall(self)

@@ -7,7 +7,7 @@ but a domain's vCPUs never do (LOCK is not atomic across Uc instances, unicorn.m
 pCPU skips a vCPU whose domain already runs elsewhere. There are min(host cpus, host
 cores, 8) pCPU threads; any further emulated pCPUs exist for the keys and stay idle.
 
-Slices are counted (`emu_start(count=SLICE_INSNS)`, emu/vcpu.py) and never ended by an
+Slices are counted (`emu_start(count=SLICE_INSNS)`, emu/cpu/vcpu.py) and never ended by an
 `emu_stop()` from another thread: such a stop can land after an instruction's store but
 before it retires, and the store then runs twice (measured: `add [mem],1` x 30 M with a stop
 every 0.3 ms gave 6,313 extra adds). The timer thread only *kicks* (sets `kicked`) at the

@@ -3,7 +3,7 @@
 `dom.p2m` is a numpy uint64 array indexed by gfn (INVALID_MFN = hole); `machine.m2p` is a
 numpy uint64 array indexed by mfn (INVALID_M2P_ENTRY for frames no domain maps). Every update
 goes through `p2m_set_entries` / `p2m_remove_entries`, which write both sides together.
-The memory ops themselves live in emu/memory.py (re-exported here).
+The memory ops themselves live in emu/mm/memory.py (re-exported here).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def get_gpfn_from_mfn(machine, mfn: int) -> int | None:
 def __getattr__(name: str):
     # populate_physmap / decrease_reservation are importable from here too (CONTRACT.md).
     if name in ("populate_physmap", "decrease_reservation", "increase_reservation"):
-        from emu import memory
+        from emu.mm import memory
 
         return getattr(memory, name)
     raise AttributeError(name)

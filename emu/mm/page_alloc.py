@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emu.page_info import (
+from emu.mm.page_info import (
     FrameTable,
     PGC_allocated,
     PGC_need_scrub,
@@ -31,7 +31,7 @@ from emu.page_info import (
     PGC_xen_heap,
     owner_code,
 )
-from emu.ram import MachineRAM
+from emu.mm.ram import MachineRAM
 
 if TYPE_CHECKING:
     from emu.domain import Domain

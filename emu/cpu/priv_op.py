@@ -26,7 +26,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone import x86_const as C
 from unicorn import x86_const as X
 
-from emu import guestmem
+from emu.mm import guestmem
 
 ENOSYS, EINVAL, EFAULT = 38, 22, 14
 HC_console_io, HC_set_timer_op, HC_xen_version, HC_sched_op = 18, 15, 17, 29

@@ -1,6 +1,6 @@
 """The accessed-page scan: which of a domain's pages has its guest touched (key `U`, `Z`).
 
-    from emu.scan import scan_domain
+    from emu.access.scan import scan_domain
     s = scan_domain(machine, dom, 0x100, 0x3FFF)     # gfns 0x100..0x3fff inclusive
     s.accessed, s.dirty, s.window, s.first_touch_ns  # numpy arrays, one entry per gfn
     s.pages, s.nr_accessed, s.nr_dirty, s.nr_window, s.nr_never
@@ -13,7 +13,7 @@ machine lock). `s.owned` marks the gfns the domain owns; `s.gfn` lists the gfns 
 
 Two sources are combined, both vectorised (never a Python loop per page):
 
-* the per-MFN access record (`machine.access`, emu/access.py), written by the shadow fault
+* the per-MFN access record (`machine.access`, emu/access/record.py), written by the shadow fault
   path whenever it sets a guest A (and D) bit: lifetime `accessed`/`written`,
   `first_touch_ns`, and `window` (accessed since the last `Z`, including A bits of shadow
   entries that have since been removed);
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emu.access import access_of
+from emu.access.record import access_of
 
 _PTE_P, _PTE_A, _PTE_D = 0x1, 0x20, 0x40
 _PTE_ADDR = np.uint64(0x000FFFFFFFFFF000)
@@ -298,7 +298,7 @@ def reset_window(machine, dom, *, quiesce: bool = True) -> int:
     """Key `Z` for `dom`: start a new accessed-page window.
 
     Clears `window` for the domain's frames and the A bit of every shadow L1 entry, and
-    flushes the TLB of every vCPU of the domain (emu/access.py `reset_window`), so the next
+    flushes the TLB of every vCPU of the domain (emu/access/record.py `reset_window`), so the next
     access sets A again (or faults, for entries removed meanwhile). Returns the number of
     L1 shadows whose entries were cleared.
     """
