@@ -7,10 +7,23 @@ during boot reaches Xen (which owns the console until `console_endboot()`).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from emu import machine as m
 from emu.banner import XEN_BANNER
 from emu.console import loglvl_str
+from emu.version import (
+    XEN_BUILD_ID,
+    XEN_CHANGESET,
+    XEN_COMMANDLINE,
+    XEN_COMPILE_BY,
+    XEN_COMPILE_DATE,
+    XEN_COMPILE_DOMAIN,
+    XEN_COMPILER,
+    XEN_VERSION,
+)
+
+if TYPE_CHECKING:
+    from emu.machine import Machine
 
 
 def e820_map(memory: int) -> list[tuple[int, int, str]]:
@@ -23,19 +36,19 @@ def e820_map(memory: int) -> list[tuple[int, int, str]]:
     ]
 
 
-def boot(machine: m.Machine) -> Iterator[None]:
+def boot(machine: Machine) -> Iterator[None]:
     con = machine.console
     p = con.printk
     host = machine.host
     con.putstr(XEN_BANNER)
     p(
-        f"Xen version {m.XEN_VERSION} ({m.XEN_COMPILE_BY}@{m.XEN_COMPILE_DOMAIN}) "
-        f"({m.XEN_COMPILER}) debug={'y' if machine.debug_build else 'n'} {m.XEN_COMPILE_DATE}\n"
+        f"Xen version {XEN_VERSION} ({XEN_COMPILE_BY}@{XEN_COMPILE_DOMAIN}) "
+        f"({XEN_COMPILER}) debug={'y' if machine.debug_build else 'n'} {XEN_COMPILE_DATE}\n"
     )
-    p(f"Latest ChangeSet: {m.XEN_CHANGESET}\n")
-    p(f"build-id: {m.XEN_BUILD_ID}\n")
+    p(f"Latest ChangeSet: {XEN_CHANGESET}\n")
+    p(f"build-id: {XEN_BUILD_ID}\n")
     p("Bootloader: GRUB 2.06-13+deb12u1\n")
-    p(f"Command line: {m.XEN_COMMANDLINE}\n")
+    p(f"Command line: {XEN_COMMANDLINE}\n")
     p("Xen image load base address: 0\n")
     p("Disc information:\n")
     p(" Found 1 MBR signatures\n")

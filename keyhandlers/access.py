@@ -89,7 +89,7 @@ def reset_accessed_window(machine, out, args: tuple[str, ...]) -> None:
             if len(doms) == 1:
                 raise KeyhandlerError(str(e)) from None
             continue
-        nv = len(getattr(dom, "vcpus", ()))
+        nv = len(dom.vcpus)
         lines.append(
             f"d{dom.domid} window reset: A cleared in {n} L1 shadow{'s' * (n != 1)}, "
             f"{nv} vCPU TLB{'s' * (nv != 1)} flushed"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from emu.mm.page import PAGE_SHIFT
 from keyhandlers import keyhandler
-
-PAGE_SHIFT = 12
 
 
 @keyhandler("m", "memory info", diagnostic=True)

@@ -8,7 +8,7 @@
     scan_all(machine)            # every shadowed guest, as `U` without arguments
     reset_window(machine, dom)   # key `Z`: a new window
 
-Each call holds the domain still while it reads (`machine.sched.quiesce(dom)`, then the
+Each call holds the domain still while it reads (`machine.quiesce(dom)`, then the
 machine lock). `s.owned` marks the gfns the domain owns; `s.gfn` lists the gfns covered.
 
 Two sources are combined, both vectorised (never a Python loop per page):
@@ -37,12 +37,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emu.access.record import access_of
+from emu.mm.page import (
+    _PAGE_ACCESSED,
+    _PAGE_DIRTY,
+    _PAGE_PRESENT,
+    MAX_GFN,
+    PAGE_SHIFT,
+    PTE_ADDR_MASK,
+)
 
-_PTE_P, _PTE_A, _PTE_D = 0x1, 0x20, 0x40
-_PTE_ADDR = np.uint64(0x000FFFFFFFFFF000)
-INVALID_MFN = np.uint64((1 << 64) - 1)
-MAX_GFN = (1 << 40) - 1  # 52-bit guest-physical addresses
+_U_ADDR = np.uint64(PTE_ADDR_MASK)
 HEAT_COLUMNS = 64
 HEAT_CHARS = " .:o#"
 
@@ -139,20 +143,8 @@ class DomainScan:
 
 def tracked(dom) -> bool:
     """Whether `dom`'s accesses are recorded: a live shadowed guest (not the PV dom0)."""
-    paging = getattr(dom, "paging", None)
-    return (
-        paging is not None
-        and not getattr(paging, "dying", False)
-        and not getattr(dom, "is_dying", 0)
-        and hasattr(paging, "shadow_l1_entries")
-    )
-
-
-def _quiesce(machine, dom):
-    sched = getattr(machine, "sched", None)
-    if sched is not None and hasattr(sched, "quiesce"):
-        return sched.quiesce(dom)
-    return contextlib.nullcontext()
+    paging = dom.paging
+    return paging is not None and not paging.dying and not dom.is_dying
 
 
 @contextlib.contextmanager
@@ -160,14 +152,13 @@ def hold(machine, dom):
     """Keep `dom`'s vCPUs out of `emu_start` and its lifecycle still (create/destroy/balloon)
     for the body; quiesce first, then the machine lock (a crashing vCPU's thread destroys
     its domain under that lock after leaving `emu_start`)."""
-    lock = getattr(machine, "lock", None)
-    with _quiesce(machine, dom), lock if lock is not None else contextlib.nullcontext():
+    with machine.quiesce(dom), machine.lock:
         yield
 
 
 def _frames(ent: np.ndarray) -> np.ndarray:
-    ent &= _PTE_ADDR  # in place: `ent` is a fresh selection, no more temporaries
-    ent >>= np.uint64(12)
+    ent &= _U_ADDR  # in place: `ent` is a fresh selection, no more temporaries
+    ent >>= np.uint64(PAGE_SHIFT)
     return ent.view(np.int64)
 
 
@@ -180,7 +171,8 @@ def _shadow_marks(machine, dom) -> tuple[np.ndarray, np.ndarray]:
     # Whole 4 KiB rows (one per L1 shadow): a block copy each, not an index per entry.
     ent = machine.ram.u64.reshape(-1, 512)[np.asarray(l1, dtype=np.intp)].ravel()
     low = ent.view(np.uint8)[::8]  # P, A, D are in the low byte (little-endian): no copy
-    pa, pd = np.uint8(_PTE_P | _PTE_A), np.uint8(_PTE_P | _PTE_D)
+    pa = np.uint8(_PAGE_PRESENT | _PAGE_ACCESSED)
+    pd = np.uint8(_PAGE_PRESENT | _PAGE_DIRTY)
     # flatnonzero + take: much faster than a boolean-mask selection of 8-byte entries.
     a = _frames(ent.take(np.flatnonzero((low & pa) == pa)))
     d = _frames(ent.take(np.flatnonzero((low & pd) == pd)))  # D outlives a cleared A
@@ -227,7 +219,7 @@ def scan_domain(
 
 
 def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainScan:
-    rec = access_of(machine)
+    rec = machine.access
     nr = machine.ram.nr_frames
     p2m_all = np.asarray(dom.p2m)
     hi = min(last + 1, p2m_all.size)
@@ -309,5 +301,5 @@ def reset_window(machine, dom, *, quiesce: bool = True) -> int:
         if not tracked(dom):
             raise ScanError(f"d{dom.domid} is being destroyed")
         n = int(dom.paging.shadow_l1_mfns().size)
-        access_of(machine).reset_window(dom)
+        machine.access.reset_window(dom)
         return n

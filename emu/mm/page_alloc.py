@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emu.mm.page import PADDR_BITS, PAGE_SHIFT
 from emu.mm.page_info import (
     FrameTable,
     PGC_allocated,
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from emu.domain import Domain
 
 MAX_ORDER = 20
-PADDR_BITS = 52
-PAGE_SHIFT = 12
 NR_ZONES = PADDR_BITS - PAGE_SHIFT + 1  # 41
 MEMZONE_XEN = 0
 MAX_NUMNODES = 1

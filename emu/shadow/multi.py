@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from time import monotonic_ns as _monotonic_ns
 
-from emu.shadow import (
+from unicorn.x86_const import UC_X86_REG_MSR
+
+from emu.mm.page import (
     _PAGE_ACCESSED,
     _PAGE_DIRTY,
     _PAGE_NX,
@@ -25,11 +27,13 @@ from emu.shadow import (
     _PAGE_PSE,
     _PAGE_RW,
     _PAGE_USER,
+    PTE_ADDR_MASK,
+)
+from emu.shadow import (
     CRASH,
     FIXED,
     GUEST_FAULT,
     LEVEL_TYPE,
-    PADDR_MASK,
     PFEC_insn_fetch,
     PFEC_page_present,
     PFEC_reserved_bit,
@@ -46,7 +50,7 @@ P, RW, US, A, D, PSE, NX = (
     _PAGE_PSE,
     _PAGE_NX,
 )
-ADDR = PADDR_MASK
+ADDR = PTE_ADDR_MASK
 SHIFTS = (39, 30, 21, 12)
 UPPER = P | US | A | D  # flags every upper-level shadow entry gets
 LEAF = P | US | A  # a present shadow L1 entry: _PAGE_USER forced, A copied from the guest
@@ -368,18 +372,14 @@ def sh_update_cr3(sd, vcpu, guest_cr3: int) -> int:
     from emu.shadow.emulate import resolve_other_steps, resolve_steps
 
     vid = vcpu.vcpu_id
-    sd.cpu = sd.pc.cpu[getattr(vcpu, "processor", 0) % sd.pc.nr_cpus]
+    sd.cpu = sd.pc.cpu[vcpu.processor % sd.pc.nr_cpus]
     resolve_steps(sd, vcpu)
     resolve_other_steps(sd, vid)
     gfn = (guest_cr3 & ADDR) >> 12
     gmfn = sd.gfn_to_mfn(gfn)
     if gmfn is None:
         raise ShadowError(f"d{sd.dom.domid}v{vid} CR3 {guest_cr3:#x}: gfn {gfn:#x} is not RAM")
-    uc = getattr(vcpu, "uc", None)
-    if uc is not None:
-        from unicorn.x86_const import UC_X86_REG_MSR
-
-        sd.nxe[vid] = bool(uc.reg_read(UC_X86_REG_MSR, MSR_EFER) & EFER_NXE)
+    sd.nxe[vid] = bool(vcpu.uc.reg_read(UC_X86_REG_MSR, MSR_EFER) & EFER_NXE)
     sl4 = sd.hash.lookup(gmfn, SH_type_l4_64_shadow, sd.cpu)
     if sl4 is None:
         if not sd.prealloc(1):
@@ -413,15 +413,12 @@ def shadow_l1e_index(sd, vid: int, va: int) -> int | None:
 
 def sh_invlpg(sd, vcpu, va: int) -> None:
     """sh_invlpg(): drop the shadow L1 entry for `va` and flush."""
-    sd.cpu = sd.pc.cpu[getattr(vcpu, "processor", 0) % sd.pc.nr_cpus]
+    sd.cpu = sd.pc.cpu[vcpu.processor % sd.pc.nr_cpus]
     sd.cpu[sd.pc.index["shadow_invlpg"]] += 1
     i1 = shadow_l1e_index(sd, vcpu.vcpu_id, va)
     if i1 is not None:
         old = sd.mem[i1]
         if old & P:
-            if old & A:
-                m = (old & ADDR) >> 12
-                if m < sd.nr_frames:
-                    sd.access.mv_window[m] = 1
+            sd.access.fold_entry(old)
             sd.mem[i1] = 0
     sd.flush_tlbs()
