@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from emu.access.scan import scan_domain, tracked  # noqa: E402
+from emu.boot import boot_sync  # noqa: E402
 from emu.host import DomainSpec, HostConfig, parse_size  # noqa: E402
 from emu.machine import Machine  # noqa: E402
 from keyhandlers.access import parse_report, scan_accessed_pages  # noqa: E402
@@ -124,7 +125,7 @@ def main() -> None:
 
     mem = parse_size(args.memory)
     t = time.perf_counter()
-    m = Machine(HostConfig(memory=mem, cpus=2, dom0_mem=1 << 30)).boot_sync()
+    m = boot_sync(Machine(HostConfig(memory=mem, cpus=2, dom0_mem=1 << 30)))
     t_boot = time.perf_counter() - t
     t = time.perf_counter()
     doms = []

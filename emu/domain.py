@@ -1,5 +1,6 @@
 """Domains (`struct domain`): id, name, page accounting, P2M, vCPU records, and the
-per-domain state of the subsystems that run guests (`paging`, `hvm`).
+per-domain state of the subsystems that run guests (`paging`, `hvm`: the guest's debug
+console, `struct domain_console`, and its workload and crash record).
 
 The page list is not stored: it is derived from the frame table's owner field
 (`machine.frames.owned_by(domid)`), so it can never disagree with the frames.
@@ -7,7 +8,9 @@ The page list is not stored: it is derived from the frame table's owner field
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,7 +20,6 @@ from emu.mm.page import INVALID_MFN
 
 if TYPE_CHECKING:  # types only: these modules build on this one
     from emu.host import DomainSpec
-    from emu.hvm import HVMDomain
     from emu.shadow.common import ShadowDomain
 
 DOMID_UNLIMITED_MAX_PAGES = 4294967295
@@ -25,6 +27,8 @@ DOMID_UNLIMITED_MAX_PAGES = 4294967295
 # vm_assist values shown by `q` (PV dom0 as in xen.md's example; HVM domUs as observed).
 VM_ASSIST_PV = 0x2D
 VM_ASSIST_HVM = 0x20
+CONSOLE_LINE = 256  # struct domain_console buf[256]
+CONSOLE_HISTORY = 1000  # lines kept for `xl console`
 
 
 @dataclass
@@ -49,6 +53,48 @@ class VcpuRecord:
         """A vCPU that is not on Unicorn has no TLB: nothing to flush."""
 
 
+class GuestConsole:
+    """hvm_print_line(): port 0xe9 bytes -> `(dN) line`, plus the lines `xl console` shows."""
+
+    def __init__(self, machine, dom) -> None:
+        self.machine = machine
+        self.domid = dom.domid
+        self.buf = bytearray()
+        self.lines: deque[str] = deque(maxlen=CONSOLE_HISTORY)
+        self.listeners: list = []  # fn(text) with each complete line (with "\n")
+        self.on_close: list = []  # fn() when the domain goes away (`xl console` returns)
+        self.lock = threading.Lock()
+
+    def putc(self, c: int) -> None:
+        if not (0x20 <= c < 0x7F or c in (0x0A, 0x09)):  # is_console_printable()
+            return
+        with self.lock:
+            if c != 0x0A:
+                self.buf.append(c)
+            if len(self.buf) == CONSOLE_LINE - 1 or c == 0x0A:
+                text = self.buf.decode("latin-1")
+                self.buf.clear()
+            else:
+                return
+        self.lines.append(text)
+        self.machine.console.guest_printk(self.domid, text + "\n")
+        for fn in list(self.listeners):
+            try:
+                fn(text + "\n")
+            except Exception:
+                self.listeners.remove(fn)
+
+
+class HVMDomain:
+    """Per-domain HVM state (d->arch.hvm): the debug console, crash bookkeeping."""
+
+    def __init__(self, machine, dom, workload, layout) -> None:
+        self.console = GuestConsole(machine, dom)
+        self.workload = workload
+        self.layout = layout
+        self.crashed_on: tuple[int, int] | None = None  # (vcpu, pcpu)
+
+
 def empty_p2m() -> np.ndarray:
     return np.zeros(0, dtype=np.uint64)
 
@@ -69,7 +115,7 @@ class Domain:
     p2m: np.ndarray = field(default_factory=empty_p2m)  # gfn -> mfn (INVALID_MFN = hole)
     spec: DomainSpec | None = None  # the spec it was created from (None: dom0)
     paging: ShadowDomain | None = None  # shadow paging (emu/shadow/), once enabled
-    hvm: HVMDomain | None = None  # HVM state (emu/hvm.py): guest console, crash record
+    hvm: HVMDomain | None = None  # HVM state (set by emu/hvm.py): console, crash record
     reserved_gfns: set[int] | np.ndarray = field(default_factory=set)  # never ballooned
     xenheap_pages: int = 0
     xenpage_mfns: list[int] = field(default_factory=list)  # d->xenpage_list

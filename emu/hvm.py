@@ -21,59 +21,15 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections import deque
 
 from emu.cpu import vcpu as V
 from emu.cpu.regdump import show_guest_execution_state
+from emu.domain import HVMDomain
 from emu.mm.page import _PAGE_ACCESSED, _PAGE_PRESENT, PAGE_SHIFT, table_offset
 
 SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
 SHUTDOWN_LETTER = {SHUTDOWN_poweroff: "-", SHUTDOWN_reboot: "r", SHUTDOWN_suspend: "s"}
 SHUTDOWN_LETTER[SHUTDOWN_crash] = "c"
-CONSOLE_LINE = 256  # struct domain_console buf[256]
-CONSOLE_HISTORY = 1000  # lines kept for `xl console`
-
-
-class GuestConsole:
-    """hvm_print_line(): port 0xe9 bytes -> `(dN) line`, plus the lines `xl console` shows."""
-
-    def __init__(self, machine, dom) -> None:
-        self.machine = machine
-        self.domid = dom.domid
-        self.buf = bytearray()
-        self.lines: deque[str] = deque(maxlen=CONSOLE_HISTORY)
-        self.listeners: list = []  # fn(text) with each complete line (with "\n")
-        self.on_close: list = []  # fn() when the domain goes away (`xl console` returns)
-        self.lock = threading.Lock()
-
-    def putc(self, c: int) -> None:
-        if not (0x20 <= c < 0x7F or c in (0x0A, 0x09)):  # is_console_printable()
-            return
-        with self.lock:
-            if c != 0x0A:
-                self.buf.append(c)
-            if len(self.buf) == CONSOLE_LINE - 1 or c == 0x0A:
-                text = self.buf.decode("latin-1")
-                self.buf.clear()
-            else:
-                return
-        self.lines.append(text)
-        self.machine.console.guest_printk(self.domid, text + "\n")
-        for fn in list(self.listeners):
-            try:
-                fn(text + "\n")
-            except Exception:
-                self.listeners.remove(fn)
-
-
-class HVMDomain:
-    """Per-domain HVM state (d->arch.hvm): the debug console, crash bookkeeping."""
-
-    def __init__(self, machine, dom, workload, layout) -> None:
-        self.console = GuestConsole(machine, dom)
-        self.workload = workload
-        self.layout = layout
-        self.crashed_on: tuple[int, int] | None = None  # (vcpu, pcpu)
 
 
 class XenPages:

@@ -16,23 +16,22 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import numpy as np
 
 from emu import domctl
 from emu.access.record import AccessRecord
-from emu.boot import boot
 from emu.console import Console
 from emu.cpu.sched import Scheduler
-from emu.domain import Domain, VcpuRecord
+from emu.domain import Domain
 from emu.host import DomainSpec, HostConfig
 from emu.hvm import HVM
 from emu.mm.memory import set_target as _set_target
 from emu.mm.p2m import new_m2p
 from emu.mm.page import PAGE_SHIFT, pages_for_bytes
-from emu.mm.page_alloc import Heap, runs_of
+from emu.mm.page_alloc import Heap
 from emu.mm.page_info import PAGE_INFO_BYTES, FrameTable, PGC_xen_heap
 from emu.mm.ram import MachineRAM
 from emu.perfc import PerfCounters, xen_perf_counters
@@ -169,34 +168,11 @@ class Machine:
     def frame_table_bytes_per_frame(self) -> int:
         return self.frames.pi.itemsize
 
-    # ---- time, boot -----------------------------------------------------------------
+    # ---- time -----------------------------------------------------------------
 
     def now(self) -> int:
         """NOW(): nanoseconds since the machine powered on."""
         return time.monotonic_ns() - self._t0
-
-    def build_dom0(self) -> Iterator[None]:
-        """Create Domain-0 from `dom0_mem` (a generator: boot may pause inside it)."""
-        pages = self.host.dom0_mem >> 12
-        p = self.console.printk
-        dom0 = domctl.build_dom0_memory(self, pages)
-        dom0.vcpus = [VcpuRecord(i, processor=i, blocked=True) for i in range(self.host.cpus)]
-        runs = runs_of(dom0.p2m.astype(np.int64))
-        s, e = max(runs, key=lambda r: r[1] - r[0])
-        p(" Xen  kernel: 64-bit, lsb\n")
-        p(" Dom0 kernel: 64-bit, PAE, lsb, paddr 0x1000000 -> 0x2a2c000\n")
-        rest = pages - (e - s)
-        more = f" ({rest} pages to be allocated)" if rest else ""
-        p(f"PHYSICAL MEMORY ARRANGEMENT:\n Dom0 alloc.:   {s << 12:016x}->{e << 12:016x}{more}\n")
-        yield
-        p(f"Dom0 has maximum {self.host.cpus} VCPUs\n")
-        yield
-
-    def boot_sync(self) -> Machine:
-        """Run the whole boot at once (tests, benchmarks: no console server)."""
-        for _ in boot(self):
-            pass
-        return self
 
     # ---- domains --------------------------------------------------------------------
 

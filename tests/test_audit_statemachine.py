@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from emu.audit import audit
+from emu.boot import boot_sync
 from emu.host import HostConfig
 from emu.machine import Machine
 from xenconsole.dom0.shell import Dom0Shell
@@ -27,7 +28,7 @@ class MemoryMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.m = Machine(HostConfig(memory=256 << 20, cpus=2, dom0_mem=64 << 20), guests=False)
-        self.m.boot_sync()
+        boot_sync(self.m)
         self.out = bytearray()
         self.sh = Dom0Shell(self.m, self.out.extend)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from emu.audit import audit
+from emu.boot import boot_sync
 from emu.host import DomainSpec, HostConfig
 from emu.machine import Machine
 from emu.mm.p2m import INVALID_M2P_ENTRY
@@ -33,7 +34,7 @@ def pool_pages(dom) -> int:
 
 
 def memory_only_machine(host: HostConfig) -> Machine:
-    return Machine(host, guests=False).boot_sync()
+    return boot_sync(Machine(host, guests=False))
 
 
 @pytest.fixture

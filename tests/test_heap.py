@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from emu.boot import boot_sync
 from emu.mm.page_alloc import (
     MAX_ORDER,
     NR_ZONES,
@@ -160,7 +161,7 @@ def machine():
     from emu.host import HostConfig
     from emu.machine import Machine
 
-    m = Machine(HostConfig(memory=1 << 30, dom0_mem=256 << 20)).boot_sync()
+    m = boot_sync(Machine(HostConfig(memory=1 << 30, dom0_mem=256 << 20)))
     yield m
     m.shutdown()
 

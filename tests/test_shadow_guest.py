@@ -8,6 +8,7 @@ import pytest
 from shadow_harness import ARENA_GFN, A, D
 
 from emu.audit import audit
+from emu.boot import boot_sync
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -42,7 +43,7 @@ def test_real_guests_touch_exactly_and_run_on_after_s():
     from keyhandlers.shadow import shadow_blow_all_tables
 
     m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20))
-    m.boot_sync()
+    boot_sync(m)
     try:
         d1 = m.create_domain(
             DomainSpec(name="t1", memory=32, workload="touch:pages=300,stride=2,write=1")
@@ -132,7 +133,7 @@ def test_real_guest_rewrites_its_own_pte_at_cpl3(tmp_path):
     src = tmp_path / "ptw.S"
     src.write_text(ASM_PT_WRITER)
     m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20))
-    m.boot_sync()
+    boot_sync(m)
     try:
         d = m.create_domain(DomainSpec(name="ptw", memory=8, workload=f"asm:{src}"))
         assert _wait_for(lambda: b"(d1) OKBA" in m.console.ring.read(), 20)
@@ -152,7 +153,7 @@ def test_balloon_and_destroy_while_guests_run():
     from emu.machine import Machine
 
     m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20))
-    m.boot_sync()
+    boot_sync(m)
     try:
         d = m.create_domain(DomainSpec(name="bal", memory=16, vcpus=2, workload="random:ws=1500"))
         assert _wait_for(lambda: m.perfc.total("shadow_fault") > 1000)

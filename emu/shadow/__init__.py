@@ -7,6 +7,11 @@
 
 from __future__ import annotations
 
+
+class ShadowError(Exception):
+    """A shadow operation that cannot be done for this guest (the domain should crash)."""
+
+
 # Results of ShadowDomain.page_fault().
 FIXED = 0  # the shadow now allows the access: resume, the instruction re-executes
 GUEST_FAULT = 1  # the guest's own tables deny it: inject a #PF into the guest
@@ -60,4 +65,4 @@ def shadow_enable(machine, dom, pool_pages: int | None = None):
     return dom.paging
 
 
-__all__ = ["CRASH", "FIXED", "GUEST_FAULT", "shadow_enable"]
+__all__ = ["CRASH", "FIXED", "GUEST_FAULT", "ShadowError", "shadow_enable"]

@@ -32,10 +32,6 @@ _U_ADDR = np.uint64(PTE_ADDR_MASK)
 _U_12 = np.uint64(12)
 
 
-class ShadowError(Exception):
-    """A shadow operation that cannot be done for this guest (the domain should crash)."""
-
-
 def _entries_index(mfns: np.ndarray) -> np.ndarray:
     """u64 indices of every entry of the given table frames."""
     return ((np.asarray(mfns, dtype=np.int64)[:, None] << 9) + _AR512).ravel()

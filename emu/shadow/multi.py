@@ -39,6 +39,7 @@ from emu.shadow import (
     PFEC_reserved_bit,
     PFEC_write_access,
     SH_type_l4_64_shadow,
+    ShadowError,
 )
 
 P, RW, US, A, D, PSE, NX = (
@@ -368,7 +369,6 @@ def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool, fl1_gfn: int = 
 
 def sh_update_cr3(sd, vcpu, guest_cr3: int) -> int:
     """sh_update_cr3()/sh_set_toplevel_shadow(): the machine address of the l4 shadow."""
-    from emu.shadow.common import ShadowError
     from emu.shadow.emulate import resolve_other_steps, resolve_steps
 
     vid = vcpu.vcpu_id
