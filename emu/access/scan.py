@@ -4,7 +4,7 @@
     s = scan_domain(machine, dom, 0x100, 0x3FFF)     # gfns 0x100..0x3fff inclusive
     s.accessed, s.dirty, s.window, s.first_touch_ns  # numpy arrays, one entry per gfn
     s.pages, s.nr_accessed, s.nr_dirty, s.nr_window, s.nr_never
-    s.heat()                                          # the 64-column heat line of `U`
+    s.heat_levels()                                   # 0..4 per column of `U`'s heat line
     scan_all(machine)            # every shadowed guest, as `U` without arguments
     reset_window(machine, dom)   # key `Z`: a new window
 
@@ -48,7 +48,6 @@ from emu.mm.page import (
 
 _U_ADDR = np.uint64(PTE_ADDR_MASK)
 HEAT_COLUMNS = 64
-HEAT_CHARS = " .:o#"
 
 
 class ScanError(ValueError):
@@ -96,13 +95,6 @@ class DomainScan:
     def nr_never(self) -> int:
         return self.pages - self.nr_accessed
 
-    def summary(self) -> str:
-        """`dN pages=P accessed=A dirty=D window=R never=N` (SPEC §5)."""
-        return (
-            f"d{self.domid} pages={self.pages} accessed={self.nr_accessed} "
-            f"dirty={self.nr_dirty} window={self.nr_window} never={self.nr_never}"
-        )
-
     def heat_counts(self, columns: int = HEAT_COLUMNS) -> tuple[np.ndarray, np.ndarray]:
         """(owned pages, pages accessed in the window) per column.
 
@@ -125,20 +117,16 @@ class DomainScan:
         )
         return owned, win
 
-    def heat(self, columns: int = HEAT_COLUMNS) -> str:
-        """One character per column: ` ` no page accessed in the window, `.` under 25% of
-        the column's owned pages, `:` under 50%, `o` under 75%, `#` 75% or more."""
+    def heat_levels(self, columns: int = HEAT_COLUMNS) -> list[int]:
+        """One level per column: 0 no page accessed in the window, 1 under 25% of the
+        column's owned pages, 2 under 50%, 3 under 75%, 4 for 75% or more."""
         owned, win = self.heat_counts(columns)
         level = np.zeros(columns, dtype=np.int64)
         some = win > 0
-        # 4 * win / owned, compared in integers: 0..3 -> . : o, 4 -> #
+        # 4 * win / owned, compared in integers: 0..3 -> 1..3, 4 -> 4
         q = np.where(owned > 0, (4 * win) // np.maximum(owned, 1), 0)
         level[some] = 1 + np.minimum(q[some], 3)
-        return "".join(HEAT_CHARS[i] for i in level.tolist())
-
-    def heat_line(self) -> str:
-        """`dN heat [<64 columns>] 0xFIRST-0xLAST` (the second line of `U` per domain)."""
-        return f"d{self.domid} heat [{self.heat()}] {self.first:#x}-{self.last:#x}"
+        return level.tolist()
 
 
 def tracked(dom) -> bool:
