@@ -74,7 +74,7 @@ def naive_counts(m) -> dict[int, tuple[int, int, int, int]]:
     for d in m.domains.values():
         if d.domid not in doms:
             continue
-        with m.sched.quiesce(d):
+        with m.quiesce(d):
             for smfn in d.paging.shadow_l1_mfns().tolist():
                 for e in u64[smfn << 9 : (smfn + 1) << 9].tolist():
                     if e & 0x21 == 0x21:

@@ -158,7 +158,7 @@ def _vcpu_down(vcpu) -> None:
 
 def _read_cr(vcpu, n: int) -> int | None:
     return {0: vcpu.vcr0, 2: vcpu.guest_cr2, 3: vcpu.guest_cr3, 4: vcpu.vcr4}.get(
-        n, getattr(vcpu, "vcr8", 0) if n == 8 else None
+        n, vcpu.vcr8 if n == 8 else None
     )
 
 

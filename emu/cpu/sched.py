@@ -15,8 +15,9 @@ slice end or a `set_timer_op` deadline; the vCPU's next hook ends the run, or it
 runs out. With nothing running the timer sleeps indefinitely: an idle host burns no CPU.
 Blocked vCPUs (hlt, SCHEDOP_block) are not on the run queue.
 
-`quiesce(dom)` (CONTRACT.md): keep `dom`'s vCPUs (all, for None) out of `emu_start` for
-the body of a `with` block; used by debug keys and xl from the reactor thread.
+`quiesce(dom)`: keep `dom`'s vCPUs (all, for None) out of `emu_start` for the body of a
+`with` block. Callers use `machine.quiesce(dom)` (emu/machine.py), which is this on a
+machine with guests.
 """
 
 from __future__ import annotations

@@ -150,6 +150,7 @@ class VCPU(VcpuRecord):
         self.guest_cr3 = 0
         self.guest_cr2 = 0
         self.vcr0, self.vcr4 = GUEST_CR0, GUEST_CR4
+        self.vcr8 = 0  # the guest's TPR (mov cr8)
         self.vif = False  # virtual RFLAGS.IF (cli/sti)
         self.guest_idt: tuple[int, int] | None = None  # (base, limit) from lidt
         self.pending: tuple | None = None

@@ -222,8 +222,8 @@ def begin_step(sd, vcpu, i1: int, gmfn: int) -> None:
 
 
 def resolve_steps(sd, vcpu_or_id) -> None:
-    """Write-protect again and resync everything this vCPU was allowed to write."""
-    vid = getattr(vcpu_or_id, "vcpu_id", vcpu_or_id)
+    """Write-protect again and resync everything this vCPU (or vCPU id) was allowed to write."""
+    vid = vcpu_or_id if isinstance(vcpu_or_id, int) else vcpu_or_id.vcpu_id
     recs = sd.steps.pop(vid, None)
     if not recs:
         return
