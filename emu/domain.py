@@ -27,6 +27,8 @@ DOMID_UNLIMITED_MAX_PAGES = 4294967295
 # vm_assist values shown by `q` (PV dom0 as in xen.md's example; HVM domUs as observed).
 VM_ASSIST_PV = 0x2D
 VM_ASSIST_HVM = 0x20
+# SCHEDOP_shutdown reasons (public/sched.h).
+SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
 CONSOLE_LINE = 256  # struct domain_console buf[256]
 CONSOLE_HISTORY = 1000  # lines kept for `xl console`
 

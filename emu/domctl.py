@@ -18,6 +18,7 @@ from emu.domain import (
     VcpuRecord,
 )
 from emu.host import DomainSpec
+from emu.hvm import XEN_ENTRY_PAGES
 from emu.mm.memory import populate_physmap
 from emu.mm.p2m import p2m_remove_entries
 from emu.mm.page import INVALID_MFN
@@ -52,14 +53,11 @@ def share_xen_page(machine, dom: Domain) -> int | None:
     return mfn
 
 
-XEN_ENTRY_PAGES = 4  # emu/hvm.py's per-machine guest-entry frames (taken once)
-
-
 def guest_overhead_pages(machine, dom: Domain) -> int:
     """Frames a domU needs besides its memory once the guest subsystems run it."""
     if machine.hvm is None:
         return 0  # the memory model alone: no guest, no shadow pool
-    return default_pool_pages(dom) + XEN_ENTRY_PAGES
+    return default_pool_pages(dom) + XEN_ENTRY_PAGES  # XenPages: once per machine, at worst now
 
 
 def validate_spec(machine, spec: DomainSpec) -> None:

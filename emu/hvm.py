@@ -24,10 +24,16 @@ import threading
 
 from emu.cpu import vcpu as V
 from emu.cpu.regdump import show_guest_execution_state
-from emu.domain import HVMDomain
+from emu.domain import (
+    HVMDomain,
+    SHUTDOWN_crash,
+    SHUTDOWN_poweroff,
+    SHUTDOWN_reboot,
+    SHUTDOWN_suspend,
+)
 from emu.mm.page import _PAGE_ACCESSED, _PAGE_PRESENT, PAGE_SHIFT, table_offset
 
-SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
+XEN_ENTRY_PAGES = 4  # XenPages: the GDT/trampoline page and its L3, L2, L1
 SHUTDOWN_LETTER = {SHUTDOWN_poweroff: "-", SHUTDOWN_reboot: "r", SHUTDOWN_suspend: "s"}
 SHUTDOWN_LETTER[SHUTDOWN_crash] = "c"
 
@@ -37,7 +43,7 @@ class XenPages:
 
     def __init__(self, machine) -> None:
         heap = machine.heap
-        mfns = [heap.alloc_xenheap_pages(0) for _ in range(4)]
+        mfns = [heap.alloc_xenheap_pages(0) for _ in range(XEN_ENTRY_PAGES)]
         if any(m is None for m in mfns):
             raise RuntimeError("no Xen heap pages for the guest entry trampoline")
         self.page, l1, l2, l3 = mfns

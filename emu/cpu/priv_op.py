@@ -26,6 +26,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone import x86_const as C
 from unicorn import x86_const as X
 
+from emu.domain import SHUTDOWN_crash, SHUTDOWN_poweroff
 from emu.mm import guestmem
 from emu.mm.page import PAGE_SHIFT, PTE_ADDR_MASK
 from emu.version import XEN_MAJOR, XEN_MINOR
@@ -34,7 +35,6 @@ ENOSYS, EINVAL, EFAULT = 38, 22, 14
 HC_console_io, HC_set_timer_op, HC_xen_version, HC_sched_op = 18, 15, 17, 29
 CONSOLEIO_write, CONSOLEIO_read = 0, 1
 SCHEDOP_yield, SCHEDOP_block, SCHEDOP_shutdown = 0, 1, 2
-SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
 CONSOLE_WRITE_MAX = 16 << 10
 CR0_PE, CR0_TS, CR0_PG = 0x1, 0x8, 0x80000000
 CR4_PAE = 0x20
