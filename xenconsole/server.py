@@ -6,9 +6,9 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 
+from emu.boot import boot
 from emu.host import HostConfig
 from emu.machine import Machine
-from emu.setup import boot
 from keyhandlers.dispatch import XenKeyInput
 from xenconsole.dom0.shell import Dom0Shell
 from xenconsole.hub import Hub
