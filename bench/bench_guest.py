@@ -34,9 +34,10 @@ import numpy as np  # noqa: E402
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
+from emu.boot import boot_sync  # noqa: E402
+from emu.cpu.vcpu import SLICE_INSNS, ExceptionAck  # noqa: E402
 from emu.host import DomainSpec, HostConfig, load_config  # noqa: E402
 from emu.machine import Machine  # noqa: E402
-from emu.vcpu import SLICE_INSNS, ExceptionAck  # noqa: E402
 from keyhandlers import KEY_TABLE, load_builtin  # noqa: E402
 from keyhandlers.dispatch import run_handler  # noqa: E402
 
@@ -90,7 +91,7 @@ def bare_loop_counted(iters: int, slice_insns: int | None = None) -> float:
 
 
 def guest_loop(iters: int) -> tuple[float, float]:
-    m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=64 << 20)).boot_sync()
+    m = boot_sync(Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=64 << 20)))
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "loop.S"
         p.write_text(
@@ -166,7 +167,7 @@ def raw_faults(pages: int) -> float:
 
 
 def guest_faults(pages: int) -> tuple[float, float, int]:
-    m = Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=64 << 20)).boot_sync()
+    m = boot_sync(Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=64 << 20)))
     mem = ((pages + 0x200) >> 8) + 2
     t = time.perf_counter()
     dom = m.create_domain(DomainSpec(name="touch", memory=mem, workload=f"touch:pages={pages}"))
@@ -188,7 +189,7 @@ def key_latency(presses: int, guests: bool) -> dict[str, tuple[float, float]]:
     cfg = load_config(None)
     if not guests:
         cfg.domains = []
-    m = Machine(cfg).boot_sync()
+    m = boot_sync(Machine(cfg))
     m.start_config_domains(cfg.domains)
     if guests:
         g1 = m.domains[1]

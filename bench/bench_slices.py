@@ -3,7 +3,7 @@
 A bare Unicorn runs `add qword [mem], 1` N times in a loop (paging off, one vCPU). Variant 1
 ends slices the way a timer thread would, with `emu_stop()` from another thread every
 `--stop-us` microseconds, and resumes at the saved RIP; variant 2 ends them with
-`emu_start(count=SLICE_INSNS)` as emu/sched.py does. Prints the final memory value against
+`emu_start(count=SLICE_INSNS)` as emu/cpu/sched.py does. Prints the final memory value against
 N (extra adds = stores that ran twice) and the instruction rate of each variant.
 
     .venv/bin/python bench/bench_slices.py [--n 30000000] [--stop-us 300]
@@ -24,7 +24,7 @@ from keystone import KS_ARCH_X86, KS_MODE_64, Ks  # noqa: E402
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
-from emu.vcpu import SLICE_INSNS  # noqa: E402
+from emu.cpu.vcpu import SLICE_INSNS  # noqa: E402
 
 CODE, DATA = 0x1000, 0x2000
 SOURCE = "lp: add qword ptr [0x2000], 1\ndec rcx\njnz lp\nhlt"

@@ -7,8 +7,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+from emu.mm.page import PAGE_SHIFT, PAGE_SIZE
+
 MAX_HOST_MEMORY = 64 << 30
 MIN_HOST_MEMORY = 64 << 20
 MAX_CPUS = 64

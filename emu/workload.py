@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-PAGE_SHIFT = 12
+from emu.mm.page import PAGE_SHIFT
+
 ARENA_START = 0x100
 KERNEL_GFN, KERNEL_PAGES = 0x01, 0x0F
 STACK_GFN = 0x10

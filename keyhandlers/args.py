@@ -6,11 +6,8 @@ may parse their arguments with these too (`from keyhandlers.args import parse_do
 
 from __future__ import annotations
 
-import contextlib
-
+from emu.mm.page import MAX_GFN
 from keyhandlers import KeyhandlerError
-
-MAX_GFN = (1 << 40) - 1  # 52-bit physical addresses
 
 
 def parse_int(text: str, what: str) -> int:
@@ -34,7 +31,7 @@ def parse_domain(machine, text: str):
         raise KeyhandlerError(f"bad domain {text!r} (expected dN, e.g. d1)")
     domid = int(text[1:])
     dom = machine.domains.get(domid)
-    if dom is None or getattr(dom, "is_dying", 0):
+    if dom is None or dom.is_dying:
         raise KeyhandlerError(f"no domain d{domid}")
     return dom
 
@@ -50,11 +47,3 @@ def parse_range(text: str) -> tuple[int, int]:
     if last < first:
         raise KeyhandlerError(f"reversed gfn range {first:#x}-{last:#x}")
     return first, last
-
-
-def quiesce(machine, dom):
-    """`machine.sched.quiesce(dom)` when there is a scheduler (dom=None: every domain)."""
-    sched = getattr(machine, "sched", None)
-    if sched is not None and hasattr(sched, "quiesce"):
-        return sched.quiesce(dom)
-    return contextlib.nullcontext()

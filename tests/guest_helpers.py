@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emu.boot import boot_sync
 from emu.domain_build import guest_pte_flags
 from emu.host import DomainSpec, HostConfig
 from emu.machine import Machine
@@ -28,7 +29,7 @@ class Lines:
 
 def new_machine(memory: int = 512 << 20, cpus: int = 2) -> Machine:
     m = Machine(HostConfig(memory=memory, cpus=cpus, dom0_mem=64 << 20))
-    return m.boot_sync()
+    return boot_sync(m)
 
 
 def create(m, name: str, workload: str, memory: int = 16, vcpus: int = 1, paused=False):

@@ -33,7 +33,7 @@ PT_GFN = 0x40  # L4, L3, L2, then the L1s
 ARENA_GFN = 0x100
 
 
-from emu.vcpu import ack_exception  # noqa: E402  (the vCPUs' own recipe, unicorn.md §3)
+from emu.cpu.vcpu import ack_exception  # noqa: E402  (the vCPUs' own recipe, unicorn.md §3)
 
 _ks = Ks(KS_ARCH_X86, KS_MODE_64)
 

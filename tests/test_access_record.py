@@ -1,4 +1,4 @@
-"""The per-frame access record (emu/access.py): exact first touches from the shadow fault
+"""The per-frame access record (emu/access/record.py): exact first touches from the shadow fault
 path, the reset window (key Z's mechanism) through shadow A bits, and what survives `S`."""
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-import emu.machine as machine_mod
 from emu.audit import audit
+from emu.boot import boot_sync
 from emu.host import HostConfig
 from emu.machine import Machine
 from xenconsole.dom0.shell import Dom0Shell
@@ -27,13 +27,8 @@ MIB = st.one_of(
 class MemoryMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        saved = list(machine_mod.SUBSYSTEMS)
-        machine_mod.SUBSYSTEMS.clear()
-        try:
-            self.m = Machine(HostConfig(memory=256 << 20, cpus=2, dom0_mem=64 << 20))
-        finally:
-            machine_mod.SUBSYSTEMS.extend(saved)
-        self.m.boot_sync()
+        self.m = Machine(HostConfig(memory=256 << 20, cpus=2, dom0_mem=64 << 20), guests=False)
+        boot_sync(self.m)
         self.out = bytearray()
         self.sh = Dom0Shell(self.m, self.out.extend)
 

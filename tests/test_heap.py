@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from emu.page_alloc import (
+from emu.boot import boot_sync
+from emu.mm.page_alloc import (
     MAX_ORDER,
     NR_ZONES,
     Heap,
@@ -16,8 +17,8 @@ from emu.page_alloc import (
     page_to_zone,
     zones_of,
 )
-from emu.page_info import FrameTable, PGC_state, PGC_state_free, PGC_xen_heap
-from emu.ram import MachineRAM
+from emu.mm.page_info import FrameTable, PGC_state, PGC_state_free, PGC_xen_heap
+from emu.mm.ram import MachineRAM
 from keyhandlers import KEY_TABLE
 
 NR = 1 << 16  # 256 MiB worth of frames
@@ -160,7 +161,7 @@ def machine():
     from emu.host import HostConfig
     from emu.machine import Machine
 
-    m = Machine(HostConfig(memory=1 << 30, dom0_mem=256 << 20)).boot_sync()
+    m = boot_sync(Machine(HostConfig(memory=1 << 30, dom0_mem=256 << 20)))
     yield m
     m.shutdown()
 

@@ -248,14 +248,14 @@ def test_attack_reaches_nothing(machine, tmp_path, name):
     pool = attacker.paging.pool_mfns().astype(np.int64)
     mine = np.concatenate([amfns, pool])
     # state before: taken now (the attacker may have started; its own frames are excluded)
-    with m.sched.quiesce(attacker):
+    with m.quiesce(attacker):
         before = _state(m, victim, mine)
     expect = EXPECT[name]
     if expect is None:
         assert wait_for(lambda: gone(m, attacker)), console_lines(attacker)
     else:
         assert wait_for(lambda: console_lines(attacker) == expect), console_lines(attacker)
-    with m.sched.quiesce(None):
+    with m.quiesce(None):
         after = _state(m, victim, mine)
     assert after[0] == before[0], "victim memory changed"
     assert after[1] == before[1], "victim access record changed"

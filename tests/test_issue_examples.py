@@ -40,9 +40,9 @@ def test_web_example_from_issue_3(tmp_path):
 @pytest.mark.timeout(60)
 def test_q_shows_the_shadow_pool_of_a_guest():
     """Issue 4: `q` gains per-vCPU lines and the shadow pool size."""
+    from emu.boot import boot
     from emu.host import DomainSpec, HostConfig
     from emu.machine import Machine
-    from emu.setup import boot
     from keyhandlers.dispatch import handle_keypress
 
     out: list[bytes] = []

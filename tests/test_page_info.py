@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emu import page_info as P
-from emu.page_info import FrameTable, get_page, get_page_and_type, put_page, put_page_type
+from emu.mm import page_info as P
+from emu.mm.page_info import FrameTable, get_page, get_page_and_type, put_page, put_page_type
 
 
 def test_layout_is_xens_32_bytes():

@@ -1,4 +1,4 @@
-"""emu/scan.py and the `U`/`Z` handlers on a machine without a console server (real guests on
+"""emu/access/scan.py and the `U`/`Z` handlers on a machine without a console server (real guests on
 Unicorn under the real shadow code): per-gfn arrays against the guest's own PTE A/D bits,
 the heat line's buckets and thresholds, and that nothing the hypervisor does (U, Z's scan,
 W, X) changes the access record or a guest page-table entry.
@@ -11,11 +11,18 @@ import pytest
 from guest_helpers import PTE_A, PTE_D, Out, asm_guest, console_lines, create, new_machine, wait_for
 from guest_helpers import run_key as run
 
+from emu.access.scan import DomainScan, ScanError, reset_window, scan_all, scan_domain
 from emu.audit import audit
 from emu.domain_build import guest_pte_flags
-from emu.scan import DomainScan, ScanError, reset_window, scan_all, scan_domain
 from keyhandlers import KeyhandlerError
-from keyhandlers.access import parse_report, reset_accessed_window, scan_accessed_pages
+from keyhandlers.access import (
+    heat,
+    heat_line,
+    parse_report,
+    reset_accessed_window,
+    scan_accessed_pages,
+    summary_line,
+)
 from keyhandlers.hexdump import hexdump_memory
 from keyhandlers.walk import walk_shadow_pagetables
 
@@ -50,7 +57,7 @@ def test_arrays_equal_the_guest_pte_bits(machine, workload, n):
     arena = scan_domain(machine, dom, 0x100, 0xFFF)
     assert arena.nr_accessed == n and arena.gfn[0] == 0x100 and arena.gfn.size == 0xF00
     assert arena.nr_dirty == (n if "write=1" in workload else 0)
-    assert arena.summary() == (
+    assert summary_line(arena) == (
         f"d{dom.domid} pages=3840 accessed={n} dirty={arena.nr_dirty} window={n} never={3840 - n}"
     )
     # A range beyond the P2M: the pages past its end are not owned, nothing is invented.
@@ -84,24 +91,24 @@ def test_heat_thresholds_and_buckets():
     for c, k in enumerate(counts):
         win[c * 100 : c * 100 + k] = True
     s = _synthetic(np.ones(6400), win)
-    assert s.heat() == " ..::oo##" + " " * 55
+    assert heat(s) == " ..::oo##" + " " * 55
     # Holes do not dilute a column: 3 owned pages, all accessed, is `#`.
     owned = np.zeros(6400, dtype=bool)
     owned[:3] = True
     s = _synthetic(owned, owned)
-    assert s.heat() == "#" + " " * 63
+    assert heat(s) == "#" + " " * 63
     # Fewer gfns than columns: gfn g is column g * 64 // n; the others stay empty.
     s = _synthetic(np.ones(10), [1, 0, 0, 0, 0, 0, 0, 0, 0, 1])
     cols = [g * 64 // 10 for g in range(10)]
     assert cols[0] == 0 and cols[-1] == 57
     want = [" "] * 64
     want[0] = want[57] = "#"
-    assert s.heat() == "".join(want)
+    assert heat(s) == "".join(want)
     # An uneven split: 100 gfns, columns of 1 or 2 gfns, every gfn in exactly one column.
     s = _synthetic(np.ones(100), np.ones(100))
     owned_cols, win_cols = s.heat_counts()
     assert owned_cols.sum() == 100 and set(owned_cols.tolist()) == {1, 2}
-    assert s.heat_line() == "d1 heat [" + "#" * 64 + "] 0x0-0x63"
+    assert heat_line(s) == "d1 heat [" + "#" * 64 + "] 0x0-0x63"
 
 
 def test_hypervisor_reads_change_nothing(machine):

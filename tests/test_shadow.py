@@ -19,7 +19,7 @@ from shadow_harness import (
 )
 
 from emu.audit import audit
-from emu.page_info import PGC_shadowed_pt
+from emu.mm.page_info import PGC_shadowed_pt
 from emu.shadow import (
     SH_type_l1_64_shadow,
     SH_type_l2_64_shadow,
@@ -474,3 +474,31 @@ def test_cmpxchg_flags_match_the_cpu():
                 uc.emu_start(0x1000, 0x1000 + len(code))
                 want = uc.reg_read(UC_X86_REG_EFLAGS) & _ARITH_FLAGS
                 assert _cmp_flags(a & mask, b & mask, size) == want, (size, hex(a), hex(b))
+
+
+def test_superpage_faults_end_like_4k_faults(machine):
+    """The fault tail is one helper for 4 KiB and 2 MiB guest mappings (emu/shadow/multi.py
+    `_sh_propagate`): a spurious fault through a superpage counts its TLB flush, and an
+    emulated page-table write through one restarts the no-progress count, as on 4 KiB."""
+    g = Guest(machine, name="sp-tail")
+    sd, v = g.dom.paging, g.vcpus[0]
+    l2 = g.q(PT_GFN + 2)
+    l2[7] = (0 << 12) | P | RW | 0x80  # VA 0xe00000 -> gfns 0x000-0x1ff, 2 MiB
+    l1_va = (7 << 21) + (g.l1_gfns[0] << 12)  # the guest's first L1 table, via the superpage
+    entry, until = g.load(
+        f"mov rdi, {l1_va:#x}\nmov rax, qword ptr [rdi]\nmov qword ptr [rdi], rax"
+    )
+    assert v.run(entry, until) == until, v.events  # read, then an emulated PT write
+    emulated = machine.perfc.total("shadow_fault_emulate_write")
+    assert emulated >= 1
+    # A fault the shadow already allows: flushed and counted, one no-progress fault so far.
+    flushes, counted = v.tlb_flushes, machine.perfc.total("shadow_vcpu_tlb_flush")
+    assert sd.page_fault(v, l1_va, 0) == 0
+    assert v.tlb_flushes == flushes + 1
+    assert machine.perfc.total("shadow_vcpu_tlb_flush") == counted + 1
+    assert sd.spurious[0] == 1
+    # The same code again: only the PT write faults (emulated), and that is progress.
+    assert v.run(entry, until) == until, v.events
+    assert machine.perfc.total("shadow_fault_emulate_write") == emulated + 1
+    assert sd.spurious.get(0, 0) == 0
+    _clean(machine)

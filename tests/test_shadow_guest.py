@@ -1,4 +1,4 @@
-"""Shadow paging with GUEST's real vCPUs and scheduler (emu/vcpu.py, emu/hvm.py): exact
+"""Shadow paging with GUEST's real vCPUs and scheduler (emu/cpu/vcpu.py, emu/hvm.py): exact
 A/D after a touch workload, `S` while guests run, a CPL 3 guest writing its own PTEs."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import pytest
 from shadow_harness import ARENA_GFN, A, D
 
 from emu.audit import audit
+from emu.boot import boot_sync
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -42,14 +43,14 @@ def test_real_guests_touch_exactly_and_run_on_after_s():
     from keyhandlers.shadow import shadow_blow_all_tables
 
     m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20))
-    m.boot_sync()
+    boot_sync(m)
     try:
         d1 = m.create_domain(
             DomainSpec(name="t1", memory=32, workload="touch:pages=300,stride=2,write=1")
         )
         d2 = m.create_domain(DomainSpec(name="t2", memory=32, vcpus=2, workload="random:ws=64"))
         assert _wait_for(lambda: b"(d1) touch done 300" in m.console.ring.read())
-        with m.sched.quiesce(d1):
+        with m.quiesce(d1):
             leaves = [_guest_leaf(m, d1, g << 12) for g in range(ARENA_GFN, ARENA_GFN + 700)]
             arena = m.access.domain_arrays(d1)
         want = {ARENA_GFN + 2 * i for i in range(300)}
@@ -59,11 +60,11 @@ def test_real_guests_touch_exactly_and_run_on_after_s():
         assert {int(x) for x in np.flatnonzero(arena["accessed"][ARENA_GFN:])} == {
             g - ARENA_GFN for g in want
         }
-        with m.sched.quiesce(None):  # d2 runs: audit only with every vCPU held
+        with m.quiesce(None):  # d2 runs: audit only with every vCPU held
             assert audit(m) == []
         f0 = m.perfc.total("shadow_fault")
         lines: list[str] = []
-        with m.sched.quiesce(None):  # (the guests would re-fault at once otherwise)
+        with m.quiesce(None):  # (the guests would re-fault at once otherwise)
             shadow_blow_all_tables(m, lines.append, ())
             for d in (d1, d2):
                 sd = d.paging
@@ -71,7 +72,7 @@ def test_real_guests_touch_exactly_and_run_on_after_s():
             assert audit(m) == []
         # d2's random workload re-faults its working set and keeps running.
         assert _wait_for(lambda: m.perfc.total("shadow_fault") > f0 + 32)
-        with m.sched.quiesce(None):
+        with m.quiesce(None):
             assert audit(m) == []
             r = m.access.domain_arrays(d2)
             assert 0 < r["accessed"][ARENA_GFN:].sum() <= 64
@@ -132,13 +133,13 @@ def test_real_guest_rewrites_its_own_pte_at_cpl3(tmp_path):
     src = tmp_path / "ptw.S"
     src.write_text(ASM_PT_WRITER)
     m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20))
-    m.boot_sync()
+    boot_sync(m)
     try:
         d = m.create_domain(DomainSpec(name="ptw", memory=8, workload=f"asm:{src}"))
         assert _wait_for(lambda: b"(d1) OKBA" in m.console.ring.read(), 20)
         sd = d.paging
         assert sd.pt_writes == {"emulated": 1, "single-stepped": 1}
-        with m.sched.quiesce(d):
+        with m.quiesce(d):
             assert _guest_leaf(m, d, 0x100000) & ~(A | D) == 0x8000000000100003
             assert audit(m) == []
     finally:
@@ -152,14 +153,14 @@ def test_balloon_and_destroy_while_guests_run():
     from emu.machine import Machine
 
     m = Machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20))
-    m.boot_sync()
+    boot_sync(m)
     try:
         d = m.create_domain(DomainSpec(name="bal", memory=16, vcpus=2, workload="random:ws=1500"))
         assert _wait_for(lambda: m.perfc.total("shadow_fault") > 1000)
         avail = m.heap.total_avail_pages
         for _ in range(5):
             m.set_target(d, d.tot_pages - 200)
-            with m.sched.quiesce(d):
+            with m.quiesce(d):
                 assert audit(m) == []
                 r = m.access.domain_arrays(d)
                 assert r["accessed"][ARENA_GFN + 1500 :].sum() == 0

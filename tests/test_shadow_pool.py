@@ -144,7 +144,7 @@ def test_balloon_down_of_a_page_table_frame_unshadows_it():
     gmfn = g.mfn(l1)
     assert (gmfn, SH_type_l1_64_shadow) in sd.hash.map
     g.dom.reserved_gfns.discard(l1)
-    from emu.memory import decrease_reservation
+    from emu.mm.memory import decrease_reservation
 
     decrease_reservation(m, g.dom, np.array([l1]))
     assert (gmfn, SH_type_l1_64_shadow) not in sd.hash.map

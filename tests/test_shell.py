@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emu.boot import boot
 from emu.host import HostConfig
 from emu.machine import Machine
-from emu.setup import boot
 from keyhandlers import installed
 from keyhandlers.dispatch import XenKeyInput
 from xenconsole.dom0 import xl

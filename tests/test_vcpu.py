@@ -9,8 +9,8 @@ import time
 import pytest
 from unicorn import x86_const as X
 
-from emu import vcpu as V
 from emu.audit import audit
+from emu.cpu import vcpu as V
 from emu.workload import guest_layout, validate_workload
 from tests.guest_helpers import (
     PUTS,
@@ -160,7 +160,7 @@ idle:
     v = dom.vcpus[0]
     assert wait_for(lambda: console_lines(dom) == ["5"]), console_lines(dom)
     assert wait_for(lambda: v.blocked)
-    with machine.sched.quiesce(dom):
+    with machine.quiesce(dom):
         r = v.regs()
         assert r["r14"] == dom.hvm.layout.pt_start << 12  # mov from cr3: the guest's value
         assert r["r15"] & 0xFF == 0xFF  # a port nothing decodes reads all-ones
@@ -313,7 +313,7 @@ def test_pause_unpause_and_quiesce(machine):
     assert v.cpu_time_ns == t and dom.state_chars()[2] == "p"
     machine.sched.unpause_domain(dom)
     assert wait_for(lambda: v.cpu_time_ns > t)
-    with machine.sched.quiesce(dom):
+    with machine.quiesce(dom):
         t = v.cpu_time_ns
         time.sleep(0.05)
         assert not v.running and v.cpu_time_ns == t

@@ -27,7 +27,9 @@ from guest_helpers import (
 )
 from guest_helpers import run_key as run
 
-from emu.scan import scan_domain
+from emu.access.scan import scan_domain
+from emu.mm.p2m import INVALID_M2P_ENTRY
+from emu.mm.page import PTE_ADDR_MASK
 from keyhandlers import KeyhandlerError
 from keyhandlers import walk as W
 from keyhandlers.hexdump import MAX_PAGES, hexdump_memory
@@ -87,9 +89,9 @@ def actual_l1(m, dom) -> dict[tuple[int, int], tuple[int, str, str]]:
         ents = m.ram.page64(smfn)
         for i in np.flatnonzero(ents & np.uint64(1)).tolist():
             e = int(ents[i])
-            mfn = (e & W.ADDR) >> 12
+            mfn = (e & PTE_ADDR_MASK) >> 12
             g = int(m.m2p[mfn])
-            res[(smfn, i)] = (mfn, "-" if g == W.INVALID else hex(g), flags_str(e))
+            res[(smfn, i)] = (mfn, "-" if g == INVALID_M2P_ENTRY else hex(g), flags_str(e))
     return res
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 import traceback
 
+from emu.boot import boot
 from emu.host import HostConfig
 from emu.machine import Machine
-from emu.setup import boot
 from keyhandlers.dispatch import XenKeyInput
 from xenconsole.dom0.shell import Dom0Shell
 from xenconsole.hub import Hub

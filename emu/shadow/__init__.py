@@ -7,6 +7,11 @@
 
 from __future__ import annotations
 
+
+class ShadowError(Exception):
+    """A shadow operation that cannot be done for this guest (the domain should crash)."""
+
+
 # Results of ShadowDomain.page_fault().
 FIXED = 0  # the shadow now allows the access: resume, the instruction re-executes
 GUEST_FAULT = 1  # the guest's own tables deny it: inject a #PF into the guest
@@ -42,16 +47,6 @@ LEVEL_TYPE = {
 }
 TYPE_LEVEL = {t: lvl for lvl, t in LEVEL_TYPE.items()}
 
-# x86 PTE bits.
-_PAGE_PRESENT = 0x1
-_PAGE_RW = 0x2
-_PAGE_USER = 0x4
-_PAGE_ACCESSED = 0x20
-_PAGE_DIRTY = 0x40
-_PAGE_PSE = 0x80
-_PAGE_NX = 1 << 63
-PADDR_MASK = 0x000FFFFFFFFFF000
-
 # #PF error code bits (PFEC_*).
 PFEC_page_present = 0x1
 PFEC_write_access = 0x2
@@ -59,21 +54,15 @@ PFEC_user_mode = 0x4
 PFEC_reserved_bit = 0x8
 PFEC_insn_fetch = 0x10
 
-# count_info flag on guest frames that have shadows (master / 4.22).
-PGC_shadowed_pt = 0x0100000000000000
-
-INVALID_MFN = (1 << 64) - 1
-
 
 def shadow_enable(machine, dom, pool_pages: int | None = None):
     """Turn shadow mode on for `dom`: take its pool from the heap, set `dom.paging`."""
-    from emu.shadow.common import ShadowDomain, attach
+    from emu.shadow.common import ShadowDomain
 
-    attach(machine)
-    if getattr(dom, "paging", None) is not None:
+    if dom.paging is not None:
         return dom.paging
     dom.paging = ShadowDomain(machine, dom, pool_pages)
     return dom.paging
 
 
-__all__ = ["CRASH", "FIXED", "GUEST_FAULT", "shadow_enable"]
+__all__ = ["CRASH", "FIXED", "GUEST_FAULT", "ShadowError", "shadow_enable"]

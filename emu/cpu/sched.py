@@ -7,7 +7,7 @@ but a domain's vCPUs never do (LOCK is not atomic across Uc instances, unicorn.m
 pCPU skips a vCPU whose domain already runs elsewhere. There are min(host cpus, host
 cores, 8) pCPU threads; any further emulated pCPUs exist for the keys and stay idle.
 
-Slices are counted (`emu_start(count=SLICE_INSNS)`, emu/vcpu.py) and never ended by an
+Slices are counted (`emu_start(count=SLICE_INSNS)`, emu/cpu/vcpu.py) and never ended by an
 `emu_stop()` from another thread: such a stop can land after an instruction's store but
 before it retires, and the store then runs twice (measured: `add [mem],1` x 30 M with a stop
 every 0.3 ms gave 6,313 extra adds). The timer thread only *kicks* (sets `kicked`) at the
@@ -15,8 +15,9 @@ slice end or a `set_timer_op` deadline; the vCPU's next hook ends the run, or it
 runs out. With nothing running the timer sleeps indefinitely: an idle host burns no CPU.
 Blocked vCPUs (hlt, SCHEDOP_block) are not on the run queue.
 
-`quiesce(dom)` (CONTRACT.md): keep `dom`'s vCPUs (all, for None) out of `emu_start` for
-the body of a `with` block; used by debug keys and xl from the reactor thread.
+`quiesce(dom)`: keep `dom`'s vCPUs (all, for None) out of `emu_start` for the body of a
+`with` block. Callers use `machine.quiesce(dom)` (emu/machine.py), which is this on a
+machine with guests.
 """
 
 from __future__ import annotations

@@ -9,11 +9,16 @@ so a guest can never point the hypervisor at another domain's memory.
 
 from __future__ import annotations
 
-PAGE_SHIFT = 12
-PAGE_MASK = 0xFFF
-ADDR_MASK = 0x000FFFFFFFFFF000
-P, RW, US, PSE = 0x1, 0x2, 0x4, 0x80
-INVALID_MFN = (1 << 64) - 1
+from emu.mm.page import (
+    _PAGE_PRESENT,
+    _PAGE_PSE,
+    _PAGE_RW,
+    INVALID_MFN,
+    PAGE_OFFSET_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PTE_ADDR_MASK,
+)
 
 
 class GuestMemError(Exception):
@@ -47,23 +52,23 @@ def translate(machine, dom, guest_cr3: int, va: int, write: bool = False) -> int
         raise GuestMemError(va, write)
     u64 = machine.ram.u64
     nr = machine.ram.nr_frames
-    gfn = (guest_cr3 & ADDR_MASK) >> PAGE_SHIFT
+    gfn = (guest_cr3 & PTE_ADDR_MASK) >> PAGE_SHIFT
     for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
         mfn = _mfn(dom, gfn, nr)
         if mfn is None:
             raise GuestMemError(va, write)
         e = int(u64[(mfn << 9) + ((va >> shift) & 511)])
-        if not e & P or (write and not e & RW):
+        if not e & _PAGE_PRESENT or (write and not e & _PAGE_RW):
             raise GuestMemError(va, write)
-        if level in (3, 2) and e & PSE:
-            base = (e & ADDR_MASK) >> PAGE_SHIFT & ~((1 << (shift - 12)) - 1)
+        if level in (3, 2) and e & _PAGE_PSE:
+            base = (e & PTE_ADDR_MASK) >> PAGE_SHIFT & ~((1 << (shift - 12)) - 1)
             gfn = base + ((va >> 12) & ((1 << (shift - 12)) - 1))
             break
-        gfn = (e & ADDR_MASK) >> PAGE_SHIFT
+        gfn = (e & PTE_ADDR_MASK) >> PAGE_SHIFT
     mfn = _mfn(dom, gfn, nr)
     if mfn is None:
         raise GuestMemError(va, write)
-    return (mfn << PAGE_SHIFT) | (va & PAGE_MASK)
+    return (mfn << PAGE_SHIFT) | (va & PAGE_OFFSET_MASK)
 
 
 def read(machine, dom, guest_cr3: int, va: int, n: int) -> bytes:
@@ -71,7 +76,7 @@ def read(machine, dom, guest_cr3: int, va: int, n: int) -> bytes:
     out = bytearray()
     while n > 0:
         ma = translate(machine, dom, guest_cr3, va)
-        chunk = min(n, 0x1000 - (va & PAGE_MASK))
+        chunk = min(n, PAGE_SIZE - (va & PAGE_OFFSET_MASK))
         out += machine.ram.read(ma, chunk)
         va += chunk
         n -= chunk
@@ -86,7 +91,7 @@ def read_partial(machine, dom, guest_cr3: int, va: int, n: int) -> bytes:
             ma = translate(machine, dom, guest_cr3, va)
         except GuestMemError:
             break
-        chunk = min(n, 0x1000 - (va & PAGE_MASK))
+        chunk = min(n, PAGE_SIZE - (va & PAGE_OFFSET_MASK))
         out += machine.ram.read(ma, chunk)
         va += chunk
         n -= chunk
@@ -102,7 +107,7 @@ def write(machine, dom, guest_cr3: int, va: int, data: bytes, refuse=None) -> No
         ma = translate(machine, dom, guest_cr3, va + off, write=True)
         if refuse is not None and refuse(ma >> PAGE_SHIFT):
             raise GuestMemError(va + off, True)
-        chunk = min(len(data) - off, 0x1000 - ((va + off) & PAGE_MASK))
+        chunk = min(len(data) - off, PAGE_SIZE - ((va + off) & PAGE_OFFSET_MASK))
         pieces.append((ma, data[off : off + chunk]))
         off += chunk
     for ma, piece in pieces:

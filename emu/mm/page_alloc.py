@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emu.page_info import (
+from emu.mm.page import PADDR_BITS, PAGE_SHIFT
+from emu.mm.page_info import (
     FrameTable,
     PGC_allocated,
     PGC_need_scrub,
@@ -31,14 +32,12 @@ from emu.page_info import (
     PGC_xen_heap,
     owner_code,
 )
-from emu.ram import MachineRAM
+from emu.mm.ram import MachineRAM
 
 if TYPE_CHECKING:
     from emu.domain import Domain
 
 MAX_ORDER = 20
-PADDR_BITS = 52
-PAGE_SHIFT = 12
 NR_ZONES = PADDR_BITS - PAGE_SHIFT + 1  # 41
 MEMZONE_XEN = 0
 MAX_NUMNODES = 1

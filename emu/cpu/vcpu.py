@@ -5,9 +5,9 @@ returned by `dom.paging.update_cr3()`. Everything the guest cannot do itself rea
 hypervisor through the hooks installed here:
 
 - UC_HOOK_INTR: #PF -> the shadow fault path; #GP -> privileged-instruction emulation
-  (emu/emulate.py); #DB -> a shadow or Xen single-step; anything else is reflected into the
+  (emu/cpu/priv_op.py); #DB -> a shadow or Xen single-step; anything else is reflected into the
   guest through the IDT it loaded with `lidt`, or, with none, is a triple fault.
-- UC_HOOK_INSN syscall -> hypercalls (emu/emulate.py); IN/OUT -> port 0xe9, every other
+- UC_HOOK_INSN syscall -> hypercalls (emu/cpu/priv_op.py); IN/OUT -> port 0xe9, every other
   port reads all-ones and ignores writes (nothing decodes it).
 - UC_HOOK_INSN_INVALID -> #UD, reflected or a triple fault.
 
@@ -42,11 +42,12 @@ from unicorn import (
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
-from emu import domain as _domain
-from emu import guestmem
+from emu.domain import VcpuRecord
+from emu.mm import guestmem
+from emu.mm.page import PTE_ADDR_MASK
+from emu.mm.page_info import PGC_shadowed_pt
 from emu.shadow import CRASH, FIXED
 
-ADDR_MASK = 0x000FFFFFFFFFF000
 RFLAGS_TF, RFLAGS_IF = 0x100, 0x200
 UNTIL = 1 << 63  # non-canonical: a run never ends by reaching it
 # A slice is at most this many guest instructions (count= is exact; an emu_stop() from
@@ -136,7 +137,7 @@ _REG_IDS = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in REG_NAMES}
 _REG_IDS["rflags"] = X.UC_X86_REG_EFLAGS
 
 
-class VCPU(_domain.VCPU):
+class VCPU(VcpuRecord):
     """`struct vcpu` of an HVM guest, with its Unicorn instance."""
 
     __eq__ = object.__eq__  # identity, not the dataclass field comparison
@@ -149,6 +150,7 @@ class VCPU(_domain.VCPU):
         self.guest_cr3 = 0
         self.guest_cr2 = 0
         self.vcr0, self.vcr4 = GUEST_CR0, GUEST_CR4
+        self.vcr8 = 0  # the guest's TPR (mov cr8)
         self.vif = False  # virtual RFLAGS.IF (cli/sti)
         self.guest_idt: tuple[int, int] | None = None  # (base, limit) from lidt
         self.pending: tuple | None = None
@@ -223,7 +225,7 @@ class VCPU(_domain.VCPU):
 
     def _xen_slot_map(self, xen_l4e: int, step: bool) -> None:
         u64 = self.machine.ram.u64
-        idx = ((self.uc.reg_read(X.UC_X86_REG_CR3) & ADDR_MASK) >> 3) + XEN_SLOT
+        idx = ((self.uc.reg_read(X.UC_X86_REG_CR3) & PTE_ADDR_MASK) >> 3) + XEN_SLOT
         tf = bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_TF)
         self.xen_step = (idx, int(u64[idx]), tf, step)
         u64[idx] = xen_l4e
@@ -313,7 +315,7 @@ class VCPU(_domain.VCPU):
             if intno == 14:
                 self._page_fault(uc, err)
             elif intno == 13:
-                from emu.emulate import emulate_gp
+                from emu.cpu.priv_op import emulate_gp
 
                 emulate_gp(self)
             elif intno == 1:
@@ -348,14 +350,13 @@ class VCPU(_domain.VCPU):
         if r == FIXED:
             return
         if r == CRASH:
-            why = getattr(paging, "crash_reason", None) or f"unhandled shadow fault at {cr2:#x}"
+            why = paging.crash_reason or f"unhandled shadow fault at {cr2:#x}"
             self.stop(("crash", "shadow", why))
             return
-        ec = paging.fault_error_code(self) if hasattr(paging, "fault_error_code") else err
-        self.stop(("exc", 14, ec, cr2))
+        self.stop(("exc", 14, paging.fault_error_code(self), cr2))
 
     def _on_syscall(self, uc: Uc, _ud) -> None:
-        from emu.emulate import hypercall
+        from emu.cpu.priv_op import hypercall
 
         try:
             hypercall(self)
@@ -406,7 +407,7 @@ class VCPU(_domain.VCPU):
         ft_count = m.frames.pi["count_info"]
 
         def shadowed(mfn: int) -> bool:  # never write a shadowed page table behind its back
-            return bool(int(ft_count[mfn]) & (1 << 56))
+            return bool(int(ft_count[mfn]) & PGC_shadowed_pt)
 
         try:
             guestmem.write(

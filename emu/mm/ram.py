@@ -11,8 +11,8 @@ import mmap
 
 import numpy as np
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+from emu.mm.page import PAGE_SHIFT, PAGE_SIZE
+
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 

@@ -26,13 +26,15 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone import x86_const as C
 from unicorn import x86_const as X
 
-from emu import guestmem
+from emu.domain import SHUTDOWN_crash, SHUTDOWN_poweroff
+from emu.mm import guestmem
+from emu.mm.page import PAGE_SHIFT, PTE_ADDR_MASK
+from emu.version import XEN_MAJOR, XEN_MINOR
 
 ENOSYS, EINVAL, EFAULT = 38, 22, 14
 HC_console_io, HC_set_timer_op, HC_xen_version, HC_sched_op = 18, 15, 17, 29
 CONSOLEIO_write, CONSOLEIO_read = 0, 1
 SCHEDOP_yield, SCHEDOP_block, SCHEDOP_shutdown = 0, 1, 2
-SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
 CONSOLE_WRITE_MAX = 16 << 10
 CR0_PE, CR0_TS, CR0_PG = 0x1, 0x8, 0x80000000
 CR4_PAE = 0x20
@@ -145,7 +147,7 @@ def _emulate(vcpu, insn) -> bool:
 def _vcpu_down(vcpu) -> None:
     """hvm_vcpu_down(): offline; when no vCPU of the domain is left online, power off."""
     vcpu.down = True
-    if all(getattr(v, "down", False) for v in vcpu.domain.vcpus):
+    if all(v.down for v in vcpu.domain.vcpus):
         vcpu.machine.console.printk(
             f"arch/x86/hvm/hvm.c:1729:{vcpu.name} All CPUs offline -- powering off.\n"
         )
@@ -156,14 +158,14 @@ def _vcpu_down(vcpu) -> None:
 
 def _read_cr(vcpu, n: int) -> int | None:
     return {0: vcpu.vcr0, 2: vcpu.guest_cr2, 3: vcpu.guest_cr3, 4: vcpu.vcr4}.get(
-        n, getattr(vcpu, "vcr8", 0) if n == 8 else None
+        n, vcpu.vcr8 if n == 8 else None
     )
 
 
 def _write_cr(vcpu, n: int, value: int) -> bool:
     if n == 3:
         nr_gfns = len(vcpu.domain.p2m)
-        if (value & guestmem.ADDR_MASK) >> 12 >= nr_gfns:
+        if (value & PTE_ADDR_MASK) >> PAGE_SHIFT >= nr_gfns:
             return False  # a CR3 outside the guest's memory: #GP, not a shadow of nothing
         vcpu.load_cr3(value)
         return True
@@ -206,7 +208,7 @@ def hypercall(vcpu) -> None:
         vcpu.wake_at = a1 or None
         ret = 0
     elif nr == HC_xen_version:
-        ret = (4 << 16) | 22 if a1 == 0 else -ENOSYS
+        ret = (XEN_MAJOR << 16) | XEN_MINOR if a1 == 0 else -ENOSYS
     uc.reg_write(X.UC_X86_REG_RAX, ret & 0xFFFFFFFFFFFFFFFF)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from emu.version import XEN_VERSION
+
 Out = Callable[[str], None]
 
 # The idle vCPU's context as the `d` key shows a pCPU with no guest on it: Xen is in
@@ -20,11 +22,8 @@ XEN_CS, XEN_SS = 0xE008, 0xE010
 
 
 def xen_info_line(machine) -> str:
-    from emu import machine as m
-
-    debug = "y" if getattr(machine, "debug_build", True) else "n"
-    ver = f"{m.XEN_MAJOR}.{m.XEN_MINOR}{m.XEN_EXTRA}"
-    return f"----[ Xen-{ver}  x86_64  debug={debug}  Not tainted ]----"
+    debug = "y" if machine.debug_build else "n"
+    return f"----[ Xen-{XEN_VERSION}  x86_64  debug={debug}  Not tainted ]----"
 
 
 def show_registers(
@@ -62,7 +61,7 @@ def show_idle_execution_state(machine, out: Out, cpu: int) -> None:
     """A pCPU running its idle vCPU, interrupted in the hypervisor."""
     out(xen_info_line(machine))
     out(f"CPU:    {cpu}")
-    xen_mfn = getattr(machine, "idle_pt_maddr", 0x200000)
+    xen_mfn = machine.idle_pt_maddr
     stack = 0xFFFF830000000000 + ((cpu + 1) << 15) - 0x58  # per-CPU stack, below cpu_info
     r = {
         "cs": XEN_CS,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu.domain import INVALID_MFN, Domain
-from emu.p2m import p2m_remove_entries, p2m_set_entries
+from emu.domain import Domain
+from emu.mm.p2m import p2m_remove_entries, p2m_set_entries
+from emu.mm.page import INVALID_MFN
 
 
 class MemoryOpError(Exception):

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
-_PTE_P = 0x1
-_PTE_A = 0x20
-_PTE_ADDR = 0x000FFFFFFFFFF000
-INVALID_MFN = (1 << 64) - 1
+from emu.mm.page import _PAGE_ACCESSED, _PAGE_PRESENT, INVALID_MFN, PAGE_SHIFT, PTE_ADDR_MASK
+
+_PA = _PAGE_PRESENT | _PAGE_ACCESSED
+_U_PA = np.uint64(_PA)
+_U_ADDR = np.uint64(PTE_ADDR_MASK)
+_U_SHIFT = np.uint64(PAGE_SHIFT)
 
 
 class AccessRecord:
@@ -48,31 +50,40 @@ class AccessRecord:
         self.window[mfns] = 0
         self.first_touch_ns[mfns] = 0
 
+    def fold_accessed(self, ents: np.ndarray) -> None:
+        """OR into `window` the frames that shadow L1 entries `ents` (uint64) show accessed:
+        present with the A bit the hardware walker set. Callers fold entries about to be
+        cleared or removed, so the window never loses an access."""
+        hit = ents[(ents & _U_PA) == _U_PA]
+        if hit.size:
+            m = ((hit & _U_ADDR) >> _U_SHIFT).astype(np.intp)
+            self.window[m[m < self.nr_frames]] = 1
+
+    def fold_entry(self, e: int) -> None:
+        """`fold_accessed` for one entry (invlpg, a revalidated entry): no numpy per call."""
+        if e & _PA == _PA:
+            m = (e & PTE_ADDR_MASK) >> PAGE_SHIFT
+            if m < self.nr_frames:
+                self.mv_window[m] = 1
+
     def fold_window(self, dom) -> None:
         """OR the hardware-set A bits of `dom`'s shadow L1 entries into `window`."""
-        paging = getattr(dom, "paging", None)
-        if paging is None:
-            return
-        ent = paging.shadow_l1_entries()
-        hit = ent[(ent & np.uint64(_PTE_P | _PTE_A)) == np.uint64(_PTE_P | _PTE_A)]
-        if hit.size:
-            m = ((hit & np.uint64(_PTE_ADDR)) >> np.uint64(12)).astype(np.intp)
-            self.window[m[m < self.nr_frames]] = 1
+        if dom.paging is not None:
+            self.fold_accessed(dom.paging.shadow_l1_entries())
 
     def reset_window(self, dom) -> None:
         """Key `Z` for one domain: start a new window.
 
         Clears `window` for the domain's frames and the A bit of every shadow L1 entry of the
         domain, then flushes every vCPU's TLB so the next access sets A again. The caller
-        keeps the domain's vCPUs out of `emu_start` (`machine.sched.quiesce(dom)`).
+        keeps the domain's vCPUs out of `emu_start` (`machine.quiesce(dom)`).
         """
         p2m = np.asarray(dom.p2m)
         mfns = p2m[p2m != np.uint64(INVALID_MFN)]
         mfns = mfns[mfns < self.nr_frames].astype(np.intp)
         self.window[mfns] = 0
-        paging = getattr(dom, "paging", None)
-        if paging is not None:
-            paging.clear_l1_accessed()
+        if dom.paging is not None:
+            dom.paging.clear_l1_accessed()
 
     def domain_arrays(self, dom) -> dict[str, np.ndarray]:
         """Per-gfn views of the record for `dom` (holes read as never accessed).
@@ -93,12 +104,3 @@ class AccessRecord:
             "window": np.where(valid, self.window[idx], z8),
             "first_touch_ns": np.where(valid, self.first_touch_ns[idx], np.uint64(0)),
         }
-
-
-def access_of(machine) -> AccessRecord:
-    """`machine.access`, created on first use (one slot per machine frame)."""
-    rec = getattr(machine, "access", None)
-    if rec is None:
-        rec = AccessRecord(machine.ram.nr_frames)
-        machine.access = rec
-    return rec

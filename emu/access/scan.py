@@ -1,19 +1,19 @@
 """The accessed-page scan: which of a domain's pages has its guest touched (key `U`, `Z`).
 
-    from emu.scan import scan_domain
+    from emu.access.scan import scan_domain
     s = scan_domain(machine, dom, 0x100, 0x3FFF)     # gfns 0x100..0x3fff inclusive
     s.accessed, s.dirty, s.window, s.first_touch_ns  # numpy arrays, one entry per gfn
     s.pages, s.nr_accessed, s.nr_dirty, s.nr_window, s.nr_never
-    s.heat()                                          # the 64-column heat line of `U`
+    s.heat_levels()                                   # 0..4 per column of `U`'s heat line
     scan_all(machine)            # every shadowed guest, as `U` without arguments
     reset_window(machine, dom)   # key `Z`: a new window
 
-Each call holds the domain still while it reads (`machine.sched.quiesce(dom)`, then the
+Each call holds the domain still while it reads (`machine.quiesce(dom)`, then the
 machine lock). `s.owned` marks the gfns the domain owns; `s.gfn` lists the gfns covered.
 
 Two sources are combined, both vectorised (never a Python loop per page):
 
-* the per-MFN access record (`machine.access`, emu/access.py), written by the shadow fault
+* the per-MFN access record (`machine.access`, emu/access/record.py), written by the shadow fault
   path whenever it sets a guest A (and D) bit: lifetime `accessed`/`written`,
   `first_touch_ns`, and `window` (accessed since the last `Z`, including A bits of shadow
   entries that have since been removed);
@@ -37,14 +37,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emu.access import access_of
+from emu.mm.page import (
+    _PAGE_ACCESSED,
+    _PAGE_DIRTY,
+    _PAGE_PRESENT,
+    MAX_GFN,
+    PAGE_SHIFT,
+    PTE_ADDR_MASK,
+)
 
-_PTE_P, _PTE_A, _PTE_D = 0x1, 0x20, 0x40
-_PTE_ADDR = np.uint64(0x000FFFFFFFFFF000)
-INVALID_MFN = np.uint64((1 << 64) - 1)
-MAX_GFN = (1 << 40) - 1  # 52-bit guest-physical addresses
+_U_ADDR = np.uint64(PTE_ADDR_MASK)
 HEAT_COLUMNS = 64
-HEAT_CHARS = " .:o#"
 
 
 class ScanError(ValueError):
@@ -92,13 +95,6 @@ class DomainScan:
     def nr_never(self) -> int:
         return self.pages - self.nr_accessed
 
-    def summary(self) -> str:
-        """`dN pages=P accessed=A dirty=D window=R never=N` (SPEC §5)."""
-        return (
-            f"d{self.domid} pages={self.pages} accessed={self.nr_accessed} "
-            f"dirty={self.nr_dirty} window={self.nr_window} never={self.nr_never}"
-        )
-
     def heat_counts(self, columns: int = HEAT_COLUMNS) -> tuple[np.ndarray, np.ndarray]:
         """(owned pages, pages accessed in the window) per column.
 
@@ -121,38 +117,22 @@ class DomainScan:
         )
         return owned, win
 
-    def heat(self, columns: int = HEAT_COLUMNS) -> str:
-        """One character per column: ` ` no page accessed in the window, `.` under 25% of
-        the column's owned pages, `:` under 50%, `o` under 75%, `#` 75% or more."""
+    def heat_levels(self, columns: int = HEAT_COLUMNS) -> list[int]:
+        """One level per column: 0 no page accessed in the window, 1 under 25% of the
+        column's owned pages, 2 under 50%, 3 under 75%, 4 for 75% or more."""
         owned, win = self.heat_counts(columns)
         level = np.zeros(columns, dtype=np.int64)
         some = win > 0
-        # 4 * win / owned, compared in integers: 0..3 -> . : o, 4 -> #
+        # 4 * win / owned, compared in integers: 0..3 -> 1..3, 4 -> 4
         q = np.where(owned > 0, (4 * win) // np.maximum(owned, 1), 0)
         level[some] = 1 + np.minimum(q[some], 3)
-        return "".join(HEAT_CHARS[i] for i in level.tolist())
-
-    def heat_line(self) -> str:
-        """`dN heat [<64 columns>] 0xFIRST-0xLAST` (the second line of `U` per domain)."""
-        return f"d{self.domid} heat [{self.heat()}] {self.first:#x}-{self.last:#x}"
+        return level.tolist()
 
 
 def tracked(dom) -> bool:
     """Whether `dom`'s accesses are recorded: a live shadowed guest (not the PV dom0)."""
-    paging = getattr(dom, "paging", None)
-    return (
-        paging is not None
-        and not getattr(paging, "dying", False)
-        and not getattr(dom, "is_dying", 0)
-        and hasattr(paging, "shadow_l1_entries")
-    )
-
-
-def _quiesce(machine, dom):
-    sched = getattr(machine, "sched", None)
-    if sched is not None and hasattr(sched, "quiesce"):
-        return sched.quiesce(dom)
-    return contextlib.nullcontext()
+    paging = dom.paging
+    return paging is not None and not paging.dying and not dom.is_dying
 
 
 @contextlib.contextmanager
@@ -160,14 +140,13 @@ def hold(machine, dom):
     """Keep `dom`'s vCPUs out of `emu_start` and its lifecycle still (create/destroy/balloon)
     for the body; quiesce first, then the machine lock (a crashing vCPU's thread destroys
     its domain under that lock after leaving `emu_start`)."""
-    lock = getattr(machine, "lock", None)
-    with _quiesce(machine, dom), lock if lock is not None else contextlib.nullcontext():
+    with machine.quiesce(dom), machine.lock:
         yield
 
 
 def _frames(ent: np.ndarray) -> np.ndarray:
-    ent &= _PTE_ADDR  # in place: `ent` is a fresh selection, no more temporaries
-    ent >>= np.uint64(12)
+    ent &= _U_ADDR  # in place: `ent` is a fresh selection, no more temporaries
+    ent >>= np.uint64(PAGE_SHIFT)
     return ent.view(np.int64)
 
 
@@ -180,7 +159,8 @@ def _shadow_marks(machine, dom) -> tuple[np.ndarray, np.ndarray]:
     # Whole 4 KiB rows (one per L1 shadow): a block copy each, not an index per entry.
     ent = machine.ram.u64.reshape(-1, 512)[np.asarray(l1, dtype=np.intp)].ravel()
     low = ent.view(np.uint8)[::8]  # P, A, D are in the low byte (little-endian): no copy
-    pa, pd = np.uint8(_PTE_P | _PTE_A), np.uint8(_PTE_P | _PTE_D)
+    pa = np.uint8(_PAGE_PRESENT | _PAGE_ACCESSED)
+    pd = np.uint8(_PAGE_PRESENT | _PAGE_DIRTY)
     # flatnonzero + take: much faster than a boolean-mask selection of 8-byte entries.
     a = _frames(ent.take(np.flatnonzero((low & pa) == pa)))
     d = _frames(ent.take(np.flatnonzero((low & pd) == pd)))  # D outlives a cleared A
@@ -227,7 +207,7 @@ def scan_domain(
 
 
 def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainScan:
-    rec = access_of(machine)
+    rec = machine.access
     nr = machine.ram.nr_frames
     p2m_all = np.asarray(dom.p2m)
     hi = min(last + 1, p2m_all.size)
@@ -298,7 +278,7 @@ def reset_window(machine, dom, *, quiesce: bool = True) -> int:
     """Key `Z` for `dom`: start a new accessed-page window.
 
     Clears `window` for the domain's frames and the A bit of every shadow L1 entry, and
-    flushes the TLB of every vCPU of the domain (emu/access.py `reset_window`), so the next
+    flushes the TLB of every vCPU of the domain (emu/access/record.py `reset_window`), so the next
     access sets A again (or faults, for entries removed meanwhile). Returns the number of
     L1 shadows whose entries were cleared.
     """
@@ -309,5 +289,5 @@ def reset_window(machine, dom, *, quiesce: bool = True) -> int:
         if not tracked(dom):
             raise ScanError(f"d{dom.domid} is being destroyed")
         n = int(dom.paging.shadow_l1_mfns().size)
-        access_of(machine).reset_window(dom)
+        machine.access.reset_window(dom)
         return n

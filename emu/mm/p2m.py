@@ -3,14 +3,17 @@
 `dom.p2m` is a numpy uint64 array indexed by gfn (INVALID_MFN = hole); `machine.m2p` is a
 numpy uint64 array indexed by mfn (INVALID_M2P_ENTRY for frames no domain maps). Every update
 goes through `p2m_set_entries` / `p2m_remove_entries`, which write both sides together.
-The memory ops themselves live in emu/memory.py (re-exported here).
+The memory ops that use them live in emu/mm/memory.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from emu.domain import INVALID_M2P_ENTRY, INVALID_MFN, Domain
+from emu.domain import Domain
+from emu.mm.page import INVALID_MFN
+
+INVALID_M2P_ENTRY = (1 << 64) - 1  # asm/mm.h: an M2P slot no domain maps
 
 
 def new_m2p(nr_frames: int) -> np.ndarray:
@@ -40,12 +43,3 @@ def p2m_remove_entries(machine, dom: Domain, gfns: np.ndarray) -> np.ndarray:
 def get_gpfn_from_mfn(machine, mfn: int) -> int | None:
     e = machine.m2p[mfn]
     return None if e == INVALID_M2P_ENTRY else int(e)
-
-
-def __getattr__(name: str):
-    # populate_physmap / decrease_reservation are importable from here too (CONTRACT.md).
-    if name in ("populate_physmap", "decrease_reservation", "increase_reservation"):
-        from emu import memory
-
-        return getattr(memory, name)
-    raise AttributeError(name)

@@ -1,16 +1,33 @@
 """Booting the host (`__start_xen()` in xen/arch/x86/setup.c).
 
 `boot(machine)` is a generator: each `yield` is a point where the boot pauses, so input typed
-during boot reaches Xen (which owns the console until `console_endboot()`).
+during boot reaches Xen (which owns the console until `console_endboot()`). `boot_sync(machine)`
+runs it at once (tests, benchmarks: no console server).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from emu import machine as m
+import numpy as np
+
+from emu import domctl
 from emu.banner import XEN_BANNER
 from emu.console import loglvl_str
+from emu.domain import VcpuRecord
+from emu.machine import Machine
+from emu.mm.page import PAGE_SHIFT
+from emu.mm.page_alloc import runs_of
+from emu.version import (
+    XEN_BUILD_ID,
+    XEN_CHANGESET,
+    XEN_COMMANDLINE,
+    XEN_COMPILE_BY,
+    XEN_COMPILE_DATE,
+    XEN_COMPILE_DOMAIN,
+    XEN_COMPILER,
+    XEN_VERSION,
+)
 
 
 def e820_map(memory: int) -> list[tuple[int, int, str]]:
@@ -23,19 +40,19 @@ def e820_map(memory: int) -> list[tuple[int, int, str]]:
     ]
 
 
-def boot(machine: m.Machine) -> Iterator[None]:
+def boot(machine: Machine) -> Iterator[None]:
     con = machine.console
     p = con.printk
     host = machine.host
     con.putstr(XEN_BANNER)
     p(
-        f"Xen version {m.XEN_VERSION} ({m.XEN_COMPILE_BY}@{m.XEN_COMPILE_DOMAIN}) "
-        f"({m.XEN_COMPILER}) debug={'y' if machine.debug_build else 'n'} {m.XEN_COMPILE_DATE}\n"
+        f"Xen version {XEN_VERSION} ({XEN_COMPILE_BY}@{XEN_COMPILE_DOMAIN}) "
+        f"({XEN_COMPILER}) debug={'y' if machine.debug_build else 'n'} {XEN_COMPILE_DATE}\n"
     )
-    p(f"Latest ChangeSet: {m.XEN_CHANGESET}\n")
-    p(f"build-id: {m.XEN_BUILD_ID}\n")
+    p(f"Latest ChangeSet: {XEN_CHANGESET}\n")
+    p(f"build-id: {XEN_BUILD_ID}\n")
     p("Bootloader: GRUB 2.06-13+deb12u1\n")
-    p(f"Command line: {m.XEN_COMMANDLINE}\n")
+    p(f"Command line: {XEN_COMMANDLINE}\n")
     p("Xen image load base address: 0\n")
     p("Disc information:\n")
     p(" Found 1 MBR signatures\n")
@@ -56,7 +73,7 @@ def boot(machine: m.Machine) -> Iterator[None]:
     p("NX (Execute Disable) protection active\n")
     yield
     p("*** Building a PV Dom0 ***\n")
-    yield from machine.build_dom0()
+    yield from build_dom0(machine)
     p("Initial low memory virq threshold set at 0x4000 pages.\n")
     p("Scrubbing Free RAM in background\n")
     std, guest = con.thresh["standard"], con.thresh["guest"]
@@ -70,3 +87,32 @@ def boot(machine: m.Machine) -> Iterator[None]:
     con.switch_input()  # console_endboot(): input goes to DOM0
     p("Freed 656kB init memory\n")
     machine.booted = True
+
+
+def build_dom0(machine: Machine) -> Iterator[None]:
+    """Create Domain-0 from `dom0_mem` (a generator: boot may pause inside it)."""
+    host = machine.host
+    pages = host.dom0_mem >> PAGE_SHIFT
+    p = machine.console.printk
+    dom0 = domctl.build_dom0_memory(machine, pages)
+    dom0.vcpus = [VcpuRecord(i, processor=i, blocked=True) for i in range(host.cpus)]
+    runs = runs_of(dom0.p2m.astype(np.int64))
+    s, e = max(runs, key=lambda r: r[1] - r[0])
+    p(" Xen  kernel: 64-bit, lsb\n")
+    p(" Dom0 kernel: 64-bit, PAE, lsb, paddr 0x1000000 -> 0x2a2c000\n")
+    rest = pages - (e - s)
+    more = f" ({rest} pages to be allocated)" if rest else ""
+    p(
+        f"PHYSICAL MEMORY ARRANGEMENT:\n Dom0 alloc.:   "
+        f"{s << PAGE_SHIFT:016x}->{e << PAGE_SHIFT:016x}{more}\n"
+    )
+    yield
+    p(f"Dom0 has maximum {host.cpus} VCPUs\n")
+    yield
+
+
+def boot_sync(machine: Machine) -> Machine:
+    """Run the whole boot at once (tests, benchmarks: no console server)."""
+    for _ in boot(machine):
+        pass
+    return machine
