@@ -14,11 +14,11 @@ the run ends at a block boundary with every earlier instruction retired.
 
 How the callback exists: machine code written at run time into a private anonymous mapping
 that is then made read+execute (never writable and executable at once). No compiler is
-needed at install or at run time, and the code is 27 bytes that do not depend on Python,
+needed at install or at run time, and the code is 25 bytes that do not depend on Python,
 the binding or Unicorn's struct layouts, only on the C ABI of a hook (System V x86-64:
 rdi = uc, rsi = address, edx = size, rcx = user_data) and the address of `uc_emu_stop`,
 taken from the binding's own ctypes library object. A C extension would add a compiler to
-every install for the same 27 bytes. Where the mapping is refused (a hardened kernel or
+every install for the same 25 bytes. Where the mapping is refused (a hardened kernel or
 SELinux `execmem` policy, a host that is not x86-64 System V), `stop_hook()` returns None,
 one warning line goes to stderr, and the vCPUs fall back to counted slices.
 

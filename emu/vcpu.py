@@ -173,6 +173,7 @@ class VCPU(_domain.VCPU):
             "hypercalls": 0,
             "reflected": 0,
             "counted_runs": 0,
+            "hook_stops": 0,  # runs the native block hook ended
             "continuations": 0,
         }
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -297,6 +298,8 @@ class VCPU(_domain.VCPU):
             self.pending = ("crash", "internal", f"{type(e).__name__}: {e}")
         self.in_emu = False
         by_hook = self.flag.take_stopped()
+        if by_hook:
+            self.stats["hook_stops"] += 1
         self._xen_slot_unmap()  # a Xen access that never finished its single step
         p = self.pending
         if p is None:
