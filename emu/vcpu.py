@@ -189,7 +189,8 @@ class VCPU(_domain.VCPU):
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.native = blockhook.install(uc, self.flag)
         self.uc = uc
-        # Counted runs (no native hook) need code translated with the count (unicorn.md §6).
+        # Counted runs (no native hook) need code translated after the count hook exists:
+        # Unicorn drops translated code when a count is removed, not when one is added.
         uc.ctl_flush_tb()
         self.ack = ExceptionAck(uc)
         self._cr2 = RegReader(uc, X.UC_X86_REG_CR2)
