@@ -39,10 +39,12 @@ class PrintkRatelimit:
         """(allowed, lost): whether this line may print, and how many were refused before
         it that must now be reported (0 for none)."""
         ms = self.now_ms()
-        # Xen's last_msg starts at 0 with NOW() since boot: the first call fills the bucket.
-        self.toks += ms - (self.last_msg if self.last_msg is not None else ms - self.toks)
+        # Xen's last_msg starts at 0 and NOW() counts from boot: the first call fills the
+        # bucket, which the clamp below then limits to the burst.
+        full = self.burst * self.ratelimit_ms
+        self.toks += full if self.last_msg is None else ms - self.last_msg
         self.last_msg = ms
-        self.toks = min(self.toks, self.burst * self.ratelimit_ms)
+        self.toks = min(self.toks, full)
         if self.toks >= self.ratelimit_ms:
             lost, self.missed = self.missed, 0
             self.toks -= self.ratelimit_ms

@@ -239,9 +239,9 @@ class VCPU(_domain.VCPU):
     def enter(self, xen_l4e: int, vcpu_arg: int, start_info: int) -> None:
         """Prepare the first entry: the first slice starts in Xen's trampoline at CPL 0,
         whose `iretq` drops to the kernel entry at CPL 3. Xen's slot is put in the shadow L4
-        for that slice only. (With counted slices a stop right after an `iretq` once made the
-        next fault arrive as #DF; run() resets old_exception before every run, and a kick that
-        ends the first slice at the kernel entry is a block boundary like any other.)"""
+        for that slice only. (A stop right after an `iretq` was once seen to make the next
+        fault arrive as #DF; run() resets old_exception before every run, and a kick may end
+        the first slice at the kernel entry, a block boundary like any other.)"""
         uc = self.uc
         self.entering = xen_l4e
         uc.reg_write(X.UC_X86_REG_RSP, XEN_VA + FRAME_OFF)

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from emu.ratelimit import PRINTK_RATELIMIT_BURST
+from emu.ratelimit import PRINTK_RATELIMIT_BURST, PrintkRatelimit, suppressed_line
 from keyhandlers import KEY_TABLE
 from keyhandlers.dispatch import run_handler
 from tests.console_hosts import host_only
@@ -140,3 +140,21 @@ def test_served_host_answers_and_stays_bounded_during_a_flood(tmp_path):
         assert "flood" not in con.run("xl list", timeout=60, check=True)
         rss.append(_rss_kib(host.proc.pid))
         assert max(rss) < 300 * 1024, rss
+
+
+def test_printk_ratelimit_is_xens_token_bucket():
+    # __printk_ratelimit() (xen/drivers/char/console.c): a burst of 10, then one line per
+    # 5 000 ms; refused lines are counted and handed to the next allowed line to report.
+    now = [1_000_000]
+    rl = PrintkRatelimit(now_ms=lambda: now[0])
+    assert [rl() for _ in range(10)] == [(True, 0)] * 10
+    assert [rl() for _ in range(7)] == [(False, 0)] * 7
+    now[0] += 4_999
+    assert rl() == (False, 0)
+    now[0] += 1
+    assert rl() == (True, 8)
+    assert rl() == (False, 0)
+    now[0] += 60_000  # a long quiet spell refills the burst, no more
+    assert [rl()[0] for _ in range(11)] == [True] * 10 + [False]
+    assert rl.suppressed_total == 10
+    assert suppressed_line(8) == "printk: 8 messages suppressed.\n"
