@@ -1,7 +1,8 @@
 """Control latency while a guest computes or floods, and a served host's RSS in a flood.
 
-1. In one process, one guest either computes forever (`add rax, 1` / `jmp`) or floods the
-   console hypercall (16 KiB `console_io` writes in a loop, 128 lines each). For each
+1. In one process, one guest either computes forever (`add rax, 1` / `jmp`), floods the
+   console hypercall (16 KiB `console_io` writes in a loop, 128 lines each), or floods
+   ports (`out 0xe9` of 'B' with no newline, `out 0x80`, `in 0x71`, forever). For each
    control, `--tries` (50) times, with 10 ms between tries, the wall time of:
    `d` and `q` (their handlers, run as the serial line runs them), `xl pause` (the
    scheduler's domain_pause(), which returns once the vCPU is off its pCPU; unpaused after,
@@ -52,6 +53,17 @@ flood:
     mov esi, 16384
     mov rdx, 0x100000
     syscall
+    jmp flood
+"""
+
+
+PORTS = """
+    mov al, 0x42
+flood:
+    out 0xe9, al
+    out 0x80, al
+    in al, 0x71
+    mov al, 0x42
     jmp flood
 """
 
@@ -166,10 +178,10 @@ def main() -> None:
     a = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as d:
-        for name, body in (("compute", COMPUTE), ("flood", FLOOD)):
+        for name, body in (("compute", COMPUTE), ("flood", FLOOD), ("ports", PORTS)):
             src = Path(d) / f"{name}.S"
             src.write_text(body)
-            print(f"  one guest, {name}; {a.tries} tries each, p50 / p99 / max ms:")
+            print(f"  one guest, {name}; {a.tries} tries each, p50 / p99 / max ms:", flush=True)
             for k, ts in control_latency(src, a.tries).items():
                 print(f"    {k:<11} {pct(ts)}")
         served_flood(Path(d) / "flood.S", a.flood_seconds)
