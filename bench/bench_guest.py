@@ -1,8 +1,10 @@
-"""Guest execution figures: compute speed, first-touch shadow faults, debug-key latency.
+"""Guest execution figures: compute speed, first-touch shadow faults, control latency.
 
 1. Guest instructions per second for a compute loop (`add`/`dec`/`jnz`, 3 instructions an
-   iteration) run as an `asm:` guest at CPL 3 under shadow paging, timed by the vCPU's own
-   run time. Baseline: the same loop in a bare Unicorn (ring 0, paging off, one emu_start).
+   iteration) run as an `asm:` guest at CPL 3 under shadow paging, its slices ended by the
+   native block hook (emu/cpu/blockhook.py), timed by the vCPU's own run time. Baseline: the
+   same loop in a bare Unicorn (ring 0, paging off, one emu_start), in the same run; and,
+   for comparison, bare Unicorn in count-limited slices (what the vCPUs do without the hook).
 2. First-touch shadow faults per second end to end: a `touch` guest reading N fresh pages,
    every first access a #PF into Python's shadow fault path (guest walk, A bit, shadow chain,
    access record). Timed from its vCPU's first run to `touch done` by the vCPU's run time
@@ -11,6 +13,8 @@
    the floor for any fault handled in Python.
 3. Debug-key latency (`d`, `q`, `r`, `p`) while both default guests run (guest1 touching,
    then idle; guest2 random over 2 vCPUs, forever), against the same keys on an idle host.
+Control latency (`d`, `q`, `xl pause`, `xl destroy`) while a guest computes or floods
+hypercalls, and a served host's RSS during a flood: bench/bench_control.py.
 
     .venv/bin/python bench/bench_guest.py [--iters 200000000] [--pages 32768] [--presses 30]
 """
@@ -237,8 +241,9 @@ def main() -> None:
         f"   ratio guest/bare {run_ips / bare:.2f}"
     )
     print(
-        f"  bare Unicorn in count-limited {SLICE_INSNS:,}-instruction slices (as the scheduler"
-        f" runs guests): {counted / 1e6:.0f} M instr/s (ratio {counted / bare:.2f})"
+        f"  bare Unicorn in count-limited {SLICE_INSNS:,}-instruction slices (the vCPUs'"
+        f" fallback without the native hook): {counted / 1e6:.0f} M instr/s"
+        f" (ratio {counted / bare:.2f})"
     )
     raw = max(raw_faults(a.pages) for _ in range(n))
     run_fps, wall_fps, faults = max(guest_faults(a.pages) for _ in range(n))

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from emu.conring import Conring, conring_size_for
+from emu.ratelimit import PrintkRatelimit, suppressed_line
 
 CONSOLE_PREFIX = "(XEN) "
 
@@ -69,6 +70,7 @@ class HypervisorConsole:
         self.sinks: list[Callable[[bytes], None]] = []
         self._line_open = False
         self._log_everything = 0
+        self.ratelimit = PrintkRatelimit()
         self.lock = threading.RLock()
         # Input side (serial_rx).
         self.console_rx = RX_XEN
@@ -91,17 +93,30 @@ class HypervisorConsole:
             self.ring.write(data)
         self.serial_write(data.replace(b"\n", b"\r\n"))
 
+    def _prefix_check(self, level: int, which: str) -> bool:
+        """printk_prefix_check(): print below the lower threshold, rate-limit up to the
+        upper one (reporting suppressed lines first, as __printk_ratelimit does)."""
+        lower, upper = self.thresh[which]
+        if self._log_everything or level < lower:
+            return True
+        if level >= upper:
+            return False
+        ok, lost = self.ratelimit()
+        if lost:
+            self._emit(suppressed_line(lost), CONSOLE_PREFIX)
+        return ok
+
     def printk(self, text: str, level: int = XENLOG_INFO) -> None:
         """Print hypervisor text; each new line starts with `(XEN) `."""
         with self.lock:
-            if not self._log_everything and level >= self.thresh["standard"][1]:
+            if not self._prefix_check(level, "standard"):
                 return
             self._emit(text, CONSOLE_PREFIX)
 
     def guest_printk(self, domid: int, text: str, level: int = XENLOG_INFO) -> None:
         """A guest's debug line (port 0xe9), prefixed `(dN) `."""
         with self.lock:
-            if not self._log_everything and level >= self.thresh["guest"][1]:
+            if not self._prefix_check(level, "guest"):
                 return
             if self._line_open:
                 self._emit("\n", "")

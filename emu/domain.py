@@ -30,6 +30,7 @@ VM_ASSIST_HVM = 0x20
 # SCHEDOP_shutdown reasons (public/sched.h).
 SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
 CONSOLE_LINE = 256  # struct domain_console buf[256]
+XENLOG_G_DEBUG = 3  # XENLOG_GUEST XENLOG_DEBUG: the level of guest console lines
 CONSOLE_HISTORY = 1000  # lines kept for `xl console`
 
 
@@ -78,8 +79,12 @@ class GuestConsole:
                 self.buf.clear()
             else:
                 return
+        self.emit_line(text)
+
+    def emit_line(self, text: str) -> None:
+        """guest_printk(d, XENLOG_G_DEBUG "%s\n", ...) of one complete line (no newline)."""
         self.lines.append(text)
-        self.machine.console.guest_printk(self.domid, text + "\n")
+        self.machine.console.guest_printk(self.domid, text + "\n", XENLOG_G_DEBUG)
         for fn in list(self.listeners):
             try:
                 fn(text + "\n")

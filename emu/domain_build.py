@@ -13,9 +13,9 @@ with A and D clear, so the guest's first access to each page is visible to the s
     rsp       top of the vCPU's own stack page (0x11000 + 0x1000 * id), 4 KiB
     output    `out 0xe9, al` prints a byte; a line appears as `(dN) text`
     memory    gfns 0x100.. (the arena) are free for the program; its code may be 128 KiB
-    traps     privileged instructions trap to the hypervisor (see emu/emulate.py); with no
+    traps     privileged instructions trap to the hypervisor (see emu/cpu/priv_op.py); with no
               IDT (`lidt`), any exception is a triple fault and the domain crashes
-    hypercalls `syscall` with rax = number (emu/emulate.py)
+    hypercalls `syscall` with rax = number (emu/cpu/priv_op.py)
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ IDT, is a triple fault):
 No refused instruction ever reaches the real Uc state: its CR0/CR4/EFER/GDTR stay Xen's.
 
 Hypercalls (64-bit PV ABI: rax = number, args rdi rsi rdx r10 r8, result in rax):
-    console_io (18): CONSOLEIO_write (0) count, buf -> the guest's console lines
+    console_io (18): CONSOLEIO_write (0) count, buf -> the guest's console lines (0; preempted
+                     between 127-byte chunks by a continuation), CONSOLEIO_read (1) -> 0
     sched_op (29): SCHEDOP_yield (0), SCHEDOP_block (1), SCHEDOP_shutdown (2, rsi -> reason)
     set_timer_op (15): absolute NOW() deadline in ns, wakes a blocked vCPU (0 cancels)
     xen_version (17): XENVER_version (0) -> (major << 16) | minor
@@ -26,7 +27,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone import x86_const as C
 from unicorn import x86_const as X
 
-from emu.domain import SHUTDOWN_crash, SHUTDOWN_poweroff
+from emu.domain import CONSOLE_LINE, SHUTDOWN_crash, SHUTDOWN_poweroff
 from emu.mm import guestmem
 from emu.mm.page import PAGE_SHIFT, PTE_ADDR_MASK
 from emu.version import XEN_MAJOR, XEN_MINOR
@@ -35,7 +36,8 @@ ENOSYS, EINVAL, EFAULT = 38, 22, 14
 HC_console_io, HC_set_timer_op, HC_xen_version, HC_sched_op = 18, 15, 17, 29
 CONSOLEIO_write, CONSOLEIO_read = 0, 1
 SCHEDOP_yield, SCHEDOP_block, SCHEDOP_shutdown = 0, 1, 2
-CONSOLE_WRITE_MAX = 16 << 10
+CONSOLE_KBUF = 128  # guest_console_write()'s kbuf
+SYSCALL_LEN = 2  # 0f 05
 CR0_PE, CR0_TS, CR0_PG = 0x1, 0x8, 0x80000000
 CR4_PAE = 0x20
 
@@ -202,6 +204,8 @@ def hypercall(vcpu) -> None:
     ret = -ENOSYS
     if nr == HC_console_io:
         ret = _console_io(vcpu, a1, a2, a3)
+        if ret is None:  # a continuation: the call runs again on the next slice
+            return
     elif nr == HC_sched_op:
         ret = _sched_op(vcpu, a1, a2)
     elif nr == HC_set_timer_op:
@@ -212,20 +216,70 @@ def hypercall(vcpu) -> None:
     uc.reg_write(X.UC_X86_REG_RAX, ret & 0xFFFFFFFFFFFFFFFF)
 
 
-def _console_io(vcpu, cmd: int, count: int, buf: int) -> int:
+def _console_io(vcpu, cmd: int, count: int, buf: int) -> int | None:
     if cmd == CONSOLEIO_read:
         return 0
     if cmd != CONSOLEIO_write:
         return -ENOSYS
-    count = min(count, CONSOLE_WRITE_MAX)
-    try:
-        data = guestmem.read(vcpu.machine, vcpu.domain, vcpu.guest_cr3, buf, count)
-    except guestmem.GuestMemError:
-        return -EFAULT
+    return _console_write(vcpu, count & 0xFFFFFFFF, buf)
+
+
+# is_console_printable(): isprint() plus \n and \t; everything else is stripped.
+_UNPRINTABLE = bytes(c for c in range(256) if not (0x20 <= c < 0x7F or c in (0x09, 0x0A)))
+
+
+def _console_write(vcpu, count: int, buf: int) -> int | None:
+    """guest_console_write() (xen/drivers/char/console.c) for a domU: 127 bytes at a time
+    through `kbuf`, non-printables stripped, output held in the domain's line buffer until a
+    newline or until it would overflow, then one `(dN) ` line. Between chunks, when the
+    scheduler wants the pCPU (hypercall_preempt_check()), the rest becomes a continuation:
+    the arguments advance and the guest re-executes the `syscall` on its next slice, so a
+    guest flooding this hypercall gives the pCPU up within one chunk. Returns 0, -EFAULT,
+    or None for a continuation (the result is left to the re-executed call)."""
     con = vcpu.domain.hvm.console
-    for c in data:
-        con.putc(c)
-    return count
+    m, dom, cr3 = vcpu.machine, vcpu.domain, vcpu.guest_cr3
+    kcount = 0
+    while count > 0:
+        if kcount and vcpu.kicked:
+            _continuation(vcpu, HC_console_io, CONSOLEIO_write, count, buf)
+            return None
+        kcount = min(count, CONSOLE_KBUF - 1)
+        try:
+            data = guestmem.read(m, dom, cr3, buf, kcount)
+        except guestmem.GuestMemError:
+            return -EFAULT
+        nl = data.find(b"\n")
+        seg = data if nl < 0 else data[:nl]
+        kcount = len(seg) + (nl >= 0)  # the bytes consumed, up to and including a newline
+        out = seg.translate(None, _UNPRINTABLE)
+        with con.lock:
+            if nl < 0 and len(con.buf) + len(out) < CONSOLE_LINE - 1:
+                con.buf += out  # buffer the output until a newline
+                text = None
+            else:
+                text = (con.buf + out).decode("latin-1")
+                con.buf.clear()
+        if text is not None:
+            con.emit_line(text)
+        buf += kcount
+        count -= kcount
+    return 0
+
+
+def _continuation(vcpu, nr: int, *args: int) -> None:
+    """hypercall_create_continuation() for a 64-bit PV guest: the call's registers get the
+    remaining arguments and RIP goes back to the `syscall`. Inside the syscall hook Unicorn
+    still has to add the instruction's length to RIP (helper_syscall in Unicorn's
+    qemu/target/i386/seg_helper.c adds next_eip_addend after the hooks), so RIP is set 2
+    bytes before the `syscall`."""
+    uc = vcpu.uc
+    arg_regs = (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX)
+    for reg, value in zip(arg_regs, args, strict=True):
+        uc.reg_write(reg, value & 0xFFFFFFFFFFFFFFFF)
+    uc.reg_write(X.UC_X86_REG_RAX, nr)
+    uc.reg_write(X.UC_X86_REG_RIP, uc.reg_read(X.UC_X86_REG_RIP) - SYSCALL_LEN)
+    vcpu.stats["continuations"] += 1
+    vcpu.stop(("slice",))
 
 
 def _sched_op(vcpu, cmd: int, arg: int) -> int:

@@ -7,13 +7,19 @@ but a domain's vCPUs never do (LOCK is not atomic across Uc instances, unicorn.m
 pCPU skips a vCPU whose domain already runs elsewhere. There are min(host cpus, host
 cores, 8) pCPU threads; any further emulated pCPUs exist for the keys and stay idle.
 
-Slices are counted (`emu_start(count=SLICE_INSNS)`, emu/cpu/vcpu.py) and never ended by an
-`emu_stop()` from another thread: such a stop can land after an instruction's store but
-before it retires, and the store then runs twice (measured: `add [mem],1` x 30 M with a stop
-every 0.3 ms gave 6,313 extra adds). The timer thread only *kicks* (sets `kicked`) at the
-slice end or a `set_timer_op` deadline; the vCPU's next hook ends the run, or its count
-runs out. With nothing running the timer sleeps indefinitely: an idle host burns no CPU.
-Blocked vCPUs (hlt, SCHEDOP_block) are not on the run queue.
+Slices are never ended by an `emu_stop()` from another thread: such a stop can land after
+an instruction's store but before it retires, and the store then runs twice (measured:
+`add [mem],1` x 30 M with a stop every 0.3 ms gave 6,313 extra adds). Whoever wants a pCPU
+back -- the timer at the slice end or a `set_timer_op` deadline, `quiesce`, `pause_domain`,
+`remove_domain`, `stop` -- only *kicks*: it sets the vCPU's flag (`kicked`). The vCPU's
+native block hook (emu/cpu/blockhook.py) then stops the run on the vCPU's own thread at the next
+block boundary, or its next Python hook does. Unicorn calls the block hook on entry to every
+translated block, chained ones included, so even `jmp $` answers within microseconds
+(tests/test_slices_native.py). A kick still set when the timer looks again (KICK_RETRY_NS
+later) while the vCPU is inside emu_start is counted in `unanswered`: in practice a Python
+hook waiting for the GIL that another thread holds; the vCPU answers once it gets it. With nothing
+running the timer sleeps indefinitely: an idle host burns no CPU. Blocked vCPUs (hlt,
+SCHEDOP_block) are not on the run queue.
 
 `quiesce(dom)`: keep `dom`'s vCPUs (all, for None) out of `emu_start` for the body of a
 `with` block. Callers use `machine.quiesce(dom)` (emu/machine.py), which is this on a
@@ -42,6 +48,7 @@ class PCPU:
         self.current = None  # the vCPU inside emu_start on this pCPU
         self.prev = None
         self.slice_end = 0
+        self.kicked_at = 0  # monotonic ns of this slice's kick by the timer (0: none yet)
         self.thread: threading.Thread | None = None
         self.busy_ns = 0
 
@@ -63,6 +70,7 @@ class Scheduler:
         self.on_crash = None  # fn(vcpu, how, text, cpu): set by emu/hvm.py
         self.on_shutdown = None  # fn(vcpu, reason)
         self.slices = 0
+        self.unanswered = 0  # kicks not answered within KICK_RETRY_NS (see the docstring)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -85,8 +93,7 @@ class Scheduler:
             self.stopping = True
             for p in self.pcpus:
                 if p.current is not None:
-                    p.current.kicked = True
-                    p.current.uc.emu_stop()
+                    p.current.kicked = True  # its own block hook ends the run
             self.cond.notify_all()
         me = threading.current_thread()
         for p in self.pcpus:
@@ -113,7 +120,7 @@ class Scheduler:
                 if v in self.runq:
                     self.runq.remove(v)
                 if v.running:
-                    v.kicked = True  # its next hook or the end of its count ends the run
+                    v.kicked = True  # its block hook or next Python hook ends the run
             me = threading.current_thread()
             while any(v.running and getattr(v, "_thread", None) is not me for v in mine):
                 self.cond.wait(0.05)
@@ -179,7 +186,7 @@ class Scheduler:
             ]
 
         for v in busy():
-            v.kicked = True  # the next hook ends the run, or the slice's count runs out
+            v.kicked = True  # the next block boundary or hook ends the run
         while busy():
             self.cond.wait(0.002)
 
@@ -232,6 +239,7 @@ class Scheduler:
                 v.processor = p.cpu
                 p.current = v
                 p.slice_end = time.monotonic_ns() + SLICE_NS
+                p.kicked_at = 0
                 self.running_doms[v.domain.domid] = p.cpu
                 self.slices += 1
                 self.cond.notify_all()  # the timer learns the new slice end
@@ -280,7 +288,11 @@ class Scheduler:
                     if v is None:
                         continue
                     if now >= p.slice_end:
-                        v.kicked = True  # a flag only: see the module docstring
+                        if not p.kicked_at:
+                            v.kicked = True  # a flag only: see the module docstring
+                            p.kicked_at = now
+                        elif v.kicked and getattr(v, "in_emu", False):
+                            self.unanswered += 1  # see the module docstring
                         p.slice_end = now + KICK_RETRY_NS
                     left = p.slice_end - now
                     timeout = left if timeout is None else min(timeout, left)

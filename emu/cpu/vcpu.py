@@ -13,6 +13,14 @@ hypervisor through the hooks installed here:
 
 Hooks that cannot finish inside the hook (block, reflect, crash) set `pending` and stop the
 run; the scheduler calls `run()` and acts on what it returns.
+
+Slices end on the vCPU's own thread, never by an `emu_stop()` from another thread: the
+scheduler sets the vCPU's flag (`kicked`) and the native block hook (emu/cpu/blockhook.py) stops
+the run at the next block boundary; every Python hook (#PF/#GP/..., hypercall, port I/O) also
+ends the run when the flag is set. `count=` bounds runs only where there is no native hook
+(then every run is counted: a vCPU never switches between counted and uncounted runs, since
+an uncounted run after a counted one that a hook stopped mid-exception took a spurious #DF
+at its first instruction, tests/test_vcpu.py::test_privileged_instructions).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from unicorn import (
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
+from emu.cpu import blockhook
 from emu.domain import VcpuRecord
 from emu.mm import guestmem
 from emu.mm.page import PTE_ADDR_MASK
@@ -50,9 +59,7 @@ from emu.shadow import CRASH, FIXED
 
 RFLAGS_TF, RFLAGS_IF = 0x100, 0x200
 UNTIL = 1 << 63  # non-canonical: a run never ends by reaching it
-# A slice is at most this many guest instructions (count= is exact; an emu_stop() from
-# another thread can land after an instruction's store but before it retires, so the store
-# runs twice on resume). A kick from the scheduler ends the slice at the next hook instead.
+# A counted slice (the fallback, see the module docstring) is at most this many instructions.
 SLICE_INSNS = 200_000
 EXCP08_DBLE = 8
 # Real control state of every vCPU (never changed by the guest): PG|WP|NE|ET|MP|PE,
@@ -154,7 +161,8 @@ class VCPU(VcpuRecord):
         self.vif = False  # virtual RFLAGS.IF (cli/sti)
         self.guest_idt: tuple[int, int] | None = None  # (base, limit) from lidt
         self.pending: tuple | None = None
-        self.kicked = False
+        self.flag = blockhook.SliceFlag()  # `kicked`: the scheduler wants the pCPU back
+        self.in_emu = False  # inside emu_start (the scheduler's unanswered-kick check)
         self.down = False  # hlt with IF clear (hvm_vcpu_down): offline
         self.wake_at: int | None = None  # set_timer_op deadline, machine ns
         self.xen_step: tuple[int, int, bool, bool] | None = None  # (idx, old, TF, stepping)
@@ -162,7 +170,15 @@ class VCPU(VcpuRecord):
         self.dead = False
         self.last_pcpu: int | None = None
         self.runstate_since = time.monotonic_ns()
-        self.stats = {"runs": 0, "gp_emulated": 0, "hypercalls": 0, "reflected": 0}
+        self.stats = {
+            "runs": 0,
+            "gp_emulated": 0,
+            "hypercalls": 0,
+            "reflected": 0,
+            "counted_runs": 0,
+            "hook_stops": 0,  # runs the native block hook ended
+            "continuations": 0,
+        }
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.mem_map_ptr(0, machine.ram.size, UC_PROT_ALL, machine.ram.ptr)
         uc.reg_write(X.UC_X86_REG_CR4, REAL_CR4)
@@ -174,13 +190,25 @@ class VCPU(VcpuRecord):
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        self.native = blockhook.install(uc, self.flag)
         self.uc = uc
-        uc.ctl_flush_tb()  # every run is counted: no code may be translated without the count
+        # Counted runs (no native hook) need code translated after the count hook exists:
+        # Unicorn drops translated code when a count is removed, not when one is added.
+        uc.ctl_flush_tb()
         self.ack = ExceptionAck(uc)
         self._cr2 = RegReader(uc, X.UC_X86_REG_CR2)
 
     def __repr__(self) -> str:
         return f"<VCPU d{self.domain.domid}v{self.vcpu_id}>"
+
+    @property
+    def kicked(self) -> bool:
+        """The scheduler (timer, quiesce, pause, destroy) asked for the pCPU back."""
+        return self.flag.kick
+
+    @kicked.setter
+    def kicked(self, value: bool) -> None:
+        self.flag.kick = value
 
     @property
     def name(self) -> str:
@@ -214,8 +242,9 @@ class VCPU(VcpuRecord):
     def enter(self, xen_l4e: int, vcpu_arg: int, start_info: int) -> None:
         """Prepare the first entry: the first slice starts in Xen's trampoline at CPL 0,
         whose `iretq` drops to the kernel entry at CPL 3. Xen's slot is put in the shadow L4
-        for that slice only (a stop right after an `iretq` confuses Unicorn: the next fault
-        arrives as #DF, so no run is ever ended there on purpose)."""
+        for that slice only. (A stop right after an `iretq` was once seen to make the next
+        fault arrive as #DF; run() resets old_exception before every run, and a kick may end
+        the first slice at the kernel entry, a block boundary like any other.)"""
         uc = self.uc
         self.entering = xen_l4e
         uc.reg_write(X.UC_X86_REG_RSP, XEN_VA + FRAME_OFF)
@@ -259,13 +288,22 @@ class VCPU(VcpuRecord):
         if self.entering is not None:
             self._xen_slot_map(self.entering, step=False)
             self.entering = None
+        count = 0 if self.native else SLICE_INSNS
+        if count:
+            self.stats["counted_runs"] += 1
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        self.in_emu = True
         try:
-            uc.emu_start(uc.reg_read(X.UC_X86_REG_RIP), UNTIL, count=SLICE_INSNS)
+            uc.emu_start(rip, UNTIL, count=count)
         except UcError as e:
             err = e
         except Exception as e:  # a hook raised: the binding re-raises it here
             traceback.print_exc(file=sys.stderr)
             self.pending = ("crash", "internal", f"{type(e).__name__}: {e}")
+        self.in_emu = False
+        by_hook = self.flag.take_stopped()
+        if by_hook:
+            self.stats["hook_stops"] += 1
         self._xen_slot_unmap()  # a Xen access that never finished its single step
         p = self.pending
         if p is None:
@@ -278,12 +316,12 @@ class VCPU(VcpuRecord):
                     p = ("crash", "unmapped", "fetch outside machine memory")
                 else:
                     p = ("crash", "triple", str(err))
-            elif self._old_exception() == EXCP08_DBLE:
+            elif not by_hook and self._old_exception() == EXCP08_DBLE:
                 # qemu's own triple fault: a fault while delivering a double fault ends the
                 # run silently, with old_exception still #DF.
                 p = ("crash", "triple", "silent stop")
             else:
-                return ("slice",)  # the instruction count ran out, or a kick ended it
+                return ("slice",)  # a kick ended it (or the fallback count ran out)
         if p[0] == "exc":
             _, vec, ec, cr2 = p
             if self.inject(vec, ec, cr2):
@@ -297,8 +335,12 @@ class VCPU(VcpuRecord):
         return a.old.value
 
     def _end_if_kicked(self, uc: Uc) -> None:
-        """A hook is a safe place to end a slice early: the scheduler asked for the pCPU."""
-        if self.kicked and self.pending is None:
+        """A hook is a safe place to end a slice early: the scheduler asked for the pCPU.
+        (Called at the end of every hook, so a guest that floods hypercalls or ports, whose
+        Python hooks may run long, still gives the pCPU back at its next one.)"""
+        b = self.flag.buf
+        if b[0] and self.pending is None:
+            b[0] = 0  # answered
             uc.emu_stop()
 
     def stop(self, pending: tuple) -> None:
@@ -363,12 +405,15 @@ class VCPU(VcpuRecord):
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             self.stop(("crash", "internal", f"{type(e).__name__}: {e}"))
+        self._end_if_kicked(uc)
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _ud) -> None:
         if port == 0xE9 and size == 1:
             self.domain.hvm.console.putc(value & 0xFF)
+        self._end_if_kicked(uc)
 
     def _on_in(self, uc: Uc, port: int, size: int, _ud) -> int:
+        self._end_if_kicked(uc)
         if port == 0xE9:
             return 0xE9  # the Bochs "port E9 hack" answer, as hvm_print_line() gives
         return (1 << (8 * size)) - 1

@@ -18,7 +18,7 @@ from xenconsole.expect import EOF, Console
 from xenconsole.testing import serve
 
 XC = [sys.executable, "-m", "xenconsole"]
-HAS_RFC2217 = (Path(__file__).parent.parent / "xenconsole/transports/rfc2217.py").exists()
+HAS_RFC2217 = (Path(__file__).parents[2] / "xenconsole/transports/rfc2217.py").exists()
 
 
 def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:

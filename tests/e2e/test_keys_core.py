@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from test_shell import Host
+from shell_host import Host
 
 import keyhandlers
 from keyhandlers import KEY_TABLE, KeyhandlerError, installed

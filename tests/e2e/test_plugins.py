@@ -15,7 +15,7 @@ from console_hosts import host_only
 
 from xenconsole.testing import ServeError, serve
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_DIR = ROOT / "examples" / "xenconsole_example_plugin"
 PROMPT = b"root@dom0:~# "
 Y_LINE = " key 'y' (ascii '79') => dump domain memory summary (example plugin)"

@@ -21,7 +21,7 @@ from xenconsole.expect import (
 )
 from xenconsole.testing import ServeError, serve, xenconsole_host  # noqa: F401 (fixture)
 
-HAS_RFC2217 = (Path(__file__).parent.parent / "xenconsole/transports/rfc2217.py").exists()
+HAS_RFC2217 = (Path(__file__).parents[2] / "xenconsole/transports/rfc2217.py").exists()
 TO_XEN = "(XEN) *** Serial input to Xen (type 'CTRL-a' three times to switch input)"
 TO_DOM0 = "(XEN) *** Serial input to DOM0 (type 'CTRL-a' three times to switch input)"
 
