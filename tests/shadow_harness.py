@@ -24,7 +24,8 @@ from unicorn.x86_const import (
 
 from emu.host import DomainSpec, HostConfig
 from emu.machine import Machine
-from emu.shadow import CRASH, FIXED, GUEST_FAULT, shadow_enable
+from emu.shadow.common import shadow_enable
+from emu.shadow.private import CRASH, FIXED, GUEST_FAULT
 
 P, RW, US, A, D, PS, NX = 1, 2, 4, 0x20, 0x40, 0x80, 1 << 63
 CODE_GFN = 0x10
