@@ -1,0 +1,292 @@
+"""The guest-program assembler: GNU as (binutils) in a separate, resource-limited process.
+
+Why GNU as and not keystone (the assembler used before): keystone 0.9.2 (2020, unmaintained)
+hangs forever on three-byte inputs such as `a::`, segfaults the whole server on others, and
+miscompiles `mov rbx, qword ptr [0x100000]` as RIP-relative. GNU as is maintained, fast, the
+reference for x86 syntax, and is on every build machine (.ci/run installs binutils).
+Programs are written in Intel syntax without `%` prefixes: `as -msyntax=intel -mnaked-reg`,
+which is `.intel_syntax noprefix` without shifting the user's line numbers.
+
+How a program is assembled, and why each step:
+- `read_source(path)`: a regular file only (a FIFO or a device would block), opened without
+  following a FIFO's open(), size checked from fstat before one read of at most MAX_SOURCE
+  bytes (a 512 MB sparse file is refused, not read).
+- `check_source(src)`: directives that read a file (`.incbin`, `.include`) are refused, as
+  are the facilities that could build such a directive from pieces (`.macro`, `.irp`,
+  `.irpc`, `.mri`, `.altmacro`). The check is on the raw bytes, comments and strings
+  included, so no disagreement between this scanner and gas's lexer can hide a directive.
+  The error names the directive, never the path it names: nothing is learnt about the host.
+- `assemble(src, base, limit)`: runs this file as a child Python process (`python -I -S`,
+  only the standard library) which sets its own rlimits (CPU time, address space, file size,
+  open files, no core dump) and then runs `as` and `ld` with them inherited, in a fresh
+  temporary directory; the parent adds a wall-clock limit and kills the child's whole process
+  group when it is reached. `ld` places .text, .rodata, .data, .bss from `base`; the child
+  reads the ELF's PT_LOAD segments itself (no objcopy) and refuses anything outside
+  [base, base + limit) -- so `.space 0x10000000` is stopped by RLIMIT_FSIZE after a few MB
+  of output, never grown in this process.
+The server calls `assemble` from a worker thread (xenconsole/dom0/xl_domain.py), so the
+console never waits on it; a hang, a crash or a memory blow-up of gas ends in one error line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+
+MAX_SOURCE = 1 << 20  # bytes of assembly source read from a file
+WALL_S = 10.0  # wall-clock limit for the whole child (as + ld)
+CPU_S = 4  # RLIMIT_CPU for the child and each tool it runs
+MEM_BYTES = 512 << 20  # RLIMIT_AS
+FSIZE_BYTES = 8 << 20  # RLIMIT_FSIZE: the object file, the linked ELF
+NOFILE = 64
+MAX_ERROR = 200  # characters of an assembler message shown to the user
+
+# A directive that reads a host file, or a facility that could spell one from pieces.
+_REFUSED = re.compile(
+    rb"(?i)(incbin|include)(?![A-Za-z0-9_$.])|"
+    rb"\.(macro|irpc?|mri|altmacro)(?![A-Za-z0-9_$.])"
+)
+
+
+class AsmError(ValueError):
+    """The program cannot be assembled; one line for the user (no file name in it)."""
+
+
+class SourceError(AsmError):
+    """The source file cannot be opened or is not a regular file."""
+
+
+def read_source(path: str, max_bytes: int = MAX_SOURCE) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; AsmError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SourceError(f"cannot read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError("cannot read: not a regular file")
+        if st.st_size > max_bytes:
+            raise AsmError(f"source larger than {max_bytes >> 10} KiB")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise SourceError(f"cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # grew since the fstat
+        raise AsmError(f"source larger than {max_bytes >> 10} KiB")
+    return data
+
+
+def check_source(src: bytes) -> None:
+    """Refuse directives that open files (and macro facilities); AsmError naming the line."""
+    m = _REFUSED.search(src)
+    if m is None:
+        return
+    line = src.count(b"\n", 0, m.start()) + 1
+    word = m.group(0).decode("ascii").lower().lstrip(".")
+    if word in ("incbin", "include"):
+        raise AsmError(f"line {line}: .{word} is not allowed: a guest program cannot read files")
+    raise AsmError(f"line {line}: .{word} is not allowed in a guest program")
+
+
+def one_line(text: str, limit: int = MAX_ERROR) -> str:
+    """`text` as one printable line: control characters and non-ASCII escaped, cut short."""
+    out = text.encode("ascii", "backslashreplace").decode("ascii")
+    out = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in out)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def assemble(src: bytes | str, base: int, limit: int, wall_s: float = WALL_S) -> bytes:
+    """The flat image of `src` linked at `base`, at most `limit` bytes (bss included).
+
+    Blocks the calling thread for as long as the child runs (at most `wall_s`): call it from
+    a worker thread in a server. AsmError with one line on any failure.
+    """
+    if isinstance(src, str):
+        src = src.encode("utf-8", "surrogateescape")
+    if len(src) > MAX_SOURCE:
+        raise AsmError(f"source larger than {MAX_SOURCE >> 10} KiB")
+    check_source(src)
+    with tempfile.TemporaryDirectory(prefix="xenconsole-asm-") as tmp:
+        argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), tmp, str(base), str(limit)]
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp,
+            start_new_session=True,  # its own process group: a timeout kills as/ld too
+            close_fds=True,
+            env={"PATH": os.defpath, "LC_ALL": "C"},
+        )
+        try:
+            out, _ = proc.communicate(src, timeout=wall_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise AsmError(f"assembler did not finish within {wall_s:g} s") from None
+        finally:
+            _kill_group(proc)
+    if proc.returncode == 0:
+        if not out:
+            raise AsmError("no instructions")
+        return out
+    if proc.returncode == 1 and out:
+        raise AsmError(one_line(out.decode("utf-8", "replace").strip()))
+    raise AsmError(f"assembler failed ({_status(proc.returncode)})")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _status(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+# ---- the child process (standard library only: it runs as `python -I -S emu/asm.py`) -----
+
+LINKER_SCRIPT = """\
+SECTIONS {
+  . = %#x;
+  /DISCARD/ : { *(.note .note.*) *(.comment) *(.eh_frame) *(.eh_frame_hdr) }
+  .text : { *(.text .text.*) }
+  .rodata : { *(.rodata .rodata.*) }
+  .data : { *(.data .data.*) }
+  .bss : { *(.bss .bss.*) *(COMMON) }
+}
+"""
+
+AS_ARGV = ["as", "--64", "-msyntax=intel", "-mnaked-reg", "-o", "prog.o", "prog.s"]
+# -N: one RWX segment, no page alignment (the image is flat); no build-id note.
+LD_ARGV = ["ld", "-static", "-nostdlib", "-N", "--build-id=none", "--no-warn-rwx-segments"]
+LD_ARGV += ["-T", "link.ld", "-o", "out.elf", "prog.o"]
+
+
+def _child_limits() -> None:
+    import resource
+
+    for res, soft, hard in (
+        (resource.RLIMIT_CPU, CPU_S, CPU_S + 1),
+        (resource.RLIMIT_AS, MEM_BYTES, MEM_BYTES),
+        (resource.RLIMIT_FSIZE, FSIZE_BYTES, FSIZE_BYTES),
+        (resource.RLIMIT_NOFILE, NOFILE, NOFILE),
+        (resource.RLIMIT_CORE, 0, 0),
+    ):
+        resource.setrlimit(res, (soft, hard))
+    # A file-size overrun must kill the tool (SIGXFSZ), not leave it writing short files.
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+
+
+class _Fail(Exception):
+    pass
+
+
+def _elide(msg: str) -> str:
+    """Drop the source text gas quotes back (`...'), but for one character or a directive
+    name: `asm:PATH` may name any file the server can read, and an error must not print it."""
+
+    def repl(m: re.Match) -> str:
+        inner = m.group(1)
+        keep = len(inner) <= 1 or re.fullmatch(r"\.[a-z0-9_]{1,24}", inner)
+        return m.group(0) if keep else "`...'"
+
+    return re.sub(r"[`']([^`']*)'", repl, msg)
+
+
+def _tool_error(stderr: bytes, prefix: str) -> str | None:
+    """The first error of `as` / `ld`, without the temporary file names or source text."""
+    for raw in stderr.decode("utf-8", "replace").splitlines():
+        m = re.match(r"prog\.s:(\d+): (?:Error|Fatal error): (.*)", raw)
+        if m:
+            return f"line {m.group(1)}: {_elide(m.group(2))}"
+        if raw.startswith(prefix) and "Assembler messages" not in raw and "warning:" not in raw:
+            msg = raw[len(prefix) :].strip()
+            msg = re.sub(r"^(prog\.o|out\.elf)(:\([^)]*\))?: ", "", msg)
+            msg = re.sub(r"^in function `[^']*':\s*", "", msg)
+            if msg:
+                return _elide(msg)
+    return None
+
+
+def _run(argv: list[str], prefix: str, big: str) -> None:
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=WALL_S)
+    if r.returncode == 0:
+        return
+    if r.returncode == -signal.SIGXFSZ:
+        raise _Fail(big)
+    msg = _tool_error(r.stderr[:65536], prefix)
+    if msg is None:
+        msg = f"{argv[0].rsplit('/', 1)[-1]} failed ({_status(r.returncode)})"
+    raise _Fail(msg)
+
+
+def _flat_image(elf: bytes, base: int, limit: int, big: str) -> bytes:
+    """Lay the PT_LOAD segments of a linked ELF64 into one image starting at `base`."""
+    import struct
+
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise _Fail("linker produced no 64-bit ELF")
+    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    segs = []
+    for i in range(phnum):
+        p_type, _flags, off, vaddr, _pa, filesz, memsz, _al = struct.unpack_from(
+            "<IIQQQQQQ", elf, phoff + i * phentsize
+        )
+        if p_type != 1 or memsz == 0:  # PT_LOAD only
+            continue
+        if vaddr < base or vaddr + memsz > base + limit:
+            raise _Fail(big if vaddr >= base else f"section below {base:#x}")
+        segs.append((vaddr - base, elf[off : off + filesz]))
+    end = max((o + len(d) for o, d in segs), default=0)
+    image = bytearray(end)
+    for o, d in segs:
+        image[o : o + len(d)] = d
+    return bytes(image)
+
+
+def _child(tmp: str, base: int, limit: int) -> int:
+    _child_limits()
+    big = f"program larger than {limit >> 10} KiB"
+    src = sys.stdin.buffer.read(MAX_SOURCE + 1)[:MAX_SOURCE]
+    try:
+        with open(os.path.join(tmp, "prog.s"), "wb") as f:
+            f.write(src + b"\n")  # gas warns about a missing final newline
+        with open(os.path.join(tmp, "link.ld"), "w") as f:
+            f.write(LINKER_SCRIPT % base)
+        _run(AS_ARGV, "as:", big)
+        _run([*LD_ARGV, "-e", hex(base)], "ld:", big)
+        with open("out.elf", "rb") as f:
+            elf = f.read(FSIZE_BYTES)
+        image = _flat_image(elf, base, limit, big)
+    except _Fail as e:
+        sys.stdout.buffer.write(str(e).encode("utf-8", "replace"))
+        return 1
+    except FileNotFoundError as e:
+        sys.stdout.buffer.write(f"{e.filename} not found: install GNU binutils".encode())
+        return 1
+    except (OSError, subprocess.SubprocessError, MemoryError) as e:
+        sys.stdout.buffer.write(f"assembler failed: {type(e).__name__}".encode())
+        return 1
+    sys.stdout.buffer.write(image)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
