@@ -16,14 +16,15 @@ How a program is assembled, and why each step:
   `.irpc`, `.mri`, `.altmacro`). The check is on the raw bytes, comments and strings
   included, so no disagreement between this scanner and gas's lexer can hide a directive.
   The error names the directive, never the path it names: nothing is learnt about the host.
-- `assemble(src, base, limit)`: runs this file as a child Python process (`python -I -S`,
-  only the standard library) which sets its own rlimits (CPU time, address space, file size,
-  open files, no core dump) and then runs `as` and `ld` with them inherited, in a fresh
-  temporary directory; the parent adds a wall-clock limit and kills the child's whole process
-  group when it is reached. `ld` places .text, .rodata, .data, .bss from `base`; the child
-  reads the ELF's PT_LOAD segments itself (no objcopy) and refuses anything outside
-  [base, base + limit) -- so `.space 0x10000000` is stopped by RLIMIT_FSIZE after a few MB
-  of output, never grown in this process.
+- `assemble(src, base, limit)`: writes the source into a fresh temporary directory and runs
+  `as`, then `ld`, each as its own process that sets its rlimits before exec (CPU time,
+  address space, file size, open files, no core dump; `resource.setrlimit` in the child)
+  in its own process group, with stderr to a file under the same size limit; the whole
+  group is killed at the wall-clock deadline. `ld` places .text, .rodata, .data, .bss from
+  `base`; the ELF's PT_LOAD segments are read here (no objcopy) and anything outside
+  [base, base + limit) is refused -- so `.space 0x10000000` is stopped by RLIMIT_FSIZE
+  after 8 MB of output, never grown in the server. (A Python child process doing the same
+  cost ~100 ms of start-up per program; as + ld take ~10 ms.)
 The server calls `assemble` from a worker thread (xenconsole/dom0/xl_domain.py), so the
 console never waits on it; a hang, a crash or a memory blow-up of gas ends in one error line.
 """
@@ -32,11 +33,13 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import stat
+import struct
 import subprocess
-import sys
 import tempfile
+import time
 
 MAX_SOURCE = 1 << 20  # bytes of assembly source read from a file
 WALL_S = 10.0  # wall-clock limit for the whole child (as + ld)
@@ -106,60 +109,30 @@ def one_line(text: str, limit: int = MAX_ERROR) -> str:
 def assemble(src: bytes | str, base: int, limit: int, wall_s: float = WALL_S) -> bytes:
     """The flat image of `src` linked at `base`, at most `limit` bytes (bss included).
 
-    Blocks the calling thread for as long as the child runs (at most `wall_s`): call it from
-    a worker thread in a server. AsmError with one line on any failure.
+    Blocks the calling thread while `as` and `ld` run (at most `wall_s` in all): call it
+    from a worker thread in a server. AsmError with one line on any failure.
     """
     if isinstance(src, str):
         src = src.encode("utf-8", "surrogateescape")
     if len(src) > MAX_SOURCE:
         raise AsmError(f"source larger than {MAX_SOURCE >> 10} KiB")
     check_source(src)
+    big = f"program larger than {limit >> 10} KiB"
+    deadline = time.monotonic() + wall_s
     with tempfile.TemporaryDirectory(prefix="xenconsole-asm-") as tmp:
-        argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), tmp, str(base), str(limit)]
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=tmp,
-            start_new_session=True,  # its own process group: a timeout kills as/ld too
-            close_fds=True,
-            env={"PATH": os.defpath, "LC_ALL": "C"},
-        )
-        try:
-            out, _ = proc.communicate(src, timeout=wall_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise AsmError(f"assembler did not finish within {wall_s:g} s") from None
-        finally:
-            _kill_group(proc)
-    if proc.returncode == 0:
-        if not out:
-            raise AsmError("no instructions")
-        return out
-    if proc.returncode == 1 and out:
-        raise AsmError(one_line(out.decode("utf-8", "replace").strip()))
-    raise AsmError(f"assembler failed ({_status(proc.returncode)})")
+        with open(os.path.join(tmp, "prog.s"), "wb") as f:
+            f.write(src + b"\n")  # gas warns about a missing final newline
+        with open(os.path.join(tmp, "link.ld"), "w") as f:
+            f.write(LINKER_SCRIPT % base)
+        _run(AS_ARGV, tmp, deadline, big)
+        _run([*LD_ARGV, "-e", hex(base)], tmp, deadline, big)
+        with open(os.path.join(tmp, "out.elf"), "rb") as f:
+            elf = f.read(FSIZE_BYTES)
+    image = _flat_image(elf, base, limit, big)
+    if not image:
+        raise AsmError("no instructions")
+    return image
 
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def _status(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exit status {rc}"
-
-
-# ---- the child process (standard library only: it runs as `python -I -S emu/asm.py`) -----
 
 LINKER_SCRIPT = """\
 SECTIONS {
@@ -172,15 +145,15 @@ SECTIONS {
 }
 """
 
-AS_ARGV = ["as", "--64", "-msyntax=intel", "-mnaked-reg", "-o", "prog.o", "prog.s"]
+AS_ARGV = ["as", "--64", "--no-warn", "-msyntax=intel", "-mnaked-reg", "-o", "prog.o", "prog.s"]
 # -N: one RWX segment, no page alignment (the image is flat); no build-id note.
 LD_ARGV = ["ld", "-static", "-nostdlib", "-N", "--build-id=none", "--no-warn-rwx-segments"]
 LD_ARGV += ["-T", "link.ld", "-o", "out.elf", "prog.o"]
+_ENV = {"PATH": os.defpath, "LC_ALL": "C"}
 
 
-def _child_limits() -> None:
-    import resource
-
+def _limits() -> None:
+    """In the child between fork and exec: its own rlimits (only C calls, no locks)."""
     for res, soft, hard in (
         (resource.RLIMIT_CPU, CPU_S, CPU_S + 1),
         (resource.RLIMIT_AS, MEM_BYTES, MEM_BYTES),
@@ -189,12 +162,58 @@ def _child_limits() -> None:
         (resource.RLIMIT_CORE, 0, 0),
     ):
         resource.setrlimit(res, (soft, hard))
-    # A file-size overrun must kill the tool (SIGXFSZ), not leave it writing short files.
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
 
 
-class _Fail(Exception):
-    pass
+def _run(argv: list[str], cwd: str, deadline: float, big: str) -> None:
+    """Run one tool under the limits; AsmError with its first error on failure."""
+    tool = argv[0]
+    err_path = os.path.join(cwd, f"{tool}.err")
+    with open(err_path, "wb") as err:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,  # a file under RLIMIT_FSIZE: a flood of messages cannot grow us
+                env=_ENV,
+                preexec_fn=_limits,  # setrlimit only: safe between fork and exec
+                start_new_session=True,  # its own process group: a timeout kills it all
+                restore_signals=True,  # SIGXFSZ back to its default: an overrun kills
+            )
+        except FileNotFoundError:
+            raise AsmError(f"{tool} not found: install GNU binutils") from None
+        try:
+            rc = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+    if rc == 0:
+        return
+    if rc is None:
+        raise AsmError(f"assembler did not finish within {WALL_S:g} s")
+    if rc in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise AsmError(f"assembler exceeded its CPU time limit ({CPU_S} s)")
+    with open(err_path, "rb") as f:
+        text = f.read(65536)
+    if rc == -signal.SIGXFSZ:
+        raise AsmError("too many assembler messages" if len(text) == 65536 else big)
+    msg = _tool_error(text, f"{tool}:")
+    raise AsmError(one_line(msg or f"{tool} failed ({_status(rc)})"))
+
+
+def _status(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
 
 
 def _elide(msg: str) -> str:
@@ -224,24 +243,10 @@ def _tool_error(stderr: bytes, prefix: str) -> str | None:
     return None
 
 
-def _run(argv: list[str], prefix: str, big: str) -> None:
-    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=WALL_S)
-    if r.returncode == 0:
-        return
-    if r.returncode == -signal.SIGXFSZ:
-        raise _Fail(big)
-    msg = _tool_error(r.stderr[:65536], prefix)
-    if msg is None:
-        msg = f"{argv[0].rsplit('/', 1)[-1]} failed ({_status(r.returncode)})"
-    raise _Fail(msg)
-
-
 def _flat_image(elf: bytes, base: int, limit: int, big: str) -> bytes:
     """Lay the PT_LOAD segments of a linked ELF64 into one image starting at `base`."""
-    import struct
-
-    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
-        raise _Fail("linker produced no 64-bit ELF")
+    if len(elf) < 64 or elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise AsmError("linker produced no 64-bit ELF")
     (phoff,) = struct.unpack_from("<Q", elf, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
     segs = []
@@ -251,42 +256,13 @@ def _flat_image(elf: bytes, base: int, limit: int, big: str) -> bytes:
         )
         if p_type != 1 or memsz == 0:  # PT_LOAD only
             continue
-        if vaddr < base or vaddr + memsz > base + limit:
-            raise _Fail(big if vaddr >= base else f"section below {base:#x}")
+        if vaddr < base:
+            raise AsmError(f"a section lies below {base:#x}")
+        if vaddr + memsz > base + limit:
+            raise AsmError(big)
         segs.append((vaddr - base, elf[off : off + filesz]))
     end = max((o + len(d) for o, d in segs), default=0)
     image = bytearray(end)
     for o, d in segs:
         image[o : o + len(d)] = d
     return bytes(image)
-
-
-def _child(tmp: str, base: int, limit: int) -> int:
-    _child_limits()
-    big = f"program larger than {limit >> 10} KiB"
-    src = sys.stdin.buffer.read(MAX_SOURCE + 1)[:MAX_SOURCE]
-    try:
-        with open(os.path.join(tmp, "prog.s"), "wb") as f:
-            f.write(src + b"\n")  # gas warns about a missing final newline
-        with open(os.path.join(tmp, "link.ld"), "w") as f:
-            f.write(LINKER_SCRIPT % base)
-        _run(AS_ARGV, "as:", big)
-        _run([*LD_ARGV, "-e", hex(base)], "ld:", big)
-        with open("out.elf", "rb") as f:
-            elf = f.read(FSIZE_BYTES)
-        image = _flat_image(elf, base, limit, big)
-    except _Fail as e:
-        sys.stdout.buffer.write(str(e).encode("utf-8", "replace"))
-        return 1
-    except FileNotFoundError as e:
-        sys.stdout.buffer.write(f"{e.filename} not found: install GNU binutils".encode())
-        return 1
-    except (OSError, subprocess.SubprocessError, MemoryError) as e:
-        sys.stdout.buffer.write(f"assembler failed: {type(e).__name__}".encode())
-        return 1
-    sys.stdout.buffer.write(image)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
