@@ -93,10 +93,10 @@ class Dom0Shell:
             room = SERIAL_RX_SIZE - len(self._early)
             self._early += data[: max(0, room)]
             return
-        if self.waiting is not None:
-            self._rx_waiting(data)
-            return
-        for c in data:
+        for i, c in enumerate(data):
+            if self.waiting is not None:  # a command (e.g. Enter just now) waits
+                self._rx_waiting(data[i:])
+                return
             if self.foreground is not None:
                 self.foreground(bytes([c]))
                 continue
@@ -114,7 +114,7 @@ class Dom0Shell:
         self.write("^C\n")
         self.status = 130
         self.prompt()
-        self.rx(data[cut + 1 :])
+        self.rx(data[cut + 1 :])  # after the ^C: typed at the new prompt
 
     def _byte(self, c: int) -> None:
         after_cr, self._after_cr = self._after_cr, False
