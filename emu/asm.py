@@ -43,8 +43,8 @@ import tempfile
 import time
 
 MAX_SOURCE = 1 << 20  # bytes of assembly source read from a file
-WALL_S = 10.0  # wall-clock limit for the whole child (as + ld)
-CPU_S = 4  # RLIMIT_CPU for the child and each tool it runs
+WALL_S = 10.0  # wall-clock limit for as and ld together
+CPU_S = 4  # RLIMIT_CPU of each tool (as, ld)
 MEM_BYTES = 512 << 20  # RLIMIT_AS
 FSIZE_BYTES = 8 << 20  # RLIMIT_FSIZE: the object file, the linked ELF
 NOFILE = 64
