@@ -14,10 +14,10 @@ import time
 
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
+from emu.asm import assemble
 from emu.cpu import blockhook, sched
 from tests.guest_helpers import asm_guest, console_lines, new_machine, wait_for
 
@@ -46,7 +46,7 @@ def test_hook_bytes_are_what_the_docstring_says():
 
 
 def _bare(src: str, rcx: int = 0) -> tuple[Uc, blockhook.SliceFlag, int]:
-    code = bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(src, 0x1000)[0])
+    code = assemble(src, 0x1000, 0x1000)
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0, 0x10000)
     uc.mem_write(0x1000, code)
