@@ -14,12 +14,12 @@ import time
 
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from guest_helpers import REPORT_EQUAL, asm_guest, console_lines, new_machine, wait_for
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
 from emu.asm import assemble
 from emu.cpu import blockhook, sched
-from tests.guest_helpers import asm_guest, console_lines, new_machine, wait_for
 
 
 def _dis(code: bytes) -> list[str]:
@@ -130,22 +130,7 @@ lp:
     jnz lp
     mov rax, qword ptr [0x100000]
     mov rbx, {n}
-    cmp rax, rbx
-    jne bad
-    mov al, 0x6f
-    out 0xe9, al
-    mov al, 0x6b
-    out 0xe9, al
-    jmp nl
-bad:
-    mov al, 0x4e
-    out 0xe9, al
-nl:
-    mov al, 0x0a
-    out 0xe9, al
-    cli
-    hlt
-"""
+""" + REPORT_EQUAL
 SPIN = "spin:\n    add qword ptr [0x100000], 1\n    jmp spin\n"
 
 
@@ -159,22 +144,8 @@ lp:
     cmp byte ptr [0x101000], 0
     je lp
     mov rax, qword ptr [0x100000]
-    cmp rax, r15
-    jne bad
-    mov al, 0x6f
-    out 0xe9, al
-    mov al, 0x6b
-    out 0xe9, al
-    jmp nl
-bad:
-    mov al, 0x4e
-    out 0xe9, al
-nl:
-    mov al, 0x0a
-    out 0xe9, al
-    cli
-    hlt
-"""
+    mov rbx, r15
+""" + REPORT_EQUAL
 
 
 @pytest.mark.timeout(300)
