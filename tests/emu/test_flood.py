@@ -13,12 +13,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from console_hosts import host_only
+from guest_helpers import Lines, asm_guest, wait_for
 
 from emu.ratelimit import PRINTK_RATELIMIT_BURST, PrintkRatelimit, suppressed_line
 from keyhandlers import KEY_TABLE
 from keyhandlers.dispatch import run_handler
-from tests.console_hosts import host_only
-from tests.guest_helpers import Lines, asm_guest, new_machine, wait_for
 from xenconsole.expect import Console
 from xenconsole.testing import serve
 
@@ -52,13 +52,6 @@ flood:
     mov al, 0x42
     jmp flood
 """
-
-
-@pytest.fixture
-def machine():
-    m = new_machine()
-    yield m
-    m.shutdown()
 
 
 def _press(m, key: str, serial: Lines) -> str:

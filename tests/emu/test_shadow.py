@@ -30,12 +30,8 @@ from emu.shadow.private import (
     SH_type_l4_64_shadow,
 )
 
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def machine():
-    return new_machine(memory_mb=1024)
+# The harness builds its own guest tables on a machine that is not booted.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.machine(memory=1 << 30, boot=False, shared=True)]
 
 
 def _clean(m) -> None:
