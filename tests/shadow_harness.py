@@ -22,9 +22,12 @@ from unicorn.x86_const import (
 )
 
 from emu.asm import assemble
+from emu.audit import audit
 from emu.host import DomainSpec, HostConfig
 from emu.machine import Machine
+from emu.shadow.audit import audit_shadows
 from emu.shadow.common import shadow_enable
+from emu.shadow.multi import shadow_l1e_index
 from emu.shadow.private import CRASH, FIXED, GUEST_FAULT
 
 P, RW, US, A, D, PS, NX = 1, 2, 4, 0x20, 0x40, 0x80, 1 << 63
@@ -163,3 +166,20 @@ class Guest:
 
 def new_machine(memory_mb: int = 256, cpus: int = 2) -> Machine:
     return Machine(HostConfig(memory=memory_mb << 20, cpus=cpus, dom0_mem=64 << 20))
+
+
+def assert_clean(m: Machine) -> None:
+    """Both audits (the machine's and the shadows') find nothing."""
+    assert audit(m) == []
+    assert audit_shadows(m) == []
+
+
+def sl1e(g: Guest, gfn: int, vcpu: int = 0) -> int:
+    """The shadow L1 entry mapping gfn for the vCPU, 0 if none."""
+    i = shadow_l1e_index(g.dom.paging, vcpu, gfn << 12)
+    return 0 if i is None else int(g.ram.u64[i])
+
+
+def arena_ptes(g: Guest, first: int, last: int) -> np.ndarray:
+    """The guest's own PTEs for gfns [first, last)."""
+    return np.array([g.pte(x) for x in range(first, last)], dtype=np.uint64)
