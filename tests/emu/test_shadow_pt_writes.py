@@ -106,7 +106,7 @@ def test_guest_page_table_writes_are_emulated_and_shadows_follow(machine, store,
 
 
 @pytest.mark.timeout(120)
-def test_fuzz_guest_rewrites_its_own_tables_and_the_audit_staysassert_clean():
+def test_fuzz_guest_rewrites_its_own_tables_and_the_audit_stays_clean():
     """Seeded fuzz: a guest writes random entries (valid, holes, beyond memory, superpage,
     recursive, NX, read-only) into its own L1-L4 tables and touches random addresses, with
     blow/invlpg/window resets in between. Every fault is FIXED, reflected or a crash;
