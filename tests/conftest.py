@@ -1,10 +1,10 @@
-"""Shared test set-up: the `e2e` marker and the helper modules' import path.
+"""Shared test set-up: the `e2e` marker, the `machine` fixture, the helper modules' path.
 
 Tests mirror the code: tests/emu/, tests/keyhandlers/, tests/xenconsole/ run in-process;
-tests/e2e/ starts `xenconsole serve` subprocesses and is marked `e2e`, so
-`pytest -m "not e2e"` runs the fast part alone. The helper modules (guest_helpers,
-console_hosts, shadow_harness) stay in tests/ and are importable from every folder
-(pyproject's `pythonpath`).
+tests/e2e/ starts `xenconsole serve` (or `xenconsole connect`) subprocesses and is marked
+`e2e`, so `pytest -m "not e2e"` runs the fast part alone. The helper modules
+(guest_helpers, console_hosts, shadow_harness, shell_host) stay in tests/ and are imported
+by bare name from every folder (pyproject's `pythonpath`).
 """
 
 from __future__ import annotations
