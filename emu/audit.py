@@ -1,4 +1,4 @@
-"""Whole-machine memory audit: every frame is in exactly one state (CONTRACT.md).
+"""Whole-machine memory audit: every frame is in exactly one state (docs/design.md).
 
 It also runs the shadow code's audit (emu/shadow/audit.py) for shadowed domains.
 

@@ -37,7 +37,7 @@ PT_GFN = 0x40  # L4, L3, L2, then the L1s
 ARENA_GFN = 0x100
 
 
-from emu.cpu.vcpu import ack_exception  # noqa: E402  (the vCPUs' own recipe, unicorn.md §3)
+from emu.cpu.vcpu import ack_exception  # noqa: E402  (the vCPUs' own; docs/design.md)
 
 
 def asm(src: str, addr: int) -> bytes:
@@ -46,7 +46,7 @@ def asm(src: str, addr: int) -> bytes:
 
 
 class HarnessVCPU:
-    """vCPU shape from CONTRACT.md (vcpu_id, processor, uc, flush_tlb) for the tests."""
+    """vCPU shape of emu/cpu/vcpu.py (vcpu_id, processor, uc, flush_tlb) for the tests."""
 
     def __init__(self, dom, vcpu_id: int, ram) -> None:
         self.domain = dom
