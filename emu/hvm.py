@@ -149,7 +149,9 @@ class HVM:
         """domain_crash() / hvm_triple_fault() for the domain of `vcpu`, then destroy it."""
         dom = vcpu.domain
         m = self.machine
-        with m.console.lock:
+        # The machine lock first (the order every path takes): an `xl destroy` on another
+        # thread cannot release this vCPU's Uc while its registers are printed.
+        with m.lock, m.console.lock:
             if dom.shutdown_code is not None or dom.is_dying:
                 return  # __domain_crash(): already shutting down, print nothing
             self.crash_counts[how] = self.crash_counts.get(how, 0) + 1
