@@ -82,14 +82,16 @@ def test_a_crashed_domain_is_freed_without_the_collector(machine, no_gc, tmp_pat
 @pytest.mark.timeout(60)
 def test_machine_shutdown_releases_every_unicorn_and_the_ram(no_gc):
     m = new_machine(memory=256 << 20, cpus=2)
-    doms = [create(m, f"s{i}", "touch:pages=256,write=1", memory=4) for i in range(3)]
-    assert wait_for(lambda: all(sum(v.cpu_time_ns for v in d.vcpus) > 0 for d in doms))
+    doms = [create(m, f"s{i}", "touch:pages=2048,write=1", memory=16) for i in range(3)]
+    # Each guest has written its 8 MiB arena once it yields the pCPU for good.
+    assert wait_for(lambda: m.ram.resident_bytes() > 3 * 2048 * 4096, timeout=30)
     ucs = [weakref.ref(v.uc) for d in doms for v in d.vcpus]
-    assert m.ram.resident_bytes() > 3 * 256 * 4096
     m.shutdown()
     assert alive(ucs) == []
     assert [v.uc for d in doms for v in d.vcpus] == [None] * 3
-    assert m.ram.resident_bytes() == 0
+    # The kernel may merge the RAM's mapping with a neighbouring anonymous one (smaps then
+    # counts both): "back to the OS" is "far below what the guests had written".
+    assert m.ram.resident_bytes() < 4 << 20
     m.shutdown()  # twice is harmless
 
 
