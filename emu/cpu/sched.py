@@ -277,7 +277,9 @@ class Scheduler:
                 elif kind in ("slice", "yield") and self._runnable(v):
                     self.runq.append(v)
                 self.cond.notify_all()
-            if kind == "crash" and self.on_crash is not None:
+            if v.dead:  # destroyed meanwhile: nothing to report (a dying domain crashes
+                pass  # silently), and its domain may already be gone (see VCPU.release)
+            elif kind == "crash" and self.on_crash is not None:
                 self._call(self.on_crash, v, outcome[1], outcome[2], p.cpu)
             elif kind == "shutdown" and self.on_shutdown is not None:
                 self._call(self.on_shutdown, v, outcome[1])
