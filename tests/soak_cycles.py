@@ -10,7 +10,6 @@ guests are torn down). The process's RSS, open fds and threads are sampled as it
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 import time
@@ -41,19 +40,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def resident_bytes(ram) -> int:
-    """Bytes of machine RAM backed by the OS now, exactly: mincore(2) over the mapping (the
-    smaps figure of MachineRAM.resident_bytes counts a neighbouring mapping the kernel
-    merged with it, e.g. the next machine's RAM)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
-    pages = ram.size // 4096
-    vec = (ctypes.c_ubyte * pages)()
-    if libc.mincore(ctypes.c_void_p(ram.ptr), ram.size, vec) != 0:
-        raise OSError(ctypes.get_errno(), "mincore failed")
-    return sum(b & 1 for b in bytes(vec)) * 4096
 
 
 def open_fds() -> int:

@@ -15,7 +15,6 @@ import weakref
 
 import pytest
 from guest_helpers import Lines, asm_guest, create, new_machine, wait_for
-from soak_cycles import resident_bytes
 
 import keyhandlers
 from emu.audit import audit
@@ -85,12 +84,12 @@ def test_machine_shutdown_releases_every_unicorn_and_the_ram(no_gc):
     m = new_machine(memory=256 << 20, cpus=2)
     doms = [create(m, f"s{i}", "touch:pages=2048,write=1", memory=16) for i in range(3)]
     # Each guest has written its 8 MiB arena once it yields the pCPU for good.
-    assert wait_for(lambda: resident_bytes(m.ram) > 3 * 2048 * 4096, timeout=30)
+    assert wait_for(lambda: m.ram.resident_bytes() > 3 * 2048 * 4096, timeout=30)
     ucs = [weakref.ref(v.uc) for d in doms for v in d.vcpus]
     m.shutdown()
     assert alive(ucs) == []
     assert [v.uc for d in doms for v in d.vcpus] == [None] * 3
-    assert resident_bytes(m.ram) == 0  # every page back to the OS
+    assert m.ram.resident_bytes() == 0  # every page back to the OS
     m.shutdown()  # twice is harmless
 
 

@@ -7,7 +7,6 @@ import time
 import weakref
 
 import pytest
-from soak_cycles import resident_bytes
 from twisted.internet.task import Clock
 
 import keyhandlers
@@ -46,18 +45,18 @@ def test_R_frees_the_old_machine_its_unicorns_and_its_ram():
                 for i in range(2)
             ]
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and resident_bytes(m.ram) <= 8 << 20:
+            while time.monotonic() < deadline and m.ram.resident_bytes() <= 8 << 20:
                 time.sleep(0.01)  # the guests write 2 x 6 MiB
             ucs = [weakref.ref(v.uc) for d in doms for v in d.vcpus]
             ram = m.ram
-            assert resident_bytes(ram) > 8 << 20
+            assert ram.resident_bytes() > 8 << 20
             old = weakref.ref(m)
             del m, doms
             runner.machine.request_reboot()
             settle(r)
             assert [u() for u in ucs] == [None] * 2, round_
             assert old() is None, round_
-            assert resident_bytes(ram) == 0
+            assert ram.resident_bytes() == 0
             assert runner.machine is not None and runner.machine.booted
     finally:
         runner.stop()
