@@ -67,8 +67,8 @@ class Domain:
 
     @property
     def is_hvm(self) -> bool:
-        """dom0 is PV; domUs are (shadow-mode) HVM guests."""
-        return self.domid != 0
+        """dom0 and `type="pv"` domUs are PV; other domUs are (shadow-mode) HVM guests."""
+        return self.domid != 0 and getattr(self.spec, "type", "hvm") != "pv"
 
     def cpu_time(self) -> float:
         """Seconds of CPU time used by all vCPUs (`xl list` Time(s))."""

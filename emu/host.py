@@ -48,6 +48,12 @@ class DomainSpec:
     maxmem: int | None = None  # MiB
     vcpus: int = 1
     workload: str = "idle"
+    type: str = "hvm"  # xl's type=: "pv" builds a 64-bit PV guest from `kernel` (emu/pv/)
+    kernel: str | None = None
+    cmdline: str = ""
+    on_poweroff: str = "destroy"
+    on_crash: str = "destroy"
+    on_reboot: str = "destroy"
 
 
 @dataclass

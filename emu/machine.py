@@ -217,3 +217,7 @@ class Machine:
 from emu.hvm import attach as _attach_hvm  # noqa: E402  (GUEST: vCPUs, scheduler, guests)
 
 SUBSYSTEMS.append(_attach_hvm)
+
+from emu.pv import attach as _attach_pv  # noqa: E402  (64-bit PV guests, after HVM's scheduler)
+
+SUBSYSTEMS.append(_attach_pv)

@@ -1,0 +1,163 @@
+"""64-bit Xen PV guests (`type="pv"` domains): built and run as Xen 4.22 builds and runs them.
+
+- elf.py      the kernel's ELF image and Xen notes (libelf), refusals as xl reports them
+- build.py    the PV domain builder (libxenguest x86_64): layout, start_info, page tables
+- mm.py       page types (get_page_type/put_page_type), validation, entry updates
+- xen.py      Xen's frames in every PV L4: RO M2P (slot 256), per-domain GDT area (260)
+- vcpu.py     the PV vCPU on Unicorn, direct paging on the guest's own tables
+- traps.py    bounce frames, trap table, `int n`, FEP, iret;  priv_op.py: #GP emulation, CPUID
+- hypercall.py  the 64-bit PV hypercall table;  event.py: event channels, sched_op, consoles
+
+`attach(machine)` (a machine subsystem) creates `machine.pv` and hooks domain creation and
+destruction: a domain whose spec has `type == "pv"` is built here instead of by emu/hvm.py.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from emu.pv.event import ConsoleIO, EventChannels, PVConsole
+
+SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
+
+
+def is_pv(dom) -> bool:
+    return getattr(getattr(dom, "spec", None), "type", "hvm") == "pv"
+
+
+class PVDomain:
+    """d->arch.pv and friends for one PV domain."""
+
+    def __init__(self, machine, dom) -> None:
+        self.shared_info_mfn = dom.xenpage_mfns[0]
+        self.evtchn = EventChannels(machine, dom)
+        self.console_io = ConsoleIO(machine, dom.domid)
+        self.area = None  # PerDomainArea
+        self.console: PVConsole | None = None
+        self.layout = None
+        self.parms = None
+        self.crashed_on: tuple[int, int] | None = None
+
+
+class PV:
+    """`machine.pv`: the machine-wide side of PV guests."""
+
+    def __init__(self, machine) -> None:
+        from emu.pv.mm import PVMM
+        from emu.pv.xen import XenFrames
+
+        self.machine = machine
+        self.xen = XenFrames(machine)
+        self.mm = PVMM(machine, lambda dom: self.xen.l4_slots(dom.pv.area))
+        self.lock = threading.Lock()
+
+    # ---- helpers for the other modules -------------------------------------------------------
+
+    def current_vcpu(self, dom):
+        me = threading.current_thread()
+        for v in dom.vcpus:
+            if getattr(v, "_thread", None) is me and v.running:
+                return v
+        return None
+
+    def warn(self, vcpu, text: str) -> None:
+        """gdprintk/gprintk: `(XEN) d1v0 text` (guest_loglvl=all shows warnings)."""
+        self.machine.console.printk(f"{vcpu.name} {text}\n")
+
+    def flush_domain_tlbs(self, dom) -> None:
+        """Every vCPU of `dom` (none of them is inside Unicorn but the caller's own)."""
+        for v in dom.vcpus:
+            if hasattr(v, "flush_tlb"):
+                v.flush_tlb()
+
+    # ---- domain lifecycle ---------------------------------------------------------------------
+
+    def domain_created(self, dom) -> None:
+        if not is_pv(dom):
+            return
+        from emu.domctl import DomainError
+        from emu.pv.build import BuildError, build_pv, read_kernel
+        from emu.pv.vcpu import PVVCPU
+        from emu.pv.xen import PerDomainArea
+
+        m = self.machine
+        spec = dom.spec
+        dom.pv = pv = PVDomain(m, dom)
+        dom.vm_assist = 0
+        try:
+            blob = read_kernel(getattr(spec, "kernel", None), dom.domid)
+            pv.area = PerDomainArea(m, self.xen, spec.vcpus)
+            store = pv.evtchn.alloc_unbound(0)
+            cons = pv.evtchn.alloc_unbound(0)
+            lay, parms = build_pv(m, dom, blob, getattr(spec, "cmdline", "") or "", store, cons)
+        except BuildError as e:
+            raise DomainError(str(e)) from None
+        pv.layout, pv.parms = lay, parms
+        pv.console = PVConsole(m, dom, int(dom.p2m[lay.console_pfn]), cons)
+        pv.console.connect(pv.evtchn)
+        old = list(dom.vcpus)
+        vcpus = []
+        for i in range(len(old) or 1):
+            proc = getattr(old[i], "processor", i) if i < len(old) else i
+            vcpus.append(PVVCPU(m, dom, i, processor=proc % m.sched.nr_cpus))
+        dom.vcpus = vcpus
+        v0 = vcpus[0]
+        v0.guest_table = int(dom.p2m[lay.pt_pfn])
+        vb = parms.virt_base
+        v0.enter(
+            pv.area,
+            parms.virt_entry,
+            vb + ((lay.bootstack_pfn + 1) << 12),
+            vb + (lay.start_info_pfn << 12),
+        )
+        for v in vcpus:
+            m.sched.add_vcpu(v)
+
+    def domain_destroying(self, dom) -> None:
+        pv = getattr(dom, "pv", None)
+        if pv is None:
+            return
+        if pv.console is not None:
+            pv.console.close()
+        if pv.area is not None:
+            pv.area.free()
+            pv.area = None
+
+    # ---- crash ----------------------------------------------------------------------------------
+
+    def crash(self, vcpu, how: str, text: str, cpu: int) -> None:
+        """domain_crash() for a PV vCPU: Xen's lines, then SHUTDOWN_crash (xl destroys)."""
+        from emu.pv.traps import upcall_mask
+        from emu.regdump import show_registers, xen_info_line
+
+        dom = vcpu.domain
+        m = self.machine
+        with m.console.lock:
+            if dom.shutdown_code is not None or dom.is_dying:
+                return
+            p = m.console.printk
+            p(f"{text}\n" if how == "pv" else f"{vcpu.name} {text}\n")
+            p(f"Domain {dom.domid} (vcpu#{vcpu.vcpu_id}) crashed on cpu#{cpu}:\n")
+            out = lambda s: p(s + "\n")  # noqa: E731
+            out(xen_info_line(m))
+            out(f"CPU:    {cpu}")
+            show_registers(out, vcpu.regs(), "pv guest", vcpu.name, em=upcall_mask(vcpu))
+            dom.pv.crashed_on = (vcpu.vcpu_id, cpu)
+        m.hvm._shutdown(dom, SHUTDOWN_crash)
+
+
+def attach(machine) -> None:
+    """Machine subsystem: `machine.pv` and its domain hooks; crashes of PV vCPUs go to it."""
+    machine.pv = PV(machine)
+    machine.hooks.domain_created.append(machine.pv.domain_created)
+    machine.hooks.domain_destroying.insert(1, machine.pv.domain_destroying)
+    sched = machine.sched
+    hvm_crash = sched.on_crash
+
+    def on_crash(vcpu, how, text, cpu):
+        if is_pv(vcpu.domain):
+            machine.pv.crash(vcpu, how, text, cpu)
+        elif hvm_crash is not None:
+            hvm_crash(vcpu, how, text, cpu)
+
+    sched.on_crash = on_crash

@@ -1,0 +1,451 @@
+"""64-bit PV hypercalls: `syscall` from guest-kernel mode (pv/hypercall.c).
+
+Number in rax, arguments rdi rsi rdx r10 r8, result in rax; the return is a `sysret`, so
+rcx/r11 hold rip/rflags (the hypercall page's stub pops its own copies back). A debug Xen
+then overwrites the argument registers the hypercall used with 0xdeadbeefdeadf00d unless
+the result is -ENOSYS (asm/hypercall.h clobber_regs). Unknown numbers: -ENOSYS.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from unicorn import x86_const as X
+
+from emu.pv import guest, mm, traps
+from emu.pv.guest import GuestFault
+from emu.pv.mm import EFAULT, EINVAL, ENOSYS, EPERM, ESRCH
+
+ARG_REGS = (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_R10, X.UC_X86_REG_R8)
+CLOBBER = 0xDEADBEEFDEADF00D
+DOMID_SELF = 0x7FF0
+MASK64 = (1 << 64) - 1
+# Argument counts (xen/include/hypercall-defs.c prototypes), for clobber_regs().
+NARGS = {
+    0: 1, 1: 4, 2: 2, 3: 2, 5: 1, 8: 2, 9: 1, 10: 2, 12: 2, 13: 2, 14: 3, 15: 1, 17: 2,
+    18: 3, 20: 3, 21: 2, 23: 0, 24: 3, 25: 2, 26: 4, 29: 2, 30: 2, 32: 2, 33: 2, 35: 1,
+}  # fmt: skip
+HANDLERS: dict = {}
+
+
+def hypercall(nr: int):
+    def reg(fn):
+        HANDLERS[nr] = fn
+        return fn
+
+    return reg
+
+
+def dispatch(vcpu) -> None:
+    uc = vcpu.uc
+    nr = uc.reg_read(X.UC_X86_REG_RAX)
+    args = [uc.reg_read(r) for r in ARG_REGS]
+    vcpu.stats["hypercalls"] += 1
+    rip = uc.reg_read(X.UC_X86_REG_RIP)  # the syscall (emu/pv/vcpu.py _on_syscall)
+    fn = HANDLERS.get(nr)
+    ret = fn(vcpu, *args) if fn is not None else -ENOSYS
+    if ret is None:  # the vCPU crashed, or iret already restored its registers
+        return
+    uc.reg_write(X.UC_X86_REG_RCX, rip + 2)  # sysret: rcx = the instruction after
+    uc.reg_write(X.UC_X86_REG_R11, uc.reg_read(X.UC_X86_REG_EFLAGS))
+    uc.reg_write(X.UC_X86_REG_RAX, ret & MASK64)
+    if ret != -ENOSYS and vcpu.machine.debug_build:
+        for r in ARG_REGS[: NARGS.get(nr, 0)]:
+            uc.reg_write(r, CLOBBER)
+
+
+# ---- traps, callbacks, stacks, segments --------------------------------------------------------
+
+
+def canonical(va: int) -> bool:
+    return (va >> 47) in (0, 0x1FFFF)
+
+
+@hypercall(0)
+def set_trap_table(vcpu, traps_va: int, *_) -> int:
+    """pv/callback.c:340-383: entries until address 0; NULL clears all."""
+    if traps_va == 0:
+        vcpu.trap_ctxt.clear()
+        return 0
+    for i in range(256):
+        try:
+            vec, flags, cs, addr = struct.unpack(
+                "<BBHxxxxQ", guest.read(vcpu, traps_va + 16 * i, 16)
+            )
+        except GuestFault:
+            return -EFAULT
+        if addr == 0:
+            break
+        if not canonical(addr):
+            return -EINVAL
+        vcpu.trap_ctxt[vec] = (flags, cs | 3, addr)
+    return 0
+
+
+@hypercall(30)
+def callback_op(vcpu, cmd: int, arg: int, *_) -> int:
+    """pv/callback.c:51-168: CALLBACKOP_register (0) / unregister (1)."""
+    if cmd == 0:
+        try:
+            ctype, flags, addr = struct.unpack("<HHxxxxQ", guest.read(vcpu, arg, 16))
+        except GuestFault:
+            return -EFAULT
+        if not canonical(addr):
+            return -EINVAL
+        if ctype not in (0, 1, 2, 4, 5, 7):
+            return -ENOSYS
+        vcpu.callbacks[ctype] = (addr, flags)
+        return 0
+    if cmd == 1:
+        try:
+            (ctype,) = struct.unpack("<H", guest.read(vcpu, arg, 2))
+        except GuestFault:
+            return -EFAULT
+        if ctype != 4:
+            return -EINVAL
+        vcpu.callbacks.pop(ctype, None)
+        return 0
+    return -ENOSYS
+
+
+@hypercall(3)
+def stack_switch(vcpu, ss: int, sp: int, *_) -> int:
+    vcpu.kernel_ss, vcpu.kernel_sp = ss | 3, sp
+    return 0
+
+
+@hypercall(5)
+def fpu_taskswitch(vcpu, set_: int, *_) -> int:
+    vcpu.vcr0 = vcpu.vcr0 | 0x8 if set_ else vcpu.vcr0 & ~0x8
+    return 0
+
+
+@hypercall(25)
+def set_segment_base(vcpu, which: int, base: int, *_) -> int:
+    if which in (0, 1, 2) and not canonical(base):
+        return -EINVAL
+    uc = vcpu.uc
+    if which == 0:
+        uc.reg_write(X.UC_X86_REG_FS_BASE, base)
+    elif which == 1:  # SEGBASE_GS_USER
+        if vcpu.kernel_mode:
+            vcpu.gs_base_user = base
+        else:
+            uc.reg_write(X.UC_X86_REG_GS_BASE, base)
+    elif which == 2:
+        if vcpu.kernel_mode:
+            uc.reg_write(X.UC_X86_REG_GS_BASE, base)
+        else:
+            vcpu.gs_base_user = base
+    else:
+        return -EINVAL
+    return 0
+
+
+@hypercall(23)
+def iret(vcpu, *_) -> int | None:
+    rax = traps.do_iret(vcpu)
+    if rax is None:
+        return None
+    vcpu.uc.reg_write(X.UC_X86_REG_RAX, rax)
+    return None
+
+
+@hypercall(2)
+def set_gdt(vcpu, frame_list: int, entries: int, *_) -> int:
+    """pv/descriptor-tables.c:73-139: frames must take a PGT_seg_desc_page reference."""
+    from emu.page_info import PGT_seg_desc_page
+
+    if entries > 14 * 512:
+        return -EINVAL
+    nr = (entries + 511) // 512
+    try:
+        frames = list(struct.unpack(f"<{nr}Q", guest.read(vcpu, frame_list, 8 * nr))) if nr else []
+    except GuestFault:
+        return -EFAULT
+    pvmm = vcpu.machine.pv.mm
+    dom = vcpu.domain
+    got = []
+    for f in frames:
+        if pvmm.get_page_and_type(f, PGT_seg_desc_page, dom):
+            for g in got:
+                pvmm.put_page_and_type(g, dom)
+            return -EINVAL
+        got.append(f)
+    for old in vcpu.gdt_frames:
+        pvmm.put_page_and_type(old, dom)
+    vcpu.gdt_frames, vcpu.gdt_ents = got, entries
+    area = dom.pv.area
+    for i in range(14):
+        area.set_gdt_frame(vcpu.vcpu_id, i, got[i] if i < len(got) else None)
+    vcpu.flush_tlb()
+    return 0
+
+
+@hypercall(21)
+def vm_assist(vcpu, cmd: int, type_: int, *_) -> int:
+    """common/domain.c:2378-2398 with the PV64 mask (asm/domain.h)."""
+    if type_ not in (0, 1, 2, 3, 4, 5, 32):
+        return -EINVAL
+    if cmd == 0:
+        vcpu.domain.vm_assist |= 1 << type_
+    elif cmd == 1:
+        vcpu.domain.vm_assist &= ~(1 << type_)
+    else:
+        return -ENOSYS
+    return 0
+
+
+@hypercall(33)
+def physdev_op(vcpu, cmd: int, arg: int, *_) -> int:
+    if cmd == 6:  # PHYSDEVOP_set_iopl
+        try:
+            (iopl,) = struct.unpack("<I", guest.read(vcpu, arg, 4))
+        except GuestFault:
+            return -EFAULT
+        if iopl > 3:
+            return -EINVAL
+        vcpu.iopl = iopl
+        return 0
+    return -ENOSYS
+
+
+# ---- memory management -----------------------------------------------------------------------
+
+
+@hypercall(14)
+def update_va_mapping(vcpu, va: int, val: int, flags: int, *_) -> int:
+    """mm.c:4470-4569: the L1 entry mapping `va` in the current page tables."""
+    u64 = vcpu.machine.ram.u64
+    nr = vcpu.machine.ram.nr_frames
+    if not canonical(va) or mm.HYPERVISOR_VIRT_START <= va < mm.HYPERVISOR_VIRT_END:
+        return -EINVAL
+    t = vcpu.cr3_mfn()
+    for shift in (39, 30, 21):
+        e = int(u64[(t << 9) + ((va >> shift) & 511)])
+        if not e & mm._PAGE_PRESENT or (shift == 21 and e & mm._PAGE_PSE):
+            return -EINVAL
+        t = (e & mm.ADDR_MASK) >> 12
+        if t >= nr:
+            return -EINVAL
+    ft = vcpu.machine.frames
+    from emu.page_info import PGT_l1_page_table, PGT_type_mask
+
+    if int(ft.type_info[t]) & PGT_type_mask != PGT_l1_page_table or not vcpu.machine.pv.mm.owned(
+        t, vcpu.domain
+    ):
+        return -EINVAL
+    rc = vcpu.machine.pv.mm.mod_entry(t, (va >> 12) & 511, val, 1, vcpu.domain)
+    if rc:
+        return rc
+    _flush(vcpu, flags & 3, va, flags & ~3)
+    return 0
+
+
+def _flush(vcpu, kind: int, va: int, which: int) -> None:
+    """UVMF_TLB_FLUSH / UVMF_INVLPG, local or all (Unicorn has no per-page flush here)."""
+    if kind == 0:
+        return
+    if which:  # UVMF_ALL or a vCPU mask: every vCPU of the domain
+        vcpu.machine.pv.flush_domain_tlbs(vcpu.domain)
+    else:
+        vcpu.flush_tlb()
+
+
+MMUEXT_PIN = {0: 1, 1: 2, 2: 3, 3: 4}
+
+
+@hypercall(26)
+def mmuext_op(vcpu, uops: int, count: int, pdone: int, foreigndom: int, *_) -> int:
+    """mm.c:3500-3990; stops at the first failure, *pdone = operations done."""
+    from emu.page_info import PGT_pinned
+
+    pv = vcpu.machine.pv
+    pvmm, dom, ft = pv.mm, vcpu.domain, vcpu.machine.frames
+    if foreigndom not in (DOMID_SELF, dom.domid):
+        return -ESRCH
+    done, rc = 0, 0
+    for i in range(count & 0xFFFFFFFF):
+        try:
+            cmd, arg1, arg2 = struct.unpack("<I4xQQ", guest.read(vcpu, uops + 24 * i, 24))
+        except GuestFault:
+            rc = -EFAULT
+            break
+        if cmd in MMUEXT_PIN:
+            level = MMUEXT_PIN[cmd]
+            rc = pvmm.get_page_and_type(arg1, mm.LEVEL_TYPE[level], dom)
+            if not rc:
+                if int(ft.type_info[arg1]) & PGT_pinned:
+                    pvmm.put_page_and_type(arg1, dom)
+                    pv.warn(vcpu, f"mfn {arg1:x} already pinned")
+                    rc = -EINVAL
+                else:
+                    ft.type_info[arg1] = int(ft.type_info[arg1]) | PGT_pinned
+        elif cmd == 4:  # UNPIN_TABLE
+            if not pvmm.owned(arg1, dom) or not int(ft.type_info[arg1]) & PGT_pinned:
+                pv.warn(vcpu, f"mfn {arg1:x} not pinned")
+                rc = -EINVAL
+            else:
+                ft.type_info[arg1] = int(ft.type_info[arg1]) & ~PGT_pinned
+                pvmm.put_page_and_type(arg1, dom)
+        elif cmd in (5, 15):  # NEW_BASEPTR / NEW_USER_BASEPTR
+            rc = _new_baseptr(vcpu, arg1, user=cmd == 15)
+        elif cmd in (6, 7):  # TLB_FLUSH_LOCAL / INVLPG_LOCAL
+            vcpu.flush_tlb()
+        elif cmd in (8, 9, 10, 11):  # *_MULTI / *_ALL
+            pv.flush_domain_tlbs(dom)
+        elif cmd in (12, 18):  # FLUSH_CACHE(_GLOBAL): caches are coherent here
+            pass
+        elif cmd in (19, 20):
+            rc = -95  # -EOPNOTSUPP
+        else:
+            rc = -ENOSYS
+        if rc:
+            break
+        done += 1
+    if pdone:
+        try:
+            old = guest.read_u32(vcpu, pdone)
+            guest.write(vcpu, pdone, struct.pack("<I", (old + done) & 0xFFFFFFFF))
+        except GuestFault:
+            return -EFAULT
+    return rc
+
+
+def _new_baseptr(vcpu, mfn: int, user: bool) -> int:
+    pvmm, dom = vcpu.machine.pv.mm, vcpu.domain
+    if user and mfn == 0:
+        old, vcpu.guest_table_user = vcpu.guest_table_user, 0
+    else:
+        rc = pvmm.get_page_and_type(mfn, mm.LEVEL_TYPE[4], dom)
+        if rc:
+            vcpu.machine.pv.warn(
+                vcpu, f"Error while installing new {'user ' if user else ''}baseptr {mfn:x}"
+            )
+            return rc
+        if user:
+            old, vcpu.guest_table_user = vcpu.guest_table_user, mfn
+        else:
+            old, vcpu.guest_table = vcpu.guest_table, mfn
+    if user != vcpu.kernel_mode:  # the table of the mode the vCPU is in now
+        vcpu.load_cr3()
+    if old:
+        pvmm.put_page_and_type(old, dom)
+    return 0
+
+
+@hypercall(1)
+def mmu_update(vcpu, ureqs: int, count: int, pdone: int, foreigndom: int, *_) -> int:
+    """mm.c:4000-4280: MMU_NORMAL_PT_UPDATE / PRESERVE_AD, MMU_MACHPHYS_UPDATE."""
+    from emu.page_info import PGT_count_mask, PGT_type_mask, PGT_writable_page
+
+    pv = vcpu.machine.pv
+    pvmm, dom, ft = pv.mm, vcpu.domain, vcpu.machine.frames
+    if foreigndom & 0xFFFF not in (DOMID_SELF, dom.domid):
+        return -ESRCH
+    done, rc = 0, 0
+    for i in range(count & 0xFFFFFFFF):
+        try:
+            ptr, val = struct.unpack("<QQ", guest.read(vcpu, ureqs + 16 * i, 16))
+        except GuestFault:
+            rc = -EFAULT
+            break
+        cmd = ptr & 7
+        mfn = ptr >> 12
+        if cmd in (0, 2):
+            if not pvmm.get_page(mfn, dom):
+                pv.warn(vcpu, "Could not get page for normal update")
+                rc = -EINVAL
+                break
+            ti = int(ft.type_info[mfn])
+            level = mm.TYPE_LEVEL.get(ti & PGT_type_mask)
+            if level is not None and ti & PGT_count_mask:
+                rc = pvmm.mod_entry(mfn, (ptr & 0xFFF) >> 3, val, level, dom, preserve_ad=cmd == 2)
+            elif pvmm.get_page_type(mfn, PGT_writable_page, dom) == 0:
+                vcpu.machine.ram.u64[((ptr & ~7) >> 3)] = val
+                pvmm.put_page_type(mfn, dom)
+            else:
+                rc = -EINVAL
+            pvmm.put_page(mfn)
+        elif cmd == 1:
+            if not pvmm.owned(mfn, dom):
+                pv.warn(vcpu, "Could not get page for mach->phys update")
+                rc = -EINVAL
+            else:
+                vcpu.machine.m2p[mfn] = val
+        else:
+            rc = -ENOSYS
+        if rc:
+            break
+        done += 1
+    if pdone:
+        try:
+            guest.write(vcpu, pdone, struct.pack("<I", done))
+        except GuestFault:
+            return -EFAULT
+    return rc
+
+
+# ---- misc ------------------------------------------------------------------------------------
+
+
+@hypercall(17)
+def xen_version(vcpu, cmd: int, arg: int, *_) -> int:
+    from emu import machine as M
+
+    if cmd == 0:  # XENVER_version
+        return (M.XEN_MAJOR << 16) | M.XEN_MINOR
+    if cmd == 1:  # XENVER_extraversion: char[16]
+        data = M.XEN_EXTRA.encode().ljust(16, b"\0")
+    elif cmd == 6:  # XENVER_get_features
+        try:
+            (idx,) = struct.unpack("<I", guest.read(vcpu, arg, 4))
+        except GuestFault:
+            return -EFAULT
+        bits = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 7) if idx == 0 else 0
+        data = struct.pack("<II", idx, bits)
+    elif cmd == 7:  # XENVER_pagesize
+        return 4096
+    else:
+        return -ENOSYS
+    try:
+        guest.write(vcpu, arg, data)
+    except GuestFault:
+        return -EFAULT
+    return 0
+
+
+@hypercall(15)
+def set_timer_op(vcpu, timeout: int, *_) -> int:
+    vcpu.wake_at = timeout or None
+    return 0
+
+
+@hypercall(18)
+def console_io(vcpu, cmd: int, count: int, buf: int, *_) -> int:
+    """drivers/char/console.c:753-870 (domU: write only, as a debug Xen allows)."""
+    if cmd != 0:
+        return -EPERM if cmd == 1 else -ENOSYS
+    count &= 0xFFFFFFFF
+    if count > 0x7FFFFFFF:
+        return -EINVAL
+    try:
+        data = guest.read(vcpu, buf, count)
+    except GuestFault:
+        return -EFAULT
+    vcpu.domain.pv.console_io.write(data)
+    return 0
+
+
+@hypercall(29)
+def sched_op(vcpu, cmd: int, arg: int, *_) -> int:
+    from emu.pv import event
+
+    return event.sched_op(vcpu, cmd, arg)
+
+
+@hypercall(32)
+def event_channel_op(vcpu, cmd: int, arg: int, *_) -> int:
+    from emu.pv import event
+
+    return event.event_channel_op(vcpu, cmd, arg)

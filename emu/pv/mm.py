@@ -1,0 +1,327 @@
+"""PV memory management with Xen's page types (xen/arch/x86/mm.c, pv/mm.h).
+
+A PV guest's page tables hold machine frame numbers and are walked by the CPU as they are
+(direct paging): Unicorn's CR3 is the guest's own L4. What keeps the guest inside its own
+memory is the type system on `page_info.type_info`:
+
+- a frame used as an L1..L4 table carries PGT_lN_page_table, validated (every present entry
+  checked, and the frames it references counted) before the CPU may walk it;
+- a frame mapped writable carries PGT_writable_page, one type reference per RW mapping;
+- the type may change only while the type count is 0, so a page table is never mapped
+  writable and a writable frame never becomes a page table;
+- a pinned table holds one extra type reference until unpinned.
+
+References: `get_page_from_l1e` takes a general reference (count_info) and, for RW, a
+writable type reference; an L2/L3/L4 entry takes a general and a type reference of the next
+level down. When a table's last type reference goes, its entries' references are dropped and
+it loses PGT_validated (`free_page_type`). Xen rewrites guest entries as 64-bit PV needs
+(`adjust_guest_l*e`): _PAGE_USER everywhere, bit 52 (_PAGE_GUEST_KERNEL) on kernel L1
+mappings; in every validated L4, slots 256..271 belong to Xen (`init_xen_l4_slots`).
+Errors are negative Xen errno values.
+"""
+
+from __future__ import annotations
+
+from emu.page_info import (
+    PGC_count_mask,
+    PGC_state,
+    PGC_state_inuse,
+    PGT_count_mask,
+    PGT_l1_page_table,
+    PGT_l4_page_table,
+    PGT_pinned,
+    PGT_type_mask,
+    PGT_validated,
+    PGT_writable_page,
+    owner_code,
+)
+
+EPERM, ENOENT, ESRCH, EFAULT, EBUSY, EINVAL, ENOSYS = 1, 2, 3, 14, 16, 22, 38
+_PAGE_PRESENT, _PAGE_RW, _PAGE_USER, _PAGE_PWT, _PAGE_PCD = 0x1, 0x2, 0x4, 0x8, 0x10
+_PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PSE, _PAGE_GLOBAL = 0x20, 0x40, 0x80, 0x100
+_PAGE_NX = 1 << 63
+_PAGE_GUEST_KERNEL = 1 << 52  # flag bit 12 in Xen's 24-bit form (asm/x86_64/page.h)
+_PAGE_GNTTAB = 1 << 62
+ADDR_MASK = 0x000FFFFFFFFFF000
+# base_disallow_mask (mm.c:283): everything but P RW U A D AVAIL AVAIL_HIGH NX, i.e. PWT,
+# PCD, PSE/PAT and G; L1 additionally refuses _PAGE_GNTTAB but allows G (mm.c:158-178).
+BASE_DISALLOW = _PAGE_PWT | _PAGE_PCD | _PAGE_PSE | _PAGE_GLOBAL
+L1_DISALLOW = (BASE_DISALLOW & ~_PAGE_GLOBAL) | _PAGE_GNTTAB
+# Flags whose change needs no new references (the "fast path", mm.c:2135-2148,2213-2221).
+L1_FASTPATH = _PAGE_NX | 0xE00 | (0x7FF << 52) | _PAGE_GLOBAL | _PAGE_DIRTY | _PAGE_ACCESSED
+L1_FASTPATH |= _PAGE_USER
+LN_FASTPATH = L1_FASTPATH | _PAGE_RW
+ROOT_PAGETABLE_FIRST_XEN_SLOT, ROOT_PAGETABLE_LAST_XEN_SLOT = 256, 271
+LEVEL_TYPE = {1: PGT_l1_page_table, 2: 2 << 61, 3: 3 << 61, 4: PGT_l4_page_table}
+TYPE_LEVEL = {v: k for k, v in LEVEL_TYPE.items()}
+HYPERVISOR_VIRT_START, HYPERVISOR_VIRT_END = 0xFFFF800000000000, 0xFFFF880000000000
+
+
+class PVMM:
+    """Page-type operations of one machine (one per machine, shared by its PV domains)."""
+
+    def __init__(self, machine, xen_l4_slots) -> None:
+        self.machine = machine
+        self.ft = machine.frames
+        self.u64 = machine.ram.u64
+        self.xen_l4_slots = xen_l4_slots  # fn(dom) -> {slot: entry}
+
+    # ---- general and type references ----------------------------------------------------
+
+    def owned(self, mfn: int, dom) -> bool:
+        ft = self.ft
+        if not 0 <= mfn < ft.nr_frames:
+            return False
+        ci = int(ft.count_info[mfn])
+        return ci & PGC_state == PGC_state_inuse and int(ft.v[mfn]) == owner_code(dom.domid)
+
+    def get_page(self, mfn: int, dom) -> bool:
+        if not self.owned(mfn, dom):
+            return False
+        ci = int(self.ft.count_info[mfn])
+        if ci & PGC_count_mask == 0 or ci & PGC_count_mask >= PGC_count_mask - 1:
+            return False
+        self.ft.count_info[mfn] = ci + 1
+        return True
+
+    def put_page(self, mfn: int) -> None:
+        ci = int(self.ft.count_info[mfn])
+        if ci & PGC_count_mask:
+            self.ft.count_info[mfn] = ci - 1
+
+    def get_page_type(self, mfn: int, type_: int, dom) -> int:
+        """_get_page_type(): 0, or -EINVAL for a type clash / failed validation."""
+        ft = self.ft
+        ti = int(ft.type_info[mfn])
+        count = ti & PGT_count_mask
+        if count:
+            if ti & PGT_type_mask != type_:
+                return -EINVAL
+            if count + 1 >= PGT_count_mask:
+                return -EINVAL
+            ft.type_info[mfn] = ti + 1
+            return 0
+        if ti & PGT_type_mask == type_ and ti & PGT_validated:
+            ft.type_info[mfn] = ti + 1
+            return 0
+        # A new type (or a table to validate again): count 1, validated once checked.
+        ft.type_info[mfn] = type_ | 1
+        if type_ in TYPE_LEVEL:
+            rc = self.validate(mfn, TYPE_LEVEL[type_], dom)
+            if rc:
+                ft.type_info[mfn] = ti & ~(PGT_count_mask | PGT_validated | PGT_pinned)
+                return rc
+            self.machine.pv.flush_domain_tlbs(dom)  # no stale writable mapping survives
+        ft.type_info[mfn] = type_ | PGT_validated | 1
+        return 0
+
+    def put_page_type(self, mfn: int, dom) -> None:
+        ft = self.ft
+        ti = int(ft.type_info[mfn])
+        if ti & PGT_count_mask == 0:
+            return
+        ti -= 1
+        if ti & PGT_count_mask == 0 and ti & PGT_type_mask in TYPE_LEVEL and ti & PGT_validated:
+            ft.type_info[mfn] = ti & ~PGT_validated  # free_page_type(): drop what it holds
+            self.devalidate(mfn, TYPE_LEVEL[ti & PGT_type_mask], dom)
+            return
+        ft.type_info[mfn] = ti
+
+    def get_page_and_type(self, mfn: int, type_: int, dom) -> int:
+        if not self.get_page(mfn, dom):
+            return -EINVAL
+        rc = self.get_page_type(mfn, type_, dom)
+        if rc:
+            self.put_page(mfn)
+        return rc
+
+    def put_page_and_type(self, mfn: int, dom) -> None:
+        self.put_page_type(mfn, dom)
+        self.put_page(mfn)
+
+    # ---- entries ----------------------------------------------------------------------------
+
+    def get_page_from_l1e(self, e: int, dom) -> int:
+        mfn = (e & ADDR_MASK) >> 12
+        if not 0 <= mfn < self.ft.nr_frames:
+            self.warn(dom, f"Non-privileged ({self.pd(dom)}) attempt to map MMIO space {mfn:x}")
+            return -EPERM
+        if not self.get_page(mfn, dom):
+            self.warn(
+                dom,
+                f"Error getting mfn {mfn:x} (pfn {self.m2p_str(mfn)}) from L1 entry {e:016x} "
+                f"for l1e_owner {self.pd(dom)}, pg_owner {self.pd(dom)}",
+            )
+            return -EBUSY
+        if e & _PAGE_RW:
+            rc = self.get_page_type(mfn, PGT_writable_page, dom)
+            if rc:
+                self.put_page(mfn)
+                return -EBUSY
+        return 0
+
+    def put_page_from_l1e(self, e: int, dom) -> None:
+        mfn = (e & ADDR_MASK) >> 12
+        if not e & _PAGE_PRESENT or not 0 <= mfn < self.ft.nr_frames:
+            return
+        if e & _PAGE_RW:
+            self.put_page_type(mfn, dom)
+        self.put_page(mfn)
+
+    def get_page_from_lNe(self, e: int, level: int, dom) -> int:
+        mfn = (e & ADDR_MASK) >> 12
+        if not 0 <= mfn < self.ft.nr_frames:
+            return -EINVAL
+        return self.get_page_and_type(mfn, LEVEL_TYPE[level - 1], dom)
+
+    @staticmethod
+    def adjust(e: int, level: int) -> int:
+        """adjust_guest_l*e() for 64-bit PV (pv/mm.h:110-182)."""
+        if not e & _PAGE_PRESENT:
+            return e
+        if level == 1:
+            if not e & _PAGE_USER:
+                return e | _PAGE_USER | _PAGE_GUEST_KERNEL
+            if not e & _PAGE_GUEST_KERNEL:
+                return e | _PAGE_USER | _PAGE_GLOBAL
+            return e
+        if level == 4:
+            return e | _PAGE_ACCESSED | _PAGE_USER
+        return e | _PAGE_USER
+
+    def check_flags(self, e: int, level: int, dom) -> int:
+        bad = e & (L1_DISALLOW if level == 1 else BASE_DISALLOW)
+        if bad:
+            flags = ((bad >> 40) & 0xFFF000) | (bad & 0xFFF)
+            self.warn(dom, f"Bad L{level} flags {flags:x}")
+            return -EINVAL
+        return 0
+
+    # ---- validation ------------------------------------------------------------------------
+
+    def _slots(self, level: int):
+        if level == 4:
+            return [i for i in range(512) if not 256 <= i <= 271]
+        return range(512)
+
+    def validate(self, mfn: int, level: int, dom) -> int:
+        """promote_lN_table(): check and reference every present entry, or undo and fail."""
+        t = self.u64[mfn << 9 : (mfn + 1) << 9]
+        done: list[tuple[int, int]] = []
+        for i in self._slots(level):
+            e = int(t[i])
+            if not e & _PAGE_PRESENT:
+                continue
+            rc = self.check_flags(e, level, dom)
+            if not rc:
+                rc = (
+                    self.get_page_from_l1e(e, dom)
+                    if level == 1
+                    else self.get_page_from_lNe(e, level, dom)
+                )
+            if rc:
+                for j, old in done:
+                    self._put_entry(old, level, dom)
+                    t[j] = old
+                if level > 1:
+                    self.warn(dom, f"Failure {rc} in alloc_l{level}_table: slot {i:#x}")
+                return rc
+            done.append((i, e))
+            t[i] = self.adjust(e, level)
+        if level == 4:
+            for slot, entry in self.xen_l4_slots(dom).items():
+                t[slot] = entry
+        return 0
+
+    def _put_entry(self, e: int, level: int, dom) -> None:
+        if level == 1:
+            self.put_page_from_l1e(e, dom)
+        else:
+            self.put_page_and_type((e & ADDR_MASK) >> 12, dom)
+
+    def devalidate(self, mfn: int, level: int, dom) -> None:
+        """free_lN_table(): drop the references the table's present entries hold."""
+        t = self.u64[mfn << 9 : (mfn + 1) << 9]
+        for i in self._slots(level):
+            e = int(t[i])
+            if e & _PAGE_PRESENT:
+                self._put_entry(e, level, dom)
+
+    # ---- updates -----------------------------------------------------------------------------
+
+    def mod_entry(self, table: int, idx: int, new: int, level: int, dom, preserve_ad=False) -> int:
+        """mod_lN_entry(): change one entry of a validated table, references and all."""
+        if level == 4 and ROOT_PAGETABLE_FIRST_XEN_SLOT <= idx <= ROOT_PAGETABLE_LAST_XEN_SLOT:
+            self.warn(
+                dom, "L4 update in Xen-private area, slot {idx:#x}".replace("{idx:#x}", f"{idx:#x}")
+            )
+            return -EINVAL
+        slot = (table << 9) + idx
+        old = int(self.u64[slot])
+        if preserve_ad:
+            new |= old & (_PAGE_ACCESSED | _PAGE_DIRTY)
+        if new & _PAGE_PRESENT:
+            rc = self.check_flags(new, level, dom)
+            if rc:
+                return rc
+            fast = LN_FASTPATH if level > 1 else L1_FASTPATH
+            if old & _PAGE_PRESENT and not ((old ^ new) & ~fast):
+                self.u64[slot] = self.adjust(new, level)
+                return 0
+            rc = (
+                self.get_page_from_l1e(new, dom)
+                if level == 1
+                else self.get_page_from_lNe(new, level, dom)
+            )
+            if rc:
+                return rc
+            new = self.adjust(new, level)
+        self.u64[slot] = new
+        if old & _PAGE_PRESENT:
+            self._put_entry(old, level, dom)
+        return 0
+
+    # ---- helpers for messages --------------------------------------------------------------
+
+    @staticmethod
+    def pd(dom) -> str:
+        return f"d{dom.domid}"
+
+    def m2p_str(self, mfn: int) -> str:
+        e = int(self.machine.m2p[mfn])
+        return "ffffffffffffffff" if e == (1 << 64) - 1 else f"{e:x}"
+
+    def warn(self, dom, text: str) -> None:
+        """gdprintk(XENLOG_WARNING, ...): `(XEN) d1v0 text` with guest_loglvl=all."""
+        v = self.machine.pv.current_vcpu(dom)
+        who = f"d{dom.domid}v{v.vcpu_id}" if v is not None else f"d{dom.domid}"
+        self.machine.console.printk(f"{who} {text}\n")
+
+
+class GuestFault(Exception):
+    """A hypervisor access to guest linear memory that the guest's tables do not allow."""
+
+
+def linear_to_maddr(u64, nr_frames: int, cr3: int, va: int, write: bool) -> int:
+    """The machine address behind guest-linear `va` under page tables at `cr3` (Xen's own
+    access through the guest's tables: P at every level, RW for writes; Xen's range and
+    non-canonical addresses refused as __addr_ok() does)."""
+    va &= (1 << 64) - 1
+    top = va >> 47
+    if top not in (0, 0x1FFFF) or HYPERVISOR_VIRT_START <= va < HYPERVISOR_VIRT_END:
+        raise GuestFault(va)
+    mfn = (cr3 & ADDR_MASK) >> 12
+    for shift in (39, 30, 21, 12):
+        if mfn >= nr_frames:
+            raise GuestFault(va)
+        e = int(u64[(mfn << 9) + ((va >> shift) & 511)])
+        if (
+            not e & _PAGE_PRESENT
+            or (write and not e & _PAGE_RW)
+            or (shift > 12 and e & _PAGE_PSE and shift != 39)
+        ):
+            raise GuestFault(va)
+        mfn = (e & ADDR_MASK) >> 12
+    if mfn >= nr_frames:
+        raise GuestFault(va)
+    return (mfn << 12) | (va & 0xFFF)

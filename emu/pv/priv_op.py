@@ -1,0 +1,127 @@
+"""Privileged instructions of a 64-bit PV guest kernel (pv/emul-priv-op.c) and its CPUID.
+
+A #GP(0) from the guest is offered here first. Guest-kernel mode counts as ring 0 for this
+emulator, guest-user mode as ring 3 (privileged instructions refused). Emulated: reads of
+CR0/CR2/CR3/CR4 (CR3 is the kernel L4 even from user mode), `cli`/`sti` as no-ops when the
+guest has I/O privilege (they do not touch the event mask), `wbinvd`, and `clts`. Anything
+else returns False: the caller reflects the #GP to the guest.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from capstone import x86_const as C
+from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import x86_const as X
+
+from emu.pv import guest
+from emu.pv.guest import GuestFault
+
+_cs = Cs(CS_ARCH_X86, CS_MODE_64)
+_cs.detail = True
+CR0_TS = 0x8
+X86_CR4_PV_VISIBLE = 0x620
+
+
+def _uc_reg(cs_reg: int) -> int:
+    return getattr(X, f"UC_X86_REG_{_cs.reg_name(cs_reg).upper()}")
+
+
+def iopl_ok(vcpu) -> bool:
+    """iopl_ok() (emul-priv-op.c:154-162): guest kernel is CPL 1, user CPL 3."""
+    cpl = 1 if vcpu.kernel_mode else 3
+    return cpl <= vcpu.iopl
+
+
+def emulate_privileged_op(vcpu) -> bool:
+    uc = vcpu.uc
+    rip = uc.reg_read(X.UC_X86_REG_RIP)
+    try:
+        code = guest.read(vcpu, rip, 15)
+    except GuestFault:
+        try:
+            code = guest.read(vcpu, rip, 16 - (rip & 0xF) if (rip & 0xFFF) > 0xFF0 else 1)
+        except GuestFault:
+            return False
+    insn = next(_cs.disasm(code, rip, 1), None)
+    if insn is None:
+        return False
+    if not vcpu.kernel_mode and insn.mnemonic not in ("cli", "sti"):
+        return False
+    if not _emulate(vcpu, insn):
+        return False
+    uc.reg_write(X.UC_X86_REG_RIP, rip + insn.size)
+    vcpu.ack()
+    return True
+
+
+def _emulate(vcpu, insn) -> bool:
+    mn, ops = insn.mnemonic, insn.operands
+    if mn in ("cli", "sti"):
+        return iopl_ok(vcpu)
+    if mn in ("wbinvd", "invd"):
+        return True
+    if mn == "clts":
+        vcpu.vcr0 &= ~CR0_TS
+        return True
+    if mn == "mov" and len(ops) == 2 and all(o.type == C.X86_OP_REG for o in ops):
+        src = _cs.reg_name(ops[1].reg)
+        if src.startswith("cr"):
+            n = int(src[2:])
+            value = {0: vcpu.vcr0, 2: vcpu.vcr2, 3: vcpu.guest_table << 12, 4: vcpu.vcr4}.get(n)
+            if value is None:
+                return False
+            vcpu.uc.reg_write(_uc_reg(ops[0].reg), value)
+            return True
+    return False
+
+
+# ---- CPUID -----------------------------------------------------------------------------------
+
+_cpuid_lock = threading.Lock()
+_cpuid_uc: Uc | None = None
+_cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+XEN_CPUID_BASE = 0x40000000
+
+
+def _host_cpuid(leaf: int, sub: int) -> tuple[int, int, int, int]:
+    """The emulated CPU's own CPUID (a scratch Uc running `cpuid` at ring 0)."""
+    global _cpuid_uc
+    with _cpuid_lock:
+        hit = _cpuid_cache.get((leaf, sub))
+        if hit is not None:
+            return hit
+        if _cpuid_uc is None:
+            _cpuid_uc = Uc(UC_ARCH_X86, UC_MODE_64)
+            _cpuid_uc.mem_map(0x1000, 0x1000, UC_PROT_ALL)
+            _cpuid_uc.mem_write(0x1000, b"\x0f\xa2")
+        uc = _cpuid_uc
+        uc.reg_write(X.UC_X86_REG_RAX, leaf)
+        uc.reg_write(X.UC_X86_REG_RCX, sub)
+        uc.emu_start(0x1000, 0x1002)
+        r = tuple(
+            uc.reg_read(getattr(X, f"UC_X86_REG_{n}")) & 0xFFFFFFFF
+            for n in "RAX RBX RCX RDX".split()
+        )
+        _cpuid_cache[(leaf, sub)] = r  # type: ignore[assignment]
+        return r  # type: ignore[return-value]
+
+
+def guest_cpuid(vcpu, leaf: int, sub: int) -> tuple[int, int, int, int]:
+    """guest_cpuid() for a PV domain: the CPU's leaves, the hypervisor bit set in leaf 1,
+    Xen's leaves at 0x40000000 ("XenVMMXenVMM", version)."""
+    if leaf == XEN_CPUID_BASE:
+        return (XEN_CPUID_BASE + 5, 0x566E6558, 0x65584D4D, 0x4D4D566E)
+    if leaf == XEN_CPUID_BASE + 1:
+        from emu.machine import XEN_MAJOR, XEN_MINOR
+
+        return ((XEN_MAJOR << 16) | XEN_MINOR, 0, 0, 0)
+    if XEN_CPUID_BASE < leaf < XEN_CPUID_BASE + 0x10000:
+        return (0, 0, 0, 0)
+    a, b, c, d = _host_cpuid(leaf, sub)
+    if leaf == 1:
+        c |= 1 << 31  # hypervisor
+        b = (b & 0x00FFFFFF) | (vcpu.vcpu_id * 2 << 24)  # initial APIC ID
+    return a, b, c, d

@@ -1,0 +1,227 @@
+"""Exceptions and events for 64-bit PV vCPUs (pv/traps.c, x86_64/entry.S, pv/iret.c).
+
+- `on_exception`: what Xen does with a fault or `int n` from the guest: #GP(0) goes to the
+  privileged-instruction emulator first (emu/pv/priv_op.py); `int n` is delivered only if
+  the trap table's DPL allows it from the current mode (else #GP((n<<3)|2)); everything else
+  is bounced to the guest's trap table.
+- `bounce`: create_bounce_frame(): the PV exception frame on the guest kernel stack.
+- `invalid_op`: the forced-emulation prefix `ud2; "xen"; cpuid` (pv/emul-inv-op.c), else #UD.
+- `do_iret`: the iret hypercall.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from unicorn import x86_const as X
+
+from emu.pv import guest
+from emu.pv.guest import GuestFault
+
+X86_EXC_HAVE_EC = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
+VECTOR_NAMES = {
+    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
+    8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
+    17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP", 29: "#VC", 30: "#SX",
+}  # fmt: skip
+RF_TF, RF_IF, RF_IOPL, RF_NT, RF_RF, RF_VM, RF_AC = (
+    0x100,
+    0x200,
+    0x3000,
+    0x4000,
+    1 << 16,
+    1 << 17,
+    1 << 18,
+)
+TI_IF = 4  # trap_info.flags: mask events on entry
+PFEC_user_mode = 4
+FEP = b"\x0f\x0bxen"
+VMASST_TYPE_architectural_iopl = 4
+HYPERVISOR_VIRT_START, HYPERVISOR_VIRT_END = 0xFFFF800000000000, 0xFFFF880000000000
+
+
+def vcpu_info_maddr(vcpu) -> int:
+    return (vcpu.domain.pv.shared_info_mfn << 12) + vcpu.vcpu_id * 64
+
+
+def upcall_mask(vcpu) -> int:
+    return int(vcpu.machine.ram.u8[vcpu_info_maddr(vcpu) + 1]) & 1
+
+
+def set_upcall_mask(vcpu, value: int) -> None:
+    vcpu.machine.ram.u8[vcpu_info_maddr(vcpu) + 1] = value
+
+
+def bounce(vcpu, vector_ec: int | None, handler: int, mask_events: bool) -> bool:
+    """create_bounce_frame() (entry.S:536-677); False if the frame cannot be written."""
+    uc = vcpu.uc
+    rip = uc.reg_read(X.UC_X86_REG_RIP)
+    rsp = uc.reg_read(X.UC_X86_REG_RSP)
+    rflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+    rcx, r11 = uc.reg_read(X.UC_X86_REG_RCX), uc.reg_read(X.UC_X86_REG_R11)
+    cs, ss = uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_SS)
+    if vcpu.kernel_mode:
+        sp, saved_cs = rsp, cs & ~3  # RPL 0 tells the guest it interrupted its kernel
+    else:
+        vcpu.toggle_guest_mode()
+        sp, saved_cs = vcpu.kernel_sp, cs | 3
+    sp &= ~15
+    mask = upcall_mask(vcpu)
+    fl = (rflags & ~(RF_IF | RF_IOPL)) | (0 if mask else RF_IF)
+    if vcpu.domain.vm_assist & (1 << VMASST_TYPE_architectural_iopl):
+        fl |= vcpu.iopl << 12
+    words = [rcx, r11] + ([vector_ec] if vector_ec is not None else [])
+    words += [rip, saved_cs | (mask << 32), fl, rsp, ss]
+    new_sp = (sp - 8 * len(words)) & 0xFFFFFFFFFFFFFFFF
+    if HYPERVISOR_VIRT_START < new_sp + 8 * len(words) and new_sp < HYPERVISOR_VIRT_END + 0x40:
+        return False
+    try:
+        guest.write(vcpu, new_sp, struct.pack(f"<{len(words)}Q", *words))
+    except GuestFault:
+        return False
+    if mask_events:
+        set_upcall_mask(vcpu, 1)
+    new_fl = (rflags & ~(RF_AC | RF_VM | RF_RF | RF_NT | RF_TF)) | RF_IF
+    uc.reg_write(X.UC_X86_REG_RSP, new_sp)
+    uc.reg_write(X.UC_X86_REG_EFLAGS, new_fl)
+    uc.reg_write(X.UC_X86_REG_RCX, handler)  # the exit is a sysret
+    uc.reg_write(X.UC_X86_REG_R11, new_fl)
+    uc.reg_write(X.UC_X86_REG_CS, 0xE033)
+    uc.reg_write(X.UC_X86_REG_SS, 0xE02B)
+    uc.reg_write(X.UC_X86_REG_RIP, handler)
+    vcpu.rip_written = True
+    vcpu.stats["bounced"] += 1
+    return True
+
+
+def inject(vcpu, vector: int, ec: int | None, cr2: int | None = None) -> None:
+    """pv_inject_event() then the bounce on the way back to the guest."""
+    if vector == 14 and cr2 is not None:
+        vcpu.vcr2 = cr2
+        vcpu.machine.ram.write(vcpu_info_maddr(vcpu) + 16, struct.pack("<Q", cr2))
+    ti = vcpu.trap_ctxt.get(vector)
+    if ti is None or ti[2] == 0:
+        name = VECTOR_NAMES.get(vector, "???")
+        vcpu.machine.pv.warn(vcpu, f"Unhandled: vec {vector}, {name}[{(ec or 0):04x}]")
+        vcpu.crash("domain_crash called from arch/x86/x86_64/entry.S:634")
+        return
+    if not bounce(vcpu, ec, ti[2], bool(ti[0] & TI_IF)):
+        vcpu.crash("domain_crash called from arch/x86/x86_64/entry.S:670")
+
+
+def on_exception(vcpu, intno: int, err: int, is_int: bool) -> None:
+    """From the INTR hook (RIP: faulting instruction, or the next one for `int n`)."""
+    uc = vcpu.uc
+    if is_int:
+        if intno in (3, 4):  # int3 / into: Xen's IDT gates are DPL 3
+            inject(vcpu, intno, None)
+            return
+        ti = vcpu.trap_ctxt.get(intno)
+        if ti is not None and ti[0] & 3 >= (1 if vcpu.kernel_mode else 3):
+            inject(vcpu, intno, None)  # a software interrupt: no error code
+            return
+        uc.reg_write(X.UC_X86_REG_RIP, uc.reg_read(X.UC_X86_REG_RIP) - 2)
+        inject(vcpu, 13, (intno << 3) | 2)
+        return
+    if intno == 14:
+        cr2 = vcpu._cr2()
+        ec = (err & ~PFEC_user_mode) | (0 if vcpu.kernel_mode else PFEC_user_mode)
+        inject(vcpu, 14, ec, cr2)
+        return
+    if intno == 13 and err == 0:
+        from emu.pv.priv_op import emulate_privileged_op
+
+        if emulate_privileged_op(vcpu):
+            vcpu.stats["emulated"] += 1
+            return
+    if intno == 8:
+        vcpu.crash("domain_crash called from arch/x86/traps.c:1005")
+        return
+    inject(vcpu, intno, err if intno in X86_EXC_HAVE_EC else None)
+
+
+def invalid_op(vcpu) -> None:
+    """#UD (pv_emulate_invalid_op): FEP + cpuid is emulated, anything else reflected."""
+    uc = vcpu.uc
+    rip = uc.reg_read(X.UC_X86_REG_RIP)
+    try:
+        code = guest.read(vcpu, rip, 7)
+    except GuestFault:
+        code = b""
+    if code[:5] == FEP and code[5:7] == b"\x0f\xa2":
+        from emu.pv.priv_op import guest_cpuid
+
+        leaf, sub = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF, uc.reg_read(X.UC_X86_REG_RCX)
+        a, b, c, d = guest_cpuid(vcpu, leaf, sub & 0xFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_RAX, a)
+        uc.reg_write(X.UC_X86_REG_RBX, b)
+        uc.reg_write(X.UC_X86_REG_RCX, c)
+        uc.reg_write(X.UC_X86_REG_RDX, d)
+        uc.reg_write(X.UC_X86_REG_RIP, rip + 7)
+        vcpu.pending = ("again",)
+        return
+    inject(vcpu, 6, None)
+    if vcpu.pending is None or vcpu.pending[0] == "ud":
+        vcpu.pending = ("again",)
+
+
+def user_syscall(vcpu) -> None:
+    """`syscall` from guest user mode: the syscall callback (entry.S:27-64), or #UD."""
+    uc = vcpu.uc
+    cs = uc.reg_read(X.UC_X86_REG_CS)
+    cb = vcpu.callbacks.get(7 if cs == 0xE023 else 2)
+    rip = uc.reg_read(X.UC_X86_REG_RIP)  # the syscall itself (see vcpu._on_syscall)
+    if cb is None or cb[0] == 0:
+        inject(vcpu, 6, None)  # #UD at the syscall
+        return
+    uc.reg_write(X.UC_X86_REG_RIP, rip + 2)  # the frame's rip: after the syscall
+    uc.reg_write(X.UC_X86_REG_RCX, rip + 2)
+    uc.reg_write(X.UC_X86_REG_R11, uc.reg_read(X.UC_X86_REG_EFLAGS))
+    fl = uc.reg_read(X.UC_X86_REG_EFLAGS) & ~0x400  # DF cleared
+    uc.reg_write(X.UC_X86_REG_EFLAGS, fl)
+    if not bounce(vcpu, None, cb[0], bool(cb[1] & 1)):
+        vcpu.crash("domain_crash called from arch/x86/x86_64/entry.S:670")
+
+
+def do_iret(vcpu) -> int | None:
+    """HYPERVISOR_iret (pv/iret.c:52-107); returns the saved rax, or None after a crash."""
+    uc = vcpu.uc
+    rsp = uc.reg_read(X.UC_X86_REG_RSP)
+    try:
+        rax, r11, rcx, flags, rip, cs, rflags, sp, ss = struct.unpack(
+            "<9Q", guest.read(vcpu, rsp, 72)
+        )
+    except GuestFault:
+        vcpu.machine.pv.warn(vcpu, "Fault while reading IRET context from guest stack")
+        vcpu.crash("domain_crash called from arch/x86/pv/iret.c:49")
+        return None
+    if cs & 3 == 3 and vcpu.kernel_mode:
+        if not vcpu.guest_table_user:
+            vcpu.machine.pv.warn(vcpu, "Guest switching to user mode with no user page tables")
+            vcpu.crash("domain_crash called from arch/x86/pv/iret.c:72")
+            return None
+        vcpu.toggle_guest_mode()
+    if vcpu.domain.vm_assist & (1 << VMASST_TYPE_architectural_iopl):
+        vcpu.iopl = (rflags >> 12) & 3
+    saved_if = rflags & RF_IF
+    rflags = (rflags & 0x3F7FD5 & ~(RF_IOPL | RF_VM)) | RF_IF | 2
+    uc.reg_write(X.UC_X86_REG_RSP, sp)
+    uc.reg_write(X.UC_X86_REG_EFLAGS, rflags)
+    if not flags & 0x100:  # VGCF_in_syscall clear: an iretq, rcx and r11 restored
+        uc.reg_write(X.UC_X86_REG_RCX, rcx)
+        uc.reg_write(X.UC_X86_REG_R11, r11)
+    else:
+        uc.reg_write(X.UC_X86_REG_RCX, rip)
+        uc.reg_write(X.UC_X86_REG_R11, rflags)
+    set_upcall_mask(vcpu, 0 if saved_if else 1)
+    uc.reg_write(X.UC_X86_REG_RIP, rip)
+    vcpu.rip_written = True
+    return rax
+
+
+def port_out(vcpu, port: int, size: int, value: int) -> None:
+    """Port writes from a guest without I/O rights are dropped (emul-priv-op.c:211-226)."""
+
+
+def port_in(vcpu, port: int, size: int) -> int:
+    return (1 << (8 * size)) - 1
