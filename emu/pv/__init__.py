@@ -37,6 +37,7 @@ class PVDomain:
         self.layout = None
         self.parms = None
         self.crashed_on: tuple[int, int] | None = None
+        self.gnttab = None  # emu/pv/grant.py GrantTable
 
 
 class PV:
@@ -77,6 +78,7 @@ class PV:
             return
         from emu.domctl import DomainError
         from emu.pv.build import BuildError, build_pv, read_kernel
+        from emu.pv.grant import GrantTable
         from emu.pv.vcpu import PVVCPU
         from emu.pv.xen import PerDomainArea
 
@@ -87,12 +89,16 @@ class PV:
         try:
             blob = read_kernel(getattr(spec, "kernel", None), dom.domid)
             pv.area = PerDomainArea(m, self.xen, spec.vcpus)
+            pv.gnttab = GrantTable(m, dom)
             store = pv.evtchn.alloc_unbound(0)
             cons = pv.evtchn.alloc_unbound(0)
             lay, parms = build_pv(m, dom, blob, getattr(spec, "cmdline", "") or "", store, cons)
         except BuildError as e:
             raise DomainError(str(e)) from None
         pv.layout, pv.parms = lay, parms
+        # xc_dom_gnttab_seed(): console (0) and xenstore (1) rings granted to dom0.
+        pv.gnttab.seed_v1(0, 0, int(dom.p2m[lay.console_pfn]))
+        pv.gnttab.seed_v1(1, 0, int(dom.p2m[lay.store_pfn]))
         pv.console = PVConsole(m, dom, int(dom.p2m[lay.console_pfn]), cons)
         pv.console.connect(pv.evtchn)
         old = list(dom.vcpus)

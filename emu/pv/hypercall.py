@@ -437,6 +437,13 @@ def console_io(vcpu, cmd: int, count: int, buf: int, *_) -> int:
     return 0
 
 
+@hypercall(20)
+def grant_table_op(vcpu, cmd: int, uop: int, count: int, *_) -> int:
+    from emu.pv.grant import grant_table_op as op
+
+    return op(vcpu, cmd, uop, count)
+
+
 @hypercall(29)
 def sched_op(vcpu, cmd: int, arg: int, *_) -> int:
     from emu.pv import event
