@@ -228,6 +228,21 @@ class ConsoleIO:
             self.machine.console.guest_printk(self.domid, line + "\n")
 
 
+class _Closers(list):
+    """`on_close` callbacks; one added after the domain went away runs at once (so an
+    `xl console` attached too late still returns, as the real one does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def append(self, fn) -> None:  # type: ignore[override]
+        if self.closed:
+            fn()
+        else:
+            super().append(fn)
+
+
 class PVConsole:
     """dom0's console daemon for one domain's PV ring; what `xl console` attaches to."""
 
@@ -238,7 +253,7 @@ class PVConsole:
         self.port = port
         self.lines: deque[str] = deque(maxlen=HISTORY)
         self.listeners: list = []
-        self.on_close: list = []
+        self.on_close = _Closers()
         self.partial = ""
         self.lock = threading.Lock()
 
@@ -270,6 +285,7 @@ class PVConsole:
                     self.listeners.remove(fn)
 
     def close(self) -> None:
+        self.on_close.closed = True
         for fn in list(self.on_close):
             try:
                 fn()
