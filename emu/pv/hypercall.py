@@ -389,23 +389,62 @@ def mmu_update(vcpu, ureqs: int, count: int, pdone: int, foreigndom: int, *_) ->
 # ---- misc ------------------------------------------------------------------------------------
 
 
+XEN_CAPS = "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64 "  # as `xl info`
+
+
 @hypercall(17)
 def xen_version(vcpu, cmd: int, arg: int, *_) -> int:
+    """common/kernel.c do_xen_version(); sub-ops beyond those XSM gives every guest
+    (xsm/dummy.h:752-777) are -EPERM for a domU."""
     from emu import machine as M
 
     if cmd == 0:  # XENVER_version
         return (M.XEN_MAJOR << 16) | M.XEN_MINOR
-    if cmd == 1:  # XENVER_extraversion: char[16]
-        data = M.XEN_EXTRA.encode().ljust(16, b"\0")
+    if cmd == 7:  # XENVER_pagesize
+        return 4096
+
+    def s(text: str, size: int) -> bytes:
+        return text.encode()[: size - 1].ljust(size, b"\0")
+
+    if cmd == 1:  # XENVER_extraversion
+        data = s(M.XEN_EXTRA, 16)
+    elif cmd == 2:  # XENVER_compile_info
+        data = s(M.XEN_COMPILER, 64) + s(M.XEN_COMPILE_BY, 16)
+        data += s(M.XEN_COMPILE_DOMAIN, 32) + s(M.XEN_COMPILE_DATE, 32)
+    elif cmd == 3:  # XENVER_capabilities
+        data = s(XEN_CAPS, 1024)
+    elif cmd == 4:  # XENVER_changeset
+        data = s(M.XEN_CHANGESET, 64)
+    elif cmd == 5:  # XENVER_platform_parameters: virt_start
+        data = struct.pack("<Q", mm.HYPERVISOR_VIRT_START)
     elif cmd == 6:  # XENVER_get_features
         try:
             (idx,) = struct.unpack("<I", guest.read(vcpu, arg, 4))
         except GuestFault:
             return -EFAULT
+        # writable_page_tables, writable_descriptor_tables, pae_pgdir_above_4gb,
+        # mmu_pt_update_preserve_ad, gnttab_map_avail_bits (features.h)
         bits = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 7) if idx == 0 else 0
         data = struct.pack("<II", idx, bits)
-    elif cmd == 7:  # XENVER_pagesize
-        return 4096
+    elif cmd == 8:  # XENVER_guest_handle
+        import uuid
+
+        data = uuid.UUID(vcpu.domain.handle).bytes
+    elif cmd == 9:  # XENVER_commandline, denied: xen_deny() (common/kernel.c:736-746)
+        data = b"<denied>\0"
+    elif cmd in (10, 14):  # build_id, commandline2: privileged only
+        return -EPERM
+    elif cmd in (11, 12, 13):  # the varbuf forms (common/kernel.c:508-563)
+        text = {11: M.XEN_EXTRA, 12: XEN_CAPS, 13: M.XEN_CHANGESET}[cmd].encode()
+        if arg == 0:
+            return len(text)
+        try:
+            if len(text) > guest.read_u32(vcpu, arg):
+                return -105  # -ENOBUFS
+            guest.write(vcpu, arg + 4, text)
+        except GuestFault:
+            return -EFAULT
+        return len(text)
     else:
         return -ENOSYS
     try:
@@ -413,6 +452,20 @@ def xen_version(vcpu, cmd: int, arg: int, *_) -> int:
     except GuestFault:
         return -EFAULT
     return 0
+
+
+@hypercall(8)
+def set_debugreg(vcpu, reg: int, value: int, *_) -> int:
+    from emu.pv.priv_op import set_debugreg as s
+
+    return s(vcpu, reg, value)
+
+
+@hypercall(9)
+def get_debugreg(vcpu, reg: int, *_) -> int:
+    from emu.pv.priv_op import get_debugreg as g
+
+    return g(vcpu, reg) if reg <= 7 else -EINVAL
 
 
 @hypercall(15)

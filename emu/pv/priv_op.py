@@ -67,7 +67,13 @@ def _emulate(vcpu, insn) -> bool:
         vcpu.vcr0 &= ~CR0_TS
         return True
     if mn == "mov" and len(ops) == 2 and all(o.type == C.X86_OP_REG for o in ops):
-        src = _cs.reg_name(ops[1].reg)
+        dst, src = _cs.reg_name(ops[0].reg), _cs.reg_name(ops[1].reg)
+        if dst.startswith("dr"):
+            value = vcpu.uc.reg_read(_uc_reg(ops[1].reg))
+            return set_debugreg(vcpu, int(dst[2:]), value) == 0
+        if src.startswith("dr"):
+            vcpu.uc.reg_write(_uc_reg(ops[0].reg), get_debugreg(vcpu, int(src[2:])))
+            return True
         if src.startswith("cr"):
             n = int(src[2:])
             value = {0: vcpu.vcr0, 2: vcpu.vcr2, 3: vcpu.guest_table << 12, 4: vcpu.vcr4}.get(n)
@@ -76,6 +82,44 @@ def _emulate(vcpu, insn) -> bool:
             vcpu.uc.reg_write(_uc_reg(ops[0].reg), value)
             return True
     return False
+
+
+# ---- debug registers (pv/misc-hypercalls.c set_debugreg/get_debugreg) ------------------------
+# Values are kept per vCPU as Xen keeps them; the breakpoints are not armed in Unicorn.
+
+X86_DR6_DEFAULT, X86_DR7_DEFAULT = 0xFFFF0FF0, 0x400
+HYPERVISOR_VIRT_START, HYPERVISOR_VIRT_END = 0xFFFF800000000000, 0xFFFF880000000000
+
+
+def set_debugreg(vcpu, reg: int, value: int) -> int:
+    """0, or -EPERM (DR0-3 outside guest space, upper halves of DR6/7) / -ENODEV."""
+    dr = vcpu.__dict__.setdefault("dr", [0, 0, 0, 0, X86_DR6_DEFAULT, X86_DR7_DEFAULT])
+    if reg < 4:
+        if (value >> 47) not in (
+            0,
+            0x1FFFF,
+        ) or HYPERVISOR_VIRT_START <= value < HYPERVISOR_VIRT_END:
+            return -1
+        dr[reg] = value
+        return 0
+    if reg in (4, 6):
+        if value >> 32:
+            return -1
+        dr[4] = value | X86_DR6_DEFAULT
+        return 0
+    if reg in (5, 7):
+        if value >> 32:
+            return -1
+        dr[5] = (value | X86_DR7_DEFAULT) & ~0xD800
+        return 0
+    return -19
+
+
+def get_debugreg(vcpu, reg: int) -> int:
+    dr = vcpu.__dict__.setdefault("dr", [0, 0, 0, 0, X86_DR6_DEFAULT, X86_DR7_DEFAULT])
+    if reg < 4:
+        return dr[reg]
+    return dr[4] if reg in (4, 6) else dr[5]
 
 
 # ---- CPUID -----------------------------------------------------------------------------------
