@@ -34,6 +34,8 @@ STATUS_OF = {
     ECS_IPI: 5,
 }
 NR_EVTCHN_2L = 4096
+MAX_EVTCHN_PORT = 1023  # libxl's default max_event_channels for a domU
+ENOSPC = 28
 DOMID_SELF = 0x7FF0
 EVTCHN_PENDING_OFF, EVTCHN_MASK_OFF = 2048, 2560
 CONSOLE_LINE = 256
@@ -59,9 +61,13 @@ class EventChannels:
         self.machine = machine
         self.dom = dom
         self.ports: dict[int, Channel] = {0: Channel(ECS_RESERVED)}
+        self.max_port = MAX_EVTCHN_PORT
 
     def alloc_unbound(self, remote_dom: int) -> int:
-        port = next(p for p in range(1, NR_EVTCHN_2L) if p not in self.ports)  # get_free_port()
+        """get_free_port(): the lowest free port, -ENOSPC above the domain's limit."""
+        port = next((p for p in range(1, self.max_port + 1) if p not in self.ports), None)
+        if port is None:
+            return -ENOSPC
         self.ports[port] = Channel(ECS_UNBOUND, remote_dom)
         return port
 
@@ -145,6 +151,8 @@ def event_channel_op(vcpu, cmd: int, arg: int) -> int:
             if rdom not in vcpu.machine.domains:
                 return -ESRCH
             port = ev.alloc_unbound(rdom)
+            if port < 0:
+                return port
             guest.write(vcpu, arg + 4, struct.pack("<I", port))
             return 0
         if cmd == 3:  # EVTCHNOP_close

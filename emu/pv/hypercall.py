@@ -46,12 +46,62 @@ def dispatch(vcpu) -> None:
     ret = fn(vcpu, *args) if fn is not None else -ENOSYS
     if ret is None:  # the vCPU crashed, or iret already restored its registers
         return
-    uc.reg_write(X.UC_X86_REG_RCX, rip + 2)  # sysret: rcx = the instruction after
-    uc.reg_write(X.UC_X86_REG_R11, uc.reg_read(X.UC_X86_REG_EFLAGS))
+    if not vcpu.rip_written:  # (an iret inside a multicall chose rcx/r11 itself)
+        uc.reg_write(X.UC_X86_REG_RCX, rip + 2)  # sysret: rcx = the instruction after
+        uc.reg_write(X.UC_X86_REG_R11, uc.reg_read(X.UC_X86_REG_EFLAGS))
     uc.reg_write(X.UC_X86_REG_RAX, ret & MASK64)
     if ret != -ENOSYS and vcpu.machine.debug_build:
         for r in ARG_REGS[: NARGS.get(nr, 0)]:
             uc.reg_write(r, CLOBBER)
+
+
+@hypercall(13)
+def multicall(vcpu, call_list: int, nr_calls: int, *_) -> int | None:
+    """common/multicall.c do_multicall() with pv_do_multicall_call(): an iret ends the
+    batch (its result is the multicall's); a debug Xen fills each done entry with 0xAA
+    before writing its result back."""
+    if getattr(vcpu, "in_multicall", False):
+        vcpu.machine.pv.warn(vcpu, "Multicall reentry is disallowed.")
+        return -EINVAL
+    vcpu.in_multicall = True
+    try:
+        rc = 0
+        for i in range(nr_calls):
+            va = call_list + 64 * i
+            try:
+                op, _result, *args = struct.unpack("<8Q", guest.read(vcpu, va, 64))
+            except GuestFault:
+                return -EFAULT
+            if op == 23:
+                result = traps.do_iret(vcpu)
+                if result is None:
+                    return None
+            else:
+                fn = HANDLERS.get(op)
+                result = fn(vcpu, *args[:5]) if fn is not None else -ENOSYS
+                if result is None:
+                    return None
+            result &= MASK64
+            try:
+                if vcpu.machine.debug_build:
+                    guest.write(vcpu, va, b"\xaa" * 64)
+                guest.write(vcpu, va + 8, struct.pack("<Q", result))
+            except GuestFault:
+                if op != 23:
+                    return -EFAULT
+            if op == 23:
+                return result - (1 << 64) if result >> 63 else result
+            if not vcpu.kernel_mode and i + 1 < nr_calls:
+                # mc_preempt: a continuation re-executes the syscall for the rest.
+                uc = vcpu.uc
+                uc.reg_write(X.UC_X86_REG_RAX, 13)
+                uc.reg_write(X.UC_X86_REG_RDI, call_list + 64 * (i + 1))
+                uc.reg_write(X.UC_X86_REG_RSI, nr_calls - i - 1)
+                vcpu.rip_written = True  # RIP stays on the syscall (vcpu._on_syscall)
+                return None
+        return rc
+    finally:
+        vcpu.in_multicall = False
 
 
 # ---- traps, callbacks, stacks, segments --------------------------------------------------------
