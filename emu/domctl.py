@@ -25,7 +25,7 @@ from emu.page_info import PGC_allocated, PGC_xen_heap, PGT_validated, PGT_writab
 
 LIBXL_MAXMEM_CONSTANT_KB = 1024  # libxl adds this to max_pages (libxl__arch_extra_memory)
 MAX_VCPUS = 128
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-~]{0,63}$")  # ~: XTF's test~variation names
 
 
 class DomainError(Exception):

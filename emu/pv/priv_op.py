@@ -30,8 +30,10 @@ def _uc_reg(cs_reg: int) -> int:
 
 
 def iopl_ok(vcpu) -> bool:
-    """iopl_ok() (emul-priv-op.c:154-162): guest kernel is CPL 1, user CPL 3."""
-    cpl = 1 if vcpu.kernel_mode else 3
+    """iopl_ok() (emul-priv-op.c:154-162): guest kernel is CPL 1 (CPL 0 with
+    VMASST_TYPE_architectural_iopl), user CPL 3."""
+    arch_iopl = vcpu.domain.vm_assist & (1 << 4)
+    cpl = (0 if arch_iopl else 1) if vcpu.kernel_mode else 3
     return cpl <= vcpu.iopl
 
 

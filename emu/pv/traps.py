@@ -219,9 +219,32 @@ def do_iret(vcpu) -> int | None:
     return rax
 
 
+def _io_refused(vcpu) -> bool:
+    """guest_io_okay() (emul-priv-op.c:165-208): vIOPL, else #GP(0) (no I/O bitmap here).
+    Unicorn runs IN/OUT at CPL 3 without a fault, so the hook refuses it: the run stops and
+    `io_fault` puts back what the instruction changed before the #GP is delivered."""
+    from emu.pv.priv_op import iopl_ok
+
+    if iopl_ok(vcpu):
+        return False
+    uc = vcpu.uc
+    vcpu.stop(("io_gp", uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_RAX)))
+    return True
+
+
+def io_fault(vcpu, rip: int, rax: int) -> None:
+    vcpu.uc.reg_write(X.UC_X86_REG_RIP, rip)
+    vcpu.uc.reg_write(X.UC_X86_REG_RAX, rax)
+    inject(vcpu, 13, 0)
+
+
 def port_out(vcpu, port: int, size: int, value: int) -> None:
-    """Port writes from a guest without I/O rights are dropped (emul-priv-op.c:211-226)."""
+    """Port writes from a domain without rights to the port are dropped
+    (emul-priv-op.c:211-226)."""
+    _io_refused(vcpu)
 
 
 def port_in(vcpu, port: int, size: int) -> int:
+    """Reads of ports the domain has no rights to return all-ones."""
+    _io_refused(vcpu)
     return (1 << (8 * size)) - 1

@@ -228,6 +228,9 @@ class PVVCPU(_domain.VCPU):
                     if self.kicked:
                         return ("slice",)
                     continue
+            if p[0] == "io_gp":
+                self._traps.io_fault(self, p[1], p[2])
+                p = self.pending if self.pending and self.pending[0] != "io_gp" else ("again",)
             if p[0] == "again":
                 if self.kicked:
                     return ("slice",)
