@@ -37,22 +37,21 @@ def hypercall(nr: int):
 
 
 def dispatch(vcpu) -> None:
-    uc = vcpu.uc
-    nr = uc.reg_read(X.UC_X86_REG_RAX)
-    args = [uc.reg_read(r) for r in ARG_REGS]
+    nr = vcpu.rr(X.UC_X86_REG_RAX)
+    args = [vcpu.rr(r) for r in ARG_REGS]
     vcpu.stats["hypercalls"] += 1
-    rip = uc.reg_read(X.UC_X86_REG_RIP)  # the syscall (emu/pv/vcpu.py _on_syscall)
+    rip = vcpu.rr(X.UC_X86_REG_RIP)  # the syscall (emu/pv/vcpu.py _on_syscall)
     fn = HANDLERS.get(nr)
     ret = fn(vcpu, *args) if fn is not None else -ENOSYS
     if ret is None:  # the vCPU crashed, or iret already restored its registers
         return
     if not vcpu.rip_written:  # (an iret inside a multicall chose rcx/r11 itself)
-        uc.reg_write(X.UC_X86_REG_RCX, rip + 2)  # sysret: rcx = the instruction after
-        uc.reg_write(X.UC_X86_REG_R11, uc.reg_read(X.UC_X86_REG_EFLAGS))
-    uc.reg_write(X.UC_X86_REG_RAX, ret & MASK64)
+        vcpu.rw(X.UC_X86_REG_RCX, rip + 2)  # sysret: rcx = the instruction after
+        vcpu.rw(X.UC_X86_REG_R11, vcpu.rr(X.UC_X86_REG_EFLAGS))
+    vcpu.rw(X.UC_X86_REG_RAX, ret & MASK64)
     if ret != -ENOSYS and vcpu.machine.debug_build:
         for r in ARG_REGS[: NARGS.get(nr, 0)]:
-            uc.reg_write(r, CLOBBER)
+            vcpu.rw(r, CLOBBER)
 
 
 @hypercall(13)
@@ -93,10 +92,9 @@ def multicall(vcpu, call_list: int, nr_calls: int, *_) -> int | None:
                 return result - (1 << 64) if result >> 63 else result
             if not vcpu.kernel_mode and i + 1 < nr_calls:
                 # mc_preempt: a continuation re-executes the syscall for the rest.
-                uc = vcpu.uc
-                uc.reg_write(X.UC_X86_REG_RAX, 13)
-                uc.reg_write(X.UC_X86_REG_RDI, call_list + 64 * (i + 1))
-                uc.reg_write(X.UC_X86_REG_RSI, nr_calls - i - 1)
+                vcpu.rw(X.UC_X86_REG_RAX, 13)
+                vcpu.rw(X.UC_X86_REG_RDI, call_list + 64 * (i + 1))
+                vcpu.rw(X.UC_X86_REG_RSI, nr_calls - i - 1)
                 vcpu.rip_written = True  # RIP stays on the syscall (vcpu._on_syscall)
                 return None
         return rc
@@ -174,17 +172,16 @@ def fpu_taskswitch(vcpu, set_: int, *_) -> int:
 def set_segment_base(vcpu, which: int, base: int, *_) -> int:
     if which in (0, 1, 2) and not canonical(base):
         return -EINVAL
-    uc = vcpu.uc
     if which == 0:
-        uc.reg_write(X.UC_X86_REG_FS_BASE, base)
+        vcpu.rw(X.UC_X86_REG_FS_BASE, base)
     elif which == 1:  # SEGBASE_GS_USER
         if vcpu.kernel_mode:
             vcpu.gs_base_user = base
         else:
-            uc.reg_write(X.UC_X86_REG_GS_BASE, base)
+            vcpu.rw(X.UC_X86_REG_GS_BASE, base)
     elif which == 2:
         if vcpu.kernel_mode:
-            uc.reg_write(X.UC_X86_REG_GS_BASE, base)
+            vcpu.rw(X.UC_X86_REG_GS_BASE, base)
         else:
             vcpu.gs_base_user = base
     else:
@@ -197,7 +194,7 @@ def iret(vcpu, *_) -> int | None:
     rax = traps.do_iret(vcpu)
     if rax is None:
         return None
-    vcpu.uc.reg_write(X.UC_X86_REG_RAX, rax)
+    vcpu.rw(X.UC_X86_REG_RAX, rax)
     return None
 
 

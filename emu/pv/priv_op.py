@@ -38,8 +38,7 @@ def iopl_ok(vcpu) -> bool:
 
 
 def emulate_privileged_op(vcpu) -> bool:
-    uc = vcpu.uc
-    rip = uc.reg_read(X.UC_X86_REG_RIP)
+    rip = vcpu.rr(X.UC_X86_REG_RIP)
     try:
         code = guest.read(vcpu, rip, 15)
     except GuestFault:
@@ -54,7 +53,7 @@ def emulate_privileged_op(vcpu) -> bool:
         return False
     if not _emulate(vcpu, insn):
         return False
-    uc.reg_write(X.UC_X86_REG_RIP, rip + insn.size)
+    vcpu.rw(X.UC_X86_REG_RIP, rip + insn.size)
     vcpu.ack()
     return True
 
@@ -71,17 +70,17 @@ def _emulate(vcpu, insn) -> bool:
     if mn == "mov" and len(ops) == 2 and all(o.type == C.X86_OP_REG for o in ops):
         dst, src = _cs.reg_name(ops[0].reg), _cs.reg_name(ops[1].reg)
         if dst.startswith("dr"):
-            value = vcpu.uc.reg_read(_uc_reg(ops[1].reg))
+            value = vcpu.rr(_uc_reg(ops[1].reg))
             return set_debugreg(vcpu, int(dst[2:]), value) == 0
         if src.startswith("dr"):
-            vcpu.uc.reg_write(_uc_reg(ops[0].reg), get_debugreg(vcpu, int(src[2:])))
+            vcpu.rw(_uc_reg(ops[0].reg), get_debugreg(vcpu, int(src[2:])))
             return True
         if src.startswith("cr"):
             n = int(src[2:])
             value = {0: vcpu.vcr0, 2: vcpu.vcr2, 3: vcpu.guest_table << 12, 4: vcpu.vcr4}.get(n)
             if value is None:
                 return False
-            vcpu.uc.reg_write(_uc_reg(ops[0].reg), value)
+            vcpu.rw(_uc_reg(ops[0].reg), value)
             return True
     return False
 

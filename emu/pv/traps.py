@@ -54,12 +54,11 @@ def set_upcall_mask(vcpu, value: int) -> None:
 
 def bounce(vcpu, vector_ec: int | None, handler: int, mask_events: bool) -> bool:
     """create_bounce_frame() (entry.S:536-677); False if the frame cannot be written."""
-    uc = vcpu.uc
-    rip = uc.reg_read(X.UC_X86_REG_RIP)
-    rsp = uc.reg_read(X.UC_X86_REG_RSP)
-    rflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
-    rcx, r11 = uc.reg_read(X.UC_X86_REG_RCX), uc.reg_read(X.UC_X86_REG_R11)
-    cs, ss = uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_SS)
+    rip = vcpu.rr(X.UC_X86_REG_RIP)
+    rsp = vcpu.rr(X.UC_X86_REG_RSP)
+    rflags = vcpu.rr(X.UC_X86_REG_EFLAGS)
+    rcx, r11 = vcpu.rr(X.UC_X86_REG_RCX), vcpu.rr(X.UC_X86_REG_R11)
+    cs, ss = vcpu.rr(X.UC_X86_REG_CS), vcpu.rr(X.UC_X86_REG_SS)
     if vcpu.kernel_mode:
         sp, saved_cs = rsp, cs & ~3  # RPL 0 tells the guest it interrupted its kernel
     else:
@@ -82,13 +81,13 @@ def bounce(vcpu, vector_ec: int | None, handler: int, mask_events: bool) -> bool
     if mask_events:
         set_upcall_mask(vcpu, 1)
     new_fl = (rflags & ~(RF_AC | RF_VM | RF_RF | RF_NT | RF_TF)) | RF_IF
-    uc.reg_write(X.UC_X86_REG_RSP, new_sp)
-    uc.reg_write(X.UC_X86_REG_EFLAGS, new_fl)
-    uc.reg_write(X.UC_X86_REG_RCX, handler)  # the exit is a sysret
-    uc.reg_write(X.UC_X86_REG_R11, new_fl)
-    uc.reg_write(X.UC_X86_REG_CS, 0xE033)
-    uc.reg_write(X.UC_X86_REG_SS, 0xE02B)
-    uc.reg_write(X.UC_X86_REG_RIP, handler)
+    vcpu.rw(X.UC_X86_REG_RSP, new_sp)
+    vcpu.rw(X.UC_X86_REG_EFLAGS, new_fl)
+    vcpu.rw(X.UC_X86_REG_RCX, handler)  # the exit is a sysret
+    vcpu.rw(X.UC_X86_REG_R11, new_fl)
+    vcpu.rw(X.UC_X86_REG_CS, 0xE033)
+    vcpu.rw(X.UC_X86_REG_SS, 0xE02B)
+    vcpu.rw(X.UC_X86_REG_RIP, handler)
     vcpu.rip_written = True
     vcpu.stats["bounced"] += 1
     return True
@@ -111,7 +110,6 @@ def inject(vcpu, vector: int, ec: int | None, cr2: int | None = None) -> None:
 
 def on_exception(vcpu, intno: int, err: int, is_int: bool) -> None:
     """From the INTR hook (RIP: faulting instruction, or the next one for `int n`)."""
-    uc = vcpu.uc
     if is_int:
         if intno in (3, 4):  # int3 / into: Xen's IDT gates are DPL 3
             inject(vcpu, intno, None)
@@ -120,7 +118,7 @@ def on_exception(vcpu, intno: int, err: int, is_int: bool) -> None:
         if ti is not None and ti[0] & 3 >= (1 if vcpu.kernel_mode else 3):
             inject(vcpu, intno, None)  # a software interrupt: no error code
             return
-        uc.reg_write(X.UC_X86_REG_RIP, uc.reg_read(X.UC_X86_REG_RIP) - 2)
+        vcpu.rw(X.UC_X86_REG_RIP, vcpu.rr(X.UC_X86_REG_RIP) - 2)
         inject(vcpu, 13, (intno << 3) | 2)
         return
     if intno == 14:
@@ -142,8 +140,7 @@ def on_exception(vcpu, intno: int, err: int, is_int: bool) -> None:
 
 def invalid_op(vcpu) -> None:
     """#UD (pv_emulate_invalid_op): FEP + cpuid is emulated, anything else reflected."""
-    uc = vcpu.uc
-    rip = uc.reg_read(X.UC_X86_REG_RIP)
+    rip = vcpu.rr(X.UC_X86_REG_RIP)
     try:
         code = guest.read(vcpu, rip, 7)
     except GuestFault:
@@ -151,13 +148,13 @@ def invalid_op(vcpu) -> None:
     if code[:5] == FEP and code[5:7] == b"\x0f\xa2":
         from emu.pv.priv_op import guest_cpuid
 
-        leaf, sub = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF, uc.reg_read(X.UC_X86_REG_RCX)
+        leaf, sub = vcpu.rr(X.UC_X86_REG_RAX) & 0xFFFFFFFF, vcpu.rr(X.UC_X86_REG_RCX)
         a, b, c, d = guest_cpuid(vcpu, leaf, sub & 0xFFFFFFFF)
-        uc.reg_write(X.UC_X86_REG_RAX, a)
-        uc.reg_write(X.UC_X86_REG_RBX, b)
-        uc.reg_write(X.UC_X86_REG_RCX, c)
-        uc.reg_write(X.UC_X86_REG_RDX, d)
-        uc.reg_write(X.UC_X86_REG_RIP, rip + 7)
+        vcpu.rw(X.UC_X86_REG_RAX, a)
+        vcpu.rw(X.UC_X86_REG_RBX, b)
+        vcpu.rw(X.UC_X86_REG_RCX, c)
+        vcpu.rw(X.UC_X86_REG_RDX, d)
+        vcpu.rw(X.UC_X86_REG_RIP, rip + 7)
         vcpu.pending = ("again",)
         return
     inject(vcpu, 6, None)
@@ -167,26 +164,24 @@ def invalid_op(vcpu) -> None:
 
 def user_syscall(vcpu) -> None:
     """`syscall` from guest user mode: the syscall callback (entry.S:27-64), or #UD."""
-    uc = vcpu.uc
-    cs = uc.reg_read(X.UC_X86_REG_CS)
+    cs = vcpu.rr(X.UC_X86_REG_CS)
     cb = vcpu.callbacks.get(7 if cs == 0xE023 else 2)
-    rip = uc.reg_read(X.UC_X86_REG_RIP)  # the syscall itself (see vcpu._on_syscall)
+    rip = vcpu.rr(X.UC_X86_REG_RIP)  # the syscall itself (see vcpu._on_syscall)
     if cb is None or cb[0] == 0:
         inject(vcpu, 6, None)  # #UD at the syscall
         return
-    uc.reg_write(X.UC_X86_REG_RIP, rip + 2)  # the frame's rip: after the syscall
-    uc.reg_write(X.UC_X86_REG_RCX, rip + 2)
-    uc.reg_write(X.UC_X86_REG_R11, uc.reg_read(X.UC_X86_REG_EFLAGS))
-    fl = uc.reg_read(X.UC_X86_REG_EFLAGS) & ~0x400  # DF cleared
-    uc.reg_write(X.UC_X86_REG_EFLAGS, fl)
+    vcpu.rw(X.UC_X86_REG_RIP, rip + 2)  # the frame's rip: after the syscall
+    vcpu.rw(X.UC_X86_REG_RCX, rip + 2)
+    vcpu.rw(X.UC_X86_REG_R11, vcpu.rr(X.UC_X86_REG_EFLAGS))
+    fl = vcpu.rr(X.UC_X86_REG_EFLAGS) & ~0x400  # DF cleared
+    vcpu.rw(X.UC_X86_REG_EFLAGS, fl)
     if not bounce(vcpu, None, cb[0], bool(cb[1] & 1)):
         vcpu.crash("domain_crash called from arch/x86/x86_64/entry.S:670")
 
 
 def do_iret(vcpu) -> int | None:
     """HYPERVISOR_iret (pv/iret.c:52-107); returns the saved rax, or None after a crash."""
-    uc = vcpu.uc
-    rsp = uc.reg_read(X.UC_X86_REG_RSP)
+    rsp = vcpu.rr(X.UC_X86_REG_RSP)
     try:
         rax, r11, rcx, flags, rip, cs, rflags, sp, ss = struct.unpack(
             "<9Q", guest.read(vcpu, rsp, 72)
@@ -205,16 +200,16 @@ def do_iret(vcpu) -> int | None:
         vcpu.iopl = (rflags >> 12) & 3
     saved_if = rflags & RF_IF
     rflags = (rflags & 0x3F7FD5 & ~(RF_IOPL | RF_VM)) | RF_IF | 2
-    uc.reg_write(X.UC_X86_REG_RSP, sp)
-    uc.reg_write(X.UC_X86_REG_EFLAGS, rflags)
+    vcpu.rw(X.UC_X86_REG_RSP, sp)
+    vcpu.rw(X.UC_X86_REG_EFLAGS, rflags)
     if not flags & 0x100:  # VGCF_in_syscall clear: an iretq, rcx and r11 restored
-        uc.reg_write(X.UC_X86_REG_RCX, rcx)
-        uc.reg_write(X.UC_X86_REG_R11, r11)
+        vcpu.rw(X.UC_X86_REG_RCX, rcx)
+        vcpu.rw(X.UC_X86_REG_R11, r11)
     else:
-        uc.reg_write(X.UC_X86_REG_RCX, rip)
-        uc.reg_write(X.UC_X86_REG_R11, rflags)
+        vcpu.rw(X.UC_X86_REG_RCX, rip)
+        vcpu.rw(X.UC_X86_REG_R11, rflags)
     set_upcall_mask(vcpu, 0 if saved_if else 1)
-    uc.reg_write(X.UC_X86_REG_RIP, rip)
+    vcpu.rw(X.UC_X86_REG_RIP, rip)
     vcpu.rip_written = True
     return rax
 
@@ -227,14 +222,13 @@ def _io_refused(vcpu) -> bool:
 
     if iopl_ok(vcpu):
         return False
-    uc = vcpu.uc
-    vcpu.stop(("io_gp", uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_RAX)))
+    vcpu.stop(("io_gp", vcpu.rr(X.UC_X86_REG_RIP), vcpu.rr(X.UC_X86_REG_RAX)))
     return True
 
 
 def io_fault(vcpu, rip: int, rax: int) -> None:
-    vcpu.uc.reg_write(X.UC_X86_REG_RIP, rip)
-    vcpu.uc.reg_write(X.UC_X86_REG_RAX, rax)
+    vcpu.rw(X.UC_X86_REG_RIP, rip)
+    vcpu.rw(X.UC_X86_REG_RAX, rax)
     inject(vcpu, 13, 0)
 
 

@@ -80,6 +80,28 @@ class Ack:
         return err & 0xFFFFFFFF, is_int
 
 
+class FastRegs:
+    """One Uc's registers through the C library directly: the binding's reg_read/write
+    cost several microseconds each, and a bounce or an iret takes a dozen of them."""
+
+    def __init__(self, uc: Uc) -> None:
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        self._uch = uc._uch
+        self._buf = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._buf)
+        self._read, self._write = uclib.uc_reg_read, uclib.uc_reg_write
+
+    def read(self, reg: int) -> int:
+        self._buf.value = 0  # segment selectors are written as 16 bits
+        self._read(self._uch, reg, self._ref)
+        return self._buf.value
+
+    def write(self, reg: int, value: int) -> None:
+        self._buf.value = value & 0xFFFFFFFFFFFFFFFF
+        self._write(self._uch, reg, self._ref)
+
+
 class PVVCPU(_domain.VCPU):
     """`struct vcpu` of a 64-bit PV guest (arch.pv state) with its Unicorn instance."""
 
@@ -130,6 +152,8 @@ class PVVCPU(_domain.VCPU):
         self.uc = uc
         uc.ctl_flush_tb()
         self.ack = Ack(uc)
+        fast = FastRegs(uc)
+        self.rr, self.rw = fast.read, fast.write
         self._cr2 = RegReader(uc, X.UC_X86_REG_CR2)
 
     def __repr__(self) -> str:
@@ -271,7 +295,7 @@ class PVVCPU(_domain.VCPU):
             traceback.print_exc(file=sys.stderr)
             self.stop(("crash", "internal", f"{type(e).__name__}: {e}"))
         if self.rip_written:
-            uc.reg_write(X.UC_X86_REG_RIP, uc.reg_read(X.UC_X86_REG_RIP) - 2)
+            self.rw(X.UC_X86_REG_RIP, self.rr(X.UC_X86_REG_RIP) - 2)
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _ud) -> None:
         self._traps.port_out(self, port, size, value)
