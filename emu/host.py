@@ -54,6 +54,7 @@ class DomainSpec:
     on_poweroff: str = "destroy"
     on_crash: str = "destroy"
     on_reboot: str = "destroy"
+    max_event_channels: int = 1023  # libxl's default: ports 1..1023
 
 
 @dataclass

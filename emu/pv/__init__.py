@@ -90,6 +90,7 @@ class PV:
             blob = read_kernel(getattr(spec, "kernel", None), dom.domid)
             pv.area = PerDomainArea(m, self.xen, spec.vcpus)
             pv.gnttab = GrantTable(m, dom)
+            pv.evtchn.max_port = getattr(spec, "max_event_channels", 1023)
             store = pv.evtchn.alloc_unbound(0)
             cons = pv.evtchn.alloc_unbound(0)
             lay, parms = build_pv(m, dom, blob, getattr(spec, "cmdline", "") or "", store, cons)

@@ -22,8 +22,10 @@ from xenconsole.dom0.lex import split_unquoted
 from xenconsole.dom0.xl import CMD_TABLE, XlExit, command, find_domain, getopts, help_text
 
 KEYS = ("name", "memory", "maxmem", "vcpus", "workload", "type", "kernel", "cmdline", "extra")
-KEYS += ("loader", "on_poweroff", "on_crash", "on_reboot")  # loader: xl's legacy key, ignored
-INT_KEYS = ("memory", "maxmem", "vcpus")
+KEYS += ("loader", "on_poweroff", "on_crash", "on_reboot", "max_event_channels")
+KEYS += ("viridian",)  # loader: legacy, ignored; viridian: HVM-only, ignored for PV (as xl)
+INT_KEYS = ("memory", "maxmem", "vcpus", "max_event_channels")
+ANY_KEYS = ("viridian",)  # any value (xl: a boolean or a list)
 ERROR_FAIL = 3  # xl create returns -ERROR_FAIL
 MAX_CONFIG = 1 << 20
 
@@ -88,7 +90,7 @@ def parse_config(text: str, source: str, bare_ok: bool = False) -> dict:
                 raise ConfigParseError(
                     f"{source}:{lineno}: parameter `{key}' is not a valid number"
                 )
-        elif not isinstance(value, str):
+        elif key not in ANY_KEYS and not isinstance(value, str):
             raise ConfigParseError(f"{source}:{lineno}: parameter `{key}' must be a string")
         cfg[key] = value
     return cfg
@@ -103,7 +105,7 @@ def spec_from_config(cfg: dict) -> DomainSpec | None:
             setattr(spec, key, cfg[key])
     if "extra" in cfg and "cmdline" not in cfg:  # xl_parse.c: extra= is the old cmdline=
         spec.cmdline = cfg["extra"]
-    for key in ("on_poweroff", "on_crash", "on_reboot"):
+    for key in ("on_poweroff", "on_crash", "on_reboot", "max_event_channels"):
         if key in cfg:
             setattr(spec, key, cfg[key])
     return spec
