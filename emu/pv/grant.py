@@ -21,6 +21,7 @@ GTF_permit_access = 1
 MAX_GRANT_FRAMES = 64  # libxl's default max_grant_frames
 MAX_GRANT_VERSION = 2  # xl's default when Xen supports v2 (libxl_create.c:410-417)
 DOMID_SELF = 0x7FF0
+EBUSY = 16
 
 
 class GrantTable:
@@ -51,6 +52,21 @@ class GrantTable:
                 self.status.append(self._share())
         return True
 
+    def _unpopulate_status(self) -> bool:
+        """gnttab_unpopulate_status_frames(): refused while the guest still maps one."""
+        from emu.page_info import PGC_count_mask
+
+        ft = self.machine.frames
+        if any(int(ft.count_info[m]) & PGC_count_mask > 1 for m in self.status):
+            return False
+        heap = self.machine.heap
+        for mfn in self.status:
+            self.dom.xenpage_mfns.remove(mfn)
+            self.dom.xenheap_pages -= 1
+            heap.free_xenheap_pages(mfn, 0)
+        self.status.clear()
+        return True
+
     def seed_v1(self, ref: int, domid: int, frame: int) -> None:
         base = self.shared[0] << 12
         self.machine.ram.write(base + 8 * ref, struct.pack("<HHI", GTF_permit_access, domid, frame))
@@ -63,6 +79,8 @@ class GrantTable:
             return -ENOSYS
         if version == self.version:
             return 0
+        if self.version == 2 and not self._unpopulate_status():
+            return -EBUSY
         ram = self.machine.ram
         base = self.shared[0] << 12
         if self.version == 1:
