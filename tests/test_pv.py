@@ -215,6 +215,8 @@ def test_xtf_selftest_in_process(xtf):
             "Test: Custom IDT entry",
             "Test: Driver basic initialisation",
             "Test: vsnprintf() with CRLF expansion",
+            "Test: Xenstore read",  # the store port is interdomain: xenstored serves it
+            "  Found domid 1",
             "Test result: SUCCESS",
         ]
         assert audit(m) == []
@@ -269,3 +271,63 @@ def test_xl_create_on_the_serial_line(xtf, tmp_path):
         wait(b"root@dom0:~# ", 10)
         assert b"test-pv64-example" not in buf[mark:]
         s.close()
+
+
+# ---- xenstored -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(600)
+def test_xenstored_ring_protocol(xtf):
+    """Requests written into a paused domain's store ring as its guest would, answered by
+    xenstored's rules (tools/xenstored/core.c:1058-1124 error names and echoed ids,
+    :1239-1266 relative paths, :1390-1402 READ without NUL; watch.c:231-267 events)."""
+    from emu.pv.xenstored import RSP_CONS, RSP_OFF, RSP_PROD
+
+    m, _ = small_machine()
+    try:
+        spec = DomainSpec(name="xs", memory=128, type="pv", kernel=kernel(xtf, "example"))
+        d = m.create_domain(spec, paused=True)
+        conn = d.pv.xenstore
+        ring = conn.ring
+        mm = m.ram.mm
+        prod = [0]
+        cons = [0]
+
+        def ask(mtype: int, body: bytes, req_id: int = 7, tx: int = 0) -> list:
+            msg = struct.pack("<IIII", mtype, req_id, tx, len(body)) + body
+            for b in msg:
+                mm[ring + (prod[0] & 1023)] = b
+                prod[0] += 1
+            struct.pack_into("<I", mm, ring + 2052, prod[0])
+            assert d.pv.evtchn.send(1) == 0  # EVTCHNOP_send on the store port
+            out = []
+            rp = struct.unpack_from("<I", mm, ring + RSP_PROD)[0]
+            while cons[0] < rp:
+                hdr = bytes(mm[ring + RSP_OFF + ((cons[0] + i) & 1023)] for i in range(16))
+                t, rid, txid, n = struct.unpack("<IIII", hdr)
+                data = bytes(mm[ring + RSP_OFF + ((cons[0] + 16 + i) & 1023)] for i in range(n))
+                cons[0] += 16 + n
+                out.append((t, rid, txid, data))
+            struct.pack_into("<I", mm, ring + RSP_CONS, cons[0])
+            return out
+
+        assert ask(2, b"domid\0") == [(2, 7, 0, b"1")]
+        assert ask(2, b"name\0", 9, 3) == [(2, 9, 3, b"xs")]
+        assert ask(2, b"memory/target\0") == [(2, 7, 0, b"131072")]
+        assert ask(2, b"nothing\0") == [(16, 7, 0, b"ENOENT\0")]
+        assert ask(2, b"/local/domain/0/name\0") == [(16, 7, 0, b"EACCES\0")]
+        assert ask(11, b"data/x\0hello") == [(11, 7, 0, b"OK\0")]
+        assert ask(2, b"/local/domain/1/data/x\0") == [(2, 7, 0, b"hello")]
+        assert ask(1, b"data\0") == [(1, 7, 0, b"x\0")]
+        assert ask(4, b"data\0tok\0") == [(4, 7, 0, b"OK\0"), (15, 0, 0, b"data\0tok\0")]
+        # A write fires the watches before its ack (core.c:1625-1626); a new watch acks
+        # first, then fires once (watch.c:267-270).
+        assert ask(11, b"data/y\0v") == [(15, 0, 0, b"data/y\0tok\0"), (11, 7, 0, b"OK\0")]
+        assert ask(6, b"\0") == [(6, 7, 0, b"1\0")]
+        assert ask(7, b"T\0", 7, 1) == [(7, 7, 1, b"OK\0")]
+        assert ask(99, b"") == [(16, 7, 0, b"EINVAL\0")]
+        m.destroy_domain(d)
+        assert "/local/domain/1" not in m.pv.xenstore.nodes
+        assert audit(m) == []
+    finally:
+        m.shutdown()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 
 from emu.pv.event import ConsoleIO, EventChannels, PVConsole
+from emu.pv.xenstored import XenStore
 
 SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
 
@@ -38,6 +39,7 @@ class PVDomain:
         self.parms = None
         self.crashed_on: tuple[int, int] | None = None
         self.gnttab = None  # emu/pv/grant.py GrantTable
+        self.xenstore = None  # emu/pv/xenstored.py Connection
 
 
 class PV:
@@ -50,6 +52,9 @@ class PV:
         self.machine = machine
         self.xen = XenFrames(machine)
         self.mm = PVMM(machine, lambda dom: self.xen.l4_slots(dom.pv.area))
+        self.xenstore = XenStore()
+        self.xenstore.write("/local/domain/0/name", "Domain-0")
+        self.xenstore.write("/local/domain/0/domid", "0")
         self.lock = threading.Lock()
 
     # ---- helpers for the other modules -------------------------------------------------------
@@ -102,6 +107,23 @@ class PV:
         pv.gnttab.seed_v1(1, 0, int(dom.p2m[lay.store_pfn]))
         pv.console = PVConsole(m, dom, int(dom.p2m[lay.console_pfn]), cons)
         pv.console.connect(pv.evtchn)
+        # libxl's keys for the domain (libxl_dom.c:461-490, libxl__build_post), then
+        # XS_INTRODUCE: xenstored binds the store port and serves the ring.
+        store_mfn, cons_mfn = int(dom.p2m[lay.store_pfn]), int(dom.p2m[lay.console_pfn])
+        keys = {
+            "name": dom.name,
+            "domid": str(dom.domid),
+            "memory/static-max": str(dom.static_max_kb),
+            "memory/target": str(dom.target_pages * 4),
+            "store/port": str(store),
+            "store/ring-ref": str(store_mfn),
+            "console/port": str(cons),
+            "console/ring-ref": str(cons_mfn),
+        }
+        for i in range(spec.vcpus):
+            keys[f"cpu/{i}/availability"] = "online"
+        pv.xenstore = self.xenstore.introduce(m, dom, store_mfn, store, keys)
+        pv.xenstore.connect(pv.evtchn)
         old = list(dom.vcpus)
         vcpus = []
         for i in range(len(old) or 1):
@@ -126,6 +148,7 @@ class PV:
             return
         if pv.console is not None:
             pv.console.close()
+        self.xenstore.release(dom.domid)
         if pv.area is not None:
             pv.area.free()
             pv.area = None
