@@ -331,3 +331,49 @@ def test_xenstored_ring_protocol(xtf):
         assert audit(m) == []
     finally:
         m.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_xenstore_commands_in_dom0(xtf):
+    """xenstore-ls/-read/-write (tools/xs-clients/xenstore_client.c: do_ls() indentation
+    and `name = "value"`, warnx() "couldn't read path", the usage lines)."""
+    from xenconsole.dom0.shell import Dom0Shell
+
+    m, _ = small_machine()
+    out: list[str] = []
+    sh = Dom0Shell(m, lambda b: out.append(b.decode()))
+
+    def run(cmd: str) -> tuple[int, str]:
+        out.clear()
+        rc = sh.run(cmd)
+        return rc, "".join(out).replace("\r\n", "\n")
+
+    try:
+        d = m.create_domain(
+            DomainSpec(name="ex", memory=128, type="pv", kernel=kernel(xtf, "example")), paused=True
+        )
+        store, cons = int(d.p2m[0x152]), int(d.p2m[0x153])
+        assert run("xenstore-ls /local/domain/1") == (
+            0,
+            f'name = "ex"\nmemory = ""\n static-max = "131072"\n target = "131072"\n'
+            f'domid = "1"\nstore = ""\n port = "1"\n ring-ref = "{store}"\ncpu = ""\n'
+            f' 0 = ""\n  availability = "online"\nconsole = ""\n port = "2"\n'
+            f' ring-ref = "{cons}"\n',
+        )
+        assert run("xenstore-write /local/domain/1/data/k v1") == (0, "")
+        assert run("xenstore-read -p /local/domain/1/data/k name") == (
+            0,
+            "/local/domain/1/data/k: v1\nname: Domain-0\n",
+        )
+        assert run("xenstore-read nope") == (1, "xenstore-read: couldn't read path nope\n")
+        assert run("xenstore-write a") == (
+            1,
+            "xenstore-write: Usage: xenstore-write [-h] [-R] key value [...]\n",
+        )
+        m.destroy_domain(d)
+        assert run("xenstore-ls /local/domain/1") == (
+            1,
+            "xenstore-ls: xs_directory (/local/domain/1): No such file or directory\n",
+        )
+    finally:
+        m.shutdown()

@@ -111,17 +111,16 @@ class PV:
         # XS_INTRODUCE: xenstored binds the store port and serves the ring.
         store_mfn, cons_mfn = int(dom.p2m[lay.store_pfn]), int(dom.p2m[lay.console_pfn])
         keys = {
-            "name": dom.name,
-            "domid": str(dom.domid),
+            "name": dom.name,  # libxl__domain_make()
             "memory/static-max": str(dom.static_max_kb),
             "memory/target": str(dom.target_pages * 4),
+            "domid": str(dom.domid),
             "store/port": str(store),
             "store/ring-ref": str(store_mfn),
-            "console/port": str(cons),
-            "console/ring-ref": str(cons_mfn),
         }
         for i in range(spec.vcpus):
             keys[f"cpu/{i}/availability"] = "online"
+        keys.update({"console/port": str(cons), "console/ring-ref": str(cons_mfn)})
         pv.xenstore = self.xenstore.introduce(m, dom, store_mfn, store, keys)
         pv.xenstore.connect(pv.evtchn)
         old = list(dom.vcpus)

@@ -63,7 +63,12 @@ class XenStore:
             if path not in self.nodes:
                 raise XsError("ENOENT")
             pre = path.rstrip("/") + "/"
-            return sorted({p[len(pre) :].split("/")[0] for p in self.nodes if p.startswith(pre)})
+            # In creation order, as xenstored keeps a node's children.
+            kids = dict.fromkeys(
+                p[len(pre) :].split("/")[0] for p in self.nodes if p.startswith(pre)
+            )
+            kids.pop("", None)
+            return list(kids)
 
     def rm(self, path: str) -> None:
         with self.lock:

@@ -201,3 +201,5 @@ BUILTINS: dict[str, Callable[[Dom0Shell, list[str]], int]] = {
     "help": _help,
     "clear": _clear,
 }
+
+from xenconsole.dom0 import xenstore_cmds as _xenstore_cmds  # noqa: E402,F401  (registers xenstore-*)
