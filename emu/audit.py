@@ -252,6 +252,11 @@ def audit_full(machine) -> AuditResult:
             audit_shadows = None
         if audit_shadows is not None and pools:
             bad.extend(f"shadow: {v}" for v in audit_shadows(machine))
+        # PV domains: type and general counts against the references that exist.
+        if getattr(machine, "pv", None) is not None:
+            from emu.pv.audit import audit_pv
+
+            bad.extend(f"pv: {v}" for v in audit_pv(machine))
     return res
 
 

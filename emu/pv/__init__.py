@@ -84,6 +84,7 @@ class PV:
         from emu.domctl import DomainError
         from emu.pv.build import BuildError, build_pv, read_kernel
         from emu.pv.grant import GrantTable
+        from emu.pv.mm import LEVEL_TYPE
         from emu.pv.vcpu import PVVCPU
         from emu.pv.xen import PerDomainArea
 
@@ -130,7 +131,10 @@ class PV:
             vcpus.append(PVVCPU(m, dom, i, processor=proc % m.sched.nr_cpus))
         dom.vcpus = vcpus
         v0 = vcpus[0]
+        # arch_set_info_guest(): the vCPU's CR3 holds its own reference on the L4.
         v0.guest_table = int(dom.p2m[lay.pt_pfn])
+        if self.mm.get_page_and_type(v0.guest_table, LEVEL_TYPE[4], dom):
+            raise DomainError(f"libxl: error: cannot create domain {dom.name}: bad CR3")
         vb = parms.virt_base
         v0.enter(
             pv.area,
@@ -165,7 +169,12 @@ class PV:
             if dom.shutdown_code is not None or dom.is_dying:
                 return
             p = m.console.printk
-            p(f"{text}\n" if how == "pv" else f"{vcpu.name} {text}\n")
+            # how == "pv": Xen's own first line, if any (the asm paths' own line names Xen
+            # text addresses this emulation does not have, so it is left out).
+            if how != "pv":
+                p(f"{vcpu.name} {text}\n")
+            elif text:
+                p(f"{text}\n")
             p(f"Domain {dom.domid} (vcpu#{vcpu.vcpu_id}) crashed on cpu#{cpu}:\n")
             out = lambda s: p(s + "\n")  # noqa: E731
             out(xen_info_line(m))

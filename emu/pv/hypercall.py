@@ -60,7 +60,9 @@ def multicall(vcpu, call_list: int, nr_calls: int, *_) -> int | None:
     batch (its result is the multicall's); a debug Xen fills each done entry with 0xAA
     before writing its result back."""
     if getattr(vcpu, "in_multicall", False):
-        vcpu.machine.pv.warn(vcpu, "Multicall reentry is disallowed.")
+        vcpu.machine.console.printk(
+            f"common/multicall.c:47:{vcpu.name} Multicall reentry is disallowed.\n"
+        )
         return -EINVAL
     vcpu.in_multicall = True
     try:
@@ -320,19 +322,27 @@ def mmuext_op(vcpu, uops: int, count: int, pdone: int, foreigndom: int, *_) -> i
             break
         if cmd in MMUEXT_PIN:
             level = MMUEXT_PIN[cmd]
-            rc = pvmm.get_page_and_type(arg1, mm.LEVEL_TYPE[level], dom)
-            if not rc:
-                if int(ft.type_info[arg1]) & PGT_pinned:
-                    pvmm.put_page_and_type(arg1, dom)
-                    pv.warn(vcpu, f"mfn {arg1:x} already pinned")
-                    rc = -EINVAL
-                else:
-                    ft.type_info[arg1] = int(ft.type_info[arg1]) | PGT_pinned
-        elif cmd == 4:  # UNPIN_TABLE
-            if not pvmm.owned(arg1, dom) or not int(ft.type_info[arg1]) & PGT_pinned:
-                pv.warn(vcpu, f"mfn {arg1:x} not pinned")
+            if not pvmm.get_page(arg1, dom):
+                rc = -EINVAL
+            elif rc := pvmm.get_page_type(arg1, mm.LEVEL_TYPE[level], dom):
+                pvmm.gdprintk(3586, f"Error {rc} while pinning mfn {arg1:05x}", dom)
+                pvmm.put_page(arg1)
+            elif int(ft.type_info[arg1]) & PGT_pinned:
+                pvmm.gdprintk(3598, f"mfn {arg1:05x} already pinned", dom)
+                pvmm.put_page_and_type(arg1, dom)
                 rc = -EINVAL
             else:
+                ft.type_info[arg1] = int(ft.type_info[arg1]) | PGT_pinned
+        elif cmd == 4:  # UNPIN_TABLE
+            if not pvmm.get_page(arg1, dom):
+                pvmm.gdprintk(3642, f"mfn {arg1:05x} bad, or bad owner d{dom.domid}", dom)
+                rc = -EINVAL
+            elif not int(ft.type_info[arg1]) & PGT_pinned:
+                pvmm.put_page(arg1)
+                pvmm.gdprintk(3652, f"mfn {arg1:05x} not pinned", dom)
+                rc = -EINVAL
+            else:
+                pvmm.put_page(arg1)
                 ft.type_info[arg1] = int(ft.type_info[arg1]) & ~PGT_pinned
                 pvmm.put_page_and_type(arg1, dom)
         elif cmd in (5, 15):  # NEW_BASEPTR / NEW_USER_BASEPTR
@@ -361,14 +371,17 @@ def mmuext_op(vcpu, uops: int, count: int, pdone: int, foreigndom: int, *_) -> i
 
 def _new_baseptr(vcpu, mfn: int, user: bool) -> int:
     pvmm, dom = vcpu.machine.pv.mm, vcpu.domain
+    if user and mfn == vcpu.guest_table_user:
+        return 0  # mm.c:3704-3705: nothing to do
     if user and mfn == 0:
         old, vcpu.guest_table_user = vcpu.guest_table_user, 0
     else:
         rc = pvmm.get_page_and_type(mfn, mm.LEVEL_TYPE[4], dom)
         if rc:
-            vcpu.machine.pv.warn(
-                vcpu, f"Error while installing new {'user ' if user else ''}baseptr {mfn:x}"
-            )
+            if user:
+                pvmm.gdprintk(3718, f"Error {rc} installing new mfn {mfn:05x}", dom)
+            else:
+                pvmm.gdprintk(3358, f"Error while installing new baseptr {mfn:05x}", dom)
             return rc
         if user:
             old, vcpu.guest_table_user = vcpu.guest_table_user, mfn
@@ -401,7 +414,7 @@ def mmu_update(vcpu, ureqs: int, count: int, pdone: int, foreigndom: int, *_) ->
         mfn = ptr >> 12
         if cmd in (0, 2):
             if not pvmm.get_page(mfn, dom):
-                pv.warn(vcpu, "Could not get page for normal update")
+                pvmm.gdprintk(4121, "Could not get page for normal update", dom)
                 rc = -EINVAL
                 break
             ti = int(ft.type_info[mfn])
@@ -415,11 +428,12 @@ def mmu_update(vcpu, ureqs: int, count: int, pdone: int, foreigndom: int, *_) ->
                 rc = -EINVAL
             pvmm.put_page(mfn)
         elif cmd == 1:
-            if not pvmm.owned(mfn, dom):
-                pv.warn(vcpu, "Could not get page for mach->phys update")
+            if not pvmm.get_page(mfn, dom):
+                pvmm.gdprintk(4245, "Could not get page for mach->phys update", dom)
                 rc = -EINVAL
             else:
                 vcpu.machine.m2p[mfn] = val
+                pvmm.put_page(mfn)
         else:
             rc = -ENOSYS
         if rc:

@@ -75,14 +75,32 @@ class PVMM:
         ci = int(ft.count_info[mfn])
         return ci & PGC_state == PGC_state_inuse and int(ft.v[mfn]) == owner_code(dom.domid)
 
-    def get_page(self, mfn: int, dom) -> bool:
-        if not self.owned(mfn, dom):
-            return False
-        ci = int(self.ft.count_info[mfn])
-        if ci & PGC_count_mask == 0 or ci & PGC_count_mask >= PGC_count_mask - 1:
-            return False
-        self.ft.count_info[mfn] = ci + 1
-        return True
+    def owner(self, mfn: int) -> int | None:
+        """page_get_owner() of an in-use frame with references (None: free or Xen's own)."""
+        ft = self.ft
+        ci = int(ft.count_info[mfn])
+        if ci & PGC_state != PGC_state_inuse or not ci & PGC_count_mask or not int(ft.v[mfn]):
+            return None
+        return int(ft.v[mfn]) - 1
+
+    def get_page(self, mfn: int, dom, quiet: bool = False) -> bool:
+        """get_page() (mm.c:2560-2580): a general reference on a frame `dom` owns."""
+        ft = self.ft
+        if self.owned(mfn, dom):
+            ci = int(ft.count_info[mfn])
+            if 0 < ci & PGC_count_mask < PGC_count_mask - 1:
+                ft.count_info[mfn] = ci + 1
+                return True
+        if not quiet and not dom.is_dying and 0 <= mfn < ft.nr_frames:
+            od = self.owner(mfn)
+            ods = "NULL" if od is None else f"d{od}"
+            self.gprintk(
+                f"Error mfn {mfn:05x}: rd=d{dom.domid} od={ods} "
+                f"caf={int(ft.count_info[mfn]) - (od is not None):08x} "
+                f"taf={int(ft.type_info[mfn]):016x}",
+                dom,
+            )
+        return False
 
     def put_page(self, mfn: int) -> None:
         ci = int(self.ft.count_info[mfn])
@@ -90,14 +108,25 @@ class PVMM:
             self.ft.count_info[mfn] = ci - 1
 
     def get_page_type(self, mfn: int, type_: int, dom) -> int:
-        """_get_page_type(): 0, or -EINVAL for a type clash / failed validation."""
+        """_get_page_type() (mm.c:2890-3020): 0, or -EINVAL for a type clash or a table
+        that does not validate."""
         ft = self.ft
         ti = int(ft.type_info[mfn])
         count = ti & PGT_count_mask
         if count:
             if ti & PGT_type_mask != type_:
+                seen = TYPE_LEVEL.get(ti & PGT_type_mask)
+                if seen is not None and TYPE_LEVEL.get(type_) == seen - 1:
+                    return -EINVAL  # looks like a recursive mapping: silently refused
+                self.gdprintk(
+                    2952,
+                    f"Bad type (saw {ti:016x} != exp {type_:016x}) for mfn {mfn:05x} "
+                    f"(pfn {self.m2p_str(mfn)})",
+                    dom,
+                )
                 return -EINVAL
             if count + 1 >= PGT_count_mask:
+                self.gdprintk(2911, f"Type count overflow on mfn {mfn:05x}", dom)
                 return -EINVAL
             ft.type_info[mfn] = ti + 1
             return 0
@@ -109,6 +138,13 @@ class PVMM:
         if type_ in TYPE_LEVEL:
             rc = self.validate(mfn, TYPE_LEVEL[type_], dom)
             if rc:
+                self.gdprintk(
+                    2659,
+                    f"Error while validating mfn {mfn:05x} (pfn {self.m2p_str(mfn)}) for type "
+                    f"{type_:016x}: caf={int(ft.count_info[mfn]):08x} "
+                    f"taf={int(ft.type_info[mfn]):016x}",
+                    dom,
+                )
                 ft.type_info[mfn] = ti & ~(PGT_count_mask | PGT_validated | PGT_pinned)
                 return rc
             self.machine.pv.flush_domain_tlbs(dom)  # no stale writable mapping survives
@@ -142,23 +178,41 @@ class PVMM:
     # ---- entries ----------------------------------------------------------------------------
 
     def get_page_from_l1e(self, e: int, dom) -> int:
+        """get_page_from_l1e() (mm.c:840-1040) for a PV domU without I/O memory rights."""
         mfn = (e & ADDR_MASK) >> 12
-        if not 0 <= mfn < self.ft.nr_frames:
-            self.warn(dom, f"Non-privileged ({self.pd(dom)}) attempt to map MMIO space {mfn:x}")
-            return -EPERM
-        if not self.get_page(mfn, dom):
-            self.warn(
+        ft = self.ft
+        if not 0 <= mfn < ft.nr_frames:
+            if mfn != ADDR_MASK >> 12:
+                self.gdprintk(
+                    889, f"d{dom.domid} non-privileged attempt to map MMIO space {mfn:05x}", dom
+                )
+                return -EPERM
+            return -EINVAL
+        real = self.owner(mfn)
+        if real != dom.domid:
+            self.gdprintk(
+                980,
+                f"pg_owner d{dom.domid} l1e_owner d{dom.domid}, but real_pg_owner "
+                f"d{real if real is not None else -1}",
                 dom,
-                f"Error getting mfn {mfn:x} (pfn {self.m2p_str(mfn)}) from L1 entry {e:016x} "
-                f"for l1e_owner {self.pd(dom)}, pg_owner {self.pd(dom)}",
             )
-            return -EBUSY
-        if e & _PAGE_RW:
-            rc = self.get_page_type(mfn, PGT_writable_page, dom)
-            if rc:
-                self.put_page(mfn)
-                return -EBUSY
+            return self._could_not_pin(mfn, e, dom)
+        if not self.get_page(mfn, dom, quiet=True):
+            return self._could_not_pin(mfn, e, dom)
+        if e & _PAGE_RW and self.get_page_type(mfn, PGT_writable_page, dom):
+            self.gdprintk(1006, "Could not get page type PGT_writable_page", dom)
+            self.put_page(mfn)
+            return self._could_not_pin(mfn, e, dom)
         return 0
+
+    def _could_not_pin(self, mfn: int, e: int, dom) -> int:
+        self.gdprintk(
+            1032,
+            f"Error getting mfn {mfn:05x} (pfn {self.m2p_str(mfn)}) from L1 entry {e:016x} "
+            f"for l1e_owner d{dom.domid}, pg_owner d{dom.domid}",
+            dom,
+        )
+        return -EBUSY
 
     def put_page_from_l1e(self, e: int, dom) -> None:
         mfn = (e & ADDR_MASK) >> 12
@@ -189,11 +243,16 @@ class PVMM:
             return e | _PAGE_ACCESSED | _PAGE_USER
         return e | _PAGE_USER
 
-    def check_flags(self, e: int, level: int, dom) -> int:
+    # Where each level's "Bad Ln flags" is printed: validating a table / updating an entry.
+    FLAGS_LINE = {(1, False): 866, (2, False): 1126, (3, False): 1149, (4, False): 1173}
+    FLAGS_LINE.update({(1, True): 2170, (2, True): 2286, (3, True): 2348, (4, True): 2410})
+
+    def check_flags(self, e: int, level: int, dom, mod: bool = False) -> int:
         bad = e & (L1_DISALLOW if level == 1 else BASE_DISALLOW)
         if bad:
             flags = ((bad >> 40) & 0xFFF000) | (bad & 0xFFF)
-            self.warn(dom, f"Bad L{level} flags {flags:x}")
+            text = f"{flags:#x}" if level == 1 else f"{flags:x}"
+            self.gdprintk(self.FLAGS_LINE[(level, mod)], f"Bad L{level} flags {text}", dom)
             return -EINVAL
         return 0
 
@@ -203,6 +262,8 @@ class PVMM:
         if level == 4:
             return [i for i in range(512) if not 256 <= i <= 271]
         return range(512)
+
+    PROMOTE_LINE = {1: 1358, 2: 1466, 3: 1602, 4: 1793}
 
     def validate(self, mfn: int, level: int, dom) -> int:
         """promote_lN_table(): check and reference every present entry, or undo and fail."""
@@ -220,11 +281,14 @@ class PVMM:
                     else self.get_page_from_lNe(e, level, dom)
                 )
             if rc:
+                self.gdprintk(
+                    self.PROMOTE_LINE[level],
+                    f"Failure {rc} in promote_l{level}_table: slot {i:#x}",
+                    dom,
+                )
                 for j, old in done:
                     self._put_entry(old, level, dom)
                     t[j] = old
-                if level > 1:
-                    self.warn(dom, f"Failure {rc} in alloc_l{level}_table: slot {i:#x}")
                 return rc
             done.append((i, e))
             t[i] = self.adjust(e, level)
@@ -252,16 +316,14 @@ class PVMM:
     def mod_entry(self, table: int, idx: int, new: int, level: int, dom, preserve_ad=False) -> int:
         """mod_lN_entry(): change one entry of a validated table, references and all."""
         if level == 4 and ROOT_PAGETABLE_FIRST_XEN_SLOT <= idx <= ROOT_PAGETABLE_LAST_XEN_SLOT:
-            self.warn(
-                dom, "L4 update in Xen-private area, slot {idx:#x}".replace("{idx:#x}", f"{idx:#x}")
-            )
+            self.gdprintk(2399, f"L4 update in Xen-private area, slot {idx:#x}", dom)
             return -EINVAL
         slot = (table << 9) + idx
         old = int(self.u64[slot])
         if preserve_ad:
             new |= old & (_PAGE_ACCESSED | _PAGE_DIRTY)
         if new & _PAGE_PRESENT:
-            rc = self.check_flags(new, level, dom)
+            rc = self.check_flags(new, level, dom, mod=True)
             if rc:
                 return rc
             fast = LN_FASTPATH if level > 1 else L1_FASTPATH
@@ -281,21 +343,24 @@ class PVMM:
             self._put_entry(old, level, dom)
         return 0
 
-    # ---- helpers for messages --------------------------------------------------------------
-
-    @staticmethod
-    def pd(dom) -> str:
-        return f"d{dom.domid}"
+    # ---- messages ------------------------------------------------------------------------------
 
     def m2p_str(self, mfn: int) -> str:
-        e = int(self.machine.m2p[mfn])
-        return "ffffffffffffffff" if e == (1 << 64) - 1 else f"{e:x}"
+        """get_gpfn_from_mfn() as %05lx (INVALID_M2P_ENTRY prints as all f)."""
+        return f"{int(self.machine.m2p[mfn]):05x}"
 
-    def warn(self, dom, text: str) -> None:
-        """gdprintk(XENLOG_WARNING, ...): `(XEN) d1v0 text` with guest_loglvl=all."""
+    def _who(self, dom) -> str:
+        """%pv of `current`: the domain's vCPU on this thread, else the toolstack's dom0 vCPU."""
         v = self.machine.pv.current_vcpu(dom)
-        who = f"d{dom.domid}v{v.vcpu_id}" if v is not None else f"d{dom.domid}"
-        self.machine.console.printk(f"{who} {text}\n")
+        return v.name if v is not None else "d0v0"
+
+    def gdprintk(self, line: int, text: str, dom) -> None:
+        """A debug build's gdprintk() from xen/arch/x86/mm.c (xen/include/xen/lib.h:106-108)."""
+        self.machine.console.printk(f"arch/x86/mm.c:{line}:{self._who(dom)} {text}\n")
+
+    def gprintk(self, text: str, dom) -> None:
+        """gprintk() (xen/include/xen/lib.h:89-90): `%pv text`."""
+        self.machine.console.printk(f"{self._who(dom)} {text}\n")
 
 
 class GuestFault(Exception):

@@ -102,10 +102,10 @@ def inject(vcpu, vector: int, ec: int | None, cr2: int | None = None) -> None:
     if ti is None or ti[2] == 0:
         name = VECTOR_NAMES.get(vector, "???")
         vcpu.machine.pv.warn(vcpu, f"Unhandled: vec {vector}, {name}[{(ec or 0):04x}]")
-        vcpu.crash("domain_crash called from arch/x86/x86_64/entry.S:634")
+        vcpu.crash("")  # create_bounce_frame_bad_bounce_ip (entry.S:628-631)
         return
     if not bounce(vcpu, ec, ti[2], bool(ti[0] & TI_IF)):
-        vcpu.crash("domain_crash called from arch/x86/x86_64/entry.S:670")
+        vcpu.crash("")  # domain_crash_page_fault_*x8 (entry.S:640-676)
 
 
 def on_exception(vcpu, intno: int, err: int, is_int: bool) -> None:
@@ -133,7 +133,7 @@ def on_exception(vcpu, intno: int, err: int, is_int: bool) -> None:
             vcpu.stats["emulated"] += 1
             return
     if intno == 8:
-        vcpu.crash("domain_crash called from arch/x86/traps.c:1005")
+        vcpu.stop(("crash", "internal", "double fault"))
         return
     inject(vcpu, intno, err if intno in X86_EXC_HAVE_EC else None)
 
@@ -176,7 +176,7 @@ def user_syscall(vcpu) -> None:
     fl = vcpu.rr(X.UC_X86_REG_EFLAGS) & ~0x400  # DF cleared
     vcpu.rw(X.UC_X86_REG_EFLAGS, fl)
     if not bounce(vcpu, None, cb[0], bool(cb[1] & 1)):
-        vcpu.crash("domain_crash called from arch/x86/x86_64/entry.S:670")
+        vcpu.crash("")  # domain_crash_page_fault_*x8 (entry.S:640-676)
 
 
 def do_iret(vcpu) -> int | None:
@@ -188,12 +188,12 @@ def do_iret(vcpu) -> int | None:
         )
     except GuestFault:
         vcpu.machine.pv.warn(vcpu, "Fault while reading IRET context from guest stack")
-        vcpu.crash("domain_crash called from arch/x86/pv/iret.c:49")
+        vcpu.crash("domain_crash called from arch/x86/pv/iret.c:105")
         return None
     if cs & 3 == 3 and vcpu.kernel_mode:
         if not vcpu.guest_table_user:
             vcpu.machine.pv.warn(vcpu, "Guest switching to user mode with no user page tables")
-            vcpu.crash("domain_crash called from arch/x86/pv/iret.c:72")
+            vcpu.crash("domain_crash called from arch/x86/pv/iret.c:105")
             return None
         vcpu.toggle_guest_mode()
     if vcpu.domain.vm_assist & (1 << VMASST_TYPE_architectural_iopl):
