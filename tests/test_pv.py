@@ -403,3 +403,129 @@ def test_type_count_audit_catches_a_stray_reference(xtf):
         assert audit(m) == []
     finally:
         m.shutdown()
+
+
+# ---- bad guests --------------------------------------------------------------------------------
+
+HC = 0x101000  # the test kernels' hypercall page
+
+
+def pv_kernel(source: str) -> bytes:
+    """A minimal 64-bit PV kernel: code at 1 MiB (keystone), the hypercall page at HC, and
+    the Xen notes libelf needs (generic loader, xen-3.0, HYPERCALL_PAGE)."""
+    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+
+    code = bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(source, 0x100000)[0])
+    image = code.ljust(0x1000, b"\xcc") + b"\xc3" * 0x1000
+
+    def note(ntype: int, desc: bytes) -> bytes:
+        return (
+            struct.pack("<III", 4, len(desc), ntype)
+            + b"Xen\0"
+            + desc.ljust(-(-len(desc) // 4) * 4, b"\0")
+        )
+
+    notes = note(6, b"test\0") + note(8, b"generic\0") + note(5, b"xen-3.0\0")
+    notes += note(2, struct.pack("<Q", HC)) + note(10, b"!writable_page_tables\0")
+    load_off, note_off = 0x1000, 0x1000 + len(image)
+    ehdr = struct.pack(
+        "<4sBBBBxxxxxxxxHHIQQQIHHHHHH",
+        b"\x7fELF", 2, 1, 1, 0, 2, 62, 1, 0x100000, 64, 0, 0, 64, 56, 2, 64, 0, 0,
+    )  # fmt: skip
+    phdrs = struct.pack(
+        "<IIQQQQQQ", 1, 7, load_off, 0x100000, 0x100000, len(image), len(image), 4096
+    )
+    phdrs += struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0, len(notes), len(notes), 4)
+    return (ehdr + phdrs).ljust(load_off, b"\0") + image + notes
+
+
+def hypercall(nr: int) -> str:
+    return f"mov rax, {HC + 32 * nr}\ncall rax\n"
+
+
+# shutdown(reason in ebx): SCHEDOP_shutdown with the reason on the stack
+SHUTDOWN = "sub rsp, 16\nmov dword ptr [rsp], ebx\nmov rdi, 2\nmov rsi, rsp\n" + hypercall(29)
+MFN_OF_PFN = "mov rbx, [r15 + 104]\nmov rax, [rbx + rax * 8]\n"  # start_info.mfn_list[rax]
+
+
+def expect_rc(rc: int) -> str:
+    """Power off if rax == rc, else crash: the verdict is the domain's shutdown reason."""
+    return f"mov rcx, {rc}\nxor ebx, ebx\nmov edx, 3\ncmp rax, rcx\ncmovne ebx, edx\n" + SHUTDOWN
+
+
+@pytest.mark.timeout(600)
+def test_bad_pv_guests_are_refused_or_crashed_alone(xtf, tmp_path):
+    """Acceptance 4: a guest mapping another domain's frame, mapping its own L4 writable,
+    loading a garbage CR3, jumping to a wild address: each refused (Xen's errno and its
+    debug lines, arch/x86/mm.c:980,1006,1032,2952,3358) or crashed alone (traps.c
+    pv_inject_event "Unhandled", show_page_walk; domain.c:1367 __domain_crash); the host
+    then runs XTF's example, and every frame is back (audit clean)."""
+    m, out = small_machine()
+    try:
+        free = m.free_pages()
+        dom0_mfn = int(m.domains[0].p2m[0x10])
+        foreign = (dom0_mfn << 12) | 0x63
+        guests = {
+            "foreign": "mov r15, rsi\nmov rdi, 0x300000\n"
+            f"mov rsi, {foreign}\nmov rdx, 2\n" + hypercall(14) + expect_rc(-16),
+            "l4rw": "mov r15, rsi\nmov rax, [r15 + 88]\nshr rax, 12\n" + MFN_OF_PFN
+            + "shl rax, 12\nor rax, 0x63\nmov rsi, rax\nmov rdi, 0x300000\nmov rdx, 2\n"
+            + hypercall(14) + expect_rc(-16),
+            "cr3": "mov r15, rsi\nmov rax, 0x300\n" + MFN_OF_PFN + "mov r14, rax\n"
+            "sub rsp, 32\nmov dword ptr [rsp], 5\nmov [rsp + 8], rax\nmov rdi, rsp\n"
+            "mov rsi, 1\nxor edx, edx\nmov r10, 0x7ff0\n" + hypercall(26)
+            + "mov rcx, -22\ncmp rax, rcx\njne done\nmov rax, r14\nshl rax, 12\nmov cr3, rax\n"
+            "done: mov ebx, 0\n" + SHUTDOWN,
+            "wild": "mov rax, 0xdead0000\njmp rax\n",
+        }  # fmt: skip
+        doms = {}
+        for name, src in guests.items():
+            path = tmp_path / name
+            path.write_bytes(pv_kernel(src))
+            out.clear()
+            doms[name] = run_to_end(
+                m, DomainSpec(name=name, memory=64, type="pv", kernel=str(path))
+            )
+            text = "".join(out).replace("\r\n", "\n")
+            doms[name].text = text
+            assert m.free_pages() == free and audit(m) == [], (name, text)
+        d = doms["foreign"]
+        assert d.shutdown_code == "-"  # -EBUSY came back
+        pfn0 = f"{int(m.m2p[dom0_mfn]):05x}"
+        assert (
+            f"(XEN) arch/x86/mm.c:980:d1v0 pg_owner d1 l1e_owner d1, but real_pg_owner d0\n"
+            f"(XEN) arch/x86/mm.c:1032:d1v0 Error getting mfn {dom0_mfn:05x} (pfn {pfn0}) from "
+            f"L1 entry {foreign:016x} for l1e_owner d1, pg_owner d1\n"
+        ) in d.text
+        d = doms["l4rw"]
+        assert d.shutdown_code == "-"
+        assert (
+            "arch/x86/mm.c:2952:d2v0 Bad type (saw 8c00000000000002 != exp e000000000000000)"
+            in d.text
+        )
+        assert "(XEN) arch/x86/mm.c:1006:d2v0 Could not get page type PGT_writable_page\n" in d.text
+        d = doms["cr3"]  # mmuext NEW_BASEPTR refused with -EINVAL, then `mov cr3` crashes it
+        assert d.shutdown_code == "c"
+        assert (
+            "arch/x86/mm.c:2952:d3v0 Bad type (saw e400000000000001 != exp 8000000000000000)"
+            in d.text
+        )
+        assert "arch/x86/mm.c:3358:d3v0 Error while installing new baseptr" in d.text
+        assert "(XEN) d3v0 Unhandled: vec 13, #GP[0000]\n" in d.text
+        assert "(XEN) Domain 3 (vcpu#0) crashed on cpu#" in d.text
+        d = doms["wild"]
+        assert d.shutdown_code == "c"
+        assert (
+            "(XEN) d4v0 Unhandled: vec 14, #PF[0010]\n(XEN) Pagetable walk from 00000000dead0000:\n"
+            in d.text
+        )
+        assert "(XEN) Domain 4 (vcpu#0) crashed on cpu#" in d.text
+        assert (
+            "CONTEXT: pv guest (d4v0)" in d.text and "RIP:    e033:[<00000000dead0000>]" in d.text
+        )
+        out.clear()
+        run_to_end(m, DomainSpec(name="ex", memory=128, type="pv", kernel=kernel(xtf, "example")))
+        assert "(d5) Test result: SUCCESS" in "".join(out).replace("\r\n", "\n")
+        assert m.free_pages() == free and audit(m) == []
+    finally:
+        m.shutdown()

@@ -69,6 +69,10 @@ def _emulate(vcpu, insn) -> bool:
         return True
     if mn == "mov" and len(ops) == 2 and all(o.type == C.X86_OP_REG for o in ops):
         dst, src = _cs.reg_name(ops[0].reg), _cs.reg_name(ops[1].reg)
+        if dst == "cr3":  # new_guest_cr3(): the new L4 must validate, else #GP
+            from emu.pv.hypercall import _new_baseptr
+
+            return _new_baseptr(vcpu, vcpu.rr(_uc_reg(ops[1].reg)) >> 12, user=False) == 0
         if dst.startswith("dr"):
             value = vcpu.rr(_uc_reg(ops[1].reg))
             return set_debugreg(vcpu, int(dst[2:]), value) == 0

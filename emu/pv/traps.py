@@ -102,10 +102,32 @@ def inject(vcpu, vector: int, ec: int | None, cr2: int | None = None) -> None:
     if ti is None or ti[2] == 0:
         name = VECTOR_NAMES.get(vector, "???")
         vcpu.machine.pv.warn(vcpu, f"Unhandled: vec {vector}, {name}[{(ec or 0):04x}]")
+        if vector == 14 and cr2 is not None:
+            show_page_walk(vcpu, cr2)
         vcpu.crash("")  # create_bounce_frame_bad_bounce_ip (entry.S:628-631)
         return
     if not bounce(vcpu, ec, ti[2], bool(ti[0] & TI_IF)):
         vcpu.crash("")  # domain_crash_page_fault_*x8 (entry.S:640-676)
+
+
+def show_page_walk(vcpu, addr: int) -> None:
+    """show_page_walk() (xen/arch/x86/traps.c:320-385) through the vCPU's current tables."""
+    m = vcpu.machine
+    p = m.console.printk
+    p(f"Pagetable walk from {addr:016x}:\n")
+    if (addr >> 47) not in (0, 0x1FFFF):
+        return
+    mfn = vcpu.cr3_mfn()
+    nr = m.ram.nr_frames
+    for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
+        idx = (addr >> shift) & 511
+        e = int(m.ram.u64[(mfn << 9) + idx])
+        mfn = (e & 0x000FFFFFFFFFF000) >> 12
+        pfn = int(m.m2p[mfn]) if mfn < nr else (1 << 64) - 1
+        pse = " (PSE)" if level in (2, 3) and e & 0x80 else ""
+        p(f" L{level}[{idx:#05x}] = {e:016x} {pfn:016x}{pse}\n")
+        if not e & 1 or pse or mfn >= nr:
+            return
 
 
 def on_exception(vcpu, intno: int, err: int, is_int: bool) -> None:
