@@ -69,6 +69,9 @@ def _emulate(vcpu, insn) -> bool:
         return True
     if mn == "mov" and len(ops) == 2 and all(o.type == C.X86_OP_REG for o in ops):
         dst, src = _cs.reg_name(ops[0].reg), _cs.reg_name(ops[1].reg)
+        if dst == "cr4":
+            write_cr4(vcpu, vcpu.rr(_uc_reg(ops[1].reg)))
+            return True
         if dst == "cr3":  # new_guest_cr3(): the new L4 must validate, else #GP
             from emu.pv.hypercall import _new_baseptr
 
@@ -87,6 +90,30 @@ def _emulate(vcpu, insn) -> bool:
             vcpu.rw(_uc_reg(ops[0].reg), value)
             return True
     return False
+
+
+# ---- CR4 (pv/domain.c pv_fixup_guest_cr4 / pv_make_cr4, asm/pv/domain.h masks) ---------------
+
+X86_CR4_TSD, X86_CR4_DE, X86_CR4_FSGSBASE, X86_CR4_OSXSAVE = 1 << 2, 1 << 3, 1 << 16, 1 << 18
+PV_CR4_GUEST_MASK = X86_CR4_TSD | X86_CR4_DE | X86_CR4_FSGSBASE | X86_CR4_OSXSAVE
+PV_CR4_GUEST_VISIBLE_MASK = 0x20 | 0x40 | 0x200 | 0x400  # PAE MCE OSFXSR OSXMMEXCPT
+
+
+def write_cr4(vcpu, val: int) -> None:
+    """Write CR4 (emul-priv-op.c:843-846): the guest's choice of the bits it controls,
+    within the domain's CPUID policy; the real CR4 gets FSGSBASE only if the guest set it."""
+    from emu.vcpu import REAL_CR4
+
+    _, _, c1, d1 = guest_cpuid(vcpu, 1, 0)
+    _, b7, _, _ = guest_cpuid(vcpu, 7, 0)
+    val &= ~(
+        (0 if d1 & (1 << 4) else X86_CR4_TSD)
+        | (0 if d1 & (1 << 2) else X86_CR4_DE)
+        | (0 if b7 & 1 else X86_CR4_FSGSBASE)
+        | (0 if c1 & (1 << 26) else X86_CR4_OSXSAVE)
+    )
+    vcpu.vcr4 = (val & PV_CR4_GUEST_MASK) | (REAL_CR4 & PV_CR4_GUEST_VISIBLE_MASK)
+    vcpu.rw(X.UC_X86_REG_CR4, REAL_CR4 | (vcpu.vcr4 & X86_CR4_FSGSBASE))
 
 
 # ---- debug registers (pv/misc-hypercalls.c set_debugreg/get_debugreg) ------------------------
