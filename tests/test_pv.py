@@ -411,32 +411,12 @@ HC = 0x101000  # the test kernels' hypercall page
 
 
 def pv_kernel(source: str) -> bytes:
-    """A minimal 64-bit PV kernel: code at 1 MiB (keystone), the hypercall page at HC, and
-    the Xen notes libelf needs (generic loader, xen-3.0, HYPERCALL_PAGE)."""
+    """A minimal PV kernel (emu/pv/elf.py write_pv_elf) from keystone-assembled source."""
     from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 
-    code = bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(source, 0x100000)[0])
-    image = code.ljust(0x1000, b"\xcc") + b"\xc3" * 0x1000
+    from emu.pv.elf import write_pv_elf
 
-    def note(ntype: int, desc: bytes) -> bytes:
-        return (
-            struct.pack("<III", 4, len(desc), ntype)
-            + b"Xen\0"
-            + desc.ljust(-(-len(desc) // 4) * 4, b"\0")
-        )
-
-    notes = note(6, b"test\0") + note(8, b"generic\0") + note(5, b"xen-3.0\0")
-    notes += note(2, struct.pack("<Q", HC)) + note(10, b"!writable_page_tables\0")
-    load_off, note_off = 0x1000, 0x1000 + len(image)
-    ehdr = struct.pack(
-        "<4sBBBBxxxxxxxxHHIQQQIHHHHHH",
-        b"\x7fELF", 2, 1, 1, 0, 2, 62, 1, 0x100000, 64, 0, 0, 64, 56, 2, 64, 0, 0,
-    )  # fmt: skip
-    phdrs = struct.pack(
-        "<IIQQQQQQ", 1, 7, load_off, 0x100000, 0x100000, len(image), len(image), 4096
-    )
-    phdrs += struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0, len(notes), len(notes), 4)
-    return (ehdr + phdrs).ljust(load_off, b"\0") + image + notes
+    return write_pv_elf(bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(source, 0x100000)[0]))
 
 
 def hypercall(nr: int) -> str:

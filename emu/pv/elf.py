@@ -239,3 +239,30 @@ def check_domu(p: ElfDomParms) -> None:
         raise ElfRefused("guest requires unsupported features")
     if p.f_required & (1 << XENFEAT_dom0):
         raise ElfRefused("Kernel does not support unprivileged (DomU) operation")
+
+
+def write_pv_elf(code: bytes, base: int = 0x100000, guest_os: str = "test") -> bytes:
+    """A minimal 64-bit PV kernel image: `code` at `base` (entry), a hypercall page at
+    base + 0x1000 (4 KiB of `ret`, filled by the builder), one RWX PT_LOAD and a PT_NOTE
+    with the notes libelf needs (GUEST_OS, LOADER generic, XEN_VERSION xen-3.0,
+    HYPERCALL_PAGE, FEATURES). For tests and benchmarks of the PV path."""
+    if len(code) > 0x1000:
+        raise ValueError("code larger than one page")
+    image = code.ljust(0x1000, b"\xcc") + b"\xc3" * 0x1000
+
+    def note(ntype: int, desc: bytes) -> bytes:
+        pad = desc.ljust((len(desc) + 3) & ~3, b"\0")
+        return struct.pack("<III", 4, len(desc), ntype) + b"Xen\0" + pad
+
+    notes = note(XEN_ELFNOTE_GUEST_OS, guest_os.encode() + b"\0")
+    notes += note(XEN_ELFNOTE_LOADER, b"generic\0") + note(XEN_ELFNOTE_XEN_VERSION, b"xen-3.0\0")
+    notes += note(XEN_ELFNOTE_HYPERCALL_PAGE, struct.pack("<Q", base + 0x1000))
+    notes += note(XEN_ELFNOTE_FEATURES, b"!writable_page_tables\0")
+    load_off, note_off = 0x1000, 0x1000 + len(image)
+    ehdr = struct.pack(
+        "<4sBBBBxxxxxxxxHHIQQQIHHHHHH",
+        b"\x7fELF", 2, 1, 1, 0, 2, EM_X86_64, 1, base, 64, 0, 0, 64, 56, 2, 64, 0, 0,
+    )  # fmt: skip
+    phdrs = struct.pack("<IIQQQQQQ", PT_LOAD, 7, load_off, base, base, len(image), len(image), 4096)
+    phdrs += struct.pack("<IIQQQQQQ", PT_NOTE, 4, note_off, 0, 0, len(notes), len(notes), 4)
+    return (ehdr + phdrs).ljust(load_off, b"\0") + image + notes

@@ -37,21 +37,22 @@ def hypercall(nr: int):
 
 
 def dispatch(vcpu) -> None:
-    nr = vcpu.rr(X.UC_X86_REG_RAX)
-    args = [vcpu.rr(r) for r in ARG_REGS]
+    """One hypercall (a hot path: registers move in one batch each way)."""
+    nr, rip, rflags, *args = vcpu.hc_in.read()
     vcpu.stats["hypercalls"] += 1
-    rip = vcpu.rr(X.UC_X86_REG_RIP)  # the syscall (emu/pv/vcpu.py _on_syscall)
     fn = HANDLERS.get(nr)
     ret = fn(vcpu, *args) if fn is not None else -ENOSYS
     if ret is None:  # the vCPU crashed, or iret already restored its registers
         return
-    if not vcpu.rip_written:  # (an iret inside a multicall chose rcx/r11 itself)
-        vcpu.rw(X.UC_X86_REG_RCX, rip + 2)  # sysret: rcx = the instruction after
-        vcpu.rw(X.UC_X86_REG_R11, vcpu.rr(X.UC_X86_REG_EFLAGS))
-    vcpu.rw(X.UC_X86_REG_RAX, ret & MASK64)
-    if ret != -ENOSYS and vcpu.machine.debug_build:
-        for r in ARG_REGS[: NARGS.get(nr, 0)]:
+    n = NARGS.get(nr, 0) if ret != -ENOSYS and vcpu.machine.debug_build else 0
+    if vcpu.rip_written:  # an iret inside a multicall chose rcx/r11 itself
+        vcpu.rw(X.UC_X86_REG_RAX, ret)
+        for r in ARG_REGS[:n]:
             vcpu.rw(r, CLOBBER)
+        return
+    # sysret: rcx = the instruction after the syscall (RIP reads as the syscall itself,
+    # emu/pv/vcpu.py _on_syscall), r11 = rflags; then the debug build's clobbers.
+    vcpu.hc_out[n].write([rip + 2, rflags, ret] + [CLOBBER] * n)
 
 
 @hypercall(13)

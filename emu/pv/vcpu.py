@@ -102,6 +102,38 @@ class FastRegs:
         self._write(self._uch, reg, self._ref)
 
 
+class RegBatch:
+    """A fixed list of registers read or written in one C call (uc_reg_{read,write}_batch)."""
+
+    def __init__(self, uc: Uc, regs: list[int]) -> None:
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        n = len(regs)
+        self._uch = uc._uch
+        self._regs = (ctypes.c_int * n)(*regs)
+        self._vals = (ctypes.c_uint64 * n)()
+        self._ptrs = (ctypes.c_void_p * n)(
+            *[ctypes.addressof(self._vals) + 8 * i for i in range(n)]
+        )
+        self._n = n
+        self._read, self._write = uclib.uc_reg_read_batch, uclib.uc_reg_write_batch
+
+    def read(self) -> list[int]:
+        ctypes.memset(self._vals, 0, 8 * self._n)
+        self._read(self._uch, self._regs, self._ptrs, self._n)
+        return list(self._vals)
+
+    def write(self, values) -> None:
+        for i, v in enumerate(values):
+            self._vals[i] = v & 0xFFFFFFFFFFFFFFFF
+        self._write(self._uch, self._regs, self._ptrs, self._n)
+
+
+HC_IN = [X.UC_X86_REG_RAX, X.UC_X86_REG_RIP, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_RDI]
+HC_IN += [X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_R10, X.UC_X86_REG_R8]
+HC_OUT = [X.UC_X86_REG_RCX, X.UC_X86_REG_R11, X.UC_X86_REG_RAX]
+
+
 class PVVCPU(_domain.VCPU):
     """`struct vcpu` of a 64-bit PV guest (arch.pv state) with its Unicorn instance."""
 
@@ -154,6 +186,9 @@ class PVVCPU(_domain.VCPU):
         self.ack = Ack(uc)
         fast = FastRegs(uc)
         self.rr, self.rw = fast.read, fast.write
+        # A hypercall's registers in one call each way: in, and out with 0-5 clobbers.
+        self.hc_in = RegBatch(uc, HC_IN)
+        self.hc_out = [RegBatch(uc, HC_OUT + HC_IN[3 : 3 + k]) for k in range(6)]
         self._cr2 = RegReader(uc, X.UC_X86_REG_CR2)
 
     def __repr__(self) -> str:
