@@ -509,3 +509,28 @@ def test_bad_pv_guests_are_refused_or_crashed_alone(xtf, tmp_path):
         assert m.free_pages() == free and audit(m) == []
     finally:
         m.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_xl_create_paused_then_unpause(xtf):
+    """`xl create -p FILE` leaves the PV domain paused (nothing printed by the guest, `p` in
+    xl list's state); `xl unpause` runs it to its verdict."""
+    from xenconsole.dom0.shell import Dom0Shell
+
+    m, out = small_machine()
+    sh = Dom0Shell(m, lambda b: out.append(b.decode()))
+    cfg = xtf / "tests" / "example" / "test-pv64-example.cfg"
+    try:
+        assert sh.run(f"xl create -p {cfg}") == 0
+        time.sleep(0.2)
+        d = m.find_domain("test-pv64-example")
+        assert d is not None and d.state_chars() == "--p---"
+        assert "(d1)" not in "".join(out)
+        assert sh.run("xl unpause test-pv64-example") == 0
+        end = time.monotonic() + 60
+        while d.domid in m.domains and time.monotonic() < end:
+            time.sleep(0.02)
+        assert "(d1) Test result: SUCCESS" in "".join(out).replace("\r\n", "\n")
+        assert audit(m) == []
+    finally:
+        m.shutdown()
