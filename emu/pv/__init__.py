@@ -184,10 +184,28 @@ class PV:
         m.hvm._shutdown(dom, SHUTDOWN_crash)
 
 
+XL_ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy")
+XL_ACTIONS += ("coredump-restart", "soft-reset")
+
+
+def validate(machine, spec) -> None:
+    """Refuse, with one line, what xl refuses or what this host does not do for PV."""
+    kind = getattr(spec, "type", "hvm")
+    if kind not in ("pv", "hvm"):
+        raise ValueError(f'type="{kind}": only "pv" (and the emulator\'s own "hvm") are run here')
+    for key in ("on_poweroff", "on_crash", "on_reboot"):
+        action = getattr(spec, key, "destroy")
+        if action not in XL_ACTIONS:
+            raise ValueError(f'Unknown {key} action "{action}" specified')
+        if action != "destroy":
+            raise ValueError(f'{key}="{action}": only "destroy" is implemented here')
+
+
 def attach(machine) -> None:
     """Machine subsystem: `machine.pv` and its domain hooks; crashes of PV vCPUs go to it."""
     machine.pv = PV(machine)
     machine.hooks.domain_created.append(machine.pv.domain_created)
+    machine.hooks.domain_validate.append(validate)
     machine.hooks.domain_destroying.insert(1, machine.pv.domain_destroying)
     sched = machine.sched
     hvm_crash = sched.on_crash
