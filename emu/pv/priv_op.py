@@ -73,9 +73,9 @@ def _emulate(vcpu, insn) -> bool:
             write_cr4(vcpu, vcpu.rr(_uc_reg(ops[1].reg)))
             return True
         if dst == "cr3":  # new_guest_cr3(): the new L4 must validate, else #GP
-            from emu.pv.hypercall import _new_baseptr
+            from emu.pv.hypercall_mm import new_baseptr
 
-            return _new_baseptr(vcpu, vcpu.rr(_uc_reg(ops[1].reg)) >> 12, user=False) == 0
+            return new_baseptr(vcpu, vcpu.rr(_uc_reg(ops[1].reg)) >> 12, user=False) == 0
         if dst.startswith("dr"):
             value = vcpu.rr(_uc_reg(ops[1].reg))
             return set_debugreg(vcpu, int(dst[2:]), value) == 0
