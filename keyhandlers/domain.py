@@ -104,7 +104,8 @@ def dump_domain(machine, dom, out) -> None:
         running = getattr(v, "running", False)
         line = (
             f"    VCPU{v.vcpu_id}: CPU{getattr(v, 'processor', 0)} [has={'T' if running else 'F'}] "
-            f"poll={getattr(v, 'poll_evtchn', 0)} upcall_pend=00 upcall_mask=00 "
+            f"poll={getattr(v, 'poll_evtchn', 0)} upcall_pend={getattr(v, 'upcall_pend', 0):02x} "
+            f"upcall_mask={getattr(v, 'upcall_mask', 0):02x} "
         )
         if running:
             line += f"dirty_cpu={getattr(v, 'processor', 0)}"

@@ -43,6 +43,7 @@ def kernel(xtf: Path, name: str) -> str:
 
 def small_machine() -> tuple[Machine, list[str]]:
     m = Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=256 << 20)).boot_sync()
+    assert m.pv.xen is not None  # Xen's PV frames, kept from the first PV domain on
     out: list[str] = []
     m.console.sinks.append(lambda b: out.append(b.decode("latin-1")))
     return m, out

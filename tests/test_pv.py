@@ -77,7 +77,7 @@ def test_built_guest_before_it_runs(xtf):
     """A paused domain: start_info, the pinned L4 and Xen's rewrite of the L1 entries."""
     from emu.page_info import PGT_count_mask, PGT_pinned, PGT_type_mask, PGT_validated
 
-    m, _ = small_machine()
+    m, out = small_machine()
     try:
         spec = DomainSpec(name="ex", memory=128, type="pv", kernel=kernel(xtf, "example"))
         d = m.create_domain(spec, paused=True)
@@ -98,6 +98,14 @@ def test_built_guest_before_it_runs(xtf):
         assert int(m.ram.u64[(l1 << 9) + 0x100]) == (mfn(0x100) << 12) | 0x0010000000000027
         assert int(m.ram.u64[(l1 << 9) + 0x154]) == (mfn(0x154) << 12) | 0x0010000000000025
         assert audit(m) == []
+        # `q` shows the vcpu_info the builder set up: events masked (xg_dom_x86.c:865-876;
+        # common/keyhandler.c dump_domains prints upcall_pend/upcall_mask from vcpu_info).
+        from keyhandlers.dispatch import handle_keypress
+
+        mark = len(out)
+        handle_keypress(m, "q")
+        q = "".join(out[mark:]).replace("\r\n", "\n")
+        assert "(XEN)     VCPU0: CPU0 [has=F] poll=0 upcall_pend=00 upcall_mask=01 \n" in q
         m.destroy_domain(d)
         assert audit(m) == []
     finally:

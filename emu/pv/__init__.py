@@ -47,15 +47,25 @@ class PV:
 
     def __init__(self, machine) -> None:
         from emu.pv.mm import PVMM
-        from emu.pv.xen import XenFrames
 
         self.machine = machine
-        self.xen = XenFrames(machine)
+        self._xen = None
         self.mm = PVMM(machine, lambda dom: self.xen.l4_slots(dom.pv.area))
         self.xenstore = XenStore()
         self.xenstore.write("/local/domain/0/name", "Domain-0")
         self.xenstore.write("/local/domain/0/domid", "0")
         self.lock = threading.Lock()
+
+    @property
+    def xen(self):
+        """Xen's frames for PV guests, made when the first PV domain is built (so a host
+        without PV guests keeps its M2P as a plain array and its heap untouched)."""
+        if self._xen is None:
+            from emu.pv.xen import XenFrames
+
+            with self.machine.heap.lock:  # no M2P update is lost while it moves into RAM
+                self._xen = XenFrames(self.machine)
+        return self._xen
 
     # ---- helpers for the other modules -------------------------------------------------------
 

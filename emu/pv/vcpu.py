@@ -213,6 +213,18 @@ class PVVCPU(_domain.VCPU):
         r["gss"] = self.gs_base_user
         return r
 
+    @property
+    def upcall_pend(self) -> int:
+        """vcpu_info.evtchn_upcall_pending in shared_info (key `q`)."""
+        return int(self.machine.ram.u8[(self.domain.pv.shared_info_mfn << 12) + self.vcpu_id * 64])
+
+    @property
+    def upcall_mask(self) -> int:
+        """vcpu_info.evtchn_upcall_mask in shared_info (key `q`)."""
+        return int(
+            self.machine.ram.u8[(self.domain.pv.shared_info_mfn << 12) + self.vcpu_id * 64 + 1]
+        )
+
     def cr3_mfn(self) -> int:
         return self.guest_table if self.kernel_mode else self.guest_table_user
 
