@@ -276,3 +276,39 @@ def test_on_actions_other_than_destroy_are_refused():
         assert audit(m) == []
     finally:
         m.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_grant_map_and_unmap_keep_counts(xtf):
+    """GNTTABOP_map_grant_ref of a domain's own grant (host + device), as its vCPU would ask:
+    the PTE Xen writes (pv/grant_table.c grant_to_pte_flags + adjust_guest_l1e), the shared
+    entry's GTF_reading|GTF_writing, counts the audit agrees with; unmap undoes all of it."""
+    from emu.pv.grant_map import map_one, unmap_one
+
+    m, _ = small_machine()
+    try:
+        spec = DomainSpec(name="gm", memory=128, type="pv", kernel=kernel(xtf, "example"))
+        d = m.create_domain(spec, paused=True)
+        v = d.vcpus[0]
+        gt = d.pv.gnttab
+        target = int(d.p2m[0x300])
+        entry8 = (gt.shared[0] << 12) + 8 * 8
+        m.ram.write(entry8, struct.pack("<HHI", 1, d.domid, target))  # GTF_permit_access
+        op = struct.pack("<QIIHhIQ", 0x301000, 1 | 2, 8, 0x7FF0, 0, 0, 0)
+        host_addr, flags, ref, dom, status, handle, dev = struct.unpack("<QIIHhIQ", map_one(v, op))
+        assert (status, handle, dev) == (0, 0, target << 12)
+        l1 = int(d.p2m[0x157])
+        pte = int(m.ram.u64[(l1 << 9) + 0x301])
+        # P|RW|A|D, NX, _PAGE_GNTTAB (bit 62), then U and _PAGE_GUEST_KERNEL (bit 52).
+        assert pte == (target << 12) | 0x67 | (1 << 63) | (1 << 62) | (1 << 52)
+        assert struct.unpack_from("<H", m.ram.mm, entry8)[0] == 1 | 8 | 16
+        assert audit(m) == []
+        assert unmap_one(v, 0x301000, target << 12, 0, 0) == 0
+        assert int(m.ram.u64[(l1 << 9) + 0x301]) == 0
+        assert struct.unpack_from("<H", m.ram.mm, entry8)[0] == 1
+        assert unmap_one(v, 0x301000, 0, 0, 0) == -4  # GNTST_bad_handle: gone
+        assert audit(m) == []
+        m.destroy_domain(d)
+        assert audit(m) == []
+    finally:
+        m.shutdown()

@@ -50,6 +50,7 @@ class PV:
 
         self.machine = machine
         self._xen = None
+        self.dom0_gnttab = None  # dom0's grant table, made when a domU first looks at it
         self.mm = PVMM(machine, lambda dom: self.xen.l4_slots(dom.pv.area))
         self.xenstore = XenStore()
         self.xenstore.write("/local/domain/0/name", "Domain-0")

@@ -5,9 +5,11 @@ For each PV domain, every frame it owns (and every Xen page shared with it) must
 
 - a type count equal to: one per present entry of a validated table of the next level up
   (L2..L4 entries, the L4's Xen slots excluded), one per writable L1 mapping, one for the pin,
-  one per vCPU whose kernel or user CR3 it is, one per vCPU GDT that uses it, and the one a
-  shared Xen page (shared_info, grant frames) is created with;
-- a general count equal to those references plus every read-only L1 mapping, plus the
+  one per vCPU whose kernel or user CR3 it is, one per vCPU GDT that uses it, one per
+  writable grant device mapping, and the one a shared Xen page (shared_info, grant frames) is
+  created with;
+- a general count equal to those references plus every read-only L1 mapping and read-only
+  grant device mapping, plus the
   allocation reference (PGC_allocated; a shared Xen page's own reference);
 - a validated page-table type only with a non-zero type count.
 """
@@ -71,6 +73,17 @@ def _audit_domain(machine, dom) -> list[str]:
             np.add.at(exp_type, rw_targets[rw_targets < nr], 1)
         else:
             np.add.at(exp_type, targets, 1)
+    # Grant device mappings of this domain's frames, by any domain (emu/pv/grant_map.py):
+    # one general reference, and a writable type reference unless read-only. Host mappings
+    # are L1 entries, counted above.
+    for ld in list(machine.domains.values()):
+        lgt = getattr(getattr(ld, "pv", None), "gnttab", None)
+        for mt in list(lgt.maptrack.values()) if lgt is not None else []:
+            if mt.flags & 1 and mt.domid == dom.domid:  # GNTMAP_device_map
+                act = dom.pv.gnttab.active.get(mt.ref)
+                if act is not None:
+                    exp_gen[act.mfn] += 1
+                    exp_type[act.mfn] += 0 if mt.flags & 4 else 1  # GNTMAP_readonly
     # share_xen_page_with_guest(): a shared Xen page holds one writable type reference.
     exp_type[np.array(dom.xenpage_mfns, dtype=np.int64)] += 1
     pinned = frames[(ti & np.uint64(PGT_pinned)) != 0]

@@ -1,5 +1,5 @@
 """Grant tables for PV domains (common/grant_table.c): the shared frames and the ops guests
-use to set them up. Mapping grants between domains is not implemented (-ENOSYS).
+use to set them up; mapping and unmapping grants is emu/pv/grant_map.py.
 
 A domain starts with one shared frame at version 1 (INITIAL_NR_GRANT_FRAMES); the builder
 seeds entries 0 (console) and 1 (xenstore) for dom0 as xc_dom_gnttab_seed() does. Frames
@@ -31,6 +31,8 @@ class GrantTable:
         self.version = 1
         self.shared: list[int] = []
         self.status: list[int] = []
+        self.active: dict = {}  # ref -> emu/pv/grant_map.py Active (this domain's grants)
+        self.maptrack: dict = {}  # handle -> Maptrack (this domain's mappings)
         self.grow(1)
 
     def _share(self) -> int:
@@ -51,6 +53,10 @@ class GrantTable:
             while len(self.status) < status_frames(len(self.shared)):
                 self.status.append(self._share())
         return True
+
+    def _who(self) -> str:
+        v = self.machine.pv.current_vcpu(self.dom)
+        return v.name if v is not None else "d0v0"
 
     def _unpopulate_status(self) -> bool:
         """gnttab_unpopulate_status_frames(): refused while the guest still maps one."""
@@ -79,6 +85,12 @@ class GrantTable:
             return -ENOSYS
         if version == self.version:
             return 0
+        if any(a.pin for r, a in self.active.items() if r >= 8):
+            self.machine.console.printk(
+                f"common/grant_table.c:3262:{self._who()} tried to change grant table version "
+                f"from {self.version} to {version}, but some grant entries still in use\n"
+            )
+            return -EBUSY
         if self.version == 2 and not self._unpopulate_status():
             return -EBUSY
         ram = self.machine.ram
@@ -111,6 +123,10 @@ def _self(dom, domid: int) -> bool:
 
 def grant_table_op(vcpu, cmd: int, uop: int, count: int) -> int:
     gt = vcpu.domain.pv.gnttab
+    if cmd in (0, 1, 7):
+        from emu.pv.grant_map import grant_map_op
+
+        return grant_map_op(vcpu, cmd, uop, count)
     if cmd in (2, 6, 8, 9) and (count & 0xFFFFFFFF) != 1:
         return -EINVAL
     try:
