@@ -58,6 +58,43 @@ def emulate_privileged_op(vcpu) -> bool:
     return True
 
 
+def stack_segment_fault(vcpu) -> bool:
+    """A #GP(0) that the CPU should have raised as #SS(0): a non-canonical memory operand
+    through SS. In 64-bit mode es/cs/ss/ds overrides are ignored, so that is an rsp/rbp base
+    without an fs/gs override (SDM vol. 3 6.15 "Interrupt 12"; XTF's memop-seg table).
+    Unicorn raises #GP for every non-canonical access."""
+    rip = vcpu.rr(X.UC_X86_REG_RIP)
+    try:
+        code = guest.read(vcpu, rip, 15)
+    except GuestFault:
+        return False
+    insn = next(_cs.disasm(code, rip, 1), None)
+    if insn is None:
+        return False
+    for op in insn.operands:
+        if op.type != C.X86_OP_MEM:
+            continue
+        mem = op.mem
+        seg = mem.segment
+        via_ss = mem.base in (C.X86_REG_RSP, C.X86_REG_RBP) and seg not in (
+            C.X86_REG_FS,
+            C.X86_REG_GS,
+        )
+        if not via_ss:
+            continue
+        ea = mem.disp
+        if mem.base == C.X86_REG_RIP:
+            ea += insn.address + insn.size
+        elif mem.base:
+            ea += vcpu.rr(_uc_reg(mem.base))
+        if mem.index:
+            ea += vcpu.rr(_uc_reg(mem.index)) * mem.scale
+        ea &= (1 << 64) - 1
+        if (ea >> 47) not in (0, 0x1FFFF):
+            return True
+    return False
+
+
 def _emulate(vcpu, insn) -> bool:
     mn, ops = insn.mnemonic, insn.operands
     if mn in ("cli", "sti"):

@@ -149,10 +149,13 @@ def on_exception(vcpu, intno: int, err: int, is_int: bool) -> None:
         inject(vcpu, 14, ec, cr2)
         return
     if intno == 13 and err == 0:
-        from emu.pv.priv_op import emulate_privileged_op
+        from emu.pv.priv_op import emulate_privileged_op, stack_segment_fault
 
         if emulate_privileged_op(vcpu):
             vcpu.stats["emulated"] += 1
+            return
+        if stack_segment_fault(vcpu):
+            inject(vcpu, 12, 0)
             return
     if intno == 8:
         vcpu.stop(("crash", "internal", "double fault"))
