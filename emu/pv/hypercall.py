@@ -53,6 +53,13 @@ def dispatch(vcpu) -> None:
     # sysret: rcx = the instruction after the syscall (RIP reads as the syscall itself,
     # emu/pv/vcpu.py _on_syscall), r11 = rflags; then the debug build's clobbers.
     vcpu.hc_out[n].write([rip + 2, rflags, ret] + [CLOBBER] * n)
+    if vcpu.pending is None and vcpu.machine.ram.u8[vcpu.upcall_at]:
+        # An event to deliver on the way out: the frame records the sysret's state.
+        vcpu.rw(X.UC_X86_REG_RIP, rip + 2)
+        vcpu.rw(X.UC_X86_REG_CS, 0xE033)
+        traps.deliver_events(vcpu)
+        if not vcpu.rip_written:
+            vcpu.rw(X.UC_X86_REG_RIP, rip)
 
 
 @hypercall(13)
@@ -198,6 +205,7 @@ def iret(vcpu, *_) -> int | None:
     if rax is None:
         return None
     vcpu.rw(X.UC_X86_REG_RAX, rax)
+    traps.deliver_events(vcpu)
     return None
 
 
@@ -340,6 +348,20 @@ def get_debugreg(vcpu, reg: int, *_) -> int:
     from emu.pv.priv_op import get_debugreg as g
 
     return g(vcpu, reg) if reg <= 7 else -EINVAL
+
+
+@hypercall(10)
+def update_descriptor(vcpu, maddr: int, desc: int, *_) -> int:
+    from emu.pv.vcpu_op import update_descriptor as upd
+
+    return upd(vcpu, maddr, desc)
+
+
+@hypercall(24)
+def vcpu_op(vcpu, cmd: int, vcpuid: int, arg: int, *_) -> int:
+    from emu.pv.vcpu_op import vcpu_op as op
+
+    return op(vcpu, cmd, vcpuid, arg)
 
 
 @hypercall(15)

@@ -93,6 +93,20 @@ def bounce(vcpu, vector_ec: int | None, handler: int, mask_events: bool) -> bool
     return True
 
 
+def deliver_events(vcpu) -> None:
+    """On the way back to the guest (entry.S test_all_events): with an upcall pending and
+    not masked, bounce to the event callback, masking events (TBF_INTERRUPT)."""
+    ram = vcpu.machine.ram
+    vi = vcpu_info_maddr(vcpu)
+    if not ram.u8[vi] or ram.u8[vi + 1] & 1:
+        return
+    cb = vcpu.callbacks.get(0)
+    if cb is None or not cb[0]:
+        return
+    if not bounce(vcpu, None, cb[0], True):
+        vcpu.crash("")
+
+
 def inject(vcpu, vector: int, ec: int | None, cr2: int | None = None) -> None:
     """pv_inject_event() then the bounce on the way back to the guest."""
     if vector == 14 and cr2 is not None:

@@ -225,6 +225,11 @@ class PVVCPU(_domain.VCPU):
             self.machine.ram.u8[(self.domain.pv.shared_info_mfn << 12) + self.vcpu_id * 64 + 1]
         )
 
+    @property
+    def upcall_at(self) -> int:
+        """Machine address of this vCPU's evtchn_upcall_pending byte."""
+        return (self.domain.pv.shared_info_mfn << 12) + self.vcpu_id * 64
+
     def cr3_mfn(self) -> int:
         return self.guest_table if self.kernel_mode else self.guest_table_user
 
