@@ -312,3 +312,22 @@ def test_grant_map_and_unmap_keep_counts(xtf):
         assert audit(m) == []
     finally:
         m.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_destroying_a_running_pv_domain_returns_every_frame(xtf):
+    """`xl destroy` while XTF's msr test is bouncing #GPs: vCPU stopped, frames freed."""
+    import time
+
+    m, _ = small_machine()
+    try:
+        free = m.free_pages()
+        for i in range(2):
+            spec = DomainSpec(name=f"msr{i}", memory=128, type="pv", kernel=kernel(xtf, "msr"))
+            d = m.create_domain(spec)
+            time.sleep(0.3)
+            m.destroy_domain(d)
+            assert d.domid not in m.domains
+            assert m.free_pages() == free and audit(m) == []
+    finally:
+        m.shutdown()

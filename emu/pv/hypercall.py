@@ -53,7 +53,7 @@ def dispatch(vcpu) -> None:
     # sysret: rcx = the instruction after the syscall (RIP reads as the syscall itself,
     # emu/pv/vcpu.py _on_syscall), r11 = rflags; then the debug build's clobbers.
     vcpu.hc_out[n].write([rip + 2, rflags, ret] + [CLOBBER] * n)
-    if vcpu.pending is None and vcpu.machine.ram.u8[vcpu.upcall_at]:
+    if vcpu.pending is None and vcpu.ram_mm[vcpu.upcall_at]:
         # An event to deliver on the way out: the frame records the sysret's state.
         vcpu.rw(X.UC_X86_REG_RIP, rip + 2)
         vcpu.rw(X.UC_X86_REG_CS, 0xE033)

@@ -19,6 +19,7 @@ per-domain area. Everything else reaches the hypervisor through hooks:
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 import time
 import traceback
@@ -143,6 +144,7 @@ class PVVCPU(_domain.VCPU):
     def __init__(self, machine, dom, vcpu_id: int, processor: int = 0) -> None:
         super().__init__(vcpu_id, processor=processor, blocked=True)
         self.machine = machine
+        self.ram_mm = machine.ram.mm  # byte reads for the hypercall exit's event check
         self.domain = dom
         self.kernel_mode = True  # TF_kernel_mode
         self.guest_table = 0  # MFN of the kernel L4 (guest_table)
@@ -225,9 +227,9 @@ class PVVCPU(_domain.VCPU):
             self.machine.ram.u8[(self.domain.pv.shared_info_mfn << 12) + self.vcpu_id * 64 + 1]
         )
 
-    @property
+    @functools.cached_property
     def upcall_at(self) -> int:
-        """Machine address of this vCPU's evtchn_upcall_pending byte."""
+        """Machine address of this vCPU's evtchn_upcall_pending byte (shared_info is fixed)."""
         return (self.domain.pv.shared_info_mfn << 12) + self.vcpu_id * 64
 
     def cr3_mfn(self) -> int:
