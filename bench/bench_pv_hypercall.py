@@ -24,6 +24,7 @@ from keystone import KS_ARCH_X86, KS_MODE_64, Ks  # noqa: E402
 from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, Uc  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
+from emu.boot import boot_sync  # noqa: E402
 from emu.host import DomainSpec, HostConfig  # noqa: E402
 from emu.machine import Machine  # noqa: E402
 from emu.pv.elf import write_pv_elf  # noqa: E402
@@ -63,7 +64,7 @@ def run_guest(m: Machine, path: str, name: str) -> float:
 
 def pv_rate(n: int) -> float:
     ks = Ks(KS_ARCH_X86, KS_MODE_64)
-    m = Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=256 << 20)).boot_sync()
+    m = boot_sync(Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=256 << 20)))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             paths = {}

@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from emu.access.scan import scan_domain, tracked  # noqa: E402
+from emu.boot import boot_sync  # noqa: E402
 from emu.host import DomainSpec, HostConfig, parse_size  # noqa: E402
 from emu.machine import Machine  # noqa: E402
-from emu.scan import scan_domain, tracked  # noqa: E402
 from keyhandlers.access import parse_report, scan_accessed_pages  # noqa: E402
 
 INVALID = (1 << 64) - 1
@@ -73,7 +74,7 @@ def naive_counts(m) -> dict[int, tuple[int, int, int, int]]:
     for d in m.domains.values():
         if d.domid not in doms:
             continue
-        with m.sched.quiesce(d):
+        with m.quiesce(d):
             for smfn in d.paging.shadow_l1_mfns().tolist():
                 for e in u64[smfn << 9 : (smfn + 1) << 9].tolist():
                     if e & 0x21 == 0x21:
@@ -124,7 +125,7 @@ def main() -> None:
 
     mem = parse_size(args.memory)
     t = time.perf_counter()
-    m = Machine(HostConfig(memory=mem, cpus=2, dom0_mem=1 << 30)).boot_sync()
+    m = boot_sync(Machine(HostConfig(memory=mem, cpus=2, dom0_mem=1 << 30)))
     t_boot = time.perf_counter() - t
     t = time.perf_counter()
     doms = []

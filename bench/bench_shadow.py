@@ -111,11 +111,12 @@ def guest_run(n: int = N) -> float:
     Rate from the access record itself: (n - 1) / (first touch of the last page - first
     touch of the first page), so domain building and boot are not counted.
     """
+    from emu.boot import boot_sync
     from emu.host import DomainSpec, HostConfig
     from emu.machine import Machine
 
     m = Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=128 << 20))
-    m.boot_sync()
+    boot_sync(m)
     try:
         d = m.create_domain(DomainSpec(name="b", memory=128, workload=f"touch:pages={n}"))
         end = time.monotonic() + 60

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from emu.audit import audit  # noqa: E402
+from emu.boot import boot_sync  # noqa: E402
 from emu.host import HostConfig  # noqa: E402
 from emu.machine import Machine  # noqa: E402
 from xenconsole.dom0.xl_domain import parse_config, spec_from_config  # noqa: E402
@@ -76,7 +77,7 @@ def main() -> None:
     cfgs = sorted(args.xtf.glob("tests/*/test-pv64-*.cfg"))
     if args.only:
         cfgs = [c for c in cfgs if any(o in c.name for o in args.only)]
-    m = Machine(HostConfig(memory=2 << 30, cpus=2, dom0_mem=256 << 20)).boot_sync()
+    m = boot_sync(Machine(HostConfig(memory=2 << 30, cpus=2, dom0_mem=256 << 20)))
     out: list[str] = []
     m.console.sinks.append(lambda b: out.append(b.decode("latin-1")))
     counts: dict[str, int] = {}

@@ -11,13 +11,14 @@ baseline for bench/bench_memory.py.
 
 from __future__ import annotations
 
-import contextlib
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from emu.domain import INVALID_M2P_ENTRY, INVALID_MFN
-from emu.page_info import (
+from emu.mm.p2m import INVALID_M2P_ENTRY
+from emu.mm.page import INVALID_MFN
+from emu.mm.page_info import (
     PGC_allocated,
     PGC_count_mask,
     PGC_need_scrub,
@@ -26,6 +27,7 @@ from emu.page_info import (
     PGC_state_inuse,
     PGC_xen_heap,
 )
+from emu.shadow.audit import audit_shadows
 
 MAX_PER_KIND = 8  # example frames listed per kind of violation
 
@@ -51,20 +53,11 @@ def _report(out: list[str], what: str, mfns: np.ndarray) -> None:
         out.append(f"{len(mfns)} frame(s) {what}: {ex}{more}")
 
 
-def quiesce_all(machine):
-    """Keep every vCPU out of emu_start while auditing, if a scheduler runs them."""
-    sched = getattr(machine, "sched", None)
-    if sched is not None and hasattr(sched, "quiesce"):
-        return sched.quiesce(None)
-    return contextlib.nullcontext()
-
-
 def _pools(machine) -> dict[int, np.ndarray]:
     pools = {}
     for domid, dom in machine.domains.items():
-        paging = getattr(dom, "paging", None)
-        if paging is not None and hasattr(paging, "pool_mfns"):
-            pools[domid] = np.asarray(paging.pool_mfns(), dtype=np.int64)
+        if dom.paging is not None:
+            pools[domid] = np.asarray(dom.paging.pool_mfns(), dtype=np.int64)
     return pools
 
 
@@ -88,10 +81,13 @@ class _Scratch:
         self.mapped = np.zeros(nr, dtype=bool)
 
 
+_SCRATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # machine -> _Scratch
+
+
 def _scratch(machine) -> _Scratch:
-    sc = getattr(machine, "_audit_scratch", None)
+    sc = _SCRATCH.get(machine)
     if sc is None:
-        sc = machine._audit_scratch = _Scratch(machine.frames.nr_frames)
+        sc = _SCRATCH[machine] = _Scratch(machine.frames.nr_frames)
     return sc
 
 
@@ -114,7 +110,7 @@ def audit_full(machine) -> AuditResult:
     bad = res.violations
     sc = _scratch(machine)
     # vCPUs out of Unicorn for the duration: shadows and guest tables hold still.
-    with quiesce_all(machine), machine.lock, heap.lock:
+    with machine.quiesce(None), machine.lock, heap.lock:
         flags = sc.flags[:nr]
         np.copyto(flags, ft.flags)
         is_free = sc.is_free[:nr]
@@ -245,12 +241,8 @@ def audit_full(machine) -> AuditResult:
         res.free = nfree
         res.xen = nxen
         # The shadow code's own audit (hash chains, shadow entries against guest entries and
-        # the P2M), when shadow paging is built in; callers quiesce vCPUs first (key O does).
-        try:
-            from emu.shadow.audit import audit_shadows
-        except ImportError:
-            audit_shadows = None
-        if audit_shadows is not None and pools:
+        # the P2M), under the same quiesce.
+        if pools:
             bad.extend(f"shadow: {v}" for v in audit_shadows(machine))
         # PV domains: type and general counts against the references that exist.
         if getattr(machine, "pv", None) is not None:

@@ -7,10 +7,12 @@ Ctrl-A presses and hands bytes to Xen's key dispatch or to dom0.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 
 from emu.conring import Conring, conring_size_for
+from emu.ratelimit import PrintkRatelimit, suppressed_line
 
 CONSOLE_PREFIX = "(XEN) "
 
@@ -26,7 +28,19 @@ _LOGLVL_STR = [
 ]
 
 RX_XEN, RX_DOM0 = 0, 1
+
+# Input switching (console.c: conswitch, switch_serial_input). This is the one home of the
+# switch keys and messages: the clients (xenconsole.expect, xenconsole.connect) import them.
 SWITCH_CHAR = "a"
+SWITCH_CODE = ord(SWITCH_CHAR) - ord("a") + 1  # Ctrl-A
+SWITCH_PRESSES = 3
+SWITCH_KEYS = bytes([SWITCH_CODE]) * SWITCH_PRESSES  # what a client sends to switch input
+SWITCH_TARGET_XEN, SWITCH_TARGET_DOM0 = "Xen", "DOM0"
+SWITCH_MESSAGE = "*** Serial input to {target} (type 'CTRL-{char}' three times to switch input)"
+# Recognises a switch message in console output; group 1 is where input goes now ("Xen",
+# "DOM0", "DOM1", ...). `->` is the wording of Xen 4.4 to 4.11, which clients may meet too.
+SWITCH_PATTERN = r"\*\*\* Serial input (?:to|->) (\w+)[ \r]"
+SWITCH_RE = re.compile(SWITCH_PATTERN.encode())
 
 
 def loglvl_str(lvl: int) -> str:
@@ -34,12 +48,15 @@ def loglvl_str(lvl: int) -> str:
 
 
 def switch_message(to_dom0: bool) -> str:
-    who = "DOM0" if to_dom0 else "Xen"
-    return f"*** Serial input to {who} (type 'CTRL-{SWITCH_CHAR}' three times to switch input)"
+    target = SWITCH_TARGET_DOM0 if to_dom0 else SWITCH_TARGET_XEN
+    return SWITCH_MESSAGE.format(target=target, char=SWITCH_CHAR)
 
 
-class Console:
-    """Xen's console state. Sinks receive the exact bytes that go out on the serial line."""
+class HypervisorConsole:
+    """Xen's console state. Sinks receive the exact bytes that go out on the serial line.
+
+    (Not `xenconsole.expect.Console`, the scripting client that attaches to this line.)
+    """
 
     def __init__(self, nr_cpus: int = 1, debug_build: bool = True) -> None:
         # Debug builds print everything (lower/upper thresholds 4/4 for both sets).
@@ -53,10 +70,11 @@ class Console:
         self.sinks: list[Callable[[bytes], None]] = []
         self._line_open = False
         self._log_everything = 0
+        self.ratelimit = PrintkRatelimit()
         self.lock = threading.RLock()
         # Input side (serial_rx).
         self.console_rx = RX_XEN
-        self.switch_code = ord(SWITCH_CHAR) - ord("a") + 1
+        self.switch_code = SWITCH_CODE
         self._switch_count = 0
         self.xen_rx: Callable[[int], None] = lambda c: None
         self.dom0_rx: Callable[[bytes], None] = lambda b: None
@@ -75,17 +93,30 @@ class Console:
             self.ring.write(data)
         self.serial_write(data.replace(b"\n", b"\r\n"))
 
+    def _prefix_check(self, level: int, which: str) -> bool:
+        """printk_prefix_check(): print below the lower threshold, rate-limit up to the
+        upper one (reporting suppressed lines first, as __printk_ratelimit does)."""
+        lower, upper = self.thresh[which]
+        if self._log_everything or level < lower:
+            return True
+        if level >= upper:
+            return False
+        ok, lost = self.ratelimit()
+        if lost:
+            self._emit(suppressed_line(lost), CONSOLE_PREFIX)
+        return ok
+
     def printk(self, text: str, level: int = XENLOG_INFO) -> None:
         """Print hypervisor text; each new line starts with `(XEN) `."""
         with self.lock:
-            if not self._log_everything and level >= self.thresh["standard"][1]:
+            if not self._prefix_check(level, "standard"):
                 return
             self._emit(text, CONSOLE_PREFIX)
 
     def guest_printk(self, domid: int, text: str, level: int = XENLOG_INFO) -> None:
         """A guest's debug line (port 0xe9), prefixed `(dN) `."""
         with self.lock:
-            if not self._log_everything and level >= self.thresh["guest"][1]:
+            if not self._prefix_check(level, "guest"):
                 return
             if self._line_open:
                 self._emit("\n", "")
@@ -155,7 +186,7 @@ class Console:
                 self._deliver(masked[run_start:i])
             run_start = i + 1
             self._switch_count += 1
-            if self._switch_count == 3:
+            if self._switch_count == SWITCH_PRESSES:
                 self._switch_count = 0
                 self.switch_input()
         # Flush the tail, and any Ctrl-As replayed just before it.
@@ -164,7 +195,7 @@ class Console:
 
 
 class _LogEverything:
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: HypervisorConsole) -> None:
         self.console = console
 
     def __enter__(self) -> None:

@@ -1,4 +1,6 @@
-"""Domains (`struct domain`): id, name, page accounting, P2M, vCPU records.
+"""Domains (`struct domain`): id, name, page accounting, P2M, vCPU records, and the
+per-domain state of the subsystems that run guests (`paging`, `hvm`: the guest's debug
+console, `struct domain_console`, and its workload and crash record).
 
 The page list is not stored: it is derived from the frame table's owner field
 (`machine.frames.owned_by(domid)`), so it can never disagree with the frames.
@@ -6,23 +8,41 @@ The page list is not stored: it is derived from the frame table's owner field
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emu.mm.page import INVALID_MFN
+
+if TYPE_CHECKING:  # types only: these modules build on this one
+    from emu.host import DomainSpec
+    from emu.pv.domain import PVDomain
+    from emu.shadow.common import ShadowDomain
+
 DOMID_UNLIMITED_MAX_PAGES = 4294967295
-INVALID_MFN = np.uint64(2**64 - 1)
-INVALID_GFN = INVALID_MFN
-INVALID_M2P_ENTRY = np.uint64(2**64 - 1)
 
 # vm_assist values shown by `q` (PV dom0 as in xen.md's example; HVM domUs as observed).
 VM_ASSIST_PV = 0x2D
 VM_ASSIST_HVM = 0x20
+# SCHEDOP_shutdown reasons (public/sched.h).
+SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
+CONSOLE_LINE = 256  # struct domain_console buf[256]
+XENLOG_G_DEBUG = 3  # XENLOG_GUEST XENLOG_DEBUG: the level of guest console lines
+CONSOLE_HISTORY = 1000  # lines kept for `xl console`
 
 
 @dataclass
-class VCPU:
+class VcpuRecord:
+    """What the hypervisor records about a vCPU (`struct vcpu`'s scheduling fields).
+
+    dom0's vCPUs are only this (dom0 is the console shell, not a guest on Unicorn); a
+    guest's vCPUs are emu/cpu/vcpu.py's `VCPU`, which adds the CPU itself.
+    """
+
     vcpu_id: int
     processor: int = 0
     blocked: bool = True
@@ -30,6 +50,57 @@ class VCPU:
     cpu_time_ns: int = 0
     pause_count: int = 0
     poll_evtchn: int = 0
+    down: bool = False  # offline (hvm_vcpu_down)
+    runstate_since: int = field(default_factory=time.monotonic_ns)
+
+    def flush_tlb(self) -> None:
+        """A vCPU that is not on Unicorn has no TLB: nothing to flush."""
+
+
+class GuestConsole:
+    """hvm_print_line(): port 0xe9 bytes -> `(dN) line`, plus the lines `xl console` shows."""
+
+    def __init__(self, machine, dom) -> None:
+        self.machine = machine
+        self.domid = dom.domid
+        self.buf = bytearray()
+        self.lines: deque[str] = deque(maxlen=CONSOLE_HISTORY)
+        self.listeners: list = []  # fn(text) with each complete line (with "\n")
+        self.on_close: list = []  # fn() when the domain goes away (`xl console` returns)
+        self.lock = threading.Lock()
+
+    def putc(self, c: int) -> None:
+        if not (0x20 <= c < 0x7F or c in (0x0A, 0x09)):  # is_console_printable()
+            return
+        with self.lock:
+            if c != 0x0A:
+                self.buf.append(c)
+            if len(self.buf) == CONSOLE_LINE - 1 or c == 0x0A:
+                text = self.buf.decode("latin-1")
+                self.buf.clear()
+            else:
+                return
+        self.emit_line(text)
+
+    def emit_line(self, text: str) -> None:
+        """guest_printk(d, XENLOG_G_DEBUG "%s\n", ...) of one complete line (no newline)."""
+        self.lines.append(text)
+        self.machine.console.guest_printk(self.domid, text + "\n", XENLOG_G_DEBUG)
+        for fn in list(self.listeners):
+            try:
+                fn(text + "\n")
+            except Exception:
+                self.listeners.remove(fn)
+
+
+class HVMDomain:
+    """Per-domain HVM state (d->arch.hvm): the debug console, crash bookkeeping."""
+
+    def __init__(self, machine, dom, workload, layout) -> None:
+        self.console = GuestConsole(machine, dom)
+        self.workload = workload
+        self.layout = layout
+        self.crashed_on: tuple[int, int] | None = None  # (vcpu, pcpu)
 
 
 def empty_p2m() -> np.ndarray:
@@ -42,7 +113,7 @@ class Domain:
     name: str
     tot_pages: int = 0
     max_pages: int = DOMID_UNLIMITED_MAX_PAGES
-    vcpus: list[Any] = field(default_factory=list)
+    vcpus: list[VcpuRecord] = field(default_factory=list)  # emu.cpu.vcpu.VCPU for guests
     pause_count: int = 0
     is_dying: int = 0  # DOMDYING_alive / dying / dead
     shutdown_code: int | str | None = None  # 'c' crash, 'r' reboot, ...
@@ -50,9 +121,11 @@ class Domain:
     outstanding_pages: int = 0
     # Memory model
     p2m: np.ndarray = field(default_factory=empty_p2m)  # gfn -> mfn (INVALID_MFN = hole)
-    spec: Any = None  # the DomainSpec it was created from
-    paging: Any = None  # shadow state (emu.shadow) once enabled
-    reserved_gfns: Any = field(default_factory=set)  # gfns ballooning must never take
+    spec: DomainSpec | None = None  # the spec it was created from (None: dom0)
+    paging: ShadowDomain | None = None  # shadow paging (emu/shadow/), once enabled
+    hvm: HVMDomain | None = None  # HVM state (set by emu/hvm.py): console, crash record
+    pv: PVDomain | None = None  # 64-bit PV state (set by emu/pv/domain.py), type="pv" only
+    reserved_gfns: set[int] | np.ndarray = field(default_factory=set)  # never ballooned
     xenheap_pages: int = 0
     xenpage_mfns: list[int] = field(default_factory=list)  # d->xenpage_list
     extra_pages: int = 0

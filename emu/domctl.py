@@ -12,16 +12,19 @@ import numpy as np
 
 from emu.domain import (
     DOMID_UNLIMITED_MAX_PAGES,
-    INVALID_MFN,
-    VCPU,
     VM_ASSIST_HVM,
     VM_ASSIST_PV,
     Domain,
+    VcpuRecord,
 )
 from emu.host import DomainSpec
-from emu.memory import populate_physmap
-from emu.p2m import p2m_remove_entries
-from emu.page_info import PGC_allocated, PGC_xen_heap, PGT_validated, PGT_writable_page
+from emu.hvm import XEN_ENTRY_PAGES
+from emu.mm.memory import populate_physmap
+from emu.mm.p2m import p2m_remove_entries
+from emu.mm.page import INVALID_MFN
+from emu.mm.page_info import PGC_allocated, PGC_xen_heap, PGT_validated, PGT_writable_page
+from emu.shadow.pool import default_pool_pages
+from emu.workload import validate_workload
 
 LIBXL_MAXMEM_CONSTANT_KB = 1024  # libxl adds this to max_pages (libxl__arch_extra_memory)
 MAX_VCPUS = 128
@@ -50,18 +53,11 @@ def share_xen_page(machine, dom: Domain) -> int | None:
     return mfn
 
 
-XEN_ENTRY_PAGES = 4  # emu/hvm.py's per-machine guest-entry frames (taken once)
-
-
 def guest_overhead_pages(machine, dom: Domain) -> int:
     """Frames a domU needs besides its memory once the guest subsystems run it."""
-    if not machine.hooks.domain_created:
+    if machine.hvm is None:
         return 0  # the memory model alone: no guest, no shadow pool
-    try:
-        from emu.shadow.pool import default_pool_pages
-    except ImportError:
-        return XEN_ENTRY_PAGES
-    return default_pool_pages(dom) + XEN_ENTRY_PAGES
+    return default_pool_pages(dom) + XEN_ENTRY_PAGES  # XenPages: once per machine, at worst now
 
 
 def validate_spec(machine, spec: DomainSpec) -> None:
@@ -82,14 +78,9 @@ def validate_spec(machine, spec: DomainSpec) -> None:
         raise DomainError("failed to free memory for the domain")
     if not isinstance(spec.vcpus, int) or not 1 <= spec.vcpus <= MAX_VCPUS:
         raise DomainError(f"Invalid vcpus: {spec.vcpus} (must be 1..{MAX_VCPUS})")
-    try:
-        from emu.workload import validate_workload  # the guest builder's fit check
-    except ImportError:
-        validate_workload = None
-    if validate_workload is not None:
-        problem = validate_workload(spec)
-        if problem:
-            raise DomainError(problem)
+    problem = validate_workload(spec)  # the guest builder's fit check
+    if problem:
+        raise DomainError(problem)
     for check in list(machine.hooks.domain_validate):
         try:
             check(machine, spec)
@@ -116,7 +107,7 @@ def create_domain(machine, spec: DomainSpec, paused: bool = False) -> Domain:
         dom.target_pages = pages
         dom.pause_count = 1 if paused else 0
         ncpu = machine.host.cpus
-        dom.vcpus = [VCPU(i, processor=i % ncpu, blocked=True) for i in range(spec.vcpus)]
+        dom.vcpus = [VcpuRecord(i, processor=i % ncpu, blocked=True) for i in range(spec.vcpus)]
         # libxl_domain_need_memory(): the memory, the shared_info page and, when guests run
         # under shadow paging, the shadow pool and Xen's guest-entry frames.
         if machine.heap.total_avail_pages < pages + 1 + guest_overhead_pages(machine, dom):

@@ -6,9 +6,13 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+if TYPE_CHECKING:
+    from emu.workload import Workload
+
+from emu.mm.page import PAGE_SHIFT, PAGE_SIZE
+
 MAX_HOST_MEMORY = 64 << 30
 MIN_HOST_MEMORY = 64 << 20
 MAX_CPUS = 64
@@ -55,6 +59,9 @@ class DomainSpec:
     on_crash: str = "destroy"
     on_reboot: str = "destroy"
     max_event_channels: int = 1023  # libxl's default: ports 1..1023
+    # The workload parsed, fit-checked and (asm:) assembled for this spec, once, by
+    # emu.workload.check_workload(); `xl create` fills it off the console's thread.
+    prepared: Workload | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """HVM guests on the machine: the subsystem that wires vCPUs, the scheduler and guests in.
 
-`attach(machine)` (in `emu.machine.SUBSYSTEMS`) creates `machine.sched` and `machine.hvm`
-and registers the domain hooks: a created domU gets its guest built (emu/domain_build.py),
+`machine.hvm` (an `HVM`, built by `Machine(host, guests=True)` with `machine.sched`)
+registers the domain hooks: a created domU gets its guest built (emu/domain_build.py),
 shadow paging enabled, one Unicorn vCPU per vCPU entered through Xen's trampoline, and is
 scheduled; a destroyed one is stopped first (before the shadow pool is torn down).
 
@@ -21,60 +21,21 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections import deque
 
-from emu import vcpu as V
-from emu.regdump import show_guest_execution_state
-from emu.sched import Scheduler
+from emu.cpu import vcpu as V
+from emu.cpu.regdump import show_guest_execution_state
+from emu.domain import (
+    HVMDomain,
+    SHUTDOWN_crash,
+    SHUTDOWN_poweroff,
+    SHUTDOWN_reboot,
+    SHUTDOWN_suspend,
+)
+from emu.mm.page import _PAGE_ACCESSED, _PAGE_PRESENT, PAGE_SHIFT, table_offset
 
-SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
+XEN_ENTRY_PAGES = 4  # XenPages: the GDT/trampoline page and its L3, L2, L1
 SHUTDOWN_LETTER = {SHUTDOWN_poweroff: "-", SHUTDOWN_reboot: "r", SHUTDOWN_suspend: "s"}
 SHUTDOWN_LETTER[SHUTDOWN_crash] = "c"
-CONSOLE_LINE = 256  # struct domain_console buf[256]
-CONSOLE_HISTORY = 1000  # lines kept for `xl console`
-PTE_P, PTE_A = 0x1, 0x20
-
-
-class GuestConsole:
-    """hvm_print_line(): port 0xe9 bytes -> `(dN) line`, plus the lines `xl console` shows."""
-
-    def __init__(self, machine, dom) -> None:
-        self.machine = machine
-        self.domid = dom.domid
-        self.buf = bytearray()
-        self.lines: deque[str] = deque(maxlen=CONSOLE_HISTORY)
-        self.listeners: list = []  # fn(text) with each complete line (with "\n")
-        self.on_close: list = []  # fn() when the domain goes away (`xl console` returns)
-        self.lock = threading.Lock()
-
-    def putc(self, c: int) -> None:
-        if not (0x20 <= c < 0x7F or c in (0x0A, 0x09)):  # is_console_printable()
-            return
-        with self.lock:
-            if c != 0x0A:
-                self.buf.append(c)
-            if len(self.buf) == CONSOLE_LINE - 1 or c == 0x0A:
-                text = self.buf.decode("latin-1")
-                self.buf.clear()
-            else:
-                return
-        self.lines.append(text)
-        self.machine.console.guest_printk(self.domid, text + "\n")
-        for fn in list(self.listeners):
-            try:
-                fn(text + "\n")
-            except Exception:
-                self.listeners.remove(fn)
-
-
-class HVMDomain:
-    """Per-domain HVM state (d->arch.hvm): the debug console, crash bookkeeping."""
-
-    def __init__(self, machine, dom, workload, layout) -> None:
-        self.console = GuestConsole(machine, dom)
-        self.workload = workload
-        self.layout = layout
-        self.crashed_on: tuple[int, int] | None = None  # (vcpu, pcpu)
 
 
 class XenPages:
@@ -82,7 +43,7 @@ class XenPages:
 
     def __init__(self, machine) -> None:
         heap = machine.heap
-        mfns = [heap.alloc_xenheap_pages(0) for _ in range(4)]
+        mfns = [heap.alloc_xenheap_pages(0) for _ in range(XEN_ENTRY_PAGES)]
         if any(m is None for m in mfns):
             raise RuntimeError("no Xen heap pages for the guest entry trampoline")
         self.page, l1, l2, l3 = mfns
@@ -91,10 +52,11 @@ class XenPages:
         for mfn in mfns:
             ram.page(mfn)[:] = 0
         va = V.XEN_VA
-        ram.page64(l3)[(va >> 30) & 511] = (l2 << 12) | PTE_P | PTE_A
-        ram.page64(l2)[(va >> 21) & 511] = (l1 << 12) | PTE_P | PTE_A
-        ram.page64(l1)[(va >> 12) & 511] = (self.page << 12) | PTE_P | PTE_A
-        self.xen_l4e = (l3 << 12) | PTE_P | PTE_A  # no RW, no US: Xen reads it, nobody writes
+        pa = _PAGE_PRESENT | _PAGE_ACCESSED  # no RW, no US: Xen reads them, nobody writes
+        ram.page64(l3)[table_offset(va, 3)] = (l2 << PAGE_SHIFT) | pa
+        ram.page64(l2)[table_offset(va, 2)] = (l1 << PAGE_SHIFT) | pa
+        ram.page64(l1)[table_offset(va, 1)] = (self.page << PAGE_SHIFT) | pa
+        self.xen_l4e = (l3 << PAGE_SHIFT) | pa
         gdt = [
             0,
             0x00209B0000000000,  # 0x08 ring-0 code64 (accessed: the CPU never writes it)
@@ -121,6 +83,14 @@ class HVM:
         self.lock = threading.RLock()
         self.crash_counts: dict[str, int] = {}  # by cause: triple, shadow, unmapped, internal
 
+    def attach(self) -> None:
+        """Take the scheduler's outcomes and the domain lifecycle hooks (Machine.__init__)."""
+        m = self.machine
+        m.sched.on_crash = self.crash
+        m.sched.on_shutdown = self.shutdown
+        m.hooks.domain_created.append(self.domain_created)
+        m.hooks.domain_destroying.append(self.domain_destroying)
+
     @property
     def xen(self) -> XenPages:
         if self._xen is None:
@@ -137,7 +107,7 @@ class HVM:
         if dom.domid == 0 or getattr(dom.spec, "type", "hvm") == "pv":
             return  # PV domains: emu/pv/
         from emu.domain_build import build_guest
-        from emu.shadow import shadow_enable
+        from emu.shadow.common import shadow_enable
         from emu.workload import check_workload
 
         m = self.machine
@@ -148,7 +118,7 @@ class HVM:
         old = list(dom.vcpus)
         vcpus = []
         for i in range(len(old) or 1):
-            proc = getattr(old[i], "processor", i) if i < len(old) else i
+            proc = old[i].processor if i < len(old) else i
             vcpus.append(V.VCPU(m, dom, i, processor=proc % m.sched.nr_cpus))
         dom.vcpus = vcpus
         xen_l4e = self.xen_l4e
@@ -162,7 +132,7 @@ class HVM:
         if dom.domid == 0:
             return
         self.machine.sched.remove_domain(dom)
-        hvm = getattr(dom, "hvm", None)
+        hvm = dom.hvm
         if hvm is not None:
             for fn in list(hvm.console.on_close):
                 try:
@@ -210,26 +180,3 @@ class HVM:
                 m.destroy_domain(dom)
             except Exception as e:  # already being destroyed by xl
                 m.console.printk(f"d{dom.domid} destroy after shutdown failed: {e}\n")
-
-
-def attach(machine) -> None:
-    """Machine subsystem: scheduler, HVM state, domain hooks (CONTRACT.md)."""
-    machine.sched = Scheduler(machine)
-    machine.hvm = HVM(machine)
-    machine.sched.on_crash = machine.hvm.crash
-    machine.sched.on_shutdown = machine.hvm.shutdown
-    hooks = machine.hooks
-    hooks.domain_created.append(machine.hvm.domain_created)
-    # First, so vCPUs are stopped before the shadow pool is torn down.
-    hooks.domain_destroying.insert(0, machine.hvm.domain_destroying)
-    validate = getattr(hooks, "domain_validate", None)
-    if validate is not None:
-        validate.append(_validate)
-
-
-def _validate(machine, spec) -> None:
-    from emu.workload import validate_workload
-
-    err = validate_workload(spec)
-    if err is not None:
-        raise ValueError(err)

@@ -1,36 +1,43 @@
-"""The machine: host shape, hypervisor console, RAM, frame table, heap, domains.
+"""The machine: one emulated x86-64 Xen host, declared in full.
 
-Subsystems built by other parts (vCPU scheduler, shadow paging, ...) attach themselves
-through the module-level `SUBSYSTEMS` list, called at the end of `Machine.__init__`.
+`Machine(host)` carries every subsystem as a typed field set in `__init__` (see the class
+docstring): memory (RAM, frame table, M2P, heap), the hypervisor console, the perf counters,
+the access record and, with `guests=True` (the default), the vCPU scheduler and the HVM side
+that builds, runs and crashes guests. `Machine(host, guests=False)` is the memory model
+alone: domains get memory and P2Ms but no vCPUs on Unicorn and no shadow paging, so a
+domain's frames are exactly what the memory model gives it.
+
+`machine.quiesce(dom)` is the one way to hold vCPUs still (a context manager; with no
+guests there is nothing to hold).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 
 from emu import domctl
-from emu.console import Console
+from emu.access.record import AccessRecord
+from emu.console import HypervisorConsole
+from emu.cpu.sched import Scheduler
 from emu.domain import Domain
 from emu.host import DomainSpec, HostConfig
-from emu.memory import set_target as _set_target
-from emu.p2m import new_m2p
-from emu.page_alloc import Heap, runs_of
-from emu.page_info import PAGE_INFO_BYTES, FrameTable, PGC_xen_heap
-from emu.ram import MachineRAM
-
-XEN_VERSION = "4.22.0"
-XEN_MAJOR, XEN_MINOR, XEN_EXTRA = 4, 22, ".0"
-XEN_COMPILE_DATE = "Tue Nov 10 09:00:00 UTC 2026"
-XEN_COMPILER = "gcc (Debian 12.2.0-14+deb12u1) 12.2.0"
-XEN_COMPILE_BY = "xenconsole"
-XEN_COMPILE_DOMAIN = "emulated"
-XEN_CHANGESET = "unavailable"
-XEN_BUILD_ID = "5f3c2a9e1b7d4c6a8e0f2b4d6c8a0e1f3b5d7c9a"
-XEN_COMMANDLINE = "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all"
+from emu.hvm import HVM
+from emu.mm.memory import set_target as _set_target
+from emu.mm.p2m import new_m2p
+from emu.mm.page import PAGE_SHIFT, pages_for_bytes
+from emu.mm.page_alloc import Heap
+from emu.mm.page_info import PAGE_INFO_BYTES, FrameTable, PGC_xen_heap
+from emu.mm.ram import MachineRAM
+from emu.perfc import PerfCounters, xen_perf_counters
+from emu.pv.domain import PV
+from emu.pv.domain import attach as attach_pv
+from emu.shadow.common import attach_shadow_hooks
 
 # Xen's own frames, never handed to the heap: the low 1 MiB (BIOS, real-mode trampoline,
 # legacy hole) and the Xen image at 2 MiB. The boot allocator also takes the frame table and
@@ -40,11 +47,13 @@ LOW_MEM_FRAMES = 0x100
 XEN_IMAGE_START = 0x200
 XEN_IMAGE_FRAMES = 0x400  # 4 MiB
 
-SUBSYSTEMS: list[Callable[[Machine], None]] = []
-
 
 class Hooks:
-    """Callbacks other subsystems register (CONTRACT.md)."""
+    """Callbacks run on domain lifecycle events, in list order.
+
+    The machine registers its own subsystems' hooks in `Machine.__init__` (HVM first, so a
+    dying domain's vCPUs stop before its shadow pool is torn down); a plugin may add more.
+    """
 
     def __init__(self) -> None:
         self.domain_created: list[Callable[[Domain], None]] = []
@@ -54,37 +63,71 @@ class Hooks:
         self.domain_validate: list[Callable[[Machine, DomainSpec], None]] = []
 
 
-def pages_for_bytes(n: int) -> int:
-    return (n + 4095) >> 12
-
-
 class Machine:
-    """One emulated x86-64 Xen host."""
+    """One emulated x86-64 Xen host.
+
+    Fields (all set by `__init__`; none is added later):
+
+    host          the host's shape (HostConfig: memory, CPUs, dom0_mem)
+    console       the hypervisor console: printk, the ring, input switching
+    ram           machine RAM (MachineRAM), shared with every vCPU's Unicorn
+    frames        the frame table (FrameTable: count_info, type_info, owner per frame)
+    m2p           mfn -> gfn (numpy uint64)
+    heap          the buddy allocator (Heap)
+    perfc         Xen's performance counters (key `p`), per pCPU
+    access        the per-frame guest access record (keys `U`, `Z`), one slot per frame
+    sched         the vCPU scheduler (pCPU threads), or None without guests
+    hvm           the machine-wide HVM state (guest entry frames, crash handling), or None
+    pv            the machine-wide side of 64-bit PV guests (emu/pv/), or None
+    domains       domid -> Domain; `lock` guards their lifecycle (taken before the heap's)
+    hooks         domain lifecycle callbacks (Hooks)
+    reboot_hooks  fn() called when key `R` asks whoever runs the machine for a reboot
+    """
 
     debug_build = True
 
-    def __init__(self, host: HostConfig) -> None:
+    def __init__(self, host: HostConfig, guests: bool = True) -> None:
         host.validate()
-        self.host = host
-        self.console = Console(nr_cpus=host.cpus, debug_build=self.debug_build)
+        self.host: HostConfig = host
+        self.console = HypervisorConsole(nr_cpus=host.cpus, debug_build=self.debug_build)
         self._t0 = time.monotonic_ns()
         self.booted = False
         self.domains: dict[int, Domain] = {}
         self.reboot_hooks: list[Callable[[], None]] = []
-        self.hooks = Hooks()
+        self.hooks: Hooks = Hooks()
         self.lock = threading.RLock()  # domain lifecycle; taken before the heap lock
         self.next_domid = 1
         # Memory: RAM, frame table, M2P, heap.
-        self.ram = MachineRAM(host.memory)
+        self.ram: MachineRAM = MachineRAM(host.memory)
         nr = self.ram.nr_frames
-        self.frames = FrameTable(nr)
-        self.m2p = new_m2p(nr)
-        self.heap = Heap(self.frames, self.ram)
+        self.frames: FrameTable = FrameTable(nr)
+        self.m2p: np.ndarray = new_m2p(nr)
+        self.heap: Heap = Heap(self.frames, self.ram)
         self.heap.domain_lookup = self.domains.get
         self.xen_ranges: list[tuple[int, int, str]] = []
+        self.idle_pt_maddr = XEN_IMAGE_START << PAGE_SHIFT  # the idle vCPU's CR3 (key `d`)
         self._setup_memory()
-        for attach in SUBSYSTEMS:
-            attach(self)
+        self.perfc: PerfCounters = xen_perf_counters(host.cpus)
+        self.access: AccessRecord = AccessRecord(nr)
+        # Guests: vCPUs on Unicorn, run by the scheduler, under shadow paging.
+        self.sched: Scheduler | None = None
+        self.hvm: HVM | None = None
+        self.pv: PV | None = None
+        if guests:
+            self.sched = Scheduler(self)
+            self.hvm = HVM(self)
+            self.hvm.attach()
+            self.pv = PV(self)
+            attach_pv(self.pv)
+        attach_shadow_hooks(self)
+
+    def quiesce(self, dom: Domain | None = None) -> AbstractContextManager[None]:
+        """`with machine.quiesce(dom):` no vCPU of `dom` (of any domain for None) is inside
+        `emu_start` during the block. Works from any thread, nests, and holds nothing when
+        the machine runs no guests."""
+        if self.sched is None:
+            return contextlib.nullcontext()
+        return self.sched.quiesce(dom)
 
     # ---- memory ---------------------------------------------------------------------
 
@@ -106,9 +149,7 @@ class Machine:
         start = XEN_IMAGE_START + XEN_IMAGE_FRAMES
         self.heap.init_heap_pages(start, top - start)
         # The console ring comes from the Xen heap (console_init_ring()).
-        ring = getattr(self.console, "ring", None)
-        size = getattr(ring, "size", 16 << 10)
-        order = max(0, (pages_for_bytes(size) - 1).bit_length())
+        order = max(0, (pages_for_bytes(self.console.ring.size) - 1).bit_length())
         self.conring_mfn = self.heap.alloc_xenheap_pages(order)
         self.conring_order = order
 
@@ -133,38 +174,11 @@ class Machine:
     def frame_table_bytes_per_frame(self) -> int:
         return self.frames.pi.itemsize
 
-    # ---- time, boot -----------------------------------------------------------------
+    # ---- time -----------------------------------------------------------------
 
     def now(self) -> int:
         """NOW(): nanoseconds since the machine powered on."""
         return time.monotonic_ns() - self._t0
-
-    def build_dom0(self) -> Iterator[None]:
-        """Create Domain-0 from `dom0_mem` (a generator: boot may pause inside it)."""
-        from emu.domain import VCPU
-
-        pages = self.host.dom0_mem >> 12
-        p = self.console.printk
-        dom0 = domctl.build_dom0_memory(self, pages)
-        dom0.vcpus = [VCPU(i, processor=i, blocked=True) for i in range(self.host.cpus)]
-        runs = runs_of(dom0.p2m.astype(np.int64))
-        s, e = max(runs, key=lambda r: r[1] - r[0])
-        p(" Xen  kernel: 64-bit, lsb\n")
-        p(" Dom0 kernel: 64-bit, PAE, lsb, paddr 0x1000000 -> 0x2a2c000\n")
-        rest = pages - (e - s)
-        more = f" ({rest} pages to be allocated)" if rest else ""
-        p(f"PHYSICAL MEMORY ARRANGEMENT:\n Dom0 alloc.:   {s << 12:016x}->{e << 12:016x}{more}\n")
-        yield
-        p(f"Dom0 has maximum {self.host.cpus} VCPUs\n")
-        yield
-
-    def boot_sync(self) -> Machine:
-        """Run the whole boot at once (tests, benchmarks: no console server)."""
-        from emu.setup import boot
-
-        for _ in boot(self):
-            pass
-        return self
 
     # ---- domains --------------------------------------------------------------------
 
@@ -209,15 +223,5 @@ class Machine:
 
     def shutdown(self) -> None:
         """Stop everything the machine runs (vCPU threads); safe to call twice."""
-        sched = getattr(self, "sched", None)  # GUEST: stop the pCPU threads
-        if sched is not None:
-            sched.stop()
-
-
-from emu.hvm import attach as _attach_hvm  # noqa: E402  (GUEST: vCPUs, scheduler, guests)
-
-SUBSYSTEMS.append(_attach_hvm)
-
-from emu.pv import attach as _attach_pv  # noqa: E402  (64-bit PV guests, after HVM's scheduler)
-
-SUBSYSTEMS.append(_attach_pv)
+        if self.sched is not None:
+            self.sched.stop()

@@ -105,13 +105,9 @@ XEN_COUNTERS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
-def perfc_of(machine) -> PerfCounters:
-    """The machine's counters (`machine.perfc`), created with Xen's set on first use."""
-    pc = getattr(machine, "perfc", None)
-    if pc is None:
-        host = getattr(machine, "host", None)
-        pc = PerfCounters(getattr(host, "cpus", 1) if host is not None else 1)
-        for var, desc, status in XEN_COUNTERS:
-            pc.define(var, desc, status)
-        machine.perfc = pc
+def xen_perf_counters(nr_cpus: int) -> PerfCounters:
+    """Counters for `nr_cpus` pCPUs with Xen's set defined (`machine.perfc`)."""
+    pc = PerfCounters(nr_cpus)
+    for var, desc, status in XEN_COUNTERS:
+        pc.define(var, desc, status)
     return pc

@@ -4,6 +4,10 @@ A handler is `fn(machine, out, args)`: `machine` is the `emu` machine, `out` pri
 prefixed `(XEN) `, `args` is a tuple of argument strings (empty unless the key takes
 arguments). Register with `register(...)` or the `@keyhandler(...)` decorator; `h` walks the
 table, so adding a key needs no other edit.
+
+Importing this package loads no keys: the program calls `load_builtin()` at start-up (then
+its plugins), so the key modules, which import this registry, never run half way through
+its own import.
 """
 
 from __future__ import annotations
@@ -93,10 +97,11 @@ def handler_line(kh: KeyHandler) -> str:
 
 
 def builtin_modules() -> list[str]:
-    """Every module of this package except the registry's own: one module per concern."""
+    """Every key module of this package (one per concern); not the dispatcher nor the
+    argument helpers, which register nothing."""
     import pkgutil
 
-    skip = {"dispatch"}
+    skip = {"dispatch", "args"}
     return [
         f"{__name__}.{m.name}"
         for m in pkgutil.iter_modules(__path__)
@@ -105,6 +110,7 @@ def builtin_modules() -> list[str]:
 
 
 def load_builtin() -> None:
+    """Register the built-in keys (once; a second call changes nothing)."""
     for name in builtin_modules():
         importlib.import_module(name)
 
@@ -143,6 +149,3 @@ def load_entry_points(group: str = ENTRY_POINT_GROUP) -> list[str]:
             raise PluginError(f"{ep.name} ({ep.value}): {e}") from e
         loaded.append(ep.name)
     return loaded
-
-
-load_builtin()

@@ -11,7 +11,8 @@ guest since it owns them, D = written, R = accessed since the last `Z` (or creat
 N = P - A. The heat line frames 64 columns in `[...]` followed by the gfn range it covers
 (inclusive); gfn g is in column `(g - FIRST) * 64 // (LAST - FIRST + 1)`; a column shows
 ` ` (no page accessed in the window), `.` (<25% of its owned pages), `:` (<50%), `o` (<75%)
-or `#` (>=75%). The scan itself is emu/scan.py (`scan_domain`).
+or `#` (>=75%). The scan itself is emu/access/scan.py (`scan_domain`); the text is written
+here (`summary_line`, `heat_line`) beside its reader.
 
 `Z [dN]`: a new window for one or every shadowed guest: the A bits of its shadow L1
 entries are cleared and every vCPU's TLB is flushed, so the next access is seen again.
@@ -24,9 +25,9 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 
-from emu.scan import ScanError, hold, reset_window, scan_domain, tracked
+from emu.access.scan import DomainScan, ScanError, hold, reset_window, scan_domain, tracked
 from keyhandlers import KeyhandlerError, keyhandler
-from keyhandlers._dargs import is_domain_arg, parse_domain, parse_range
+from keyhandlers.args import is_domain_arg, parse_domain, parse_range
 
 
 def _targets(machine, args: tuple[str, ...], key: str, max_args: int):
@@ -65,7 +66,7 @@ def scan_accessed_pages(machine, out, args: tuple[str, ...]) -> None:
                 if len(doms) == 1:
                     raise KeyhandlerError(str(e)) from None
                 continue  # destroyed meanwhile: it leaves the report
-            lines += [s.summary(), s.heat_line()]
+            lines += [summary_line(s), heat_line(s)]
     if not lines and not args:
         lines.append("no shadowed guests")
     for line in lines:
@@ -89,7 +90,7 @@ def reset_accessed_window(machine, out, args: tuple[str, ...]) -> None:
             if len(doms) == 1:
                 raise KeyhandlerError(str(e)) from None
             continue
-        nv = len(getattr(dom, "vcpus", ()))
+        nv = len(dom.vcpus)
         lines.append(
             f"d{dom.domid} window reset: A cleared in {n} L1 shadow{'s' * (n != 1)}, "
             f"{nv} vCPU TLB{'s' * (nv != 1)} flushed"
@@ -98,6 +99,29 @@ def reset_accessed_window(machine, out, args: tuple[str, ...]) -> None:
         lines.append("no shadowed guests")
     for line in lines:
         out(line)
+
+
+# ---- the `U` text: writer and reader ------------------------------------------------------
+
+HEAT_CHARS = " .:o#"  # by heat level 0..4 (DomainScan.heat_levels)
+
+
+def summary_line(s: DomainScan) -> str:
+    """`dN pages=P accessed=A dirty=D window=R never=N`."""
+    return (
+        f"d{s.domid} pages={s.pages} accessed={s.nr_accessed} "
+        f"dirty={s.nr_dirty} window={s.nr_window} never={s.nr_never}"
+    )
+
+
+def heat(s: DomainScan) -> str:
+    """The 64 heat characters: ` ` none accessed in the window, `.` `:` `o` `#` by quarter."""
+    return "".join(HEAT_CHARS[i] for i in s.heat_levels())
+
+
+def heat_line(s: DomainScan) -> str:
+    """`dN heat [<64 columns>] 0xFIRST-0xLAST` (the second line of `U` per domain)."""
+    return f"d{s.domid} heat [{heat(s)}] {s.first:#x}-{s.last:#x}"
 
 
 _SUMMARY = re.compile(

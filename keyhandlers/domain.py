@@ -45,7 +45,7 @@ def _page_line(kind: str, ft, mfn: int) -> str:
 
 
 def dump_pageframe_info(machine, dom, out) -> None:
-    from emu.page_info import PGT_none, PGT_type_mask, PGT_writable_page
+    from emu.mm.page_info import PGT_none, PGT_type_mask, PGT_writable_page
 
     ft = machine.frames
     out(f"Memory pages belonging to domain {dom.domid}:")
@@ -62,24 +62,21 @@ def dump_pageframe_info(machine, dom, out) -> None:
             out(_page_line("DomPage", ft, mfn))
     if dom.is_hvm:
         out("    PoD entries=0 cachesize=0")
-    for mfn in list(getattr(dom, "xenpage_mfns", ())):
+    for mfn in list(dom.xenpage_mfns):
         out(_page_line("XenPage", ft, mfn))
 
 
 def paging_words(paging) -> str:
-    """paging_dump_domain_info(): our domUs run shadow-mode HVM (translated, external)."""
-    words = getattr(paging, "mode_words", None)
-    if callable(words):
-        return words()
-    log_dirty = "log_dirty " if getattr(paging, "log_dirty", False) else ""
-    return f"shadow refcounts {log_dirty}translate external "
+    """paging_dump_domain_info(): our domUs run shadow-mode HVM (translated, external; no
+    log-dirty mode is ever enabled)."""
+    return "shadow refcounts translate external "
 
 
 def dump_domain(machine, dom, out) -> None:
     ncpu = machine.host.cpus
     out(f"General information for domain {dom.domid}:")
     out(f"    refcnt={dom.refcnt} dying={dom.is_dying} pause_count={dom.pause_count}")
-    dirty = [v.processor for v in dom.vcpus if getattr(v, "running", False)]
+    dirty = [v.processor for v in dom.vcpus if v.running]
     out(
         f"    nr_pages={dom.tot_pages - dom.extra_pages} xenheap_pages={dom.xenheap_pages} "
         f"dirty_cpus={{{cpulist(dirty)}}} max_pages={dom.max_pages}"
@@ -87,11 +84,10 @@ def dump_domain(machine, dom, out) -> None:
     out(f"    handle={dom.handle} vm_assist={dom.vm_assist:08x}")
     if dom.paging is not None:
         out(f"    paging assistance: {paging_words(dom.paging)}")
-        if hasattr(dom.paging, "total_pages"):
-            # Not in Xen's q: the pool in the words of its "failed to allocate from shadow
-            # pool (tot= p2m= ...)" message, plus shadow_get_allocation()'s MB figure.
-            tot, free = dom.paging.total_pages, dom.paging.free_pages
-            out(f"    shadow pool: tot={tot} free={free} p2m=0 allocation={-(-tot // 256)}MB")
+        # Not in Xen's q: the pool in the words of its "failed to allocate from shadow
+        # pool (tot= p2m= ...)" message, plus shadow_get_allocation()'s MB figure.
+        tot, free = dom.paging.total_pages, dom.paging.free_pages
+        out(f"    shadow pool: tot={tot} free={free} p2m=0 allocation={-(-tot // 256)}MB")
     out(f"Rangesets belonging to domain {dom.domid}:")
     for name, ranges in _rangesets(dom):
         out(f"    {name:<10} {ranges}")
@@ -101,17 +97,17 @@ def dump_domain(machine, dom, out) -> None:
     for v in dom.vcpus:
         aff = cpulist(range(ncpu))
         out(f"  UNIT{v.vcpu_id} affinities: hard={{{aff}}} soft={{{aff}}}")
-        running = getattr(v, "running", False)
+        running = v.running
         line = (
-            f"    VCPU{v.vcpu_id}: CPU{getattr(v, 'processor', 0)} [has={'T' if running else 'F'}] "
-            f"poll={getattr(v, 'poll_evtchn', 0)} upcall_pend={getattr(v, 'upcall_pend', 0):02x} "
+            f"    VCPU{v.vcpu_id}: CPU{v.processor} [has={'T' if running else 'F'}] "
+            f"poll={v.poll_evtchn} upcall_pend={getattr(v, 'upcall_pend', 0):02x} "
             f"upcall_mask={getattr(v, 'upcall_mask', 0):02x} "
         )
         if running:
-            line += f"dirty_cpu={getattr(v, 'processor', 0)}"
+            line += f"dirty_cpu={v.processor}"
         out(line)
-        flags = _VPF_blocked if getattr(v, "blocked", False) else 0
-        out(f"    pause_count={getattr(v, 'pause_count', 0)} pause_flags={flags:x}")
+        flags = _VPF_blocked if v.blocked else 0
+        out(f"    pause_count={v.pause_count} pause_flags={flags:x}")
         if dom.paging is not None:
             out("    paging assistance: shadowed 4-on-4")
         out("No periodic timer")

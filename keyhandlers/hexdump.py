@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from emu.mm.page import INVALID_MFN
 from keyhandlers import KeyhandlerError, keyhandler
-from keyhandlers._dargs import is_domain_arg, parse_domain, parse_int
+from keyhandlers.args import is_domain_arg, parse_domain, parse_int
 
 MAX_PAGES = 16
-INVALID = (1 << 64) - 1
 _PRINTABLE = np.array([chr(c) if 0x20 <= c < 0x7F else "." for c in range(256)])
 
 
@@ -81,13 +81,13 @@ def hexdump_memory(machine, out, args: tuple[str, ...]) -> None:
         dom = parse_domain(machine, args[0])
         gfn = parse_int(args[1], "gfn")
         p2m = dom.p2m
-        if gfn >= len(p2m) or int(p2m[gfn]) == INVALID:
+        if gfn >= len(p2m) or int(p2m[gfn]) == INVALID_MFN:
             raise KeyhandlerError(f"d{dom.domid} gfn {gfn:#x} is not populated")
         n, lines = _pages(args, 2)
         end = min(gfn + n, len(p2m))
         for g in range(gfn, end):
             m = int(p2m[g])
-            if m == INVALID or m >= nr:
+            if m == INVALID_MFN or m >= nr:
                 lines.append(f"d{dom.domid} gfn {g:#x} -> hole (not populated)")
                 continue
             lines.append(f"d{dom.domid} gfn {g:#x} -> mfn {m:#x}")

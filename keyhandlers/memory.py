@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from emu.mm.page import PAGE_SHIFT
 from keyhandlers import keyhandler
-
-PAGE_SHIFT = 12
 
 
 @keyhandler("m", "memory info", diagnostic=True)
 def pagealloc_info(machine, out, args) -> None:
-    from emu.page_alloc import MEMZONE_XEN, NR_ZONES
+    from emu.mm.page_alloc import MEMZONE_XEN, NR_ZONES
 
     heap = machine.heap
     with heap.lock:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from emu.perfc import perfc_of
 from keyhandlers import keyhandler
 
 
 @keyhandler("p", "print performance counters", diagnostic=True)
 def perfc_printall(machine, out, args) -> None:
     out(f"Xen performance counters SHOW  (now = {machine.now()})")
-    perfc_of(machine).printall(out)
+    machine.perfc.printall(out)
 
 
 @keyhandler("P", "reset performance counters")
 def perfc_reset(machine, out, args) -> None:
     out(f"Xen performance counters RESET (now = {machine.now()})")
-    perfc_of(machine).reset()
+    machine.perfc.reset()

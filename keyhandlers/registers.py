@@ -13,7 +13,7 @@ is no guest stack to read.
 
 from __future__ import annotations
 
-from emu.regdump import (
+from emu.cpu.regdump import (
     show_guest_execution_state,
     show_idle_execution_state,
     show_registers,
@@ -23,28 +23,21 @@ from keyhandlers import keyhandler
 FLAT_KERNEL_CS, FLAT_KERNEL_SS = 0xE033, 0xE02B
 
 
-def _quiesce_all(machine):
-    import contextlib
-
-    sched = getattr(machine, "sched", None)
-    return sched.quiesce(None) if sched is not None else contextlib.nullcontext()
-
-
 @keyhandler("d", "dump registers", diagnostic=True, irq=True)
 def dump_registers(machine, out, args) -> None:
     out("'d' pressed -> dumping registers")
     out("")
-    sched = getattr(machine, "sched", None)
+    sched = machine.sched
     ncpu = machine.host.cpus
     if sched is not None:
         with sched.cond:
             on_cpu = [sched.current_on(c) for c in range(ncpu)]
     else:
         on_cpu = [None] * ncpu
-    with _quiesce_all(machine):
+    with machine.quiesce(None):
         for cpu in range(ncpu):  # CPU0 takes the serial interrupt: it dumps first
             v = on_cpu[cpu]
-            if v is None or getattr(v, "dead", False):
+            if v is None or v.dead:
                 out(f"*** Dumping CPU{cpu} host state: ***")
                 show_idle_execution_state(machine, out, cpu)
                 out("")

@@ -1,7 +1,7 @@
 """`r`: dump run queues (sched/cpupool.c dump_runq(), core.c schedule_dump(), credit2.c).
 
 The emulated host runs credit2 with one runqueue for all pCPUs, which is what the scheduler
-in emu/sched.py is: one shared queue, pCPU threads taking vCPUs from it. Credits and loads
+in emu/cpu/sched.py is: one shared queue, pCPU threads taking vCPUs from it. Credits and loads
 are derived from each vCPU's measured run time: credit counts down CSCHED2_CREDIT_INIT
 (10 ms) of run time per reset, load is the share of wall time the vCPU ran since the
 previous `r` (since it was created, the first time), in credit2's fixed point (shift 18).
@@ -41,7 +41,7 @@ class _Loads:
 
     def load(self, v) -> int:
         now = time.monotonic_ns()
-        since = getattr(v, "runstate_since", now)
+        since = v.runstate_since
         t0, c0 = self.samples.get(id(v), (since, 0))
         self.samples[id(v)] = (now, v.cpu_time_ns)
         wall = max(1, now - t0)
@@ -66,7 +66,7 @@ def _unit(v, running: bool, cpu: int, loads: dict, owner: dict) -> str:
 def dump_runq(machine, out, args) -> None:
     ncpu = machine.host.cpus
     cpus = list(range(ncpu))
-    sched = getattr(machine, "sched", None)
+    sched = machine.sched
     out("sched_smt_power_savings: disabled")
     out(f"NOW={machine.now()}")
     out(f"Online Cpus: {cpulist(cpus)}")
@@ -107,7 +107,7 @@ def dump_runq(machine, out, args) -> None:
             out(f"\tDomain: {d.domid} w {CSCHED2_DEFAULT_WEIGHT} c 0 v {len(d.vcpus)}")
             for v in d.vcpus:
                 n += 1
-                cpu = running.get(id(v), getattr(v, "processor", 0))
+                cpu = running.get(id(v), v.processor)
                 out(f"\t{n:3d}: " + _unit(v, id(v) in running, cpu, loads, owner))
         out("Runqueue 0:")
         for c in cpus:
@@ -116,7 +116,7 @@ def dump_runq(machine, out, args) -> None:
                 out("\trun: " + _unit(current[c], True, c, loads, owner))
         out("RUNQ:")
         for i, v in enumerate(runq):
-            out(f"\t{i:3d}: " + _unit(v, False, getattr(v, "processor", 0), loads, owner))
+            out(f"\t{i:3d}: " + _unit(v, False, v.processor, loads, owner))
         out("CPUs info:")
         for c in cpus:
             cur = _vname(current[c]) if current[c] is not None else f"d[IDLE]v{c}"

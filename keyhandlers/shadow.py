@@ -5,26 +5,17 @@ Debug builds only in Xen; diagnostic since 4.7, so `*` runs it too.
 
 from __future__ import annotations
 
-import contextlib
-
 from keyhandlers import keyhandler
-
-
-def _quiesce(machine, dom):
-    sched = getattr(machine, "sched", None)
-    if sched is not None and hasattr(sched, "quiesce"):
-        return sched.quiesce(dom)
-    return contextlib.nullcontext()
 
 
 @keyhandler("S", "reset shadow pagetables", diagnostic=True)
 def shadow_blow_all_tables(machine, out, args) -> None:
     out("'S' pressed -> blowing all shadow tables")
     for dom in list(machine.domains.values()):
-        paging = getattr(dom, "paging", None)
+        paging = dom.paging
         # shadow_blow_tables_per_domain(): only shadowed domains that have vCPUs
-        if paging is None or not hasattr(paging, "blow_tables") or not dom.vcpus:
+        if paging is None or not dom.vcpus:
             continue
-        with _quiesce(machine, dom):
+        with machine.quiesce(dom):
             if dom.paging is paging and not paging.dying:
                 paging.blow_tables()

@@ -34,16 +34,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu.scan import hold
-from emu.shadow import TYPE_LEVEL
-from emu.shadow import SH_type_fl1_64_shadow as FL1_TYPE
+from emu.access.scan import hold
+from emu.mm.p2m import INVALID_M2P_ENTRY
+from emu.mm.page import INVALID_MFN, PTE_ADDR_MASK
+from emu.shadow.private import TYPE_LEVEL
+from emu.shadow.private import SH_type_fl1_64_shadow as FL1_TYPE
 from keyhandlers import KeyhandlerError, keyhandler
-from keyhandlers._dargs import parse_domain, parse_int
+from keyhandlers.args import parse_domain, parse_int
 
 P, RW, US, A, D, PSE = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
 NX = 1 << 63
-ADDR = 0x000FFFFFFFFFF000
-INVALID = (1 << 64) - 1
 MAX_L1_LINES = 256
 SHIFTS = {4: 39, 3: 30, 2: 21, 1: 12}
 _FLAG_MASK = np.uint64(P | RW | US | A | D | NX)
@@ -67,12 +67,11 @@ def _gfn_of(machine, mfn: int) -> str:
     if mfn >= machine.ram.nr_frames:
         return "-"
     g = int(machine.m2p[mfn])
-    return "-" if g == INVALID else f"{g:#x}"
+    return "-" if g == INVALID_M2P_ENTRY else f"{g:#x}"
 
 
 def _vcpu0(dom):
-    vcpus = getattr(dom, "vcpus", None) or []
-    return vcpus[0] if vcpus else None
+    return dom.vcpus[0] if dom.vcpus else None
 
 
 @keyhandler(
@@ -93,8 +92,8 @@ def walk_shadow_pagetables(machine, out, args: tuple[str, ...]) -> None:
         top = va >> 47
         if va >= 1 << 64 or top not in (0, 0x1FFFF):
             raise KeyhandlerError(f"non-canonical virtual address {args[1]}")
-    sd = getattr(dom, "paging", None)
-    if sd is None or not hasattr(sd, "pool"):
+    sd = dom.paging
+    if sd is None:
         raise KeyhandlerError(f"d{dom.domid} has no shadow pagetables (not a shadowed guest)")
     lines: list[str] = []
     with hold(machine, dom):
@@ -171,7 +170,7 @@ def _walk_table(machine, sd, smfn: int, level: int, lines: list[str], b: _Budget
     pool = sd.pool
     for i in pres.tolist():
         e = int(ents[i])
-        child = (e & ADDR) >> 12
+        child = (e & PTE_ADDR_MASK) >> 12
         head = f"{ind}l{level}[{i:03x}] smfn {smfn:#x} -> {child:#x} {flags_str(e)}"
         if pool.type.get(child) is None:
             lines.append(f"{head}  (not a shadow of this domain: Xen's own mapping)")
@@ -193,12 +192,12 @@ def _walk_l1(machine, smfn, ents, pres, ind, lines, b: _Budget) -> None:
     b.l1_tables.add(smfn)
     b.l1_entries += int(pres.size)
     e = ents[pres]
-    mfn = ((e & np.uint64(ADDR)) >> np.uint64(12)).astype(np.int64)
+    mfn = ((e & np.uint64(PTE_ADDR_MASK)) >> np.uint64(12)).astype(np.int64)
     nr = machine.ram.nr_frames
     ok = mfn < nr
     gfn = np.full(pres.size, -1, dtype=np.int64)
     m2p = machine.m2p[np.where(ok, mfn, 0)]
-    valid = ok & (m2p != np.uint64(INVALID))
+    valid = ok & (m2p != INVALID_M2P_ENTRY)
     gfn[valid] = m2p[valid].astype(np.int64)
     fl = e & _FLAG_MASK
     # A run continues while index, mfn and gfn all advance by the same step as the pair
@@ -235,8 +234,8 @@ def _walk_l1(machine, smfn, ents, pres, ind, lines, b: _Budget) -> None:
 
 def _walk_va(machine, dom, sd, va: int, lines: list[str]) -> None:
     v = _vcpu0(dom)
-    vid = getattr(v, "vcpu_id", 0)
-    gcr3 = sd.guest_cr3.get(vid, getattr(v, "guest_cr3", None))
+    vid = v.vcpu_id if v is not None else 0
+    gcr3 = sd.guest_cr3.get(vid)  # set by every CR3 load (ShadowDomain.update_cr3)
     sl4 = sd.toplevel.get(vid)
     if gcr3 is None:
         raise KeyhandlerError(f"d{dom.domid}v{vid} has loaded no CR3 yet")
@@ -251,7 +250,7 @@ def _walk_va(machine, dom, sd, va: int, lines: list[str]) -> None:
         f"lvl idx | {'guest table gfn/mfn':<20} {'entry':<16} {'flags':<14} "
         f"| {'shadow smfn':<11} {'entry':<16} flags"
     )
-    gfn = (gcr3 & ADDR) >> 12
+    gfn = (gcr3 & PTE_ADDR_MASK) >> 12
     g_ok, s_tab, g_big = True, sl4, False
     g_end = s_end = None
     g_why = s_why = ""
@@ -259,8 +258,8 @@ def _walk_va(machine, dom, sd, va: int, lines: list[str]) -> None:
         i = (va >> SHIFTS[level]) & 511
         gcol = "(in the guest's 2 MiB page above)" if level == 1 and g_big else ""
         if g_ok:
-            gm = int(p2m[gfn]) if gfn < len(p2m) else INVALID
-            if gm == INVALID or gm >= nr:
+            gm = int(p2m[gfn]) if gfn < len(p2m) else INVALID_MFN
+            if gm == INVALID_MFN or gm >= nr:
                 g_ok, g_why = False, f"guest table gfn {gfn:#x} not in the P2M"
             else:
                 ge = int(u64[(gm << 9) + i])
@@ -269,12 +268,12 @@ def _walk_va(machine, dom, sd, va: int, lines: list[str]) -> None:
                     g_ok, g_why = False, f"guest l{level} entry not present"
                 elif level == 2 and ge & PSE:
                     # A 2 MiB page (the shadow splinters it into an fl1): no guest l1.
-                    base = ((ge & ADDR) >> 12) & ~511  # bit 12 is PAT, not address
+                    base = ((ge & PTE_ADDR_MASK) >> 12) & ~511  # bit 12 is PAT, not address
                     g_ok, g_end, g_big = False, base + ((va >> 12) & 511), True
                 elif level == 3 and ge & PSE:
                     g_ok, g_why = False, "guest l3 1 GiB page (not supported)"
                 else:
-                    gfn = (ge & ADDR) >> 12
+                    gfn = (ge & PTE_ADDR_MASK) >> 12
                     if level == 1:
                         g_end = gfn
         scol = ""
@@ -284,7 +283,7 @@ def _walk_va(machine, dom, sd, va: int, lines: list[str]) -> None:
             if not se & P:
                 s_tab, s_why = None, f"shadow l{level} entry not present"
             else:
-                child = (se & ADDR) >> 12
+                child = (se & PTE_ADDR_MASK) >> 12
                 if level == 1:
                     s_end, s_tab = child, None
                 elif sd.pool.type.get(child) is None:
@@ -295,18 +294,18 @@ def _walk_va(machine, dom, sd, va: int, lines: list[str]) -> None:
             s_why = s_why or "no shadow loaded"
         lines.append(f"l{level}  {i:03x} | {gcol:<52} | {scol}".rstrip())
     if g_end is not None:
-        gm = int(p2m[g_end]) if g_end < len(p2m) else INVALID
-        gpage = f"gfn {g_end:#x} -> mfn " + (f"{gm:#x}" if gm != INVALID else "none (hole)")
+        gm = int(p2m[g_end]) if g_end < len(p2m) else INVALID_MFN
+        gpage = f"gfn {g_end:#x} -> mfn " + (f"{gm:#x}" if gm != INVALID_MFN else "none (hole)")
     else:
         gm, gpage = None, g_why
     spage = f"mfn {s_end:#x} (gfn {_gfn_of(machine, s_end)})" if s_end is not None else s_why
     lines.append(f"page    | {gpage:<52} | {spage}")
-    if s_end is not None and gm is not None and gm != INVALID:
+    if s_end is not None and gm is not None and gm != INVALID_MFN:
         if s_end == gm:
             lines.append(f"both paths end at machine frame {gm:#x}")
         else:
             lines.append(f"MISMATCH: guest path ends at mfn {gm:#x}, shadow at mfn {s_end:#x}")
-    elif s_end is None and gm is not None and gm != INVALID:
+    elif s_end is None and gm is not None and gm != INVALID_MFN:
         lines.append(
             f"guest path ends at machine frame {gm:#x}; no present shadow (the next access faults)"
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emu.boot import boot_sync
 from emu.domain_build import guest_pte_flags
 from emu.host import DomainSpec, HostConfig
 from emu.machine import Machine
@@ -28,7 +29,7 @@ class Lines:
 
 def new_machine(memory: int = 512 << 20, cpus: int = 2) -> Machine:
     m = Machine(HostConfig(memory=memory, cpus=cpus, dom0_mem=64 << 20))
-    return m.boot_sync()
+    return boot_sync(m)
 
 
 def create(m, name: str, workload: str, memory: int = 16, vcpus: int = 1, paused=False):
@@ -95,6 +96,26 @@ say_msg:
 """
         + PUTS
     )
+
+
+# After a counting loop: prints `ok` if rax == rbx, else `N`, then goes offline (cli; hlt).
+REPORT_EQUAL = """
+    cmp rax, rbx
+    jne bad
+    mov al, 0x6f
+    out 0xe9, al
+    mov al, 0x6b
+    out 0xe9, al
+    jmp nl
+bad:
+    mov al, 0x4e
+    out 0xe9, al
+nl:
+    mov al, 0x0a
+    out 0xe9, al
+    cli
+    hlt
+"""
 
 
 class Out(list):

@@ -4,6 +4,7 @@ running a domain to its end."""
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import subprocess
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from emu.boot import boot_sync
 from emu.host import DomainSpec, HostConfig
 from emu.machine import Machine
 
@@ -23,9 +25,13 @@ _built: list[Path] = []
 
 
 def xtf_tree() -> Path:
-    """XTF built with ../shared/xtf-build.sh (once per process); skips the test without XTF."""
+    """XTF built with ../shared/xtf-build.sh (once per process); skips the test without XTF.
+    XENCONSOLE_XTF_DIR names a tree xtf-build.sh already built (saves the build)."""
     if not (XTF.is_dir() and (SHARED / "xtf-build.sh").is_file()):
         pytest.skip(XTF_MISSING)
+    prebuilt = os.environ.get("XENCONSOLE_XTF_DIR")
+    if prebuilt and not _built and (Path(prebuilt) / "tests").is_dir():
+        _built.append(Path(prebuilt))
     if not _built:
         dest = Path(tempfile.mkdtemp(prefix="xtf-"))
         atexit.register(shutil.rmtree, dest, True)
@@ -42,7 +48,7 @@ def kernel(xtf: Path, name: str) -> str:
 
 
 def small_machine() -> tuple[Machine, list[str]]:
-    m = Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=256 << 20)).boot_sync()
+    m = boot_sync(Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=256 << 20)))
     assert m.pv.xen is not None  # Xen's PV frames, kept from the first PV domain on
     out: list[str] = []
     m.console.sinks.append(lambda b: out.append(b.decode("latin-1")))

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 
-from emu.host import ConfigError, load_config, parse_size
-
-DEFAULT_TELNET = "127.0.0.1:4555"
-
-
-class UsageError(Exception):
-    pass
+from xenconsole.options import UsageError, load_keys
+from xenconsole.transports import TRANSPORTS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,35 +17,17 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def parse_listen(text: str, what: str) -> tuple[str, int]:
-    """`[HOST:]PORT` -> (host, port); the host defaults to 127.0.0.1."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host = "127.0.0.1"
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UsageError(f"--{what}: invalid port in {text!r} (expected [HOST:]PORT)")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="xenconsole", description="An emulated Xen host with a real serial console.")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     s = sub.add_parser("serve", help="boot the host and serve its console")
-    s.add_argument("--telnet", metavar="[HOST:]PORT", default=None)
-    s.add_argument("--no-telnet", action="store_true")
-    s.add_argument("--tcp", metavar="[HOST:]PORT")
-    s.add_argument("--rfc2217", metavar="[HOST:]PORT")
-    s.add_argument("--pty", nargs="?", const="", metavar="LINK")
+    for t in TRANSPORTS:
+        if t.value_optional:
+            s.add_argument(t.flag, dest=t.kind, nargs="?", const="", metavar=t.metavar)
+        else:
+            s.add_argument(t.flag, dest=t.kind, metavar=t.metavar)
+        if t.default is not None:
+            s.add_argument(f"--no-{t.kind}", dest=f"no_{t.kind}", action="store_true")
     s.add_argument("--config", metavar="FILE")
     s.add_argument("--memory", metavar="SIZE")
     s.add_argument("--cpus", metavar="N")
@@ -67,29 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def host_from_args(args) -> object:
-    host = load_config(args.config)
-    if args.memory is not None:
-        host.memory = parse_size(args.memory)
-    if args.cpus is not None:
-        if not str(args.cpus).isdigit():
-            raise ConfigError(f"--cpus: invalid number {args.cpus!r}")
-        host.cpus = int(args.cpus)
-    if args.dom0_mem is not None:
-        host.dom0_mem = parse_size(args.dom0_mem)
-    host.validate()
-    return host
-
-
 def cmd_keys(args) -> int:
+    try:
+        load_keys(args.plugin)
+    except UsageError as e:
+        sys.stderr.write(f"xenconsole: error: {e}\n")
+        return 2
     import keyhandlers
 
-    try:
-        keyhandlers.load_entry_points()
-        keyhandlers.load_modules(args.plugin)
-    except Exception as e:
-        sys.stderr.write(f"xenconsole: error: plugin: {e}\n")
-        return 2
     print("'h' pressed -> showing installed handlers")
     for kh in keyhandlers.installed():
         print(keyhandlers.handler_line(kh))

@@ -14,7 +14,6 @@ asyncio loop once per batch of received bytes.
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 import threading
 
@@ -34,11 +33,11 @@ from prompt_toolkit.layout import (
 from prompt_toolkit.layout.controls import FormattedTextControl, UIContent, UIControl
 from prompt_toolkit.styles import Style
 
-from xenconsole.clientlink import Link, LinkError, LinkUsageError, open_link
+from emu.console import SWITCH_KEYS, SWITCH_RE, SWITCH_TARGET_DOM0, SWITCH_TARGET_XEN
+from xenconsole.clientlink import Link, LinkError, LinkUsageError
+from xenconsole.transports import open_link
 from xenconsole.vt import Screen
 
-SWITCH_RE = re.compile(rb"\*\*\* Serial input to (\S+) \(type ")
-SWITCH_KEYS = b"\x01\x01\x01"
 ESCAPE_KEY = Keys.ControlSquareClose
 SWITCH_WAIT = 3.0
 
@@ -216,9 +215,9 @@ class ClientSession:
     def list_keys(self) -> None:
         """Press `h` in Xen and come back to where input was."""
         self.notice = ""
-        if self.target == "Xen":
+        if self.target == SWITCH_TARGET_XEN:
             self.send(b"h")
-        elif self.target == "DOM0":
+        elif self.target == SWITCH_TARGET_DOM0:
             self.send(SWITCH_KEYS + b"h" + SWITCH_KEYS)
         else:  # unknown: switch once and see which way it went
             self.app.create_background_task(self._list_keys_unknown())
@@ -236,7 +235,7 @@ class ClientSession:
             self.app.invalidate()
             return
         # Now in Xen: it was dom0, so press h and go back; now dom0: it was Xen.
-        self.send(b"h" + SWITCH_KEYS if self.target == "Xen" else SWITCH_KEYS + b"h")
+        self.send(b"h" + SWITCH_KEYS if self.target == SWITCH_TARGET_XEN else SWITCH_KEYS + b"h")
 
     # ---- received bytes ------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ ValueError; a console that cannot be reached raises ConsoleError.
 
 from __future__ import annotations
 
-import queue
 import re
 import secrets
 import shlex
@@ -32,7 +31,9 @@ from typing import Any
 import pexpect
 from pexpect.spawnbase import SpawnBase
 
+from emu.console import CONSOLE_PREFIX, SWITCH_KEYS, SWITCH_PATTERN
 from xenconsole import clientlink
+from xenconsole.transports import open_link
 
 __all__ = [
     "Console",
@@ -49,15 +50,12 @@ EOF = pexpect.EOF
 TIMEOUT = pexpect.TIMEOUT
 
 PROMPT = "root@dom0:~# "
-CTRL_A = b"\x01"
 
-# `*** Serial input to DOM0 (type ...)` (Xen 4.12+) and `*** Serial input -> DOM0 (...)`
-# (4.4-4.11); a new boot (`(XEN) Xen version `) gives input back to Xen.
-_SWITCH = r"\*\*\* Serial input (?:to|->) (\w+)[ \r]"
-_EVENTS = re.compile(
-    rb"\(XEN\) (?:\[[^\]\n]*\] )?(?:\*\*\* Serial input (?:to|->) (\w+)[ \r]|(Xen version ))"
-)
-_SWITCH_LINE = re.compile(r"\(XEN\) (?:\[[^\]\n]*\] )?" + _SWITCH + r"[^\n]*\n")
+# A switch message (emu/console.py) says where input goes; a new boot (`(XEN) Xen version `)
+# gives input back to Xen. Either may follow a console timestamp (`(XEN) [...] `).
+_XEN_LINE = re.escape(CONSOLE_PREFIX) + r"(?:\[[^\]\n]*\] )?"
+_EVENTS = re.compile(f"{_XEN_LINE}(?:{SWITCH_PATTERN}|(Xen version ))".encode())
+_SWITCH_LINE = re.compile(_XEN_LINE + SWITCH_PATTERN + r"[^\n]*\n")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _GUEST_LINE = re.compile(r"^\(d\d+\) ")
 _GUEST_LINES = re.compile(rb"(?m)^\(d\d+\) [^\n]*\n?")
@@ -85,63 +83,9 @@ def strip_ansi(text: str) -> str:
 # ---- byte transport ---------------------------------------------------------------------------
 
 
-class _PullLink:
-    """Reads with a timeout over a `clientlink` link, which pushes from its reader thread.
-
-    The links are the ones `xenconsole connect` uses: telnet (negotiation, IAC doubling and
-    CR NUL handled there), raw TCP, RFC 2217 and PTY/serial paths through pyserial.
-    """
-
-    def __init__(self, link: clientlink.Link) -> None:
-        self.link = link
-        self._q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._eof = False
-        link.start(self._q.put)
-
-    def fileno(self) -> int:
-        return -1
-
-    def recv(self, size: int, timeout: float | None) -> bytes | None:
-        """Up to about `size` bytes; None on timeout, b'' at end of file."""
-        if self._eof:
-            return b""
-        try:
-            if timeout is not None and timeout <= 0:
-                data = self._q.get_nowait()
-            else:
-                data = self._q.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        chunks, n = [], 0
-        while data is not None:
-            chunks.append(data)
-            n += len(data)
-            if n >= size:
-                break
-            try:
-                data = self._q.get_nowait()
-            except queue.Empty:
-                break
-        if data is None:
-            self._eof = True
-        return b"".join(chunks)
-
-    def write(self, data: bytes) -> None:
-        self.link.write(data)
-
-    def send_break(self) -> None:
-        try:
-            self.link.send_break()
-        except clientlink.LinkError as e:
-            raise ConsoleError(str(e)) from None
-
-    def close(self) -> None:
-        self.link.close()
-
-
-def _open_link(url: str) -> _PullLink:
+def _open_link(url: str) -> clientlink.PullLink:
     try:
-        return _PullLink(clientlink.open_link(url))
+        return clientlink.PullLink(open_link(url))
     except clientlink.LinkUsageError as e:
         raise ValueError(str(e)) from None
     except clientlink.LinkError as e:
@@ -269,7 +213,10 @@ class Console(SpawnBase):
 
     def send_break(self) -> None:
         """A serial BREAK (telnet IAC BRK, RFC 2217 or the device's own)."""
-        self.link.send_break()
+        try:
+            self.link.send_break()
+        except clientlink.LinkError as e:
+            raise ConsoleError(str(e)) from None
 
     def isalive(self) -> bool:
         return not self.closed and not self.flag_eof
@@ -371,7 +318,7 @@ class Console(SpawnBase):
             if self.target == want:
                 return
             stale = self._take_unconsumed()
-            self._send_raw(CTRL_A * 3)
+            self._send_raw(SWITCH_KEYS)
             try:
                 self.expect(_SWITCH_LINE, timeout=timeout)
             except TIMEOUT:

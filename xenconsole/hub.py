@@ -2,7 +2,7 @@
 
 Every client's input enters the machine through `Console.serial_rx`; every output byte the
 machine sends to the serial line is fanned out here to every client (and the log file).
-Transports (telnet, tcp, pty, rfc2217) are backends that only call `attach`, `detach` and
+Transports (xenconsole/transports/) are backends that only call `attach`, `detach` and
 `receive`, and implement `deliver(bytes)`.
 """
 
@@ -12,13 +12,24 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
+
+# The serial driver's asynchronous transmit buffer: CONFIG_SERIAL_TX_BUFSIZE's default
+# (xen/drivers/char/Kconfig). Output printed on a vCPU thread waits here for the reactor.
+SERIAL_TX_BUFSIZE = 32768
 
 
 class Client(Protocol):
     name: str
 
     def deliver(self, data: bytes) -> None: ...
+
+
+class Listener(NamedTuple):
+    """A transport waiting for clients: where (its ready line's text) and how to stop it."""
+
+    where: str
+    close: Callable[[], object]
 
 
 class Hub:
@@ -32,13 +43,41 @@ class Hub:
         self.on_break: Callable[[Client], None] = lambda client: None
         self.bytes_out = 0
         self._pending = bytearray()
+        self._tx = bytearray()  # printed on other threads, not yet on the reactor
+        self._tx_lock = threading.Lock()
+        self._tx_quench = False
+        self.tx_dropped = 0  # bytes dropped because the transmit buffer was full
 
     # Output side: the machine's serial sink.
     def sink(self, data: bytes) -> None:
         if threading.get_ident() == self._reactor_thread:
+            self._tx_drain()  # in order after anything other threads printed before
             self._queue(data)
-        else:  # a vCPU thread printed: hop onto the reactor, preserving order
-            self.reactor.callFromThread(self._queue, data)
+            return
+        # A vCPU thread printed: through a fixed buffer onto the reactor, in order. As
+        # __serial_putc() (xen/drivers/char/serial.c) does when its buffer fills: drop
+        # characters until the buffer is half empty again. Xen prints nothing about them;
+        # they are counted in `tx_dropped`.
+        with self._tx_lock:
+            kick = not self._tx
+            if self._tx_quench and len(self._tx) > SERIAL_TX_BUFSIZE // 2:
+                self.tx_dropped += len(data)
+                return
+            self._tx_quench = False
+            room = SERIAL_TX_BUFSIZE - len(self._tx)
+            if len(data) > room:
+                self.tx_dropped += len(data) - room
+                self._tx_quench = True
+                data = data[:room]
+            self._tx += data
+        if kick and data:
+            self.reactor.callFromThread(self._tx_drain)
+
+    def _tx_drain(self) -> None:
+        with self._tx_lock:
+            data = bytes(self._tx)
+            self._tx.clear()
+        self._queue(data)
 
     def _queue(self, data: bytes) -> None:
         # Output is gathered for the rest of this reactor turn and fanned out once: the dom0

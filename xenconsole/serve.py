@@ -1,109 +1,101 @@
-"""Start listeners, print the ready lines, run the reactor until SIGINT/SIGTERM."""
+"""`xenconsole serve`: parse the options, listen on every transport, run until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
-from emu.host import ConfigError
-from xenconsole.cli import DEFAULT_TELNET, UsageError, host_from_args, is_loopback, parse_listen
-from xenconsole.outbuf import DEFAULT_LIMIT
-
-
-def _fail(msg: str) -> int:
-    sys.stderr.write(f"xenconsole: error: {msg}\n")
-    return 2
+from emu.host import ConfigError, HostConfig
+from xenconsole.hub import Listener
+from xenconsole.options import Address, UsageError, host_from_args, is_loopback, load_keys
+from xenconsole.transports import TRANSPORTS, Transport
 
 
-def serve(args) -> int:
-    try:
-        host = host_from_args(args)
-        # `is not None`: an empty value is a bad address, not a missing option.
-        telnet_arg = DEFAULT_TELNET if args.telnet is None else args.telnet
-        telnet = None if args.no_telnet else parse_listen(telnet_arg, "telnet")
-        tcp = parse_listen(args.tcp, "tcp") if args.tcp is not None else None
-        rfc2217 = parse_listen(args.rfc2217, "rfc2217") if args.rfc2217 is not None else None
-    except (ConfigError, UsageError) as e:
-        return _fail(str(e))
-    if args.no_telnet and args.telnet is not None:
-        return _fail("--telnet and --no-telnet cannot be used together")
+@dataclass
+class ServeConfig:
+    """The options of one `xenconsole serve`, checked."""
+
+    host: HostConfig
+    transports: list[tuple[Transport, Any]]  # each transport asked for, with its parsed value
+    wait: bool = True
+    log: str | None = None
+    log_events: bool = False
+    plugins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Opened:
+    """What `listen` opened: the listeners in ready-line order and the log file."""
+
+    listeners: list[tuple[Transport, Listener]]
+    log: Any = None
+
+    def close(self) -> None:
+        for _t, listener in self.listeners:
+            listener.close()
+
+
+def _off(args, t: Transport) -> bool:
+    return t.default is not None and getattr(args, f"no_{t.kind}")
+
+
+def parse(args) -> ServeConfig:
+    """Check every option (and load the keys) before anything is opened; UsageError or
+    ConfigError says what is wrong in one line."""
+    host = host_from_args(args)
+    transports = []
+    for t in TRANSPORTS:
+        value = getattr(args, t.kind)
+        # `is None`: an empty value is a bad address, not a missing option.
+        value = t.default if value is None else value
+        if value is not None and not _off(args, t):
+            transports.append((t, t.parse(value, t.kind)))
+    for t in TRANSPORTS:
+        if _off(args, t) and getattr(args, t.kind) is not None:
+            raise UsageError(f"{t.flag} and --no-{t.kind} cannot be used together")
     if args.log_events and not args.log:
-        return _fail("--log-events needs --log FILE")
+        raise UsageError("--log-events needs --log FILE")
+    load_keys(args.plugin)
+    return ServeConfig(host, transports, not args.no_wait, args.log, args.log_events, args.plugin)
 
-    import keyhandlers
 
+def listen(reactor, config: ServeConfig, hub) -> Opened:
+    """Start every transport, then open the log; on any failure close what was opened and
+    raise (CannotListenError, OSError or UsageError)."""
+    opened = Opened([])
     try:
-        keyhandlers.load_entry_points()
-        keyhandlers.load_modules(args.plugin)
-    except Exception as e:
-        return _fail(f"plugin: {e}")
-
-    from twisted.internet import reactor
-    from twisted.internet.error import CannotListenError
-
-    from xenconsole.server import HostRunner, ServeOptions
-    from xenconsole.transports import ConsoleFactory, RawClient, TelnetClient
-
-    opts = ServeOptions(host=host, wait=not args.no_wait, log_path=args.log, plugins=args.plugin)
-    runner = HostRunner(reactor, opts, None)
-    ready: list[str] = []
-    ports = []
-    pty = None
-    try:
-        for kind, addr, cls in (("telnet", telnet, TelnetClient), ("tcp", tcp, RawClient)):
-            if addr is None:
-                continue
-            port = reactor.listenTCP(
-                addr[1], ConsoleFactory(runner.hub, cls, DEFAULT_LIMIT), interface=addr[0]
-            )
-            ports.append(port)
-            h = port.getHost()
-            ready.append(f"xenconsole: {kind} {addr[0]}:{h.port}")
-        if rfc2217 is not None:
-            try:
-                from xenconsole.rfc2217 import RFC2217Factory
-            except ImportError:
-                raise UsageError("--rfc2217 is not available in this build") from None
-            port = reactor.listenTCP(rfc2217[1], RFC2217Factory(runner.hub), interface=rfc2217[0])
-            ports.append(port)
-            ready.append(f"xenconsole: rfc2217 {rfc2217[0]}:{port.getHost().port}")
-        if args.pty is not None:
-            from xenconsole.pty import PtyClient
-
-            pty = PtyClient(runner.hub, reactor, link=args.pty or None)
-            ready.append(f"xenconsole: pty {pty.path}")
+        for t, value in config.transports:
+            opened.listeners.append((t, t.listen(reactor, hub, value)))
         # Opened last, so a bad option never leaves a new empty log file behind.
-        log = None
-        if args.log:
+        if config.log:
             try:
-                log = open(args.log, "ab")  # noqa: SIM115 - lives as long as the server
+                opened.log = open(config.log, "ab")  # noqa: SIM115 - lives as long as the server
             except OSError as e:
-                raise UsageError(f"cannot open log {args.log}: {e.strerror}") from None
-            runner.hub.log = log
-        if args.log_events:
+                raise UsageError(f"cannot open log {config.log}: {e.strerror}") from None
+            hub.log = opened.log
+        if config.log_events:
             from xenconsole.eventlog import install as install_event_log
 
             try:
-                install_event_log(runner.hub)
+                install_event_log(hub)
             except ValueError as e:
                 raise UsageError(str(e)) from None
-    except (CannotListenError, OSError, UsageError) as e:
-        for p in ports:
-            p.stopListening()
-        if pty is not None:
-            pty.close()
-        if isinstance(e, CannotListenError):
-            why = getattr(e.socketError, "strerror", None) or e.socketError
-            return _fail(f"cannot listen on {e.interface}:{e.port}: {why}")
-        if isinstance(e, OSError) and e.strerror:
-            return _fail(e.strerror if e.filename is None else f"{e.filename}: {e.strerror}")
-        return _fail(str(e))
+    except BaseException:
+        opened.close()
+        raise
+    return opened
 
-    for kind, addr in (("telnet", telnet), ("tcp", tcp), ("rfc2217", rfc2217)):
-        if addr is not None and not is_loopback(addr[0]):
+
+def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
+    """Print the ready lines, power on (or wait for the first client), run the reactor; leave
+    the process when it stops."""
+    for t, value in config.transports:
+        if isinstance(value, Address) and not is_loopback(value.host):
             sys.stderr.write(
-                f"xenconsole: warning: {kind} listens on {addr[0]}, not loopback; "
+                f"xenconsole: warning: {t.kind} listens on {value.host}, not loopback; "
                 "the console is unauthenticated, as a real serial line is\n"
             )
 
@@ -114,23 +106,54 @@ def serve(args) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _early_stop)
-    for line in ready:
-        print(line)
+    for t, listener in opened.listeners:
+        print(f"xenconsole: {t.kind} {listener.where}")
     print("xenconsole: ready", flush=True)
 
     def _cleanup() -> None:
         runner.stop()
-        if pty is not None:
-            pty.close()
+        opened.close()
 
     reactor.addSystemEventTrigger("before", "shutdown", _cleanup)
     runner.start()
     reactor.run()
-    if log is not None:
-        log.close()
+    if opened.log is not None:
+        opened.log.close()
     # Every vCPU thread has stopped (runner.stop), the log is closed: leave without the
     # interpreter's teardown, which could free guest RAM under a Unicorn instance that
     # still maps it (seen as an occasional SIGSEGV after a clean stop).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _fail(msg: str) -> int:
+    sys.stderr.write(f"xenconsole: error: {msg}\n")
+    return 2
+
+
+def serve(args) -> int:
+    """`xenconsole serve`: returns 2 after one error line, else never returns."""
+    try:
+        config = parse(args)
+    except (ConfigError, UsageError) as e:
+        return _fail(str(e))
+
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    from xenconsole.hostrunner import HostRunner
+
+    runner = HostRunner(reactor, config.host, wait=config.wait)
+    try:
+        opened = listen(reactor, config, runner.hub)
+    except CannotListenError as e:
+        why = getattr(e.socketError, "strerror", None) or e.socketError
+        return _fail(f"cannot listen on {e.interface}:{e.port}: {why}")
+    except OSError as e:
+        if e.strerror:
+            return _fail(e.strerror if e.filename is None else f"{e.filename}: {e.strerror}")
+        return _fail(str(e))
+    except UsageError as e:
+        return _fail(str(e))
+    run(reactor, config, runner, opened)

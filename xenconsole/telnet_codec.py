@@ -1,15 +1,22 @@
-"""A sans-IO telnet codec for a serial console (RFC 854/855, NAWS RFC 1073).
+"""A sans-IO telnet codec for a serial console (RFC 854/855, NAWS RFC 1073), with a server
+and a client role, as Twisted's `Telnet` is one class for both ends.
 
-Written for the defects of twisted.conch.telnet listed in reference/ecosystem.md §2a/§6:
-unknown IAC commands are ignored (never fatal), a bare CR is delivered at once, CR LF and
-CR NUL reach the console as CR, subnegotiation is capped, outgoing 0xFF is always doubled,
-and negotiation answers only state changes so option loops die out.
+Written for the defects of twisted.conch.telnet: unknown IAC commands are ignored (never
+fatal), a bare CR is delivered at once, subnegotiation is capped, outgoing 0xFF is always
+doubled, and negotiation answers only changes of state, so option loops die out.
+
+The roles differ only in policy (`Role`): which options each end may enable, what `start()`
+asks for, and the NVT details of the terminal's end. The server (xenconsole's telnet
+listener) receives what a terminal types: CR LF and CR NUL reach the console as CR, and IP,
+BRK, AYT, EC and EL act. The client (`xenconsole connect`, `xenconsole.expect`) receives the
+console's bytes untouched, sends CR as CR NUL (NVT) and reports its window by NAWS.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 IAC, DONT, DO, WONT, WILL, SB = 255, 254, 253, 252, 251, 250
 GA, EL, EC, AYT, AO, IP, BRK, DM, NOP, SE = 249, 248, 247, 246, 245, 244, 243, 242, 241, 240
@@ -27,9 +34,34 @@ def escape(data: bytes) -> bytes:
     return data.replace(b"\xff", b"\xff\xff")
 
 
+@dataclass(frozen=True)
+class Role:
+    name: str
+    local: frozenset[int]  # options this end agrees to do (it answers DO with WILL)
+    remote: frozenset[int]  # options this end lets the peer do (it answers WILL with DO)
+    opening: tuple[tuple[int, int], ...]  # (WILL or DO, option) that `start()` asks for
+    terminal: bool  # this end is the user's terminal (client), not the host
+
+
+SERVER = Role(
+    "server",
+    local=frozenset({ECHO, SGA, BINARY}),
+    remote=frozenset({NAWS, BINARY, SGA}),
+    opening=((WILL, ECHO), (WILL, SGA), (DO, NAWS)),  # character mode; the window size
+    terminal=False,
+)
+CLIENT = Role(
+    "client",
+    local=frozenset({NAWS, SGA, BINARY}),
+    remote=frozenset({ECHO, SGA, BINARY}),
+    opening=(),  # the server leads
+    terminal=True,
+)
+
+
 class TelnetCodec:
-    LOCAL_OPTIONS = frozenset({ECHO, SGA, BINARY})  # we may do these (client sends DO)
-    REMOTE_OPTIONS = frozenset({NAWS, BINARY, SGA})  # the client may do these (client WILL)
+    """One end of a telnet connection: `feed` what arrives; application bytes go to
+    `on_data`, negotiation answers to `send`; `encode` what the application writes."""
 
     def __init__(
         self,
@@ -37,11 +69,13 @@ class TelnetCodec:
         on_data: Callable[[bytes], None],
         on_break: Callable[[], None] = lambda: None,
         on_naws: Callable[[int, int], None] = lambda w, h: None,
+        role: Role = SERVER,
     ) -> None:
         self.send = send
         self.on_data = on_data
         self.on_break = on_break
         self.on_naws = on_naws
+        self.role = role
         self.us: dict[int, bool] = {}
         self.him: dict[int, bool] = {}
         self._asked_will: set[int] = set()
@@ -50,15 +84,18 @@ class TelnetCodec:
         self._cmd = 0
         self._sb = bytearray()
         self._cr_pending = False
+        # The terminal's size: received by NAWS (server), or set with `set_window` (client).
         self.window: tuple[int, int] | None = None
 
     # ---- negotiation ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Character mode: we echo and suppress go-ahead; ask for the window size."""
-        self.request_will(ECHO)
-        self.request_will(SGA)
-        self.request_do(NAWS)
+        """Ask for what this role wants (the server: character mode and the window size)."""
+        for cmd, opt in self.role.opening:
+            if cmd == WILL:
+                self.request_will(opt)
+            else:
+                self.request_do(opt)
 
     def request_will(self, opt: int) -> None:
         if not self.us.get(opt) and opt not in self._asked_will:
@@ -71,34 +108,47 @@ class TelnetCodec:
             self.send(bytes([IAC, DO, opt]))
 
     def _negotiate(self, cmd: int, opt: int) -> None:
-        if cmd == DO:
-            if opt in self.LOCAL_OPTIONS:
-                if not self.us.get(opt):
-                    self.us[opt] = True
-                    if opt not in self._asked_will:
-                        self.send(bytes([IAC, WILL, opt]))
-                self._asked_will.discard(opt)
-            else:
-                self.send(bytes([IAC, WONT, opt]))
-        elif cmd == DONT:
-            if self.us.get(opt):
-                self.us[opt] = False
-                self.send(bytes([IAC, WONT, opt]))
-            self._asked_will.discard(opt)
-        elif cmd == WILL:
-            if opt in self.REMOTE_OPTIONS:
-                if not self.him.get(opt):
-                    self.him[opt] = True
-                    if opt not in self._asked_do:
-                        self.send(bytes([IAC, DO, opt]))
-                self._asked_do.discard(opt)
-            else:
-                self.send(bytes([IAC, DONT, opt]))
-        elif cmd == WONT:
-            if self.him.get(opt):
-                self.him[opt] = False
-                self.send(bytes([IAC, DONT, opt]))
-            self._asked_do.discard(opt)
+        local = cmd in (DO, DONT)  # about what we do, or about what the peer does
+        state, asked = (self.us, self._asked_will) if local else (self.him, self._asked_do)
+        yes, no = (WILL, WONT) if local else (DO, DONT)
+        if cmd in (DO, WILL):
+            if opt not in (self.role.local if local else self.role.remote):
+                self.send(bytes([IAC, no, opt]))  # refused, every time it is asked
+            elif not state.get(opt):
+                state[opt] = True
+                if opt not in asked:  # an answer to our own request needs none
+                    self.send(bytes([IAC, yes, opt]))
+                if local and opt == NAWS:
+                    self._send_naws()
+        elif state.get(opt):  # DONT / WONT for an enabled option: acknowledge once
+            state[opt] = False
+            self.send(bytes([IAC, no, opt]))
+        asked.discard(opt)
+
+    # ---- output ---------------------------------------------------------------------------
+
+    def encode(self, data: bytes) -> bytes:
+        """Application bytes for the wire: 0xFF doubled; from a terminal, also a CR not
+        followed by LF goes as CR NUL (NVT), unless in BINARY mode."""
+        data = escape(data)
+        if self.role.terminal and not self.us.get(BINARY):
+            data = data.replace(b"\r", b"\r\x00").replace(b"\r\x00\n", b"\r\n")
+        return data
+
+    def send_break(self) -> None:
+        self.send(bytes([IAC, BRK]))
+
+    def set_window(self, cols: int, rows: int) -> None:
+        """The terminal's size changed: tell the peer, if it asked (DO NAWS)."""
+        if self.window != (cols, rows):
+            self.window = (cols, rows)
+            self._send_naws()
+
+    def _send_naws(self) -> None:
+        if self.us.get(NAWS) and self.window is not None:
+            cols, rows = (min(max(v, 0), 0xFFFF) for v in self.window)
+            body = bytes([NAWS, cols >> 8, cols & 0xFF, rows >> 8, rows & 0xFF])
+            self.send(bytes([IAC, SB]) + escape(body) + bytes([IAC, SE]))
 
     # ---- input ----------------------------------------------------------------------------
 
@@ -120,7 +170,7 @@ class TelnetCodec:
                     break
                 if data[j] == CR:
                     out.append(CR)
-                    self._cr_pending = True
+                    self._cr_pending = not self.role.terminal
                 else:
                     self._state = _IAC
                 i = j + 1
@@ -177,6 +227,8 @@ class TelnetCodec:
             self.on_data(bytes(out))
 
     def _command(self, c: int) -> None:
+        if self.role.terminal:
+            return  # what a terminal sends (IP, BRK, AYT, ...) means nothing coming back
         if c == IP:
             self.on_data(b"\x03")
         elif c == BRK:
@@ -190,7 +242,7 @@ class TelnetCodec:
         # NOP, DM, GA, AO, EOR, ABORT, SUSP, EOF and unknown commands: ignored.
 
     def _subnegotiation(self, sb: bytes) -> None:
-        if len(sb) == 5 and sb[0] == NAWS:
+        if len(sb) == 5 and sb[0] == NAWS and NAWS in self.role.remote:
             w, h = (sb[1] << 8) | sb[2], (sb[3] << 8) | sb[4]
             self.window = (w, h)
             self.on_naws(w, h)

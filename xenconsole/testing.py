@@ -21,7 +21,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from xenconsole.transports import TRANSPORTS, by_kind
+
 READY_TIMEOUT = 30.0
+DEFAULT_KINDS = ("telnet", "tcp")  # what `serve()` listens on unless told otherwise
 
 
 class ServeError(RuntimeError):
@@ -30,8 +33,8 @@ class ServeError(RuntimeError):
 
 @dataclass
 class ServedHost:
-    """A running `xenconsole serve`: its process, ready lines and URLs by kind
-    (`telnet`, `tcp`, `rfc2217`, `pty`), ready for `xenconsole.expect.Console.open`."""
+    """A running `xenconsole serve`: its process, ready lines and URLs by transport kind
+    (`telnet`, `tcp`, `rfc2217`, `pty`, ...), ready for `xenconsole.expect.Console.open`."""
 
     proc: subprocess.Popen
     urls: dict[str, str] = field(default_factory=dict)
@@ -46,12 +49,12 @@ class ServedHost:
     def wait_booted(self, timeout: float = 60) -> None:
         """Return once dom0's shell answers: the boot is over (attaching powers the host on
         if it waits for a client)."""
-        kind = next(k for k in ("tcp", "telnet", "rfc2217", "pty") if k in self.urls)
+        kind = "tcp" if "tcp" in self.urls else next(iter(self.urls))
         with self.console(kind, timeout=timeout) as con:
             con.run("true")
 
     def console(self, kind: str = "telnet", **kw):
-        """`Console.open()` on one of the listeners (telnet, tcp, rfc2217 or pty)."""
+        """`Console.open()` on one of the listeners (by transport kind)."""
         from xenconsole.expect import Console
 
         return Console.open(self.urls[kind], **kw)
@@ -70,33 +73,27 @@ class ServedHost:
         return self._stderr.decode(errors="replace")
 
 
-def _url(kind: str, rest: str) -> str:
-    if kind == "pty":
-        return rest
-    scheme = {"telnet": "telnet", "tcp": "socket", "rfc2217": "rfc2217"}[kind]
-    return f"{scheme}://{rest}"
-
-
 @contextlib.contextmanager
 def serve(
     *args: str,
-    telnet: bool = True,
-    tcp: bool = True,
-    pty: bool = False,
-    rfc2217: bool = False,
     wait: bool = False,
     env: dict[str, str] | None = None,
     timeout: float = READY_TIMEOUT,
+    **kinds: bool,
 ) -> Iterator[ServedHost]:
-    """Run `xenconsole serve` on 127.0.0.1 with port 0 listeners; always clean up."""
+    """Run `xenconsole serve` on 127.0.0.1 with port 0 listeners; always clean up.
+
+    Keywords name transports to switch on or off (`pty=True`, `telnet=False`); telnet and
+    tcp are on unless switched off, the others off unless switched on."""
     cmd = [sys.executable, "-m", "xenconsole", "serve"]
-    cmd += ["--telnet", "127.0.0.1:0"] if telnet else ["--no-telnet"]
-    if tcp:
-        cmd += ["--tcp", "127.0.0.1:0"]
-    if rfc2217:
-        cmd += ["--rfc2217", "127.0.0.1:0"]
-    if pty:
-        cmd += ["--pty"]
+    unknown = sorted(set(kinds) - {t.kind for t in TRANSPORTS})
+    if unknown:
+        raise TypeError(f"serve(): no transport named {', '.join(unknown)}")
+    for t in TRANSPORTS:
+        if kinds.get(t.kind, t.kind in DEFAULT_KINDS):
+            cmd += [t.flag] if t.any_free is None else [t.flag, t.any_free]
+        elif t.default is not None:
+            cmd += [f"--no-{t.kind}"]
     if not wait:
         cmd += ["--no-wait"]
     cmd += list(args)
@@ -159,7 +156,7 @@ def _read_ready(host: ServedHost, timeout: float) -> None:
                 return
             parts = text.split(" ", 2)
             if len(parts) == 3 and parts[0] == "xenconsole:":
-                host.urls[parts[1]] = _url(parts[1], parts[2])
+                host.urls[parts[1]] = by_kind(parts[1]).url(parts[2])
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu.page_info import (
+from emu.mm.page_info import (
     PGC_count_mask,
     PGT_count_mask,
     PGT_pinned,

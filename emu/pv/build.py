@@ -202,7 +202,7 @@ def build_pv(machine, dom, blob: bytes, cmdline: str, store_port: int, console_p
             f"xc: error: panic: xg_dom_x86.c:1693: pin_table: pin_table failed "
             f"(pfn {lay.pt_pfn:#x}, mfn {l4:#x}, level 4): Internal error"
         )
-    from emu.page_info import PGT_pinned
+    from emu.mm.page_info import PGT_pinned
 
     machine.frames.type_info[l4] = int(machine.frames.type_info[l4]) | PGT_pinned
     return lay, parms

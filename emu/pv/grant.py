@@ -60,7 +60,7 @@ class GrantTable:
 
     def _unpopulate_status(self) -> bool:
         """gnttab_unpopulate_status_frames(): refused while the guest still maps one."""
-        from emu.page_info import PGC_count_mask
+        from emu.mm.page_info import PGC_count_mask
 
         ft = self.machine.frames
         if any(int(ft.count_info[m]) & PGC_count_mask > 1 for m in self.status):
@@ -112,6 +112,20 @@ class GrantTable:
         return 0
 
 
+def gnttab_of(machine, dom):
+    """A domain's grant table: a PV domU's own, dom0's (it grants nothing here), else None."""
+    if dom is None:
+        return None
+    pv = getattr(dom, "pv", None)
+    if pv is not None:
+        return pv.gnttab
+    if dom.domid == 0:
+        if machine.pv.dom0_gnttab is None:
+            machine.pv.dom0_gnttab = GrantTable(machine, dom)
+        return machine.pv.dom0_gnttab
+    return None
+
+
 def status_frames(grant_frames: int) -> int:
     """grant_to_status_frames() for v2: 256 entries a frame, 2048 status words a frame."""
     return (grant_frames * 256 + 2047) // 2048
@@ -123,10 +137,6 @@ def _self(dom, domid: int) -> bool:
 
 def grant_table_op(vcpu, cmd: int, uop: int, count: int) -> int:
     gt = vcpu.domain.pv.gnttab
-    if cmd in (0, 1, 7):
-        from emu.pv.grant_map import grant_map_op
-
-        return grant_map_op(vcpu, cmd, uop, count)
     if cmd in (2, 6, 8, 9) and (count & 0xFFFFFFFF) != 1:
         return -EINVAL
     try:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from emu.page_info import PGT_l1_page_table, PGT_type_mask, PGT_writable_page
+from emu.mm.page_info import PGT_l1_page_table, PGT_type_mask, PGT_writable_page
 from emu.pv import guest, mm
+from emu.pv.grant import gnttab_of
 from emu.pv.guest import GuestFault
 
 GNTMAP_device_map, GNTMAP_host_map, GNTMAP_readonly = 1, 2, 4
@@ -208,22 +209,6 @@ def map_one(vcpu, op: bytes) -> bytes:
     handle = next(h for h in range(len(lgt.maptrack) + 1) if lgt.maptrack.get(h) is None)
     lgt.maptrack[handle] = Maptrack(rd.domid, ref, flags)
     return done(GNTST_okay, handle, mfn << 12)
-
-
-def gnttab_of(machine, dom):
-    """A domain's grant table: a PV domU's own, dom0's (it grants nothing here), else None."""
-    if dom is None:
-        return None
-    pv = getattr(dom, "pv", None)
-    if pv is not None:
-        return pv.gnttab
-    if dom.domid == 0:
-        if machine.pv.dom0_gnttab is None:
-            from emu.pv.grant import GrantTable
-
-            machine.pv.dom0_gnttab = GrantTable(machine, dom)
-        return machine.pv.dom0_gnttab
-    return None
 
 
 def _undo(pvmm, held, rd) -> None:

@@ -14,26 +14,16 @@ from unicorn import x86_const as X
 
 from emu.pv import guest, mm, traps
 from emu.pv.guest import GuestFault
+from emu.pv.hcall_table import (
+    ARG_REGS,
+    CLOBBER,
+    HANDLERS,
+    MASK64,
+    NARGS,
+    canonical,
+    hypercall,
+)
 from emu.pv.mm import EFAULT, EINVAL, ENOSYS, EPERM
-
-ARG_REGS = (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_R10, X.UC_X86_REG_R8)
-CLOBBER = 0xDEADBEEFDEADF00D
-DOMID_SELF = 0x7FF0
-MASK64 = (1 << 64) - 1
-# Argument counts (xen/include/hypercall-defs.c prototypes), for clobber_regs().
-NARGS = {
-    0: 1, 1: 4, 2: 2, 3: 2, 5: 1, 8: 2, 9: 1, 10: 2, 12: 2, 13: 2, 14: 3, 15: 1, 17: 2,
-    18: 3, 20: 3, 21: 2, 23: 0, 24: 3, 25: 2, 26: 4, 29: 2, 30: 2, 32: 2, 33: 2, 35: 1,
-}  # fmt: skip
-HANDLERS: dict = {}
-
-
-def hypercall(nr: int):
-    def reg(fn):
-        HANDLERS[nr] = fn
-        return fn
-
-    return reg
 
 
 def dispatch(vcpu) -> None:
@@ -113,10 +103,6 @@ def multicall(vcpu, call_list: int, nr_calls: int, *_) -> int | None:
 
 
 # ---- traps, callbacks, stacks, segments --------------------------------------------------------
-
-
-def canonical(va: int) -> bool:
-    return (va >> 47) in (0, 0x1FFFF)
 
 
 @hypercall(0)
@@ -212,7 +198,7 @@ def iret(vcpu, *_) -> int | None:
 @hypercall(2)
 def set_gdt(vcpu, frame_list: int, entries: int, *_) -> int:
     """pv/descriptor-tables.c:73-139: frames must take a PGT_seg_desc_page reference."""
-    from emu.page_info import PGT_seg_desc_page
+    from emu.mm.page_info import PGT_seg_desc_page
 
     if entries > 14 * 512:
         return -EINVAL
@@ -278,7 +264,7 @@ XEN_CAPS = "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64 "  # as
 def xen_version(vcpu, cmd: int, arg: int, *_) -> int:
     """common/kernel.c do_xen_version(); sub-ops beyond those XSM gives every guest
     (xsm/dummy.h:752-777) are -EPERM for a domU."""
-    from emu import machine as M
+    from emu import version as M
 
     if cmd == 0:  # XENVER_version
         return (M.XEN_MAJOR << 16) | M.XEN_MINOR
@@ -388,6 +374,10 @@ def console_io(vcpu, cmd: int, count: int, buf: int, *_) -> int:
 
 @hypercall(20)
 def grant_table_op(vcpu, cmd: int, uop: int, count: int, *_) -> int:
+    if cmd in (0, 1, 7):  # map / unmap / unmap_and_replace
+        from emu.pv.grant_map import grant_map_op
+
+        return grant_map_op(vcpu, cmd, uop, count)
     from emu.pv.grant import grant_table_op as op
 
     return op(vcpu, cmd, uop, count)
@@ -405,6 +395,3 @@ def event_channel_op(vcpu, cmd: int, arg: int, *_) -> int:
     from emu.pv import event
 
     return event.event_channel_op(vcpu, cmd, arg)
-
-
-from emu.pv import hypercall_mm as _hypercall_mm  # noqa: E402,F401  (registers the MMU ops)

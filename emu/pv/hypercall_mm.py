@@ -9,7 +9,7 @@ import struct
 
 from emu.pv import guest, mm
 from emu.pv.guest import GuestFault
-from emu.pv.hypercall import DOMID_SELF, canonical, hypercall
+from emu.pv.hcall_table import DOMID_SELF, canonical, hypercall
 from emu.pv.mm import EFAULT, EINVAL, ENOSYS, ESRCH
 
 
@@ -29,7 +29,7 @@ def update_va_mapping(vcpu, va: int, val: int, flags: int, *_) -> int:
         if t >= nr:
             return -EINVAL
     ft = vcpu.machine.frames
-    from emu.page_info import PGT_l1_page_table, PGT_type_mask
+    from emu.mm.page_info import PGT_l1_page_table, PGT_type_mask
 
     if int(ft.type_info[t]) & PGT_type_mask != PGT_l1_page_table or not vcpu.machine.pv.mm.owned(
         t, vcpu.domain
@@ -58,7 +58,7 @@ MMUEXT_PIN = {0: 1, 1: 2, 2: 3, 3: 4}
 @hypercall(26)
 def mmuext_op(vcpu, uops: int, count: int, pdone: int, foreigndom: int, *_) -> int:
     """mm.c:3500-3990; stops at the first failure, *pdone = operations done."""
-    from emu.page_info import PGT_pinned
+    from emu.mm.page_info import PGT_pinned
 
     pv = vcpu.machine.pv
     pvmm, dom, ft = pv.mm, vcpu.domain, vcpu.machine.frames
@@ -148,7 +148,7 @@ def new_baseptr(vcpu, mfn: int, user: bool) -> int:
 @hypercall(1)
 def mmu_update(vcpu, ureqs: int, count: int, pdone: int, foreigndom: int, *_) -> int:
     """mm.c:4000-4280: MMU_NORMAL_PT_UPDATE / PRESERVE_AD, MMU_MACHPHYS_UPDATE."""
-    from emu.page_info import PGT_count_mask, PGT_type_mask, PGT_writable_page
+    from emu.mm.page_info import PGT_count_mask, PGT_type_mask, PGT_writable_page
 
     pv = vcpu.machine.pv
     pvmm, dom, ft = pv.mm, vcpu.domain, vcpu.machine.frames

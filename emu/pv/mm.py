@@ -22,7 +22,7 @@ Errors are negative Xen errno values.
 
 from __future__ import annotations
 
-from emu.page_info import (
+from emu.mm.page_info import (
     PGC_count_mask,
     PGC_state,
     PGC_state_inuse,

@@ -139,7 +139,7 @@ PV_CR4_GUEST_VISIBLE_MASK = 0x20 | 0x40 | 0x200 | 0x400  # PAE MCE OSFXSR OSXMME
 def write_cr4(vcpu, val: int) -> None:
     """Write CR4 (emul-priv-op.c:843-846): the guest's choice of the bits it controls,
     within the domain's CPUID policy; the real CR4 gets FSGSBASE only if the guest set it."""
-    from emu.vcpu import REAL_CR4
+    from emu.cpu.vcpu import REAL_CR4
 
     _, _, c1, d1 = guest_cpuid(vcpu, 1, 0)
     _, b7, _, _ = guest_cpuid(vcpu, 7, 0)
@@ -228,7 +228,7 @@ def guest_cpuid(vcpu, leaf: int, sub: int) -> tuple[int, int, int, int]:
     if leaf == XEN_CPUID_BASE:
         return (XEN_CPUID_BASE + 5, 0x566E6558, 0x65584D4D, 0x4D4D566E)
     if leaf == XEN_CPUID_BASE + 1:
-        from emu.machine import XEN_MAJOR, XEN_MINOR
+        from emu.version import XEN_MAJOR, XEN_MINOR
 
         return ((XEN_MAJOR << 16) | XEN_MINOR, 0, 0, 0)
     if XEN_CPUID_BASE < leaf < XEN_CPUID_BASE + 0x10000:

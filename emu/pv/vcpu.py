@@ -12,7 +12,7 @@ per-domain area. Everything else reaches the hypervisor through hooks:
   instructions emulated, the rest bounced to the guest's trap table;
 - an invalid opcode is checked for the forced-emulation prefix (`ud2; "xen"; cpuid`).
 
-`run()` returns to the scheduler (emu/sched.py) what it must do next: ('slice',),
+`run()` returns to the scheduler (emu/cpu/sched.py) what it must do next: ('slice',),
 ('yield',), ('block',), ('shutdown', reason), ('crash', how, text).
 """
 
@@ -42,9 +42,9 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from emu import domain as _domain
+from emu.cpu.vcpu import ERR_OFF, OLD_OFF, REAL_CR0, REAL_CR4, REAL_EFER, RegReader
+from emu.domain import VcpuRecord
 from emu.pv import xen as XF
-from emu.vcpu import ERR_OFF, OLD_OFF, REAL_CR0, REAL_CR4, REAL_EFER, RegReader
 
 UNTIL = 1 << 63
 SLICE_INSNS = 200_000
@@ -60,7 +60,7 @@ REG["rflags"] = X.UC_X86_REG_EFLAGS
 
 class Ack:
     """Reads the pending exception's error code and `is_int`, marks it delivered (the
-    Unicorn #1883 workaround of emu/vcpu.py, plus qemu's exception_is_int)."""
+    Unicorn #1883 workaround of emu/cpu/vcpu.py, plus qemu's exception_is_int)."""
 
     def __init__(self, uc: Uc) -> None:
         self.ctx = uc.context_save()
@@ -135,7 +135,7 @@ HC_IN += [X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_R10, X.UC_X86_REG_R8]
 HC_OUT = [X.UC_X86_REG_RCX, X.UC_X86_REG_R11, X.UC_X86_REG_RAX]
 
 
-class PVVCPU(_domain.VCPU):
+class PVVCPU(VcpuRecord):
     """`struct vcpu` of a 64-bit PV guest (arch.pv state) with its Unicorn instance."""
 
     __eq__ = object.__eq__
@@ -174,7 +174,9 @@ class PVVCPU(_domain.VCPU):
         uc.reg_write(X.UC_X86_REG_MSR, (0xC0000080, REAL_EFER))
         uc.reg_write(X.UC_X86_REG_CR0, REAL_CR0)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, XF.gdt_va(vcpu_id), XF.LAST_RESERVED_GDT_BYTE, 0))
-        from emu.pv import hypercall, traps
+        from emu.pv import hypercall, hypercall_mm, traps, vcpu_op  # the latter two register
+
+        del hypercall_mm, vcpu_op
 
         self._traps = traps
         self._hypercall = hypercall

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 
-from emu.page_info import PGT_seg_desc_page, PGT_type_mask, PGT_writable_page
+from emu.mm.page_info import PGT_seg_desc_page, PGT_type_mask, PGT_writable_page
 from emu.pv import guest, mm
 from emu.pv.guest import GuestFault
 from emu.pv.mm import EFAULT, EINVAL, ENOSYS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu.shadow import (
+from emu.mm.page import (
     _PAGE_ACCESSED,
     _PAGE_DIRTY,
     _PAGE_NX,
@@ -17,16 +17,18 @@ from emu.shadow import (
     _PAGE_PSE,
     _PAGE_RW,
     INVALID_MFN,
+    PTE_ADDR_MASK,
+)
+from emu.mm.page_info import PGC_shadowed_pt
+from emu.shadow.hash import SHADOW_HASH_BUCKETS, sh_hash
+from emu.shadow.pool import SH_COUNT_SHIFT, SH_HEAD_SHIFT, SH_PINNED_SHIFT
+from emu.shadow.private import (
     LEVEL_TYPE,
-    PADDR_MASK,
     TYPE_LEVEL,
-    PGC_shadowed_pt,
     SH_type_fl1_64_shadow,
     SH_type_max_shadow,
     SH_type_min_shadow,
 )
-from emu.shadow.hash import SHADOW_HASH_BUCKETS, sh_hash
-from emu.shadow.pool import SH_COUNT_SHIFT, SH_HEAD_SHIFT, SH_PINNED_SHIFT
 
 MAX_PER_KIND = 4
 _U = np.uint64
@@ -152,7 +154,7 @@ def audit_domain(sd) -> list[str]:
         sm = pool.in_use_of_type(t)
         if sm.size:
             e = u64[_idx(sm)]
-            tgt = ((e[(e & _U(_PAGE_PRESENT)) != 0] & _U(PADDR_MASK)) >> _U(12)).astype(np.int64)
+            tgt = ((e[(e & _U(_PAGE_PRESENT)) != 0] & _U(PTE_ADDR_MASK)) >> _U(12)).astype(np.int64)
             for m, c in zip(*np.unique(tgt, return_counts=True), strict=True):
                 refs[int(m)] = refs.get(int(m), 0) + int(c)
     for m in pool.pinned:
@@ -184,11 +186,11 @@ def audit_domain(sd) -> list[str]:
         pres = (s & _U(_PAGE_PRESENT)) != 0
         s, g, where = s[pres], g[pres], np.flatnonzero(pres)
         checks = _flag_errors(lvl, g, s)
-        gfn = ((g & _U(PADDR_MASK)) >> _U(12)).astype(np.int64)
+        gfn = ((g & _U(PTE_ADDR_MASK)) >> _U(12)).astype(np.int64)
         inr = gfn < p2m.size
         want_mfn = np.full(gfn.size, INVALID_MFN, dtype=np.uint64)
         want_mfn[inr] = p2m[gfn[inr]]
-        tgt = (s & _U(PADDR_MASK)) >> _U(12)
+        tgt = (s & _U(PTE_ADDR_MASK)) >> _U(12)
         if lvl == 1:
             checks.append((tgt != want_mfn, "bad translation"))
             isp = np.isin(tgt, np.fromiter(sd.shadow_flags, np.uint64, len(sd.shadow_flags)))
@@ -200,7 +202,7 @@ def audit_domain(sd) -> list[str]:
             ct = LEVEL_TYPE[lvl - 1]
             pse = (g & _U(_PAGE_PSE)) != 0 if lvl == 2 else np.zeros(g.size, bool)
             want_t = np.where(pse, SH_type_fl1_64_shadow, ct)
-            want_back = np.where(pse, (g & _U(PADDR_MASK & ~0x1FFFFF)) >> _U(12), want_mfn)
+            want_back = np.where(pse, (g & _U(PTE_ADDR_MASK & ~0x1FFFFF)) >> _U(12), want_mfn)
             child_back = np.array(
                 [
                     pool.back.get(int(x), -1) if pool.type.get(int(x)) == int(wt) else -1
@@ -227,7 +229,7 @@ def audit_domain(sd) -> list[str]:
         want = np.full(pres.size, INVALID_MFN, dtype=np.uint64)
         inr = gfns < p2m.size
         want[inr] = p2m[gfns[inr]]
-        tgt = (s[pres] & _U(PADDR_MASK)) >> _U(12)
+        tgt = (s[pres] & _U(PTE_ADDR_MASK)) >> _U(12)
         isp = np.isin(tgt, np.fromiter(sd.shadow_flags, np.uint64, len(sd.shadow_flags)))
         isp &= ~np.isin((smfn << 9) + pres, lent)
         for mask, why in (
@@ -246,7 +248,6 @@ def audit_shadows(machine) -> list[str]:
     """Shadow audit of every shadowed domain."""
     out: list[str] = []
     for dom in list(machine.domains.values()):
-        sd = getattr(dom, "paging", None)
-        if sd is not None and hasattr(sd, "hash"):
-            out.extend(audit_domain(sd))
+        if dom.paging is not None:
+            out.extend(audit_domain(dom.paging))
     return out

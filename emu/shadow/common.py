@@ -4,44 +4,32 @@ One `ShadowDomain` per shadowed domain (`dom.paging`). Shadow entries live in ma
 (the frames of the pool); the Python side keeps the `u.sh` headers (pool.py), the hash
 (hash.py) and `shadow_flags` of guest frames, and writes each change to the frame table.
 A domain's vCPUs never run in parallel, and callers from other threads hold
-`machine.sched.quiesce(dom)`, so there is no locking here (Xen's paging lock).
+`machine.quiesce(dom)`, so there is no locking here (Xen's paging lock).
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
-from emu.access import access_of
-from emu.perfc import perfc_of
-from emu.shadow import (
-    _PAGE_ACCESSED,
-    _PAGE_PRESENT,
-    _PAGE_RW,
-    INVALID_MFN,
+from emu.mm.page import _PAGE_ACCESSED, _PAGE_PRESENT, _PAGE_RW, INVALID_MFN, PTE_ADDR_MASK
+from emu.mm.page_info import PGC_shadowed_pt
+from emu.shadow.hash import ShadowHash
+from emu.shadow.multi import sh_page_fault
+from emu.shadow.pool import ShadowPool, default_pool_pages
+from emu.shadow.private import (
     LEVEL_TYPE,
-    PADDR_MASK,
     TYPE_LEVEL,
-    PGC_shadowed_pt,
     SH_type_fl1_64_shadow,
     SH_type_l1_64_shadow,
     SH_type_l4_64_shadow,
 )
-from emu.shadow.hash import ShadowHash
-from emu.shadow.multi import sh_page_fault
-from emu.shadow.pool import ShadowPool, default_pool_pages
 
 _AR512 = np.arange(512, dtype=np.int64)
 _U_P = np.uint64(_PAGE_PRESENT)
 _U_RW = np.uint64(_PAGE_RW)
 _U_A = np.uint64(_PAGE_ACCESSED)
-_U_ADDR = np.uint64(PADDR_MASK)
+_U_ADDR = np.uint64(PTE_ADDR_MASK)
 _U_12 = np.uint64(12)
-
-
-class ShadowError(Exception):
-    """A shadow operation that cannot be done for this guest (the domain should crash)."""
 
 
 def _entries_index(mfns: np.ndarray) -> np.ndarray:
@@ -55,8 +43,8 @@ class ShadowDomain:
     def __init__(self, machine, dom, pool_pages: int | None = None) -> None:
         self.machine = machine
         self.dom = dom
-        self.pc = perfc_of(machine)
-        self.access = access_of(machine)
+        self.pc = machine.perfc
+        self.access = machine.access
         ram = machine.ram
         self.u64 = ram.u64
         self.mem = memoryview(ram.mm).cast("Q")  # scalar reads give Python ints, fast
@@ -95,7 +83,7 @@ class ShadowDomain:
         self.mv_written = acc.mv_written
         self.mv_window = acc.mv_window
         self.mv_first_touch = acc.mv_first_touch
-        self.t0 = getattr(machine, "_t0", 0)  # machine.now() == monotonic_ns() - _t0
+        self.t0 = machine._t0  # machine.now() == monotonic_ns() - _t0
         self.p2m_view()
 
     # ---- sizes (CONTRACT) ------------------------------------------------------------
@@ -143,11 +131,9 @@ class ShadowDomain:
         self.need_flush = False
         ctr = self.cpu
         idx = self.pc.index["shadow_vcpu_tlb_flush"]
-        for v in getattr(self.dom, "vcpus", ()):
-            fl = getattr(v, "flush_tlb", None)
-            if fl is not None:
-                fl()
-                ctr[idx] += 1
+        for v in self.dom.vcpus:
+            v.flush_tlb()
+            ctr[idx] += 1
 
     def flush_if_needed(self) -> None:
         if self.need_flush:
@@ -232,7 +218,7 @@ class ShadowDomain:
         base = smfn << 9
         ents = self.u64[base : base + 512]
         if t == SH_type_l1_64_shadow or t == SH_type_fl1_64_shadow:
-            self._fold_window(ents)
+            self.access.fold_accessed(ents)  # the window loses no access
             self.l1s.discard(smfn)
             self._l1_arr = None
             children = []
@@ -251,13 +237,6 @@ class ShadowDomain:
                 self.demote(gmfn, t)
         pool.free(smfn, self.cpu)
         self.need_flush = True
-
-    def _fold_window(self, ents: np.ndarray) -> None:
-        """Keep hardware-set A bits of L1 entries about to vanish (the window loses nothing)."""
-        hit = ents[(ents & (_U_P | _U_A)) == (_U_P | _U_A)]
-        if hit.size:
-            m = ((hit & _U_ADDR) >> _U_12).astype(np.intp)
-            self.access.window[m[m < self.nr_frames]] = 1
 
     def unhook(self, smfn: int) -> None:
         """shadow_unhook_mappings(): empty every guest entry of a (top-level) shadow.
@@ -468,43 +447,35 @@ class ShadowDomain:
         return audit_domain(self)
 
 
-def attach(machine) -> None:
-    """Machine subsystem: counters, the access record, and the domain lifecycle hooks."""
-    if getattr(machine, "_shadow_attached", False):
-        return
-    machine._shadow_attached = True
-    perfc_of(machine)
-    if getattr(machine, "ram", None) is not None:
-        access_of(machine)
-    hooks = getattr(machine, "hooks", None)
-    if hooks is None:
-        return
-    hooks.p2m_removing.append(lambda dom, gfns: _p2m_removing(machine, dom, gfns))
-    hooks.domain_destroying.append(lambda dom: _domain_destroying(machine, dom))
-
-
-def _quiesced(machine, dom):
-    """The domain's vCPUs out of emu_start (balloon and destroy come from other threads)."""
-    sched = getattr(machine, "sched", None)
-    if sched is not None and hasattr(sched, "quiesce"):
-        return sched.quiesce(dom)
-    return contextlib.nullcontext()
+def attach_shadow_hooks(machine) -> None:
+    """The domain lifecycle hooks of shadow paging (registered by Machine.__init__)."""
+    machine.hooks.p2m_removing.append(lambda dom, gfns: _p2m_removing(machine, dom, gfns))
+    machine.hooks.domain_destroying.append(lambda dom: _domain_destroying(machine, dom))
 
 
 def _p2m_removing(machine, dom, gfns) -> None:
+    """The domain's vCPUs out of emu_start: balloon and destroy come from other threads."""
     p2m = np.asarray(dom.p2m)
     gfns = np.asarray(gfns, dtype=np.int64)
     gfns = gfns[(gfns >= 0) & (gfns < p2m.size)]
-    with _quiesced(machine, dom):
-        if getattr(dom, "paging", None) is not None:
+    with machine.quiesce(dom):
+        if dom.paging is not None:
             dom.paging.remove_all_mappings(gfns)
         mfns = p2m[gfns]
-        access_of(machine).clear(mfns[mfns != np.uint64(INVALID_MFN)])
+        machine.access.clear(mfns[mfns != np.uint64(INVALID_MFN)])
 
 
 def _domain_destroying(machine, dom) -> None:
-    with _quiesced(machine, dom):
-        if getattr(dom, "paging", None) is not None:
+    with machine.quiesce(dom):
+        if dom.paging is not None:
             dom.paging.teardown()
         p2m = np.asarray(dom.p2m)
-        access_of(machine).clear(p2m[p2m != np.uint64(INVALID_MFN)])
+        machine.access.clear(p2m[p2m != np.uint64(INVALID_MFN)])
+
+
+def shadow_enable(machine, dom, pool_pages: int | None = None):
+    """Turn shadow mode on for `dom`: take its pool from the heap, set `dom.paging`."""
+    if dom.paging is not None:
+        return dom.paging
+    dom.paging = ShadowDomain(machine, dom, pool_pages)
+    return dom.paging

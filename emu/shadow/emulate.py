@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu.shadow import _PAGE_ACCESSED, _PAGE_PRESENT, _PAGE_RW, PADDR_MASK, TYPE_LEVEL
+from emu.mm.page import _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, PTE_ADDR_MASK
+from emu.shadow.private import TYPE_LEVEL
 
 EFLAGS_TF = 0x100
-_P, _PS, _ADDR = 0x1, 0x80, 0x000FFFFFFFFFF000
 _cs = None
 _UC_REG: dict[int, int] = {}
 
@@ -55,17 +55,17 @@ def guest_va_to_mfn(sd, vid: int, va: int) -> int | None:
     if gcr3 is None:
         return None
     mem = sd.mem
-    table = (gcr3 & _ADDR) >> 12
+    table = (gcr3 & PTE_ADDR_MASK) >> 12
     for shift in (39, 30, 21, 12):
         mfn = sd.gfn_to_mfn(table)
         if mfn is None:
             return None
         e = mem[(mfn << 9) | ((va >> shift) & 511)]
-        if not e & _P:
+        if not e & _PAGE_PRESENT:
             return None
-        if shift == 21 and e & _PS:
-            return sd.gfn_to_mfn(((e & _ADDR & ~0x1FFFFF) >> 12) | ((va >> 12) & 511))
-        table = (e & _ADDR) >> 12
+        if shift == 21 and e & _PAGE_PSE:
+            return sd.gfn_to_mfn(((e & PTE_ADDR_MASK & ~0x1FFFFF) >> 12) | ((va >> 12) & 511))
+        table = (e & PTE_ADDR_MASK) >> 12
     return sd.gfn_to_mfn(table)
 
 
@@ -222,8 +222,8 @@ def begin_step(sd, vcpu, i1: int, gmfn: int) -> None:
 
 
 def resolve_steps(sd, vcpu_or_id) -> None:
-    """Write-protect again and resync everything this vCPU was allowed to write."""
-    vid = getattr(vcpu_or_id, "vcpu_id", vcpu_or_id)
+    """Write-protect again and resync everything this vCPU (or vCPU id) was allowed to write."""
+    vid = vcpu_or_id if isinstance(vcpu_or_id, int) else vcpu_or_id.vcpu_id
     recs = sd.steps.pop(vid, None)
     if not recs:
         return
@@ -304,9 +304,8 @@ def validate_entry(sd, smfn: int, shadow_type: int, i: int) -> None:
         return
     sd.mem[idx] = 0
     sd.need_flush = True
-    target = (old & PADDR_MASK) >> 12
+    target = (old & PTE_ADDR_MASK) >> 12
     if level == 1:
-        if old & _PAGE_ACCESSED and target < sd.nr_frames:
-            sd.access.mv_window[target] = 1
+        sd.access.fold_entry(old)
     elif target in sd.pool.type:
         sd.put_ref(target)

@@ -2,8 +2,9 @@
 
 `sh_page_fault()` walks the guest's tables (reading them through the P2M; the hypervisor's
 reads are not guest accesses), sets the guest's A bit at every level and D in the leaf on a
-write (as `guest_walk_tables()`/`set_ad_bits()` do), records the access, builds the shadow
-chain L4->L3->L2->L1 on demand and installs the shadow L1 entry by `_sh_propagate()`'s rule:
+write (as `guest_walk_tables()`/`set_ad_bits()` do), builds the shadow chain L4->L3->L2->L1
+on demand, then (`_sh_propagate()`, one tail for 4 KiB and 2 MiB guest mappings) records
+the access and installs the shadow L1 entry by Xen's `_sh_propagate()` rule:
 present only once guest A is set, writable only once guest D is set (and only after a
 recorded guest write to that frame, so the access record sees the first write), never
 writable for a frame shadowed as a page table, `_PAGE_USER` forced (guests run at CPL 3),
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 from time import monotonic_ns as _monotonic_ns
 
-from emu.shadow import (
+from unicorn.x86_const import UC_X86_REG_MSR
+
+from emu.mm.page import (
     _PAGE_ACCESSED,
     _PAGE_DIRTY,
     _PAGE_NX,
@@ -25,16 +28,19 @@ from emu.shadow import (
     _PAGE_PSE,
     _PAGE_RW,
     _PAGE_USER,
+    PTE_ADDR_MASK,
+)
+from emu.shadow.private import (
     CRASH,
     FIXED,
     GUEST_FAULT,
     LEVEL_TYPE,
-    PADDR_MASK,
     PFEC_insn_fetch,
     PFEC_page_present,
     PFEC_reserved_bit,
     PFEC_write_access,
     SH_type_l4_64_shadow,
+    ShadowError,
 )
 
 P, RW, US, A, D, PSE, NX = (
@@ -46,7 +52,7 @@ P, RW, US, A, D, PSE, NX = (
     _PAGE_PSE,
     _PAGE_NX,
 )
-ADDR = PADDR_MASK
+ADDR = PTE_ADDR_MASK
 SHIFTS = (39, 30, 21, 12)
 UPPER = P | US | A | D  # flags every upper-level shadow entry gets
 LEAF = P | US | A  # a present shadow L1 entry: _PAGE_USER forced, A copied from the guest
@@ -93,7 +99,7 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
     pc = sd.pc
     cpu = pc.cpu[vcpu.processor % pc.nr_cpus]
     sd.cpu = cpu
-    i_fault, i_walk, i_fixed = sd.hot_counters
+    i_fault, i_walk, _ = sd.hot_counters
     cpu[i_fault] += 1
     vid = vcpu.vcpu_id
     if ec & PFEC_reserved_bit:
@@ -173,15 +179,6 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
     if gl1 != e1:
         mem[i1g] = gl1
 
-    # --- the access record: this fault is a guest access to lmfn ---
-    if not sd.mv_accessed[lmfn]:
-        sd.mv_accessed[lmfn] = 1
-        sd.mv_first_touch[lmfn] = (_monotonic_ns() - sd.t0) or 1
-    sd.mv_window[lmfn] = 1
-    written = sd.mv_written
-    if write:
-        written[lmfn] = 1
-
     # --- shadow chain (shadow_get_and_create_l1e) ---
     e = mem[(sl4 << 9) | ((va >> 39) & 511)]
     sl1 = 0
@@ -195,63 +192,14 @@ def sh_page_fault(sd, vcpu, va: int, ec: int) -> int:
         sl1 = _get_and_create_l1(sd, vid, va, (m4, m3, m2, m1), (e4, e3, e2), nxe)
         if not sl1:
             return _crash(sd, vcpu, "shadow pool exhausted")
-
-    # --- the leaf (_sh_propagate + shadow_set_l1e) ---
-    is_pt = lmfn in sd.shadow_flags
-    new = (lmfn << 12) | LEAF
-    if gl1 & RW and gl1 & D and (write or written[lmfn]) and not is_pt:
-        new |= RW
-    if nxe:
-        if fetch:
-            sd.exec_mfns.add(lmfn)
-            if gl1 & NX:
-                new |= NX
-        elif gl1 & NX or lmfn not in sd.exec_mfns:
-            new |= NX
-    i1 = (sl1 << 9) | ((va >> 12) & 511)
-    old = mem[i1]
-    if write and is_pt:
-        # A write to a guest page table: emulate it, or let this one instruction write
-        # and resync after it.
-        from emu.shadow.emulate import begin_step, emulate_write
-
-        cpu[pc.index["shadow_fault_emulate_write"]] += 1
-        if old != new:
-            mem[i1] = new
-        if not emulate_write(sd, vcpu, va, lmfn):
-            begin_step(sd, vcpu, i1, lmfn)
-        sd.spurious[vid] = 0
-        if sd.need_flush:
-            sd.flush_tlbs()
-        cpu[i_fixed] += 1
-        return FIXED
-    if old == new:
-        # Nothing to fix: a stale TLB entry (another vCPU's fault already fixed it).
-        n = sd.spurious.get(vid, 0) + 1
-        sd.spurious[vid] = n
-        if n > SPURIOUS_LIMIT:
-            return _crash(sd, vcpu, f"no progress on shadow fault va {va:#x} ec {ec:#x}")
-        vcpu.flush_tlb()
-        cpu[pc.index["shadow_vcpu_tlb_flush"]] += 1
-    else:
-        mem[i1] = new
-        if sd.spurious:
-            sd.spurious.pop(vid, None)  # progress: the no-progress count starts again
-        if old & P and ((old ^ new) & ADDR or (old & RW and not new & RW) or new & ~old & NX):
-            sd.need_flush = True
-    if sd.need_flush:
-        sd.flush_tlbs()
-    cpu[i_fixed] += 1
-    return FIXED
+    return _sh_propagate(sd, vcpu, va, ec, lmfn, gl1, sl1, nxe, cpu)
 
 
 def _superpage_fault(sd, vcpu, va: int, ec: int, gi, gm, ge, cpu) -> int:
     """A guest 2 MiB mapping: shadowed by an fl1 ("fake L1") of 4 KiB entries, keyed by
     the superpage's first gfn. Each 4 KiB frame still faults on its own first access, so
     the access record stays exact per frame (the guest sees A/D on its L2 entry)."""
-    pc = sd.pc
-    ix = pc.index
-    i_fault, i_walk, i_fixed = sd.hot_counters
+    ix = sd.pc.index
     vid = vcpu.vcpu_id
     mem = sd.mem
     p2m = sd.p2m_view()
@@ -277,41 +225,68 @@ def _superpage_fault(sd, vcpu, va: int, ec: int, gi, gm, ge, cpu) -> int:
     gl = e2 | A | D if write else e2 | A
     if gl != e2:
         mem[gi[2]] = gl
+    sl1 = _get_and_create_l1(sd, vid, va, (*gm, 0), (e4 | A, e3 | A, gl), nxe, base)
+    if not sl1:
+        return _crash(sd, vcpu, "shadow pool exhausted")
+    return _sh_propagate(sd, vcpu, va, ec, lmfn, gl, sl1, nxe, cpu)
+
+
+def _sh_propagate(sd, vcpu, va: int, ec: int, lmfn: int, gl1: int, sl1: int, nxe: bool, cpu) -> int:
+    """The fault tail of both guest mappings (4 KiB: `gl1` is the guest L1e; 2 MiB: the
+    guest L2e), A and D already set in `gl1` as the guest now sees them.
+
+    Records the access to `lmfn`, installs the shadow L1 entry in `sl1` by
+    `_sh_propagate()`'s rule (+ shadow_set_l1e) and ends the fault: an emulated (or
+    single-stepped) page-table write, a spurious fault (flushed, counted towards the
+    no-progress limit), or progress. One function call per fault: this is the hot path.
+    """
+    write = ec & PFEC_write_access
+    fetch = ec & PFEC_insn_fetch
+    vid = vcpu.vcpu_id
+    mem = sd.mem
+    ix = sd.pc.index
+    # --- the access record: this fault is a guest access to lmfn ---
     if not sd.mv_accessed[lmfn]:
         sd.mv_accessed[lmfn] = 1
         sd.mv_first_touch[lmfn] = (_monotonic_ns() - sd.t0) or 1
     sd.mv_window[lmfn] = 1
+    written = sd.mv_written
     if write:
-        sd.mv_written[lmfn] = 1
-    sl1 = _get_and_create_l1(sd, vid, va, (*gm, 0), (e4 | A, e3 | A, gl), nxe, base)
-    if not sl1:
-        return _crash(sd, vcpu, "shadow pool exhausted")
+        written[lmfn] = 1
+
+    # --- the leaf (_sh_propagate) ---
     is_pt = lmfn in sd.shadow_flags
     new = (lmfn << 12) | LEAF
-    if gl & RW and gl & D and (write or sd.mv_written[lmfn]) and not is_pt:
+    if gl1 & RW and gl1 & D and (write or written[lmfn]) and not is_pt:
         new |= RW
     if nxe:
         if fetch:
             sd.exec_mfns.add(lmfn)
-        elif gl & NX or lmfn not in sd.exec_mfns:
-            new |= NX
-        if gl & NX:
+            if gl1 & NX:
+                new |= NX
+        elif gl1 & NX or lmfn not in sd.exec_mfns:
             new |= NX
     i1 = (sl1 << 9) | ((va >> 12) & 511)
     old = mem[i1]
     if write and is_pt:
+        # A write to a guest page table: emulate it, or let this one instruction write
+        # and resync after it.
         from emu.shadow.emulate import begin_step, emulate_write
 
         cpu[ix["shadow_fault_emulate_write"]] += 1
-        mem[i1] = new
+        if old != new:
+            mem[i1] = new
         if not emulate_write(sd, vcpu, va, lmfn):
             begin_step(sd, vcpu, i1, lmfn)
+        sd.spurious[vid] = 0
     elif old == new:
+        # Nothing to fix: a stale TLB entry (another vCPU's fault already fixed it).
         n = sd.spurious.get(vid, 0) + 1
         sd.spurious[vid] = n
         if n > SPURIOUS_LIMIT:
             return _crash(sd, vcpu, f"no progress on shadow fault va {va:#x} ec {ec:#x}")
         vcpu.flush_tlb()
+        cpu[ix["shadow_vcpu_tlb_flush"]] += 1
     else:
         mem[i1] = new
         if sd.spurious:
@@ -320,7 +295,7 @@ def _superpage_fault(sd, vcpu, va: int, ec: int, gi, gm, ge, cpu) -> int:
             sd.need_flush = True
     if sd.need_flush:
         sd.flush_tlbs()
-    cpu[i_fixed] += 1
+    cpu[sd.hot_counters[2]] += 1  # shadow_fault_fixed
     return FIXED
 
 
@@ -364,22 +339,17 @@ def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool, fl1_gfn: int = 
 
 def sh_update_cr3(sd, vcpu, guest_cr3: int) -> int:
     """sh_update_cr3()/sh_set_toplevel_shadow(): the machine address of the l4 shadow."""
-    from emu.shadow.common import ShadowError
     from emu.shadow.emulate import resolve_other_steps, resolve_steps
 
     vid = vcpu.vcpu_id
-    sd.cpu = sd.pc.cpu[getattr(vcpu, "processor", 0) % sd.pc.nr_cpus]
+    sd.cpu = sd.pc.cpu[vcpu.processor % sd.pc.nr_cpus]
     resolve_steps(sd, vcpu)
     resolve_other_steps(sd, vid)
     gfn = (guest_cr3 & ADDR) >> 12
     gmfn = sd.gfn_to_mfn(gfn)
     if gmfn is None:
         raise ShadowError(f"d{sd.dom.domid}v{vid} CR3 {guest_cr3:#x}: gfn {gfn:#x} is not RAM")
-    uc = getattr(vcpu, "uc", None)
-    if uc is not None:
-        from unicorn.x86_const import UC_X86_REG_MSR
-
-        sd.nxe[vid] = bool(uc.reg_read(UC_X86_REG_MSR, MSR_EFER) & EFER_NXE)
+    sd.nxe[vid] = bool(vcpu.uc.reg_read(UC_X86_REG_MSR, MSR_EFER) & EFER_NXE)
     sl4 = sd.hash.lookup(gmfn, SH_type_l4_64_shadow, sd.cpu)
     if sl4 is None:
         if not sd.prealloc(1):
@@ -413,15 +383,12 @@ def shadow_l1e_index(sd, vid: int, va: int) -> int | None:
 
 def sh_invlpg(sd, vcpu, va: int) -> None:
     """sh_invlpg(): drop the shadow L1 entry for `va` and flush."""
-    sd.cpu = sd.pc.cpu[getattr(vcpu, "processor", 0) % sd.pc.nr_cpus]
+    sd.cpu = sd.pc.cpu[vcpu.processor % sd.pc.nr_cpus]
     sd.cpu[sd.pc.index["shadow_invlpg"]] += 1
     i1 = shadow_l1e_index(sd, vcpu.vcpu_id, va)
     if i1 is not None:
         old = sd.mem[i1]
         if old & P:
-            if old & A:
-                m = (old & ADDR) >> 12
-                if m < sd.nr_frames:
-                    sd.access.mv_window[m] = 1
+            sd.access.fold_entry(old)
             sd.mem[i1] = 0
     sd.flush_tlbs()

@@ -21,11 +21,11 @@ def default_pool_pages(dom) -> int:
 
     shadow_enable() makes it at least 1024 pages ("Use at least 4MB").
     """
-    spec = getattr(dom, "spec", None)
-    vcpus = len(getattr(dom, "vcpus", []) or []) or getattr(spec, "vcpus", 1) or 1
-    mem_mb = (max(getattr(dom, "max_pages", 0) or 0, getattr(dom, "tot_pages", 0) or 0)) >> 8
+    spec = dom.spec
+    vcpus = len(dom.vcpus) or (spec.vcpus if spec is not None else 1)
+    mem_mb = max(dom.max_pages, dom.tot_pages) >> 8
     if mem_mb > (1 << 32):  # DOMID_UNLIMITED_MAX_PAGES: fall back to tot_pages
-        mem_mb = (getattr(dom, "tot_pages", 0) or 0) >> 8
+        mem_mb = dom.tot_pages >> 8
     return max(1024, 256 * vcpus + 2 * mem_mb)
 
 

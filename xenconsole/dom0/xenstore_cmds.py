@@ -5,8 +5,6 @@ reachable; relative paths are under /local/domain/0, as for any xenstored client
 
 from __future__ import annotations
 
-from xenconsole.dom0.shell import BUILTINS
-
 MAX_WIDTH = 80  # xenstore_client.c:265 (a serial line reports no window size)
 TAG = ' = "..."'
 
@@ -109,6 +107,5 @@ def _ls(sh, xs, path: str, depth: int) -> None:
         _ls(sh, xs, full, depth + 1)
 
 
-BUILTINS.update(
-    {"xenstore-ls": xenstore_ls, "xenstore-read": xenstore_read, "xenstore-write": xenstore_write}
-)
+COMMANDS = {"xenstore-ls": xenstore_ls, "xenstore-read": xenstore_read}
+COMMANDS["xenstore-write"] = xenstore_write

@@ -34,7 +34,18 @@ class CmdSpec:
 CMD_TABLE: dict[str, CmdSpec] = {}
 
 
-def command(name, modifies, can_dryrun, desc, usage, option=None):
+def command(
+    name: str,
+    desc: str,
+    usage: str,
+    option: str | None = None,
+    *,
+    modifies: bool = False,
+    can_dryrun: bool = False,
+) -> Callable[[Callable], Callable]:
+    """Register an `xl` command. `modifies` and `can_dryrun` are xl_cmdtable.c's two flags:
+    the command accepts `xl -f` (force) and `xl -N` (dry run)."""
+
     def deco(fn):
         CMD_TABLE[name] = CmdSpec(name, fn, modifies, can_dryrun, desc, usage, option)
         return fn

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from emu import machine as m
+from emu import version
 from keyhandlers import KEY_TABLE
 from keyhandlers.dispatch import run_handler
 from xenconsole.dom0.xl import command, find_domain, getopts, help_text
@@ -16,7 +16,7 @@ SHUTDOWN_REASON_LETTERS = "-rscwS"
 
 def domain_details(dom) -> dict:
     """`xl list -l`: the domain's configuration as libxl JSON (the parts we model)."""
-    spec = getattr(dom, "spec", None)
+    spec = dom.spec  # None for dom0 (built at boot, not from a config)
     return {
         "domid": dom.domid,
         "config": {
@@ -29,7 +29,7 @@ def domain_details(dom) -> dict:
                 "max_vcpus": len(dom.vcpus),
                 "max_memkb": dom.max_pages * 4,
                 "target_memkb": dom.tot_pages * 4,
-                "workload": getattr(spec, "workload", None),
+                "workload": spec.workload if spec is not None else None,
             },
         },
     }
@@ -77,8 +77,6 @@ def list_row(dom, verbose=False, context=False, cpupool=False, numa=False) -> st
 
 @command(
     "list",
-    0,
-    0,
     "List information about all/some domains",
     "[options] [Domain]\n",
     "-l, --long              Output all VM details\n"
@@ -138,21 +136,21 @@ def info_lines(machine) -> list[tuple[str, str]]:
         ("sharing_used_memory", "0"),
         ("outstanding_claims", "0"),
         ("free_cpus", "0"),
-        ("xen_major", str(m.XEN_MAJOR)),
-        ("xen_minor", str(m.XEN_MINOR)),
-        ("xen_extra", m.XEN_EXTRA),
-        ("xen_version", f"{m.XEN_MAJOR}.{m.XEN_MINOR}{m.XEN_EXTRA}"),
+        ("xen_major", str(version.XEN_MAJOR)),
+        ("xen_minor", str(version.XEN_MINOR)),
+        ("xen_extra", version.XEN_EXTRA),
+        ("xen_version", version.XEN_VERSION),
         ("xen_caps", XEN_CAPS),
         ("xen_scheduler", "credit2"),
         ("xen_pagesize", "4096"),
         ("platform_params", "virt_start=0xffff800000000000"),
-        ("xen_changeset", m.XEN_CHANGESET),
-        ("xen_commandline", m.XEN_COMMANDLINE),
-        ("cc_compiler", m.XEN_COMPILER),
-        ("cc_compile_by", m.XEN_COMPILE_BY),
-        ("cc_compile_domain", m.XEN_COMPILE_DOMAIN),
-        ("cc_compile_date", m.XEN_COMPILE_DATE),
-        ("build_id", m.XEN_BUILD_ID),
+        ("xen_changeset", version.XEN_CHANGESET),
+        ("xen_commandline", version.XEN_COMMANDLINE),
+        ("cc_compiler", version.XEN_COMPILER),
+        ("cc_compile_by", version.XEN_COMPILE_BY),
+        ("cc_compile_domain", version.XEN_COMPILE_DOMAIN),
+        ("cc_compile_date", version.XEN_COMPILE_DATE),
+        ("build_id", version.XEN_BUILD_ID),
         ("xend_config_format", "4"),
     ]
 
@@ -176,8 +174,6 @@ def topology_lines(machine) -> list[str]:
 
 @command(
     "info",
-    0,
-    0,
     "Get information about Xen host",
     "-n, --numa         List host NUMA topology information",
 )
@@ -206,8 +202,6 @@ def main_info(sh, argv: list[str]) -> int:
 
 @command(
     "dmesg",
-    0,
-    0,
     "Read and/or clear dmesg buffer",
     "[-c]",
     "  -c                        Clear dmesg buffer as well as printing it",
@@ -220,7 +214,7 @@ def main_dmesg(sh, argv: list[str]) -> int:
     return 0
 
 
-@command("debug-keys", 0, 1, "Send debug keys to Xen", "<Keys>")
+@command("debug-keys", "Send debug keys to Xen", "<Keys>", can_dryrun=True)
 def main_debug_keys(sh, argv: list[str]) -> int:
     _opts, rest = getopts(sh, argv, "", [], "debug-keys", 1)
     keys, args = rest[0], rest[1:]

@@ -62,10 +62,9 @@ def _libxl_error(sh, line: int, func: str, domid: int, msg: str) -> None:
 
 @command(
     "mem-set",
-    0,
-    1,
     "Set the current memory usage for a domain",
     "<Domain> <MemMB['b'[bytes]|'k'[KB]|'m'[MB]|'g'[GB]|'t'[TB]]>",
+    can_dryrun=True,
 )
 def main_memset(sh, argv: list[str]) -> int:
     machine, dom, mem, kb = _domain_and_size(sh, argv, "mem-set")
@@ -99,10 +98,9 @@ def main_memset(sh, argv: list[str]) -> int:
 
 @command(
     "mem-max",
-    0,
-    1,
     "Set the maximum amount reservation for a domain",
     "<Domain> <MemMB['b'[bytes]|'k'[KB]|'m'[MB]|'g'[GB]|'t'[TB]]>",
+    can_dryrun=True,
 )
 def main_memmax(sh, argv: list[str]) -> int:
     machine, dom, mem, kb = _domain_and_size(sh, argv, "mem-max")

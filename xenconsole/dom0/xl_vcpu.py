@@ -28,18 +28,18 @@ def print_bitmap(cpus: set[int], nr_cpus: int) -> str:
 
 def vcpu_row(dom, v, nr_cpus: int) -> str:
     row = f"{dom.name:<32} {dom.domid:5d} {v.vcpu_id:5d}"
-    if getattr(v, "down", False):
+    if v.down:
         row += f"{'-':>5} {'-':>3}-p "
     else:
-        running = "r" if getattr(v, "running", False) else "-"
-        blocked = "b" if getattr(v, "blocked", False) and running == "-" else "-"
-        row += f"{getattr(v, 'processor', 0):5d} {running:>3}{blocked}- "
+        running = "r" if v.running else "-"
+        blocked = "b" if v.blocked and running == "-" else "-"
+        row += f"{v.processor:5d} {running:>3}{blocked}- "
     row += f"{v.cpu_time_ns / 1e9:9.1f}  "
     aff = print_bitmap(set(range(nr_cpus)), nr_cpus)
     return row + f"{aff} / {aff}"
 
 
-@command("vcpu-list", 0, 0, "List the VCPUs for all/some domains", "[Domain, ...]")
+@command("vcpu-list", "List the VCPUs for all/some domains", "[Domain, ...]")
 def main_vcpulist(sh, argv: list[str]) -> int:
     _, rest = getopts(sh, argv, "", [], "vcpu-list", 0)
     m = sh.machine
@@ -61,11 +61,11 @@ def _libxl_error(sh, line: int, func: str, domid: int, what: str, err: str) -> N
     sh.println(f"libxl: error: libxl_domain.c:{line}:{func}: Domain {domid}:{what}: {err}")
 
 
-@command("pause", 0, 1, "Pause execution of a domain", "<Domain>")
+@command("pause", "Pause execution of a domain", "<Domain>", can_dryrun=True)
 def main_pause(sh, argv: list[str]) -> int:
     _, rest = getopts(sh, argv, "", [], "pause", 1)
     dom = find_domain(sh, sh.machine, rest[0])
-    sched = getattr(sh.machine, "sched", None)
+    sched = sh.machine.sched
     if dom.domid == 0 or sched is None:  # XEN_DOMCTL_pausedomain on itself: -EINVAL
         _libxl_error(sh, 585, "libxl_domain_pause", dom.domid, "Pausing domain", "Invalid argument")
         return 1
@@ -73,11 +73,11 @@ def main_pause(sh, argv: list[str]) -> int:
     return 0
 
 
-@command("unpause", 0, 1, "Unpause a paused domain", "<Domain>")
+@command("unpause", "Unpause a paused domain", "<Domain>", can_dryrun=True)
 def main_unpause(sh, argv: list[str]) -> int:
     _, rest = getopts(sh, argv, "", [], "unpause", 1)
     dom = find_domain(sh, sh.machine, rest[0])
-    sched = getattr(sh.machine, "sched", None)
+    sched = sh.machine.sched
     if dom.domid == 0 or sched is None or dom.pause_count == 0:
         _libxl_error(
             sh,
@@ -107,9 +107,7 @@ class ConsoleSession:
         if backlog:
             self.sh.write(backlog)
         self.con.listeners.append(self.output)
-        closers = getattr(self.con, "on_close", None)
-        if closers is not None:
-            closers.append(self.close)
+        self.con.on_close.append(self.close)
         self.sh.foreground = self.input
 
     def output(self, text: str) -> None:
@@ -134,8 +132,6 @@ class ConsoleSession:
 
 @command(
     "console",
-    0,
-    0,
     "Attach to domain's console",
     "[options] <Domain>\n"
     "-t <type>       console type, pv , serial or vuart\n"
@@ -152,7 +148,7 @@ def main_console(sh, argv: list[str]) -> int:
         if o == "-e" and a:  # tools/console/client: "^c" is Ctrl-c, else the character
             escape = (ord(a[1].upper()) & 0x1F) if a[0] == "^" and len(a) == 2 else ord(a[0])
     dom = find_domain(sh, sh.machine, rest[0])
-    if getattr(dom, "hvm", None) is None and getattr(dom, "pv", None) is None:
+    if dom.hvm is None and dom.pv is None:
         sh.println("Unable to attach console")
         return 1
     ConsoleSession(sh, dom, escape).start()

@@ -1,0 +1,106 @@
+"""The per-frame access record (`machine.access`): which machine frames a guest has touched.
+
+Real Xen keeps no such record (xen.md §4.11); we add it exactly where Xen's shadow fault path
+sets a guest Accessed/Dirty bit for a guest access, so every first read and first write of a
+frame is seen. Arrays are indexed by MFN:
+
+* `accessed` (u1): read or written by its guest at least once since it was given to it;
+* `written` (u1): written at least once;
+* `first_touch_ns` (u8): machine time (`machine.now()`) of the first access, 0 = never;
+* `window` (u1): accessed since the last `reset_window()` (key `Z`). After a reset the shadow
+  L1 entries lose their A bit, so accesses through present shadows are seen by the hardware
+  walker (which sets A in the shadow entry) and folded in by `fold_window()`.
+
+The fault path writes through the `mv_*` memoryviews (Python ints, ~30 ns a store).
+Accesses by the hypervisor itself never reach this record.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emu.mm.page import _PAGE_ACCESSED, _PAGE_PRESENT, INVALID_MFN, PAGE_SHIFT, PTE_ADDR_MASK
+
+_PA = _PAGE_PRESENT | _PAGE_ACCESSED
+_U_PA = np.uint64(_PA)
+_U_ADDR = np.uint64(PTE_ADDR_MASK)
+_U_SHIFT = np.uint64(PAGE_SHIFT)
+
+
+class AccessRecord:
+    """Per-MFN access arrays for the whole machine."""
+
+    def __init__(self, nr_frames: int) -> None:
+        self.nr_frames = nr_frames
+        self.accessed = np.zeros(nr_frames, dtype=np.uint8)
+        self.written = np.zeros(nr_frames, dtype=np.uint8)
+        self.window = np.zeros(nr_frames, dtype=np.uint8)
+        self.first_touch_ns = np.zeros(nr_frames, dtype=np.uint64)
+        self.mv_accessed = memoryview(self.accessed)
+        self.mv_written = memoryview(self.written)
+        self.mv_window = memoryview(self.window)
+        self.mv_first_touch = memoryview(self.first_touch_ns).cast("B").cast("Q")
+
+    def clear(self, mfns: np.ndarray) -> None:
+        """Forget frames leaving a domain (ballooned out, domain destroyed)."""
+        mfns = np.asarray(mfns, dtype=np.uint64)
+        mfns = mfns[mfns < self.nr_frames].astype(np.intp)
+        self.accessed[mfns] = 0
+        self.written[mfns] = 0
+        self.window[mfns] = 0
+        self.first_touch_ns[mfns] = 0
+
+    def fold_accessed(self, ents: np.ndarray) -> None:
+        """OR into `window` the frames that shadow L1 entries `ents` (uint64) show accessed:
+        present with the A bit the hardware walker set. Callers fold entries about to be
+        cleared or removed, so the window never loses an access."""
+        hit = ents[(ents & _U_PA) == _U_PA]
+        if hit.size:
+            m = ((hit & _U_ADDR) >> _U_SHIFT).astype(np.intp)
+            self.window[m[m < self.nr_frames]] = 1
+
+    def fold_entry(self, e: int) -> None:
+        """`fold_accessed` for one entry (invlpg, a revalidated entry): no numpy per call."""
+        if e & _PA == _PA:
+            m = (e & PTE_ADDR_MASK) >> PAGE_SHIFT
+            if m < self.nr_frames:
+                self.mv_window[m] = 1
+
+    def fold_window(self, dom) -> None:
+        """OR the hardware-set A bits of `dom`'s shadow L1 entries into `window`."""
+        if dom.paging is not None:
+            self.fold_accessed(dom.paging.shadow_l1_entries())
+
+    def reset_window(self, dom) -> None:
+        """Key `Z` for one domain: start a new window.
+
+        Clears `window` for the domain's frames and the A bit of every shadow L1 entry of the
+        domain, then flushes every vCPU's TLB so the next access sets A again. The caller
+        keeps the domain's vCPUs out of `emu_start` (`machine.quiesce(dom)`).
+        """
+        p2m = np.asarray(dom.p2m)
+        mfns = p2m[p2m != np.uint64(INVALID_MFN)]
+        mfns = mfns[mfns < self.nr_frames].astype(np.intp)
+        self.window[mfns] = 0
+        if dom.paging is not None:
+            dom.paging.clear_l1_accessed()
+
+    def domain_arrays(self, dom) -> dict[str, np.ndarray]:
+        """Per-gfn views of the record for `dom` (holes read as never accessed).
+
+        Returns `gfn`, `mfn` (INVALID_MFN for holes), `accessed`, `written`, `window`,
+        `first_touch_ns`, each indexed like `dom.p2m`. `window` includes shadow A bits.
+        """
+        self.fold_window(dom)
+        p2m = np.asarray(dom.p2m)
+        valid = (p2m != np.uint64(INVALID_MFN)) & (p2m < np.uint64(self.nr_frames))
+        idx = np.where(valid, p2m, 0).astype(np.intp)
+        z8 = np.uint8(0)
+        return {
+            "gfn": np.arange(p2m.size, dtype=np.uint64),
+            "mfn": p2m,
+            "accessed": np.where(valid, self.accessed[idx], z8),
+            "written": np.where(valid, self.written[idx], z8),
+            "window": np.where(valid, self.window[idx], z8),
+            "first_touch_ns": np.where(valid, self.first_touch_ns[idx], np.uint64(0)),
+        }

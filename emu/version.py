@@ -1,0 +1,14 @@
+"""The Xen build this machine claims to be (xen/include/xen/compile.h, generated at build time).
+
+Printed by the boot banner (emu/boot.py), `xl info` and the register dumps' header line.
+"""
+
+XEN_MAJOR, XEN_MINOR, XEN_EXTRA = 4, 22, ".0"
+XEN_VERSION = f"{XEN_MAJOR}.{XEN_MINOR}{XEN_EXTRA}"
+XEN_COMPILE_DATE = "Tue Nov 10 09:00:00 UTC 2026"
+XEN_COMPILER = "gcc (Debian 12.2.0-14+deb12u1) 12.2.0"
+XEN_COMPILE_BY = "xenconsole"
+XEN_COMPILE_DOMAIN = "emulated"
+XEN_CHANGESET = "unavailable"
+XEN_BUILD_ID = "5f3c2a9e1b7d4c6a8e0f2b4d6c8a0e1f3b5d7c9a"
+XEN_COMMANDLINE = "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all"

@@ -1,0 +1,68 @@
+"""The issues' own examples, typed exactly as their texts give them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.console_hosts import host_only
+from xenconsole.expect import Console
+from xenconsole.testing import serve
+
+
+@pytest.mark.timeout(120)
+def test_touch_example_from_issue_4(tmp_path):
+    """`xl create name=t memory=64 workload=touch:pages=1000,write=1` -> `(d1) touch done 1000`."""
+    with serve(*host_only(tmp_path)) as host, Console.open(host.urls["tcp"]) as con:
+        con.run("xl create name=t memory=64 workload=touch:pages=1000,write=1", check=True)
+        con.expect_exact("(d1) touch done 1000", timeout=60)
+        listing = con.run("xl list t", check=True)
+        row = listing.splitlines()[1].split()
+        assert row[:4] == ["t", "1", "64", "1"]
+
+
+@pytest.mark.timeout(120)
+def test_web_example_from_issue_3(tmp_path):
+    """`xl create name=web memory=256` owns 65536 frames; mem-set 128 balloons half back."""
+    with serve(*host_only(tmp_path)) as host, Console.open(host.urls["tcp"]) as con:
+        con.run("xl create name=web memory=256", check=True)
+        free_before = int(con.run("xl info").split("free_memory")[1].split(":")[1].split()[0])
+        con.run("xl mem-set web 128", check=True)
+        row = con.run("xl list web", check=True).splitlines()[1].split()
+        assert row[2] == "128"
+        free_after = int(con.run("xl info").split("free_memory")[1].split(":")[1].split()[0])
+        assert free_after - free_before == 128
+        con.run("xl destroy web", check=True)
+        assert "web" not in con.run("xl list")
+
+
+@pytest.mark.timeout(60)
+def test_q_shows_the_shadow_pool_of_a_guest():
+    """Issue 4: `q` gains per-vCPU lines and the shadow pool size."""
+    from emu.boot import boot
+    from emu.host import DomainSpec, HostConfig
+    from emu.machine import Machine
+    from keyhandlers.dispatch import handle_keypress
+
+    out: list[bytes] = []
+    m = Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=256 << 20))
+    m.console.sinks.append(out.append)
+    try:
+        for _ in boot(m):
+            pass
+        dom = m.create_domain(DomainSpec(name="t", memory=64, vcpus=2, workload="idle"))
+        out.clear()
+        handle_keypress(m, "q")
+        text = b"".join(out).decode()
+        tot = dom.paging.total_pages
+        assert tot == 1024  # libxl's 1 MiB per vCPU + 8 KiB per MiB, at least 4 MiB
+        pools = re.findall(
+            r"\(XEN\)     shadow pool: tot=(\d+) free=(\d+) p2m=0 allocation=4MB\r\n", text
+        )
+        assert len(pools) == 1 and int(pools[0][0]) == tot
+        assert 0 < int(pools[0][1]) < tot  # the guest's kernel has built some shadows
+        assert text.count("(XEN)     paging assistance: shadowed 4-on-4\r\n") == 2
+        assert "(XEN)     shadow pool:" not in text.split("General information for domain 1")[0]
+    finally:
+        m.shutdown()

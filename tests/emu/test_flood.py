@@ -1,0 +1,160 @@
+"""A guest that floods the console hypercall or a port cannot hold the host.
+
+The flood guest writes 16 KiB with `console_io` in a loop (128 lines of 127 bytes each
+call). Debug keys, pause and destroy must get its pCPU back (the hypercall is preempted
+between 127-byte chunks by a continuation, as guest_console_write() in
+xen/drivers/char/console.c is), the lines it prints must come out whole and in order
+(a continuation never repeats or loses a byte), and with the guest log level rate-limited
+(`G` then `-`) the lines beyond Xen's burst are suppressed and reported as Xen reports them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from emu.ratelimit import PRINTK_RATELIMIT_BURST, PrintkRatelimit, suppressed_line
+from keyhandlers import KEY_TABLE
+from keyhandlers.dispatch import run_handler
+from tests.console_hosts import host_only
+from tests.guest_helpers import Lines, asm_guest, new_machine, wait_for
+from xenconsole.expect import Console
+from xenconsole.testing import serve
+
+# Fill 16 KiB at 0x100000 with 'A', a newline every 128th byte, then write it forever.
+FLOOD = """
+    mov rdi, 0x100000
+    mov rcx, 16384
+    mov al, 0x41
+    rep stosb
+    mov rbx, 0x10007f
+    mov rcx, 128
+nl:
+    mov byte ptr [rbx], 10
+    add rbx, 128
+    dec rcx
+    jnz nl
+flood:
+    mov eax, 18
+    xor edi, edi
+    mov esi, 16384
+    mov rdx, 0x100000
+    syscall
+    jmp flood
+"""
+PORT_FLOOD = """
+    mov al, 0x42
+flood:
+    out 0xe9, al
+    out 0x80, al
+    in al, 0x71
+    mov al, 0x42
+    jmp flood
+"""
+
+
+@pytest.fixture
+def machine():
+    m = new_machine()
+    yield m
+    m.shutdown()
+
+
+def _press(m, key: str, serial: Lines) -> str:
+    before = len(serial.chunks)
+    run_handler(m, KEY_TABLE[key])
+    return b"".join(serial.chunks[before:]).decode("latin-1")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("source", [FLOOD, PORT_FLOOD], ids=["console_io", "ports"])
+def test_keys_pause_and_destroy_answer_during_a_flood(machine, tmp_path, source):
+    m = machine
+    serial = Lines(m)
+    dom = asm_guest(m, tmp_path, "flood", source)
+    v = dom.vcpus[0]
+    busy = "hypercalls" if source is FLOOD else "runs"
+    assert wait_for(lambda: v.stats[busy] > 20, timeout=60)
+    out = _press(m, "d", serial)
+    assert "(XEN) 'd' pressed -> dumping registers" in out
+    assert "(XEN) *** Dumping CPU0 " in out and "(XEN) *** Dumping CPU1 " in out
+    assert "(XEN) 'q' pressed -> dumping domain info" in _press(m, "q", serial)
+    m.sched.pause_domain(dom)
+    assert not v.running
+    n = v.stats["runs"]
+    m.sched.unpause_domain(dom)
+    assert wait_for(lambda: v.stats["runs"] > n, timeout=30)
+    if source is FLOOD:
+        assert v.stats["continuations"] > 0  # the scheduler's kicks preempted the call
+        lines = list(dom.hvm.console.lines)
+        assert len(lines) >= 128 and set(lines) == {"A" * 127}
+    m.destroy_domain(dom)
+    assert dom.domid not in m.domains and not v.running
+
+
+@pytest.mark.timeout(120)
+def test_rate_limited_guest_lines_are_suppressed_and_reported(machine, tmp_path):
+    m = machine
+    serial = Lines(m)
+    # As `G` then `-` leave them: guest lines (XENLOG_G_DEBUG, 3) between the lower and the
+    # upper threshold go through printk_ratelimit().
+    m.console.thresh["guest"] = [3, 4]
+    dom = asm_guest(m, tmp_path, "flood", FLOOD)
+    report = re.compile(r"\(XEN\) printk: (\d+) messages suppressed\.\r\n")
+    # One line is allowed every 5 s after the burst of 10; the report comes with it.
+    assert wait_for(lambda: report.search(b"".join(serial.chunks).decode("latin-1")), 30)
+    text = b"".join(serial.chunks).decode("latin-1")
+    m.destroy_domain(dom)
+    first = report.search(text)
+    printed = re.findall(rf"\(d{dom.domid}\) (A*)\r\n", text[: first.start()])
+    assert printed == ["A" * 127] * PRINTK_RATELIMIT_BURST
+    assert int(first.group(1)) > 0
+    assert m.console.ratelimit.suppressed_total >= int(first.group(1))
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(300)
+def test_served_host_answers_and_stays_bounded_during_a_flood(tmp_path):
+    # Issue 15's reproduction: 16 KiB console_io writes in a loop, then the console, q,
+    # xl pause and xl destroy through a real server; its memory stays bounded meanwhile.
+    src = tmp_path / "flood.S"
+    src.write_text(FLOOD)
+    with serve(*host_only(tmp_path)) as host, Console.open(host.urls["tcp"]) as con:
+        con.run(f"xl create name=flood memory=16 workload=asm:{src}", check=True)
+        con.expect_exact("(d1) " + "A" * 127, timeout=60)
+        rss = [_rss_kib(host.proc.pid)]
+        for cmd in ("xl debug-keys q", "xl pause flood", "xl unpause flood", "xl debug-keys d"):
+            con.run(cmd, timeout=60, check=True)
+            rss.append(_rss_kib(host.proc.pid))
+        out = con.run("xl list", timeout=60, check=True)
+        assert re.search(r"^flood\s+1\s", out, re.M), out
+        con.run("xl destroy flood", timeout=60, check=True)
+        assert "flood" not in con.run("xl list", timeout=60, check=True)
+        rss.append(_rss_kib(host.proc.pid))
+        assert max(rss) < 300 * 1024, rss
+
+
+def test_printk_ratelimit_is_xens_token_bucket():
+    # __printk_ratelimit() (xen/drivers/char/console.c): a burst of 10, then one line per
+    # 5 000 ms; refused lines are counted and handed to the next allowed line to report.
+    now = [1_000_000]
+    rl = PrintkRatelimit(now_ms=lambda: now[0])
+    assert [rl() for _ in range(10)] == [(True, 0)] * 10
+    assert [rl() for _ in range(7)] == [(False, 0)] * 7
+    now[0] += 4_999
+    assert rl() == (False, 0)
+    now[0] += 1
+    assert rl() == (True, 8)
+    assert rl() == (False, 0)
+    now[0] += 60_000  # a long quiet spell refills the burst, no more
+    assert [rl()[0] for _ in range(11)] == [True] * 10 + [False]
+    assert rl.suppressed_total == 10
+    assert suppressed_line(8) == "printk: 8 messages suppressed.\n"
