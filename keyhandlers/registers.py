@@ -2,7 +2,7 @@
 
 `d` prints, for every pCPU, the guest state of the vCPU on it (the vCPU running when the key
 was pressed; every vCPU is held out of its Uc while the dump reads registers), or, for an
-idle pCPU, the host state of Xen's idle loop. The format is xen.md §2.5.
+idle pCPU, the host state of Xen's idle loop. The format is xen/arch/x86/traps.c's.
 
 `0`: dom0 here is the console shell, not a guest running on Unicorn, so its vCPUs have no
 emulated CPU state. Each is dumped as Xen would dump a PV vCPU (`*** Dumping Dom0 vcpu#N

@@ -3,7 +3,7 @@
 Each pCPU is a host thread that takes the first runnable vCPU from one shared run queue
 (credit2's single runqueue for the socket), runs it inside `emu_start` for a slice, and puts
 it back. Unicorn releases the GIL while guest code runs, so pCPUs really run in parallel;
-but a domain's vCPUs never do (LOCK is not atomic across Uc instances, unicorn.md §7): a
+but a domain's vCPUs never do (LOCK is not atomic across Uc instances, docs/design.md): a
 pCPU skips a vCPU whose domain already runs elsewhere. There are min(host cpus, host
 cores, 8) pCPU threads; any further emulated pCPUs exist for the keys and stay idle.
 

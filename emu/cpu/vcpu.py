@@ -79,7 +79,7 @@ KERNEL_ENTRY = 0x1000
 
 
 def _exc_offsets() -> tuple[int, int]:
-    """Offsets of env->error_code and env->old_exception in a saved context (unicorn.md §3)."""
+    """Offsets of env->error_code and env->old_exception in a saved context (see docs/design.md)."""
     u = Uc(UC_ARCH_X86, UC_MODE_64)
     u.reg_write(X.UC_X86_REG_DR0, 0x5EED5EED5EED5EED)
     b = bytes(u.context_save())

@@ -1,6 +1,6 @@
 """The PTY backend end to end: a real `xenconsole serve --pty`, real clients on /dev/pts/N.
 
-Clients come and go (reference/ecosystem.md §2b): each new session must work, and output
+Clients come and go (docs/design.md): each new session must work, and output
 produced while nobody had the PTY open is dropped, not replayed to the next client.
 """
 

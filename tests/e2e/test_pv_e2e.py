@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.pv_helpers import xtf_tree
+from pv_helpers import xtf_tree
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+from pv_helpers import kernel, run_to_end, serial_lines, small_machine, xtf_tree
 
 from emu.audit import audit
 from emu.host import DomainSpec
-from tests.pv_helpers import kernel, run_to_end, serial_lines, small_machine, xtf_tree
 
 
 @pytest.fixture

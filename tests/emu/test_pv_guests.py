@@ -7,11 +7,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from pv_helpers import kernel, run_to_end, small_machine, xtf_tree
 
 from emu.audit import audit
 from emu.host import DomainSpec, HostConfig
 from emu.machine import Machine
-from tests.pv_helpers import kernel, run_to_end, small_machine, xtf_tree
 
 
 @pytest.fixture
