@@ -40,17 +40,23 @@ def e820_map(memory: int) -> list[tuple[int, int, str]]:
     ]
 
 
+def version_lines(machine: Machine) -> list[str]:
+    """print_version() (xen/common/version.c:100-111): the boot log's and `h`'s first lines."""
+    return [
+        f"Xen version {XEN_VERSION} ({XEN_COMPILE_BY}@{XEN_COMPILE_DOMAIN}) "
+        f"({XEN_COMPILER}) debug={'y' if machine.debug_build else 'n'} {XEN_COMPILE_DATE}",
+        f"Latest ChangeSet: {XEN_CHANGESET}",
+        f"build-id: {XEN_BUILD_ID}",
+    ]
+
+
 def boot(machine: Machine) -> Iterator[None]:
     con = machine.console
     p = con.printk
     host = machine.host
     con.putstr(XEN_BANNER)
-    p(
-        f"Xen version {XEN_VERSION} ({XEN_COMPILE_BY}@{XEN_COMPILE_DOMAIN}) "
-        f"({XEN_COMPILER}) debug={'y' if machine.debug_build else 'n'} {XEN_COMPILE_DATE}\n"
-    )
-    p(f"Latest ChangeSet: {XEN_CHANGESET}\n")
-    p(f"build-id: {XEN_BUILD_ID}\n")
+    for line in version_lines(machine):
+        p(line + "\n")
     p("Bootloader: GRUB 2.06-13+deb12u1\n")
     p(f"Command line: {XEN_COMMANDLINE}\n")
     p("Xen image load base address: 0\n")

@@ -79,6 +79,7 @@ class Machine:
     domains       domid -> Domain; `lock` guards their lifecycle (taken before the heap's)
     hooks         domain lifecycle callbacks (Hooks)
     reboot_hooks  fn() called when key `R` asks whoever runs the machine for a reboot
+    shadow_audit_enable  Xen's shadow_audit_enable (key `O`): audit shadows after each fault
     """
 
     debug_build = True
@@ -91,6 +92,7 @@ class Machine:
         self.booted = False
         self.domains: dict[int, Domain] = {}
         self.reboot_hooks: list[Callable[[], None]] = []
+        self.shadow_audit_enable: bool = False
         self.hooks: Hooks = Hooks()
         self.lock = threading.RLock()  # domain lifecycle; taken before the heap lock
         self.next_domid = 1

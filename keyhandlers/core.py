@@ -7,7 +7,11 @@ from keyhandlers import handler_line, installed, keyhandler
 
 @keyhandler("h", "show this message")
 def show_handlers(machine, out, args) -> None:
+    from emu.boot import version_lines
+
     out("'h' pressed -> showing installed handlers")
+    for line in version_lines(machine):  # show_handlers() calls print_version()
+        out(line)
     for kh in installed():
         out(handler_line(kh))
 

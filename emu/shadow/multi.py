@@ -296,7 +296,23 @@ def _sh_propagate(sd, vcpu, va: int, ec: int, lmfn: int, gl1: int, sl1: int, nxe
     if sd.need_flush:
         sd.flush_tlbs()
     cpu[sd.hot_counters[2]] += 1  # shadow_fault_fixed
+    if sd.machine.shadow_audit_enable:
+        return _audit_tables(sd, vcpu, FIXED)
     return FIXED
+
+
+def _audit_tables(sd, vcpu, result: int) -> int:
+    """shadow_audit_tables() while key `O` has enabled audits: check every shadow of the
+    domain (all are 4-on-4: Xen's "current mode's tables"). Xen BUG()s on a failure; here
+    the violations are printed and the domain crashes alone."""
+    from emu.shadow.audit import audit_domain
+
+    bad = audit_domain(sd)
+    if not bad:
+        return result
+    for v in bad[:4]:
+        sd.machine.console.printk(f"d{sd.dom.domid}v{vcpu.vcpu_id} shadow audit: {v}\n")
+    return _crash(sd, vcpu, f"shadow audit failed ({len(bad)} violation(s))")
 
 
 def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool, fl1_gfn: int = -1) -> int:
@@ -363,6 +379,12 @@ def sh_update_cr3(sd, vcpu, guest_cr3: int) -> int:
     if old is not None:
         sd.put_ref(old)
     sd.flush_if_needed()
+    if sd.machine.shadow_audit_enable:
+        from emu.shadow.audit import audit_domain
+
+        bad = audit_domain(sd)
+        if bad:
+            raise ShadowError(f"d{sd.dom.domid}v{vid}: shadow audit failed: {bad[0]}")
     return sl4 << 12
 
 

@@ -16,6 +16,8 @@ import pexpect
 import pytest
 
 import keyhandlers
+from emu.boot import version_lines
+from emu.machine import Machine
 from xenconsole.expect import Console
 from xenconsole.testing import serve
 
@@ -42,7 +44,8 @@ def expected_h_lines() -> list[str]:
     table = keyhandlers.installed()
     keys = [kh.key for kh in table]
     assert keys == sorted(keys, key=ord) and len(keys) == len(keyhandlers.KEY_TABLE)
-    lines = [H_FIRST]
+    # show_handlers() prints print_version() first (xen/common/keyhandler.c:131-133).
+    lines = [H_FIRST] + [f"(XEN) {ln}" for ln in version_lines(Machine)]
     lines += [f"(XEN)  key '{kh.key}' (ascii '{ord(kh.key):02x}') => {kh.desc}" for kh in table]
     return lines
 
