@@ -286,7 +286,6 @@ def _sh_propagate(sd, vcpu, va: int, ec: int, lmfn: int, gl1: int, sl1: int, nxe
         if n > SPURIOUS_LIMIT:
             return _crash(sd, vcpu, f"no progress on shadow fault va {va:#x} ec {ec:#x}")
         vcpu.flush_tlb()
-        cpu[ix["shadow_vcpu_tlb_flush"]] += 1
     else:
         mem[i1] = new
         if sd.spurious:
@@ -367,6 +366,7 @@ def sh_update_cr3(sd, vcpu, guest_cr3: int) -> int:
         raise ShadowError(f"d{sd.dom.domid}v{vid} CR3 {guest_cr3:#x}: gfn {gfn:#x} is not RAM")
     sd.nxe[vid] = bool(vcpu.uc.reg_read(UC_X86_REG_MSR, MSR_EFER) & EFER_NXE)
     sl4 = sd.hash.lookup(gmfn, SH_type_l4_64_shadow, sd.cpu)
+    sd.cpu[sd.i_status] += 1  # get_shadow_status() in sh_set_toplevel_shadow (common.c:1985)
     if sl4 is None:
         if not sd.prealloc(1):
             raise ShadowError(f"d{sd.dom.domid}v{vid}: no shadow memory for a top-level table")
