@@ -193,7 +193,7 @@ def test_dmesg_clear(host):
     host.cmd("xl debug-keys h")
     again = host.cmd("xl dmesg")
     assert again.startswith("(XEN) 'h' pressed -> showing installed handlers\r\n")
-    assert "Xen version" not in again
+    assert "Bootloader:" not in again  # the boot log went with -c (h prints the version)
     assert host.cmd("xl dmesg --clear") == again
     assert host.cmd("xl dmesg") == ""
 
