@@ -304,14 +304,31 @@ def _audit_tables(sd, vcpu, result: int) -> int:
     """shadow_audit_tables() while key `O` has enabled audits: check every shadow of the
     domain (all are 4-on-4: Xen's "current mode's tables"). Xen BUG()s on a failure; here
     the violations are printed and the domain crashes alone."""
-    from emu.shadow.audit import audit_domain
-
-    bad = audit_domain(sd)
+    bad = _audit_guest_view(sd, vcpu)
     if not bad:
         return result
     for v in bad[:4]:
         sd.machine.console.printk(f"d{sd.dom.domid}v{vcpu.vcpu_id} shadow audit: {v}\n")
     return _crash(sd, vcpu, f"shadow audit failed ({len(bad)} violation(s))")
+
+
+def _audit_guest_view(sd, vcpu) -> list[str]:
+    """audit_domain() with the vCPU's hypervisor-entry L4 slot (emu/cpu/vcpu.py, mapped in
+    its shadow L4 while it enters or leaves Xen) back at its shadow value: like Xen's audit,
+    which checks guest slots only."""
+    from emu.shadow.audit import audit_domain
+
+    step = getattr(vcpu, "xen_step", None)
+    if not step:
+        return audit_domain(sd)
+    idx, old = step[0], step[1]
+    mem = sd.mem
+    cur = mem[idx]
+    mem[idx] = old
+    try:
+        return audit_domain(sd)
+    finally:
+        mem[idx] = cur
 
 
 def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool, fl1_gfn: int = -1) -> int:
@@ -380,9 +397,7 @@ def sh_update_cr3(sd, vcpu, guest_cr3: int) -> int:
         sd.put_ref(old)
     sd.flush_if_needed()
     if sd.machine.shadow_audit_enable:
-        from emu.shadow.audit import audit_domain
-
-        bad = audit_domain(sd)
+        bad = _audit_guest_view(sd, vcpu)
         if bad:
             raise ShadowError(f"d{sd.dom.domid}v{vid}: shadow audit failed: {bad[0]}")
     return sl4 << 12

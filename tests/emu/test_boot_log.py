@@ -45,8 +45,7 @@ def test_command_line_names_dom0_mem(log):
     _, lines = log
     # x86/setup.c "Command line: %s"; dom0's size comes from dom0_mem= (x86/dom0_build.c).
     assert (
-        "(XEN) Command line: console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all "
-        "dom0_mem=256M"
+        "(XEN) Command line: console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=256M"
     ) in lines
 
 
