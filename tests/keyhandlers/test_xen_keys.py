@@ -125,7 +125,12 @@ def test_A_toggles(m):
 
 def test_n_nmi_stats(m):
     # nmi.c:578-579 "CPU\tNMI" then "%3u\t%3u"; :590 "%pv: NMI neither pending nor masked"
-    assert key(m, "n") == ["CPU\tNMI", "  0\t  0", "  1\t  0", "d0v0: NMI neither pending nor masked"]
+    assert key(m, "n") == [
+        "CPU\tNMI",
+        "  0\t  0",
+        "  1\t  0",
+        "d0v0: NMI neither pending nor masked",
+    ]
 
 
 def test_s_softtsc(m):
