@@ -18,6 +18,7 @@ from emu.dom0_layout import KERNEL_PEND, KERNEL_PSTART, dom0_layout
 from emu.domain import VcpuRecord
 from emu.machine import Machine
 from emu.mm.page import PAGE_SHIFT
+from emu.mm.scrub import IdleScrubber
 from emu.version import (
     XEN_BUILD_ID,
     XEN_CHANGESET,
@@ -71,6 +72,7 @@ def boot(machine: Machine) -> Iterator[None]:
     p(f"System RAM: {ram_kb >> 10}MB ({ram_kb}kB)\n")
     # The heap was filled when the machine was built (init_heap_pages over the e820 RAM).
     p("Domain heap initialised\n")
+    machine.heap.mark_free_dirty()  # bootscrub=idle: free RAM is scrubbed once Xen idles
     p("Using scheduler: SMP Credit Scheduler rev2 (credit2)\n")
     p(f"Allocated console ring of {con.ring.size >> 10} KiB.\n")
     yield from start_hvm(machine)
@@ -82,7 +84,8 @@ def boot(machine: Machine) -> Iterator[None]:
     p("*** Building a PV Dom0 ***\n")
     yield from build_dom0(machine)
     p("Initial low memory virq threshold set at 0x4000 pages.\n")
-    p("Scrubbing Free RAM in background\n")
+    p("Scrubbing Free RAM in background\n")  # xen/common/page_alloc.c:2428-2429
+    IdleScrubber(machine.heap, lambda: some_pcpu_idle(machine)).start()
     std, guest = con.thresh["standard"], con.thresh["guest"]
 
     def lvl(t: list[int]) -> str:
@@ -94,6 +97,14 @@ def boot(machine: Machine) -> Iterator[None]:
     con.switch_input()  # console_endboot(): input goes to DOM0
     p("Freed 656kB init memory\n")
     machine.booted = True
+
+
+def some_pcpu_idle(machine: Machine) -> bool:
+    """An idle pCPU runs the scrubber (idle_loop() -> scrub_free_pages())."""
+    sched = machine.sched
+    if sched is None:
+        return True
+    return any(sched.current_on(c) is None for c in range(machine.host.cpus))
 
 
 def start_hvm(machine: Machine) -> Iterator[None]:

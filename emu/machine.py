@@ -218,6 +218,9 @@ class Machine:
             hook()
 
     def shutdown(self) -> None:
-        """Stop everything the machine runs (vCPU threads); safe to call twice."""
+        """Stop everything the machine runs (vCPU threads, the idle scrubber); safe to call
+        twice."""
+        if self.heap.scrubber is not None:
+            self.heap.scrubber.stop()
         if self.sched is not None:
             self.sched.stop()

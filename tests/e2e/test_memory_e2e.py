@@ -65,8 +65,14 @@ def snapshot(con: Console) -> dict:
         int(re.fullmatch(rf"heap\[node=0\]\[zone={z}\] -> (\d+) pages", h[1 + z]).group(1))
         for z in range(41)
     ]
-    assert len(h) == 42  # no "unscrubbed pages" line: frames are scrubbed as they are freed
     free = sum(heap)
+    # Freed frames wait for the idle scrubber (bootscrub=idle): a trailing line counts them,
+    # page_alloc.c:2902 "Node %d has %lu unscrubbed pages"; they are free all the same.
+    if len(h) == 43:
+        dirty = int(re.fullmatch(r"Node 0 has (\d+) unscrubbed pages", h[42]).group(1))
+        assert 0 < dirty <= free
+    else:
+        assert len(h) == 42
     assert dom_heap_kb == free * 4
     assert int(info["free_memory"]) == free // 256
     assert int(info["total_memory"]) == 1023
@@ -182,7 +188,9 @@ def test_64g_host_boots_and_answers_q_m_H_O():
             assert o[-1] == "audit: consistent", o
             free = int(re.search(r" free=(\d+) ", o[1]).group(1))
             pages = [int(ln.rsplit(" -> ", 1)[1].split()[0]) for ln in h[1:42]]
-            assert len(h) == 42 and sum(pages) == free
+            assert sum(pages) == free
+            # Boot RAM is still being scrubbed in the background (bootscrub=idle), or done.
+            assert len(h) == 42 or re.fullmatch(r"Node 0 has \d+ unscrubbed pages", h[42])
             assert m[-1] == f"    Dom heap: {free * 4}kB free"
             assert "    heap[24]: " in "\n".join(m)  # 32-64 GiB is zone 24
             assert o[1].startswith("audit: frames=16777216 ")
