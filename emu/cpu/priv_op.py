@@ -286,6 +286,7 @@ def _continuation(vcpu, nr: int, *args: int) -> None:
 
 def _sched_op(vcpu, cmd: int, arg: int) -> int:
     if cmd == SCHEDOP_yield:
+        vcpu.machine.perfc.incr("vcpu_yield", vcpu.processor)  # sched/core.c:1537
         vcpu.stop(("yield",))
         return 0
     if cmd == SCHEDOP_block:
