@@ -233,11 +233,14 @@ class Heap:
         (init_heap_pages() before SYS_STATE_active, xen/common/page_alloc.c:1974-1975)."""
         with self.lock:
             ci = self.ft.count_info
-            free = (ci & np.uint64(PGC_state)) == np.uint64(PGC_state_free)
-            fresh = free & ((ci & np.uint64(PGC_need_scrub)) == 0)
-            ci[fresh] |= np.uint64(PGC_need_scrub)
-            self.node_need_scrub[0] += int(np.count_nonzero(fresh))
-            self.dirty_runs.extend(runs_of(np.flatnonzero(fresh)))
+            flag = np.uint64(PGC_need_scrub)
+            heads, orders, _ = self.free_chunks()
+            for h, o in sorted(zip(heads.tolist(), orders.tolist(), strict=True)):
+                chunk = ci[h : h + (1 << o)]
+                fresh = int(np.count_nonzero((chunk & flag) == 0))
+                chunk |= flag
+                self.node_need_scrub[0] += fresh
+                self.dirty_runs.append((h, h + (1 << o)))
 
     def scrub_some(self, limit: int) -> int:
         """scrub_free_pages(): scrub at most `limit` frames of the queued dirty runs (one
