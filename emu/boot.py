@@ -16,6 +16,7 @@ from emu.banner import XEN_BANNER
 from emu.console import loglvl_str
 from emu.dom0_layout import KERNEL_PEND, KERNEL_PSTART, dom0_layout
 from emu.domain import VcpuRecord
+from emu.e820 import e820_map
 from emu.machine import Machine
 from emu.mm.page import PAGE_SHIFT
 from emu.mm.scrub import IdleScrubber
@@ -29,16 +30,6 @@ from emu.version import (
     XEN_VERSION,
     xen_commandline,
 )
-
-
-def e820_map(memory: int) -> list[tuple[int, int, str]]:
-    """A simple BIOS map: low memory, the legacy hole, then RAM up to `memory`."""
-    return [
-        (0x0, 0x9FBFF, "usable"),
-        (0x9FC00, 0x9FFFF, "reserved"),
-        (0xF0000, 0xFFFFF, "reserved"),
-        (0x100000, memory - 1, "usable"),
-    ]
 
 
 def version_lines(machine: Machine) -> list[str]:

@@ -26,6 +26,7 @@ from emu.access.record import AccessRecord
 from emu.console import HypervisorConsole
 from emu.cpu.sched import Scheduler
 from emu.domain import Domain
+from emu.e820 import address_space, hole_frames, usable_pages
 from emu.host import DomainSpec, HostConfig
 from emu.hvm import HVM
 from emu.mm.memory import set_target as _set_target
@@ -97,7 +98,7 @@ class Machine:
         self.lock = threading.RLock()  # domain lifecycle; taken before the heap lock
         self.next_domid = 1
         # Memory: RAM, frame table, M2P, heap.
-        self.ram: MachineRAM = MachineRAM(host.memory)
+        self.ram: MachineRAM = MachineRAM(address_space(host.memory))  # holes: emu/e820.py
         nr = self.ram.nr_frames
         self.frames: FrameTable = FrameTable(nr)
         self.m2p: np.ndarray = new_m2p(nr)
@@ -132,9 +133,11 @@ class Machine:
         ft_pages = pages_for_bytes(nr * PAGE_INFO_BYTES)
         m2p_pages = pages_for_bytes(nr * 8)
         top = nr - ft_pages - m2p_pages
+        hole = hole_frames(self.host.memory)
         self.xen_ranges = [
             (0, LOW_MEM_FRAMES, "low memory"),
             (XEN_IMAGE_START, XEN_IMAGE_START + XEN_IMAGE_FRAMES, "Xen image"),
+            *([(hole[0], hole[1], "32-bit hole")] if hole else []),
             (top, top + ft_pages, "frame table"),
             (top + ft_pages, nr, "M2P table"),
         ]
@@ -143,6 +146,9 @@ class Machine:
         # end_boot_allocator(): everything else goes to the buddy allocator.
         self.heap.init_heap_pages(LOW_MEM_FRAMES, XEN_IMAGE_START - LOW_MEM_FRAMES)
         start = XEN_IMAGE_START + XEN_IMAGE_FRAMES
+        if hole:
+            self.heap.init_heap_pages(start, hole[0] - start)
+            start = hole[1]
         self.heap.init_heap_pages(start, top - start)
         # The console ring comes from the Xen heap (console_init_ring()).
         order = max(0, (pages_for_bytes(self.console.ring.size) - 1).bit_length())
@@ -150,8 +156,8 @@ class Machine:
         self.conring_order = order
 
     def e820_usable_pages(self) -> int:
-        """RAM pages in the e820 map: low memory below the 0x9fc00 hole, then 1 MiB up."""
-        return (0x9FC00 >> 12) + self.ram.nr_frames - 0x100
+        """RAM pages in the e820 map (emu/e820.py)."""
+        return usable_pages(self.host.memory)
 
     def total_pages(self) -> int:
         """Pages of RAM the hypervisor manages (`xl info` total_memory)."""

@@ -76,3 +76,53 @@ def test_dom0_build_block(log):
         "(XEN) Dom0 has maximum 2 VCPUs",  # :824
         "(XEN) Initial low memory virq threshold set at 0x4000 pages.",
     ]
+
+
+def test_e820_map_has_the_hole_and_reserved_ranges_dom0s_rangesets_assume():
+    """x86/e820.c print_e820_memory_map(): " [%016Lx, %016Lx] " + type. The IO-APIC and
+    local APIC pages are the ones dom0's `I/O Memory { 0-febff, fec01-fedff, fee01-... }`
+    leaves out; above 3 GiB RAM is relocated past the 32-bit hole (emu/e820.py)."""
+    m = Machine(HostConfig(memory=4 << 30, cpus=2, dom0_mem=512 << 20), guests=False)
+    chunks: list[bytes] = []
+    m.console.sinks.append(chunks.append)
+    try:
+        boot_sync(m)
+        lines = b"".join(chunks).decode().replace("\r\n", "\n").split("\n")
+        assert block(lines, "(XEN) Xen-e820 RAM map:", 10) == [
+            "(XEN) Xen-e820 RAM map:",
+            "(XEN)  [0000000000000000, 000000000009fbff] (usable)",
+            "(XEN)  [000000000009fc00, 000000000009ffff] (reserved)",
+            "(XEN)  [00000000000f0000, 00000000000fffff] (reserved)",
+            "(XEN)  [0000000000100000, 00000000bfffffff] (usable)",
+            "(XEN)  [00000000fec00000, 00000000fec00fff] (reserved)",
+            "(XEN)  [00000000fee00000, 00000000fee00fff] (reserved)",
+            "(XEN)  [00000000fffc0000, 00000000ffffffff] (reserved)",
+            "(XEN)  [0000000100000000, 000000013fffffff] (usable)",
+            "(XEN) System RAM: 4095MB (4193916kB)",  # x86/setup.c: 4 GiB less 1 MiB + 639 KiB
+        ]
+        # No frame of the hole is RAM: none is free, none is a domain's.
+        ft = m.frames
+        hole = slice(0xC0000, 0x100000)
+        assert not np.any((ft.count_info[hole] >> np.uint64(58)) == 3)  # PGC_state_free
+        assert m.ram.nr_frames == 0x140000 and m.total_pages() == 0x9F + 0x100000 - 0x100
+    finally:
+        m.shutdown()
+
+
+def test_q_dom0_has_a_log_dirty_rangeset(log):
+    """x86/mm/p2m-basic.c:89 (p2m_init_hostp2m() -> p2m_init_logdirty(), p2m.c:52) gives
+    every domain, PV dom0 included, a "log-dirty" rangeset; rangesets print newest first
+    (common/rangeset.c:457 list_add), so it follows I/O Ports (x86/domain.c:877-885)."""
+    from keyhandlers import KEY_TABLE
+
+    m, _ = log
+    out: list[str] = []
+    KEY_TABLE["q"].fn(m, out.append, ())
+    i = out.index("Rangesets belonging to domain 0:")
+    assert [ln.split("{")[0].rstrip() for ln in out[i + 1 : i + 5]] == [
+        "    Interrupts",
+        "    I/O Memory",
+        "    I/O Ports",
+        "    log-dirty",
+    ]
+    assert out[i + 4] == "    log-dirty  { }"
