@@ -64,9 +64,9 @@ def cpu_s() -> float:
 
 
 def bare_loop(iters: int) -> float:
-    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+    from emu.asm import assemble
 
-    code, _ = Ks(KS_ARCH_X86, KS_MODE_64).asm(LOOP.format(n=iters), 0x1000)
+    code = assemble(LOOP.format(n=iters), 0x1000, 0xF000)
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0, 0x10000, UC_PROT_ALL)
     uc.mem_write(0x1000, bytes(code))
@@ -78,9 +78,9 @@ def bare_loop(iters: int) -> float:
 def bare_loop_counted(iters: int, slice_insns: int | None = None) -> float:
     """Count-limited slices, as the scheduler runs guests (exact, but a C code hook)."""
     slice_insns = slice_insns or SLICE_INSNS
-    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+    from emu.asm import assemble
 
-    code, _ = Ks(KS_ARCH_X86, KS_MODE_64).asm(LOOP.format(n=iters), 0x1000)
+    code = assemble(LOOP.format(n=iters), 0x1000, 0xF000)
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0, 0x10000, UC_PROT_ALL)
     uc.mem_write(0x1000, bytes(code))
@@ -143,11 +143,11 @@ def raw_faults(pages: int) -> float:
     q[(l2 >> 3) + 0] = cpt | 7
     q[(cpt >> 3) + 1] = code_pa | 7  # VA 0x1000 -> code
     data_pa0 = nxt[0]
-    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+    from emu.asm import assemble
 
     src = f"mov rbx, {data}\nmov rcx, {pages}\nl:\nmov al, byte ptr [rbx]\nadd rbx, 0x1000\n"
     src += "dec rcx\njnz l\n"
-    code, _ = Ks(KS_ARCH_X86, KS_MODE_64).asm(src, 0x1000)
+    code = assemble(src, 0x1000, 0x1000)
     mm[code_pa : code_pa + len(code)] = bytes(code)
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map_ptr(0, ram, UC_PROT_ALL, ptr)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from keystone import KS_ARCH_X86, KS_MODE_64, Ks  # noqa: E402
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
+from emu.asm import assemble  # noqa: E402
 from emu.cpu import blockhook  # noqa: E402
 from emu.cpu.vcpu import SLICE_INSNS  # noqa: E402
 
@@ -35,7 +35,7 @@ SOURCE = "lp: add qword ptr [0x2000], 1\ndec rcx\njnz lp\nhlt"
 
 
 def make_uc(n: int) -> tuple[Uc, int]:
-    code = bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(SOURCE, CODE)[0])
+    code = assemble(SOURCE, CODE, 0x1000)
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(CODE, 0x1000)
     uc.mem_map(DATA, 0x1000)

@@ -1,7 +1,7 @@
 """The guest builder: lays out a domU's memory (SPEC §7) before its vCPUs first run.
 
 Writes, into the domain's own frames (through its P2M): the start-info page, the guest
-kernel (emu/guest/kernel.S, assembled with keystone), an `asm:` user program, and the
+kernel (emu/guest/kernel.S), an `asm:` user program (both assembled by emu/asm.py), and the
 guest's own 4-level page tables identity-mapping every gfn with 4 KiB pages (VA ==
 guest-physical). Those are hypervisor writes: no guest A/D bit and no access record is set.
 Kernel text and the user program are executable; every other page is NX. Guest PTEs start
@@ -25,44 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
+from emu import asm
 from emu import workload as W
 
 P, RW, NX = 0x1, 0x2, 1 << 63
 KERNEL_SOURCE = Path(__file__).parent / "guest" / "kernel.S"
 
 
-def _ks():
-    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
-
-    return Ks(KS_ARCH_X86, KS_MODE_64)
-
-
 @functools.lru_cache(maxsize=1)
 def kernel_image() -> bytes:
-    code, _ = _ks().asm(KERNEL_SOURCE.read_text(), W.KERNEL_GFN << 12)
-    image = bytes(code)
-    if len(image) > W.KERNEL_PAGES << 12:
-        raise RuntimeError("guest kernel larger than its pages")
-    return image
-
-
-def assemble_user(path: str) -> bytes:
-    """Assemble an `asm:` program at USER_ENTRY; WorkloadError with keystone's message."""
-    from keystone import KsError
-
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError as e:
-        raise W.WorkloadError(f"workload: asm: cannot read {path}: {e.strerror}") from None
-    try:
-        code, _ = _ks().asm(text, W.USER_ENTRY)
-    except KsError as e:
-        raise W.WorkloadError(f"workload: asm: {path}: {e}") from None
-    if not code:
-        raise W.WorkloadError(f"workload: asm: {path}: no instructions")
-    if len(code) > W.USER_PAGES << 12:
-        raise W.WorkloadError(f"workload: asm: {path}: program larger than 128 KiB")
-    return bytes(code)
+    """The guest kernel, assembled once per process (emu/asm.py: GNU as in a child)."""
+    return asm.assemble(KERNEL_SOURCE.read_bytes(), W.KERNEL_GFN << 12, W.KERNEL_PAGES << 12)
 
 
 def _mfns(dom, gfns: np.ndarray) -> np.ndarray:
@@ -110,7 +83,10 @@ def build_page_tables(machine, dom, lay: W.GuestLayout, exec_gfns: np.ndarray) -
 
 
 def build_guest(machine, dom, w: W.Workload) -> W.GuestLayout:
-    """Lay the guest out in its frames; sets `dom.reserved_gfns`. Returns the layout."""
+    """Lay the guest out in its frames; sets `dom.reserved_gfns`. Returns the layout.
+
+    `w` comes from emu.workload.check_workload(): an `asm:` program is already assembled.
+    """
     n = len(dom.p2m)
     lay = W.guest_layout(n)
     # Everything the builder wrote starts from zeroed frames (populate scrubbed them).
@@ -137,7 +113,9 @@ def build_guest(machine, dom, w: W.Workload) -> W.GuestLayout:
     _write_gfn(machine, dom, W.KERNEL_GFN, kernel_image())
     exec_gfns = [np.arange(W.KERNEL_GFN, W.KERNEL_GFN + W.KERNEL_PAGES)]
     if w.kind == "asm":
-        _write_gfn(machine, dom, W.USER_GFN, assemble_user(w.path))
+        if w.image is None:  # check_workload() assembles; the builder never does
+            raise RuntimeError(f"d{dom.domid}: asm workload built before it was assembled")
+        _write_gfn(machine, dom, W.USER_GFN, w.image)
         exec_gfns.append(np.arange(W.USER_GFN, W.USER_GFN + W.USER_PAGES))
     build_page_tables(machine, dom, lay, np.concatenate(exec_gfns))
     reserved = set(range(W.ARENA_START))

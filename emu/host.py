@@ -6,6 +6,10 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from emu.workload import Workload
 
 from emu.mm.page import PAGE_SHIFT, PAGE_SIZE
 
@@ -48,6 +52,9 @@ class DomainSpec:
     maxmem: int | None = None  # MiB
     vcpus: int = 1
     workload: str = "idle"
+    # The workload parsed, fit-checked and (asm:) assembled for this spec, once, by
+    # emu.workload.check_workload(); `xl create` fills it off the console's thread.
+    prepared: Workload | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

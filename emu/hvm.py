@@ -107,7 +107,7 @@ class HVM:
         if dom.domid == 0:
             return
         from emu.domain_build import build_guest
-        from emu.shadow import shadow_enable
+        from emu.shadow.common import shadow_enable
         from emu.workload import check_workload
 
         m = self.machine

@@ -1,8 +1,12 @@
 """Guest workloads (SPEC §7): parsing, validation against a domain's memory, and the layout.
 
 A workload string is `idle`, `touch:pages=N[,stride=S][,write=0|1][,start=GFN]`,
-`random:ws=N[,seed=K][,write=0|1]`, `stream:pages=N` or `asm:PATH`. `validate_workload(spec)`
-is what `xl create` calls before any memory is allocated: it returns one error line, or None.
+`random:ws=N[,seed=K][,write=0|1]`, `stream:pages=N` or `asm:PATH`. `check_workload(spec)`
+parses, fit-checks and (for `asm:`) assembles a DomainSpec's workload once, keeping the result
+in `spec.prepared`; every later check and the guest builder (emu/domain_build.py) reuse it.
+`validate_workload(spec)` is its one-line-error form, called before any memory is allocated.
+Assembling runs GNU as in a limited child process (emu/asm.py) and blocks the calling thread
+for up to its wall-time limit: the console server calls `check_workload` from a worker thread.
 
 Guest-physical layout (every guest, `GuestLayout`):
 
@@ -16,9 +20,9 @@ Guest-physical layout (every guest, `GuestLayout`):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
+from emu import asm
 from emu.mm.page import PAGE_SHIFT
 
 ARENA_START = 0x100
@@ -67,6 +71,8 @@ class Workload:
     kind: str
     params: dict[str, int] = field(default_factory=dict)
     path: str | None = None  # asm:PATH
+    image: bytes | None = field(default=None, repr=False)  # asm: the assembled program
+    checked_for: tuple = ()  # (workload text, nr_pages, vcpus) the fit check was made for
 
     @property
     def code(self) -> int:
@@ -176,17 +182,24 @@ def guest_layout(nr_pages: int) -> GuestLayout:
 
 
 def _spec_fields(spec) -> tuple[str, int, int]:
-    if isinstance(spec, str):
-        return spec, 0, 1
-    return spec.workload, int(spec.memory) << (20 - PAGE_SHIFT), int(getattr(spec, "vcpus", 1))
+    return spec.workload, int(spec.memory) << (20 - PAGE_SHIFT), int(spec.vcpus)
 
 
-def check_workload(spec) -> Workload:
-    """Parse and fit-check `spec` (a DomainSpec, or a bare workload string: syntax only)."""
-    text, nr_pages, vcpus = _spec_fields(spec)
-    w = parse_workload(text)
-    if isinstance(spec, str):
-        return w
+def assemble_program(path: str) -> bytes:
+    """Read and assemble an `asm:` program at USER_ENTRY (emu/asm.py); WorkloadError."""
+    try:
+        src = asm.read_source(path)
+    except asm.SourceError:
+        raise WorkloadError(f"workload: asm: cannot read {path}") from None
+    except asm.AsmError as e:
+        raise WorkloadError(f"workload: asm: {path}: {e}") from None
+    try:
+        return asm.assemble(src, USER_ENTRY, USER_PAGES << PAGE_SHIFT)
+    except asm.AsmError as e:
+        raise WorkloadError(f"workload: asm: {path}: {e}") from None
+
+
+def _check_fit(w: Workload, nr_pages: int, vcpus: int) -> None:
     if not 1 <= vcpus <= MAX_VCPUS:
         raise WorkloadError(f"vcpus must be between 1 and {MAX_VCPUS}, got {vcpus}")
     lay = guest_layout(nr_pages)
@@ -206,12 +219,24 @@ def check_workload(spec) -> Workload:
             raise WorkloadError(
                 f"workload {w.kind} does not fit: {n} pages, the arena has {lay.arena_pages}"
             )
-    elif w.kind == "asm":
-        from emu.domain_build import assemble_user
 
-        if not os.path.isfile(w.path):
-            raise WorkloadError(f"workload: asm: cannot read {w.path}")
-        assemble_user(w.path)  # raises WorkloadError with keystone's message
+
+def check_workload(spec) -> Workload:
+    """Parse, fit-check and assemble `spec`'s workload (a DomainSpec), or a bare workload
+    string (syntax only). Done once per DomainSpec: the result is kept in `spec.prepared`
+    and returned again while the spec's workload, memory and vcpus are unchanged."""
+    if isinstance(spec, str):
+        return parse_workload(spec)
+    key = _spec_fields(spec)
+    prepared = spec.prepared
+    if prepared is not None and prepared.checked_for == key:
+        return prepared
+    w = parse_workload(key[0])
+    _check_fit(w, key[1], key[2])
+    if w.kind == "asm":
+        w.image = assemble_program(w.path)
+    w.checked_for = key
+    spec.prepared = w
     return w
 
 

@@ -37,8 +37,8 @@ import numpy as np
 from emu.access.scan import hold
 from emu.mm.p2m import INVALID_M2P_ENTRY
 from emu.mm.page import INVALID_MFN, PTE_ADDR_MASK
-from emu.shadow import TYPE_LEVEL
-from emu.shadow import SH_type_fl1_64_shadow as FL1_TYPE
+from emu.shadow.private import TYPE_LEVEL
+from emu.shadow.private import SH_type_fl1_64_shadow as FL1_TYPE
 from keyhandlers import KeyhandlerError, keyhandler
 from keyhandlers.args import parse_domain, parse_int
 

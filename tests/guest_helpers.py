@@ -98,6 +98,26 @@ say_msg:
     )
 
 
+# After a counting loop: prints `ok` if rax == rbx, else `N`, then goes offline (cli; hlt).
+REPORT_EQUAL = """
+    cmp rax, rbx
+    jne bad
+    mov al, 0x6f
+    out 0xe9, al
+    mov al, 0x6b
+    out 0xe9, al
+    jmp nl
+bad:
+    mov al, 0x4e
+    out 0xe9, al
+nl:
+    mov al, 0x0a
+    out 0xe9, al
+    cli
+    hlt
+"""
+
+
 class Out(list):
     """A key handler's `out`: collects the lines it prints (without the `(XEN) ` prefix)."""
 

@@ -9,7 +9,6 @@ does. Guest code runs at CPL 0 here (the shadows force _PAGE_USER either way).
 from __future__ import annotations
 
 import numpy as np
-from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.x86_const import (
@@ -22,9 +21,11 @@ from unicorn.x86_const import (
     UC_X86_REG_RSP,
 )
 
+from emu.asm import assemble
 from emu.host import DomainSpec, HostConfig
 from emu.machine import Machine
-from emu.shadow import CRASH, FIXED, GUEST_FAULT, shadow_enable
+from emu.shadow.common import shadow_enable
+from emu.shadow.private import CRASH, FIXED, GUEST_FAULT
 
 P, RW, US, A, D, PS, NX = 1, 2, 4, 0x20, 0x40, 0x80, 1 << 63
 CODE_GFN = 0x10
@@ -35,12 +36,10 @@ ARENA_GFN = 0x100
 
 from emu.cpu.vcpu import ack_exception  # noqa: E402  (the vCPUs' own recipe, unicorn.md §3)
 
-_ks = Ks(KS_ARCH_X86, KS_MODE_64)
-
 
 def asm(src: str, addr: int) -> bytes:
-    enc, _ = _ks.asm(src, addr)
-    return bytes(enc)
+    """`src` assembled at `addr` by the guests' own assembler (emu/asm.py: GNU as)."""
+    return assemble(src, addr, 1 << 20)
 
 
 class HarnessVCPU:

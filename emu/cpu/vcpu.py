@@ -55,7 +55,7 @@ from emu.domain import VcpuRecord
 from emu.mm import guestmem
 from emu.mm.page import PTE_ADDR_MASK
 from emu.mm.page_info import PGC_shadowed_pt
-from emu.shadow import CRASH, FIXED
+from emu.shadow.private import CRASH, FIXED
 
 RFLAGS_TF, RFLAGS_IF = 0x100, 0x200
 UNTIL = 1 << 63  # non-canonical: a run never ends by reaching it

@@ -1,4 +1,4 @@
-# xenconsole guest kernel (Intel syntax, assembled by keystone at domain build time).
+# xenconsole guest kernel (Intel syntax, assembled by GNU as, emu/asm.py, once per process).
 #
 # Runs at CPL 3 with paging on (the hypervisor shadows this guest's own identity-mapped
 # tables). Every vCPU enters at the first byte (VA 0x1000) with rdi = vCPU id and

@@ -20,15 +20,15 @@ from emu.mm.page import (
     PTE_ADDR_MASK,
 )
 from emu.mm.page_info import PGC_shadowed_pt
-from emu.shadow import (
+from emu.shadow.hash import SHADOW_HASH_BUCKETS, sh_hash
+from emu.shadow.pool import SH_COUNT_SHIFT, SH_HEAD_SHIFT, SH_PINNED_SHIFT
+from emu.shadow.private import (
     LEVEL_TYPE,
     TYPE_LEVEL,
     SH_type_fl1_64_shadow,
     SH_type_max_shadow,
     SH_type_min_shadow,
 )
-from emu.shadow.hash import SHADOW_HASH_BUCKETS, sh_hash
-from emu.shadow.pool import SH_COUNT_SHIFT, SH_HEAD_SHIFT, SH_PINNED_SHIFT
 
 MAX_PER_KIND = 4
 _U = np.uint64

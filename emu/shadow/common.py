@@ -13,16 +13,16 @@ import numpy as np
 
 from emu.mm.page import _PAGE_ACCESSED, _PAGE_PRESENT, _PAGE_RW, INVALID_MFN, PTE_ADDR_MASK
 from emu.mm.page_info import PGC_shadowed_pt
-from emu.shadow import (
+from emu.shadow.hash import ShadowHash
+from emu.shadow.multi import sh_page_fault
+from emu.shadow.pool import ShadowPool, default_pool_pages
+from emu.shadow.private import (
     LEVEL_TYPE,
     TYPE_LEVEL,
     SH_type_fl1_64_shadow,
     SH_type_l1_64_shadow,
     SH_type_l4_64_shadow,
 )
-from emu.shadow.hash import ShadowHash
-from emu.shadow.multi import sh_page_fault
-from emu.shadow.pool import ShadowPool, default_pool_pages
 
 _AR512 = np.arange(512, dtype=np.int64)
 _U_P = np.uint64(_PAGE_PRESENT)
@@ -471,3 +471,11 @@ def _domain_destroying(machine, dom) -> None:
             dom.paging.teardown()
         p2m = np.asarray(dom.p2m)
         machine.access.clear(p2m[p2m != np.uint64(INVALID_MFN)])
+
+
+def shadow_enable(machine, dom, pool_pages: int | None = None):
+    """Turn shadow mode on for `dom`: take its pool from the heap, set `dom.paging`."""
+    if dom.paging is not None:
+        return dom.paging
+    dom.paging = ShadowDomain(machine, dom, pool_pages)
+    return dom.paging

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from emu.mm.page import _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, PTE_ADDR_MASK
-from emu.shadow import TYPE_LEVEL
+from emu.shadow.private import TYPE_LEVEL
 
 EFLAGS_TF = 0x100
 _cs = None

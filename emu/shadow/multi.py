@@ -30,7 +30,7 @@ from emu.mm.page import (
     _PAGE_USER,
     PTE_ADDR_MASK,
 )
-from emu.shadow import (
+from emu.shadow.private import (
     CRASH,
     FIXED,
     GUEST_FAULT,

@@ -12,8 +12,9 @@ flag-ended slices).
 from __future__ import annotations
 
 import pytest
+from console_hosts import host_only
+from guest_helpers import REPORT_EQUAL
 
-from tests.console_hosts import host_only
 from xenconsole.expect import Console
 from xenconsole.testing import serve
 
@@ -27,22 +28,7 @@ lp:
     jnz lp
     mov rax, qword ptr [0x100000]
     mov rbx, {N}
-    cmp rax, rbx
-    jne bad
-    mov al, 0x6f
-    out 0xe9, al
-    mov al, 0x6b
-    out 0xe9, al
-    jmp nl
-bad:
-    mov al, 0x4e
-    out 0xe9, al
-nl:
-    mov al, 0x0a
-    out 0xe9, al
-    cli
-    hlt
-"""
+""" + REPORT_EQUAL
 
 SPIN = """
 spin:

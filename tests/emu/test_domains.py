@@ -19,7 +19,7 @@ from emu.host import DomainSpec, HostConfig
 from emu.machine import Machine
 from emu.mm.p2m import INVALID_M2P_ENTRY
 from emu.mm.page import INVALID_MFN
-from emu.shadow import shadow_enable
+from emu.shadow.common import shadow_enable
 from keyhandlers import KEY_TABLE
 from xenconsole.dom0.shell import Dom0Shell
 

@@ -122,7 +122,7 @@ ATTACKS = {
     "clear_pg": "    mov rax, cr0\n    btr rax, 31\n    mov cr0, rax\n    hlt\n",
     "efer": "    mov ecx, 0xc0000080\n    xor eax, eax\n    xor edx, edx\n    wrmsr\n    hlt\n",
     "lgdt": "    mov rax, 0x100000\n    lgdt [rax]\n    hlt\n",
-    "sysret": "    sysret\n",
+    "sysret": "    sysretq\n",
     "guess_reads": IDT
     + """
     mov r13, 3

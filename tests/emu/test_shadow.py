@@ -20,15 +20,15 @@ from shadow_harness import (
 
 from emu.audit import audit
 from emu.mm.page_info import PGC_shadowed_pt
-from emu.shadow import (
+from emu.shadow.audit import audit_shadows
+from emu.shadow.hash import sh_hash
+from emu.shadow.multi import shadow_l1e_index
+from emu.shadow.private import (
     SH_type_l1_64_shadow,
     SH_type_l2_64_shadow,
     SH_type_l3_64_shadow,
     SH_type_l4_64_shadow,
 )
-from emu.shadow.audit import audit_shadows
-from emu.shadow.hash import sh_hash
-from emu.shadow.multi import shadow_l1e_index
 
 pytestmark = pytest.mark.timeout(60)
 

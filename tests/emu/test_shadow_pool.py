@@ -8,10 +8,10 @@ import pytest
 from shadow_harness import ARENA_GFN, PT_GFN, A, Guest, new_machine
 
 from emu.audit import audit
-from emu.shadow import SH_type_l1_64_shadow, SH_type_l4_64_shadow
 from emu.shadow.audit import audit_shadows
 from emu.shadow.hash import SHADOW_HASH_BUCKETS, sh_hash
 from emu.shadow.multi import shadow_l1e_index
+from emu.shadow.private import SH_type_l1_64_shadow, SH_type_l4_64_shadow
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,12 +14,12 @@ import time
 
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+from guest_helpers import REPORT_EQUAL, asm_guest, console_lines, new_machine, wait_for
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
+from emu.asm import assemble
 from emu.cpu import blockhook, sched
-from tests.guest_helpers import asm_guest, console_lines, new_machine, wait_for
 
 
 def _dis(code: bytes) -> list[str]:
@@ -46,7 +46,7 @@ def test_hook_bytes_are_what_the_docstring_says():
 
 
 def _bare(src: str, rcx: int = 0) -> tuple[Uc, blockhook.SliceFlag, int]:
-    code = bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(src, 0x1000)[0])
+    code = assemble(src, 0x1000, 0x1000)
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0, 0x10000)
     uc.mem_write(0x1000, code)
@@ -130,41 +130,41 @@ lp:
     jnz lp
     mov rax, qword ptr [0x100000]
     mov rbx, {n}
-    cmp rax, rbx
-    jne bad
-    mov al, 0x6f
-    out 0xe9, al
-    mov al, 0x6b
-    out 0xe9, al
-    jmp nl
-bad:
-    mov al, 0x4e
-    out 0xe9, al
-nl:
-    mov al, 0x0a
-    out 0xe9, al
-    cli
-    hlt
-"""
+""" + REPORT_EQUAL
 SPIN = "spin:\n    add qword ptr [0x100000], 1\n    jmp spin\n"
+
+
+# Adds until the host sets the stop byte at 0x101000; r15 counts the loop's iterations in a
+# register (exact across slices), so a store that ran twice makes [0x100000] > r15.
+UNTIL_STOPPED = """
+    xor r15, r15
+lp:
+    add qword ptr [0x100000], 1
+    inc r15
+    cmp byte ptr [0x101000], 0
+    je lp
+    mov rax, qword ptr [0x100000]
+    mov rbx, r15
+""" + REPORT_EQUAL
 
 
 @pytest.mark.timeout(300)
 def test_thousands_of_flag_ended_slices_stay_exact(monkeypatch, tmp_path):
-    # 0.2 ms slices: two domains on two pCPUs, the counter's run ended by its flag 3,000+
-    # times; every add must land exactly once.
+    # 0.2 ms slices: two domains on two pCPUs; the counter runs until its run has been ended
+    # by its flag 3,000+ times (however loaded the machine), then every add must have
+    # landed exactly once.
     monkeypatch.setattr(sched, "SLICE_NS", 200_000)
     m = new_machine()
     try:
         assert m.sched.nr_threads == 2
         spin = asm_guest(m, tmp_path, "spin", SPIN)
-        n = 100_000_000
-        dom = asm_guest(m, tmp_path, "count", COUNTER.format(n=n))
-        assert wait_for(lambda: console_lines(dom), timeout=280), "counter never finished"
-        assert console_lines(dom) == ["ok"]
+        dom = asm_guest(m, tmp_path, "count", UNTIL_STOPPED)
         v = dom.vcpus[0]
+        assert wait_for(lambda: v.stats["hook_stops"] >= 3000, timeout=250), v.stats
+        m.ram.write(int(dom.p2m[0x101]) << 12, b"\x01")
+        assert wait_for(lambda: console_lines(dom), timeout=30), "counter never stopped"
+        assert console_lines(dom) == ["ok"]
         assert v.native and v.stats["counted_runs"] == 0
-        assert v.stats["hook_stops"] >= 3000, v.stats
         assert spin.vcpus[0].stats["hook_stops"] > 0
     finally:
         m.shutdown()

@@ -2,12 +2,20 @@
 
 Input arrives from the hypervisor console when it is switched to DOM0; output is dom0's own
 (no `(XEN) ` prefix, not in the console ring), with `\\n` sent as `\\r\\n` as a tty does.
+
+A command that must wait for slow work (`xl create` assembling an `asm:` program) returns a
+`Pending`: on a running Twisted reactor's thread the work goes to a worker thread and the
+prompt comes back when it is done, so the console and every other client keep going
+meanwhile; keys typed in between are held (Ctrl-C gives up the wait, as in bash). Without a
+reactor (tests driving the shell directly) the work runs inline.
 """
 
 from __future__ import annotations
 
 import shlex
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from xenconsole.dom0.lex import split_unquoted
 
@@ -18,6 +26,29 @@ SERIAL_RX_SIZE = 128  # Xen's serial_rx_ring: what dom0 has not read yet; more i
 
 class ShellExit(Exception):
     pass
+
+
+@dataclass
+class Pending:
+    """A command's slow part: `work()` runs off the console's thread, then `finish(result)`
+    on it returns the exit status; `result` is what work returned or the exception it raised."""
+
+    work: Callable[[], object]
+    finish: Callable[[object], int]
+
+
+Runner = Callable[[Callable[[], object]], object]  # fn -> a Deferred firing with fn()
+
+
+def reactor_runner() -> Runner | None:
+    """Twisted's deferToThread when called on a running reactor's own thread, else None."""
+    reactor = sys.modules.get("twisted.internet.reactor")  # never install one here
+    if reactor is None or not getattr(reactor, "running", False):
+        return None
+    from twisted.internet.threads import deferToThread
+    from twisted.python import threadable
+
+    return deferToThread if threadable.isInIOThread() else None
 
 
 class Dom0Shell:
@@ -31,6 +62,9 @@ class Dom0Shell:
         self._esc = 0  # 0 none, 1 saw ESC, 2 inside CSI
         self._early = bytearray()  # typed before dom0 is up: read once the shell starts
         self.foreground: Callable[[bytes], None] | None = None  # e.g. `xl console`
+        self.runner: Runner | None = None  # None: reactor_runner() at the time of the call
+        self.waiting: object | None = None  # token of the Pending being waited for
+        self._typeahead = bytearray()  # typed while a command waits: read after its prompt
         from xenconsole.dom0 import xl
 
         self.xl = xl
@@ -59,11 +93,28 @@ class Dom0Shell:
             room = SERIAL_RX_SIZE - len(self._early)
             self._early += data[: max(0, room)]
             return
-        for c in data:
+        for i, c in enumerate(data):
+            if self.waiting is not None:  # a command (e.g. Enter just now) waits
+                self._rx_waiting(data[i:])
+                return
             if self.foreground is not None:
                 self.foreground(bytes([c]))
                 continue
             self._byte(c)
+
+    def _rx_waiting(self, data: bytes) -> None:
+        """Bytes typed while a command waits: held (as a tty holds them), Ctrl-C gives up."""
+        cut = data.find(b"\x03")
+        if cut < 0:
+            room = MAX_LINE - len(self._typeahead)
+            self._typeahead += data[: max(0, room)]
+            return
+        self.waiting = None  # the work finishes in its thread; its result is dropped
+        self._typeahead.clear()  # a tty flushes its input on SIGINT
+        self.write("^C\n")
+        self.status = 130
+        self.prompt()
+        self.rx(data[cut + 1 :])  # after the ^C: typed at the new prompt
 
     def _byte(self, c: int) -> None:
         after_cr, self._after_cr = self._after_cr, False
@@ -114,17 +165,71 @@ class Dom0Shell:
         text = self.line.decode("utf-8", "replace")
         self.line.clear()
         self.write("\n")
-        self.run_line(text)
-        if self.foreground is None:
+        if self.run_line(text) and self.foreground is None:
             self.prompt()
 
     # ---- commands -----------------------------------------------------------------------
 
-    def run_line(self, text: str) -> None:
-        for part in _split_commands(text):
-            self.status = self.run(part)
+    def run_line(self, text: str) -> bool:
+        """Run the line's commands; False when one still waits (its prompt comes later)."""
+        return self._run_parts(_split_commands(text))
+
+    def _run_parts(self, parts: list[str]) -> bool:
+        for i, part in enumerate(parts):
+            result = self._dispatch(part)
+            if isinstance(result, Pending):
+                runner = self.runner or reactor_runner()
+                if runner is not None:
+                    self._wait(result, runner, parts[i + 1 :])
+                    return False
+                result = self._run_inline(result)
+            self.status = result
+        return True
+
+    def _run_inline(self, pending: Pending) -> int:
+        try:
+            value = pending.work()
+        except Exception as e:
+            value = e
+        return self._finish(pending, value)
+
+    def _wait(self, pending: Pending, runner: Runner, rest: list[str]) -> None:
+        token = self.waiting = object()
+
+        def done(value):
+            from twisted.python.failure import Failure
+
+            if self.waiting is not token:
+                return None  # given up with Ctrl-C
+            self.waiting = None
+            if isinstance(value, Failure):
+                value = value.value
+            self.status = self._finish(pending, value)
+            if not self._run_parts(rest):
+                return None  # another command of the line waits; keep what was typed
+            if self.foreground is None:
+                self.prompt()
+            held, self._typeahead = bytes(self._typeahead), bytearray()
+            self.rx(held)
+            return None
+
+        runner(pending.work).addBoth(done)
+
+    def _finish(self, pending: Pending, value: object) -> int:
+        try:
+            return pending.finish(value)
+        except self.xl.XlExit as e:
+            return e.status
+        except Exception as e:  # never a traceback on the console
+            self.println(f"-bash: xl: internal error: {type(e).__name__}: {e}")
+            return 1
 
     def run(self, text: str) -> int:
+        """Run one command to its end on this thread (a Pending one too); its status."""
+        result = self._dispatch(text)
+        return self._run_inline(result) if isinstance(result, Pending) else result
+
+    def _dispatch(self, text: str) -> int | Pending:
         try:
             argv = shlex.split(text, comments=True)
         except ValueError as e:

@@ -9,14 +9,18 @@ refused (a real xl ignores keys it does not know; here they would silently do no
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
 import stat
 
-from emu.domctl import DomainError
+from emu.domain_build import kernel_image
+from emu.domctl import DomainError, validate_spec
 from emu.host import DomainSpec
+from emu.workload import WorkloadError, check_workload, parse_workload
 from xenconsole.dom0.lex import split_unquoted
+from xenconsole.dom0.shell import Pending
 from xenconsole.dom0.xl import CMD_TABLE, XlExit, command, find_domain, getopts, help_text
 
 KEYS = ("name", "memory", "maxmem", "vcpus", "workload")
@@ -159,7 +163,7 @@ def _create_args(sh, argv: list[str]):
     modifies=True,
     can_dryrun=True,
 )
-def main_create(sh, argv: list[str]) -> int:
+def main_create(sh, argv: list[str]) -> int | Pending:
     config_file, extra, flags = _create_args(sh, argv)
     text = ""
     try:
@@ -197,6 +201,39 @@ def main_create(sh, argv: list[str]) -> int:
             f'vcpus = {spec.vcpus}\nworkload = "{spec.workload}"'
         )
         return 0
+    if not _is_asm(spec.workload):
+        return _create(sh, spec, flags, None)  # nothing slow to prepare
+    # The spec's own errors first, in create_domain's order and on this thread; then the
+    # assembler, on a worker thread (the console and other clients keep going).
+    try:
+        validate_spec(sh.machine, dataclasses.replace(spec, workload="idle"))
+    except DomainError as e:
+        sh.println(str(e))
+        return ERROR_FAIL
+    return Pending(lambda: _prepare(spec), lambda r: _create(sh, spec, flags, r))
+
+
+def _is_asm(workload: str) -> bool:
+    try:
+        return parse_workload(workload).kind == "asm"
+    except WorkloadError:
+        return False
+
+
+def _prepare(spec: DomainSpec) -> None:
+    """Off the console's thread: parse, fit-check and assemble the workload once (kept in
+    `spec.prepared`, which create_domain's checks and the guest builder reuse)."""
+    kernel_image()  # assembled once per process; not on the console's thread either
+    check_workload(spec)
+
+
+def _create(sh, spec: DomainSpec, flags: set[str], prepared: object) -> int:
+    """Back on the console's thread once the workload is ready (or failed)."""
+    if isinstance(prepared, WorkloadError):
+        sh.println(str(prepared))
+        return ERROR_FAIL
+    if isinstance(prepared, BaseException):
+        raise prepared
     try:
         dom = sh.machine.create_domain(spec, paused="-p" in flags)
     except DomainError as e:
