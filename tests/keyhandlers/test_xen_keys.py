@@ -163,8 +163,8 @@ def test_O_on_a_broken_shadow_crashes_the_domain_at_the_next_fault():
     from shadow_harness import ARENA_GFN, Guest
     from shadow_harness import new_machine as bare_machine
 
-    from emu.shadow import CRASH, FIXED
     from emu.shadow.multi import shadow_l1e_index
+    from emu.shadow.private import CRASH, FIXED
 
     m = bare_machine()
     try:
