@@ -154,3 +154,10 @@ def run_key(fn, m, *args) -> list[str]:
     out = Out()
     fn(m, out, tuple(args))
     return list(out)
+
+
+def press(m, k: str) -> list[str]:
+    """Run built-in key `k`'s handler without arguments and return its lines."""
+    from keyhandlers import KEY_TABLE
+
+    return run_key(KEY_TABLE[k].fn, m)
