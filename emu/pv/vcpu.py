@@ -42,7 +42,8 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from emu.cpu.vcpu import ERR_OFF, OLD_OFF, REAL_CR0, REAL_CR4, REAL_EFER, RegReader
+from emu.cpu.ucctx import ERR_OFF, OLD_OFF, RegReader
+from emu.cpu.vcpu import REAL_CR0, REAL_CR4, REAL_EFER
 from emu.domain import VcpuRecord
 from emu.pv import xen as XF
 
