@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from keystone import KS_ARCH_X86, KS_MODE_64, Ks  # noqa: E402
 from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, Uc  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
+from emu.asm import assemble  # noqa: E402
 from emu.boot import boot_sync  # noqa: E402
 from emu.host import DomainSpec, HostConfig  # noqa: E402
 from emu.machine import Machine  # noqa: E402
@@ -63,14 +63,13 @@ def run_guest(m: Machine, path: str, name: str) -> float:
 
 
 def pv_rate(n: int) -> float:
-    ks = Ks(KS_ARCH_X86, KS_MODE_64)
     m = boot_sync(Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=256 << 20)))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             paths = {}
             for k in (0, n):
                 p = Path(tmp) / f"loop{k}"
-                p.write_bytes(write_pv_elf(bytes(ks.asm(guest_source(k), 0x100000)[0])))
+                p.write_bytes(write_pv_elf(assemble(guest_source(k), 0x100000, 1 << 20)))
                 paths[k] = str(p)
             best0 = min(run_guest(m, paths[0], f"z{i}") for i in range(3))
             best = min(run_guest(m, paths[n], f"n{i}") for i in range(3))
@@ -81,7 +80,7 @@ def pv_rate(n: int) -> float:
 
 def raw_rate(n: int) -> float:
     code = bytes(
-        Ks(KS_ARCH_X86, KS_MODE_64).asm("l: mov eax, 17\nsyscall\ndec rcx\njnz l", 0x1000)[0]
+        assemble("l: mov eax, 17\nsyscall\ndec rcx\njnz l", 0x1000, 4096)
     )
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0x1000, 0x1000)

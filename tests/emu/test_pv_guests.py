@@ -158,12 +158,11 @@ HC = 0x101000  # the test kernels' hypercall page
 
 
 def pv_kernel(source: str) -> bytes:
-    """A minimal PV kernel (emu/pv/elf.py write_pv_elf) from keystone-assembled source."""
-    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
-
+    """A minimal PV kernel (emu/pv/elf.py write_pv_elf) from source assembled at 0x100000."""
+    from emu.asm import assemble
     from emu.pv.elf import write_pv_elf
 
-    return write_pv_elf(bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(source, 0x100000)[0]))
+    return write_pv_elf(assemble(source, 0x100000, 1 << 20))
 
 
 def hypercall(nr: int) -> str:
