@@ -142,12 +142,13 @@ def test_default_host_guests_under_debug_keys():
 @pytest.mark.timeout(60)
 def test_xl_console_follows_guest_and_returns_when_it_dies(tmp_path):
     from tests.guest_helpers import new_machine, wait_for
+    from xenconsole.dom0.fs import Dom0Fs
     from xenconsole.dom0.shell import Dom0Shell
 
     m = new_machine()
     try:
         shown: list[bytes] = []
-        sh = Dom0Shell(m, shown.append)
+        sh = Dom0Shell(m, shown.append, Dom0Fs("/"))
         prog = tmp_path / "talk.S"
         prog.write_text(
             "    mov rcx, 3\nagain:\n    mov al, 0x68\n    out 0xe9, al\n    mov al, 10\n"

@@ -21,6 +21,7 @@ from emu.mm.p2m import INVALID_M2P_ENTRY
 from emu.mm.page import INVALID_MFN
 from emu.shadow.common import shadow_enable
 from keyhandlers import KEY_TABLE
+from xenconsole.dom0.fs import Dom0Fs
 from xenconsole.dom0.shell import Dom0Shell
 
 
@@ -47,7 +48,7 @@ def machine():
 @pytest.fixture
 def xl(machine):
     out = bytearray()
-    sh = Dom0Shell(machine, out.extend)
+    sh = Dom0Shell(machine, out.extend, Dom0Fs("/"))  # tests name files by host path
 
     def run(cmd: str) -> tuple[int, str]:
         out.clear()
