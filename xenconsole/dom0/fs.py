@@ -100,8 +100,10 @@ class Dom0Fs:
                 try:
                     st = os.stat(c, dir_fd=stack[-1], follow_symlinks=False)
                 except FileNotFoundError:
-                    if not (create_dirs and todo):
+                    if not create_dirs:
                         raise
+                    if not todo and not last_dir:  # the file itself: the caller creates it
+                        return stack.pop(), c, join(names + [c])
                     os.mkdir(c, 0o755, dir_fd=stack[-1])
                     st = os.stat(c, dir_fd=stack[-1], follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
