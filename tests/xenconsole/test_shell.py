@@ -29,8 +29,6 @@ XL_INFO_KEYS = [
 ]  # fmt: skip
 
 
-
-
 @pytest.fixture
 def host():
     h = Host()
