@@ -4,7 +4,9 @@ Its stdout, stderr and exit status are those of `xl ARGS` typed in dom0. `xl cre
 first uploads FILE and the files it names (kernel=, ramdisk=, workload="asm:PATH", also as
 KEY=VALUE arguments) from the caller's filesystem, read with the caller's permissions, to the
 same path in dom0's filesystem (a relative path lands relative to dom0's /root, where the
-command runs), so the command and its messages are the ones the user typed. `xl console`
+command runs), so the command and its messages are the ones the user typed; a file the
+caller cannot read is not uploaded (dom0's own file of that name is used, or dom0's xl says
+it is missing), nor is one the server refuses (outside dom0's /). `xl console`
 streams until the domain goes away; keys go to the console, Ctrl-] ends it.
 
 Standard library only, so the `xl` shim (xenconsole/shim/xl, its directory printed by
@@ -23,7 +25,6 @@ import socket
 import sys
 
 CHUNK = 1 << 20  # bytes of a file per upload request
-ERROR_FAIL = 3  # xl create's status when it cannot read its config file
 CTRL_RBRACKET = 0x1D
 GLOBAL_OPTS = "vftTN"
 _REFS = re.compile(r"""^\s*(kernel|ramdisk|workload)\s*=\s*(?:"([^"]*)"|'([^']*)'|(\S+))""")
@@ -182,18 +183,18 @@ def _read_local(path: str) -> tuple[bytes, int]:
         return f.read(), st.st_mode & 0o755
 
 
-def upload_create(ch: Channel, argv: list[str]) -> int | None:
-    """Upload `xl create`'s files; an exit status when the caller's config cannot be read."""
+def upload_create(ch: Channel, argv: list[str]) -> None:
+    """Upload `xl create`'s files that the caller can read; the rest is dom0's business."""
     config, extra = create_files(argv)
     texts = list(extra)
     if config is not None and config != "/dev/null":
         try:
             data, mode = _read_local(config)
-        except OSError as e:
-            sys.stderr.write(f"Failed to read config file: {config}: {e.strerror}\n")
-            return ERROR_FAIL
-        upload(ch, config, data, mode)  # refused (outside dom0's /): dom0's xl says so
-        texts.append(data.decode("utf-8", "replace"))
+        except OSError:
+            data = None  # not the caller's: dom0's own file, or dom0's xl says it is missing
+        if data is not None:
+            upload(ch, config, data, mode)  # refused (outside dom0's /): dom0's xl says so
+            texts.append(data.decode("utf-8", "replace"))
     for path in referenced("\n".join(texts)):
         try:
             data, mode = _read_local(path)
@@ -213,9 +214,7 @@ def run(ch: Channel, args: list[str]) -> int:
     """Send `xl ARGS`, copy its output, return its exit status."""
     cmd, rest = _command(args)
     if cmd is not None and "create".startswith(cmd) and len(cmd) >= 2:
-        status = upload_create(ch, rest)
-        if status is not None:
-            return status
+        upload_create(ch, rest)
     ch.send({"op": "xl", "args": args})
     console = cmd is not None and len(cmd) >= 3 and "console".startswith(cmd)
     keys = _KeyForwarder(ch) if console else None
