@@ -1,12 +1,12 @@
-"""The `xenconsole` command: `serve`, `keys`, `connect`."""
+"""The `xenconsole` command: `serve`, `keys`, `connect`, `xl`, `shim-dir`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from xenconsole.options import UsageError, load_keys
-from xenconsole.transports import TRANSPORTS
+# Nothing heavy at import: `xenconsole xl` (and the `xl` shim) must start fast; the server's
+# modules are imported by the subcommands that need them.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,6 +18,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xenconsole.transports import TRANSPORTS
+
     p = _Parser(prog="xenconsole", description="An emulated Xen host with a real serial console.")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     s = sub.add_parser("serve", help="boot the host and serve its console")
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_keys(args) -> int:
+    from xenconsole.options import UsageError, load_keys
+
     try:
         load_keys(args.plugin)
     except UsageError as e:
