@@ -191,6 +191,9 @@ def main_create(sh, argv: list[str]) -> int | Pending:
     if spec is None:
         sh.eprintln("Domain name must be specified.")
         return 1
+    # kernel= is dom0's path: read from dom0's filesystem only (emu/pv/build.py read_kernel).
+    fs, cwd = sh.fs, sh.cwd
+    spec.read_file = lambda path: fs.read(path, cwd)
     if {"-n", "--dryrun"} & flags:
         sh.println(
             f'name = "{spec.name}"\nmemory = {spec.memory}\n'
