@@ -195,3 +195,22 @@ def test_upload_never_writes_through_a_link(tmp_path):
             fs.write(path, b"data")
         assert e.value.strerror == "Permission denied", path
     assert os.listdir(secret) == []
+
+
+@pytest.mark.parametrize("path", ["../../secret/vmlinuz", "/../secret/vmlinuz", "dirlink/vmlinuz"])
+def test_kernel_paths_out_of_dom0_are_refused(machine, world, path):
+    pytest.importorskip("emu.pv", reason="kernel= is read by PV guests (emu/pv/, issue 10)")
+    root, secret, watch = world
+    (secret / "vmlinuz").write_bytes(b"\x7fELF")
+    watch.close()
+    watch = Watch(str(secret), str(secret / "vmlinuz"))
+    sh, out = shell(machine, root)
+    status, text = run(sh, out, f"xl create name=k type=pv memory=16 kernel={path}")
+    # tools/libs/guest/xg_dom_core.c:205 xc_dom_malloc_filemap(): "failed to open file".
+    assert status == 3
+    assert text.splitlines()[0] == (
+        f"xc: error: panic: xg_dom_core.c:205: failed to open file '{path}': "
+        "Permission denied: Internal error"
+    )
+    assert watch.events() == []
+    watch.close()
