@@ -25,6 +25,7 @@ import socket
 import sys
 
 CHUNK = 1 << 20  # bytes of a file per upload request
+PENDING_WAIT_S = 3.0  # how long `xl unpause` waits for consoles started before it
 CTRL_RBRACKET = 0x1D
 GLOBAL_OPTS = "vftTN"
 _REFS = re.compile(r"""^\s*(kernel|ramdisk|workload)\s*=\s*(?:"([^"]*)"|'([^']*)'|(\S+))""")
@@ -39,6 +40,57 @@ def runtime_dir() -> str:
     /tmp/xenconsole-UID (xenconsole/control.py makes and checks it)."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     return os.path.join(base, "xenconsole") if base else f"/tmp/xenconsole-{os.getuid()}"
+
+
+def pending_dir() -> str:
+    return os.path.join(runtime_dir(), "pending")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def console_pending(make: bool) -> str | None:
+    """This process's "console on its way" marker (made by the shim before Python starts,
+    or here); its path, or None when it cannot be made."""
+    path = os.path.join(pending_dir(), f"console.{os.getpid()}")
+    if make and not os.path.exists(path):
+        try:
+            os.makedirs(pending_dir(), mode=0o700, exist_ok=True)
+            open(path, "w").close()
+        except OSError:
+            return None
+    return path
+
+
+def wait_for_consoles(limit: float = PENDING_WAIT_S) -> None:
+    """Before `xl unpause`: let consoles started earlier attach first. xtf-runner starts
+    `xl console` and then at once `xl unpause`; the C xl attaches in a few milliseconds,
+    this Python client needs tens, so without the wait a short guest can end before its
+    console is there. Markers of processes that are gone are removed."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        waiting = False
+        for p in glob.glob(os.path.join(pending_dir(), "console.*")):
+            pid = p.rsplit(".", 1)[1]
+            if pid.isdigit() and _pid_alive(int(pid)):
+                waiting = True
+            else:
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+        if not waiting:
+            return
+        time.sleep(0.01)
 
 
 def shim_dir() -> str:
@@ -215,8 +267,12 @@ def run(ch: Channel, args: list[str]) -> int:
     cmd, rest = _command(args)
     if cmd is not None and "create".startswith(cmd) and len(cmd) >= 2:
         upload_create(ch, rest)
-    ch.send({"op": "xl", "args": args})
     console = cmd is not None and len(cmd) >= 3 and "console".startswith(cmd)
+    if cmd == "unpause":
+        wait_for_consoles()
+    ch.send({"op": "xl", "args": args})
+    if console:
+        _attached()
     keys = _KeyForwarder(ch) if console else None
     try:
         while True:
@@ -236,6 +292,17 @@ def run(ch: Channel, args: list[str]) -> int:
     finally:
         if keys is not None:
             keys.stop()
+
+
+def _attached() -> None:
+    """The console request is sent (the server reads a connection's requests in order, and
+    this one before any later connection's): no longer pending."""
+    path = console_pending(make=False)
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 class _KeyForwarder:
@@ -279,6 +346,9 @@ class _KeyForwarder:
 
 
 def main(args: list[str], control: str | None = None) -> int:
+    cmd, _ = _command(args)
+    if cmd is not None and len(cmd) >= 3 and "console".startswith(cmd):
+        console_pending(make=True)  # the shim made it already when it ran `xl console`
     try:
         ch = Channel(connect(control))
     except ClientError as e:
