@@ -70,5 +70,6 @@ def test_xtf_runner_unmodified(xtf_tree, tmp_path):
         ), r.stdout + r.stderr
         assert r.returncode == 0
         for t in TESTS:
-            assert f"Executing 'xl create -p {xtf_tree}/tests/" in r.stdout
-            assert f"Executing 'xl console {t}'" in r.stdout
+            cfg = f"tests/{t.split('-', 2)[2]}/{t}.cfg"  # its kernel= is the tree's absolute path
+            assert f"Executing 'xl create -p {cfg}'" in r.stdout
+            assert f"Executing 'xl console {t}'\nExecuting 'xl unpause {t}'" in r.stdout
