@@ -144,7 +144,8 @@ def test_default_host_guests_under_debug_keys():
 
 @pytest.mark.timeout(60)
 def test_xl_console_follows_guest_and_returns_when_it_dies(tmp_path):
-    from tests.guest_helpers import new_machine, wait_for
+    from guest_helpers import new_machine, wait_for
+
     from xenconsole.dom0.fs import Dom0Fs
     from xenconsole.dom0.shell import Dom0Shell
 

@@ -21,7 +21,6 @@ from guest_helpers import (
     asm_guest,
     console_lines,
     create,
-    new_machine,
     say_then_idle,
     wait_for,
 )
@@ -40,7 +39,7 @@ from xenconsole.testing import serve
 # The programs and configs these tests write are named by host path: dom0 sees the host.
 HOST_FILES = ("--dom0-root", "/")
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.machine(shared=True)]
 
 L1_LINE = re.compile(
     r"^ +l1\[(?P<i0>[0-9a-f]{3})(?:-(?P<i1>[0-9a-f]{3})(?: step (?P<k>\d+))?)?\] "
@@ -76,13 +75,6 @@ done:
 """
     + PUTS
 )
-
-
-@pytest.fixture(scope="module")
-def machine():
-    m = new_machine()
-    yield m
-    m.shutdown()
 
 
 def actual_l1(m, dom) -> dict[tuple[int, int], tuple[int, str, str]]:
