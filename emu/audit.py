@@ -27,6 +27,7 @@ from emu.mm.page_info import (
     PGC_state_inuse,
     PGC_xen_heap,
 )
+from emu.pv.audit import audit_pv
 from emu.shadow.audit import audit_shadows
 
 MAX_PER_KIND = 8  # example frames listed per kind of violation
@@ -128,6 +129,9 @@ def audit_full(machine) -> AuditResult:
         # the P2M), under the same quiesce.
         if pools:
             bad.extend(f"shadow: {v}" for v in audit_shadows(machine))
+        # PV domains: type and general counts against the references that exist.
+        if machine.pv is not None:
+            bad.extend(f"pv: {v}" for v in audit_pv(machine))
     return res
 
 

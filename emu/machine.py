@@ -35,6 +35,8 @@ from emu.mm.page_alloc import Heap
 from emu.mm.page_info import PAGE_INFO_BYTES, FrameTable, PGC_xen_heap
 from emu.mm.ram import MachineRAM
 from emu.perfc import PerfCounters, xen_perf_counters
+from emu.pv.domain import PV
+from emu.pv.domain import attach as attach_pv
 from emu.shadow.common import attach_shadow_hooks
 
 # Xen's own frames, never handed to the heap: the low 1 MiB (BIOS, real-mode trampoline,
@@ -76,6 +78,7 @@ class Machine:
     access        the per-frame guest access record (keys `U`, `Z`), one slot per frame
     sched         the vCPU scheduler (pCPU threads), or None without guests
     hvm           the machine-wide HVM state (guest entry frames, crash handling), or None
+    pv            the machine-wide side of 64-bit PV guests (emu/pv/), or None
     domains       domid -> Domain; `lock` guards their lifecycle (taken before the heap's)
     hooks         domain lifecycle callbacks (Hooks)
     reboot_hooks  fn() called when key `R` asks whoever runs the machine for a reboot
@@ -109,10 +112,13 @@ class Machine:
         # Guests: vCPUs on Unicorn, run by the scheduler, under shadow paging.
         self.sched: Scheduler | None = None
         self.hvm: HVM | None = None
+        self.pv: PV | None = None
         if guests:
             self.sched = Scheduler(self)
             self.hvm = HVM(self)
             self.hvm.attach()
+            self.pv = PV(self)
+            attach_pv(self.pv)
         attach_shadow_hooks(self)
 
     def quiesce(self, dom: Domain | None = None) -> AbstractContextManager[None]:

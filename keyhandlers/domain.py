@@ -100,7 +100,8 @@ def dump_domain(machine, dom, out) -> None:
         running = v.running
         line = (
             f"    VCPU{v.vcpu_id}: CPU{v.processor} [has={'T' if running else 'F'}] "
-            f"poll={v.poll_evtchn} upcall_pend=00 upcall_mask=00 "
+            f"poll={v.poll_evtchn} upcall_pend={getattr(v, 'upcall_pend', 0):02x} "
+            f"upcall_mask={getattr(v, 'upcall_mask', 0):02x} "
         )
         if running:
             line += f"dirty_cpu={v.processor}"

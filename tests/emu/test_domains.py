@@ -159,7 +159,8 @@ BAD = [
         "xl create name=x colour=blue",
         1,
         "command line:2: unknown parameter `colour' (supported: name, memory, maxmem, vcpus, "
-        "workload)\nFailed to parse config: Invalid argument\n",
+        "workload, type, kernel, cmdline, extra, loader, on_poweroff, on_crash, on_reboot, "
+        "max_event_channels, viridian)\nFailed to parse config: Invalid argument\n",
     ),
     ("xl create memory=8", 1, "Domain name must be specified.\n"),
     (

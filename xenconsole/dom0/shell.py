@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from xenconsole.dom0 import files
 from xenconsole.dom0.fs import HOME, Dom0Fs
 from xenconsole.dom0.lex import split_unquoted
+from xenconsole.dom0.xenstore_cmds import COMMANDS as XENSTORE_COMMANDS
 
 PROMPT = "root@dom0:~# "  # the prompt in dom0's home directory, /root
 MAX_LINE = 4095
@@ -342,3 +343,4 @@ BUILTINS: dict[str, Callable[[Dom0Shell, list[str]], int]] = {
     "help": _help,
     "clear": _clear,
 }
+BUILTINS.update(XENSTORE_COMMANDS)  # xenstore-ls, xenstore-read, xenstore-write
