@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,10 @@ class DomainSpec:
     # The workload parsed, fit-checked and (asm:) assembled for this spec, once, by
     # emu.workload.check_workload(); `xl create` fills it off the console's thread.
     prepared: Workload | None = field(default=None, repr=False, compare=False)
+    # How `kernel=` is read: None opens the host path (a host config's own domains);
+    # xenconsole's dom0 passes a reader confined to dom0's filesystem (xenconsole/dom0/fs.py),
+    # raising OSError with the reason shown.
+    read_file: Callable[[str], bytes] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

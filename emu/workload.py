@@ -185,10 +185,11 @@ def _spec_fields(spec) -> tuple[str, int, int]:
     return spec.workload, int(spec.memory) << (20 - PAGE_SHIFT), int(spec.vcpus)
 
 
-def assemble_program(path: str) -> bytes:
-    """Read and assemble an `asm:` program at USER_ENTRY (emu/asm.py); WorkloadError."""
+def assemble_program(path: str, read=asm.read_source) -> bytes:
+    """Read (with `read(path)`, emu/asm.py's read_source unless the caller confines paths)
+    and assemble an `asm:` program at USER_ENTRY; WorkloadError."""
     try:
-        src = asm.read_source(path)
+        src = read(path)
     except asm.SourceError:
         raise WorkloadError(f"workload: asm: cannot read {path}") from None
     except asm.AsmError as e:
@@ -221,10 +222,11 @@ def _check_fit(w: Workload, nr_pages: int, vcpus: int) -> None:
             )
 
 
-def check_workload(spec) -> Workload:
+def check_workload(spec, read=asm.read_source) -> Workload:
     """Parse, fit-check and assemble `spec`'s workload (a DomainSpec), or a bare workload
     string (syntax only). Done once per DomainSpec: the result is kept in `spec.prepared`
-    and returned again while the spec's workload, memory and vcpus are unchanged."""
+    and returned again while the spec's workload, memory and vcpus are unchanged. `read`
+    reads an `asm:` source (xenconsole's dom0 passes one confined to dom0's filesystem)."""
     if isinstance(spec, str):
         return parse_workload(spec)
     key = _spec_fields(spec)
@@ -234,7 +236,7 @@ def check_workload(spec) -> Workload:
     w = parse_workload(key[0])
     _check_fit(w, key[1], key[2])
     if w.kind == "asm":
-        w.image = assemble_program(w.path)
+        w.image = assemble_program(w.path, read)
     w.checked_for = key
     spec.prepared = w
     return w

@@ -6,6 +6,7 @@ from emu.boot import boot
 from emu.host import HostConfig
 from emu.machine import Machine
 from keyhandlers.dispatch import XenKeyInput
+from xenconsole.dom0.fs import Dom0Fs
 from xenconsole.dom0.shell import PROMPT, Dom0Shell
 
 P = PROMPT.encode()
@@ -20,7 +21,7 @@ class Host:
         con = self.machine.console
         con.sinks.append(self.out.extend)
         con.xen_rx = XenKeyInput(self.machine)
-        self.shell = Dom0Shell(self.machine, con.serial_write)
+        self.shell = Dom0Shell(self.machine, con.serial_write, Dom0Fs("/"))
         con.dom0_rx = self.shell.rx
         for _ in boot(self.machine):
             pass

@@ -163,19 +163,22 @@ def test_checker_finds_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
     """The checks can fail: a two-module cycle (one side a function-level import), a
     package whose __init__ imports a module that imports the package, and emu importing
     keyhandlers are all reported; a TYPE_CHECKING import is not an edge."""
-    _write(tmp_path, {
-        "emu/__init__.py": "",
-        "emu/a.py": "from emu.b import f\n",
-        "emu/b.py": "def f():\n    from emu import a\n",
-        "emu/c.py": (
-            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from emu.d import X\n"
-        ),
-        "emu/d.py": "from emu.c import Y\n",
-        "emu/up.py": "import keyhandlers.k\n",
-        "keyhandlers/__init__.py": "from keyhandlers import k\n",
-        "keyhandlers/k.py": "from keyhandlers import keyhandler\n",
-        "xenconsole/__init__.py": "",
-    })
+    _write(
+        tmp_path,
+        {
+            "emu/__init__.py": "",
+            "emu/a.py": "from emu.b import f\n",
+            "emu/b.py": "def f():\n    from emu import a\n",
+            "emu/c.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from emu.d import X\n"
+            ),
+            "emu/d.py": "from emu.c import Y\n",
+            "emu/up.py": "import keyhandlers.k\n",
+            "keyhandlers/__init__.py": "from keyhandlers import k\n",
+            "keyhandlers/k.py": "from keyhandlers import keyhandler\n",
+            "xenconsole/__init__.py": "",
+        },
+    )
     graph = import_graph(tmp_path)
     assert cycles(graph) == [["emu.a", "emu.b"], ["keyhandlers", "keyhandlers.k"]]
     assert upward_imports(graph) == ["emu.up -> keyhandlers.k"]

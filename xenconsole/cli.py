@@ -1,12 +1,12 @@
-"""The `xenconsole` command: `serve`, `keys`, `connect`."""
+"""The `xenconsole` command: `serve`, `keys`, `connect`, `xl`, `shim-dir`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from xenconsole.options import UsageError, load_keys
-from xenconsole.transports import TRANSPORTS
+# Nothing heavy at import: `xenconsole xl` (and the `xl` shim) must start fast; the server's
+# modules are imported by the subcommands that need them.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,6 +18,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xenconsole.transports import TRANSPORTS
+
     p = _Parser(prog="xenconsole", description="An emulated Xen host with a real serial console.")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     s = sub.add_parser("serve", help="boot the host and serve its console")
@@ -36,14 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-events", action="store_true")
     s.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     s.add_argument("--no-wait", action="store_true")
+    s.add_argument("--dom0-root", metavar="DIR")
+    s.add_argument("--control", metavar="PATH")
+    s.add_argument("--no-control", action="store_true")
     k = sub.add_parser("keys", help="list every debug key, as 'h' would")
     k.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     c = sub.add_parser("connect", help="interactive client")
     c.add_argument("url")
+    x = sub.add_parser("xl", help="run xl in the emulated dom0", add_help=False)
+    x.add_argument("--control", metavar="PATH")
+    x.add_argument("xl_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    sub.add_parser("shim-dir", help="print the directory holding the `xl` shim")
     return p
 
 
 def cmd_keys(args) -> int:
+    from xenconsole.options import UsageError, load_keys
+
     try:
         load_keys(args.plugin)
     except UsageError as e:
@@ -57,7 +68,25 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def xl_command(argv: list[str]) -> int:
+    """`xenconsole xl [--control PATH] ARGS...`: everything after is xl's, untouched."""
+    from xenconsole.xlclient import main as xl_main
+
+    control = None
+    if argv and argv[0].startswith("--control="):
+        control, argv = argv[0].split("=", 1)[1], argv[1:]
+    elif argv and argv[0] == "--control":
+        if len(argv) < 2:
+            sys.stderr.write("xenconsole: error: --control needs a PATH\n")
+            return 2
+        control, argv = argv[1], argv[2:]
+    return xl_main(argv, control)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "xl":
+        return xl_command(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd == "serve":
@@ -73,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write("xenconsole: error: connect is not available in this build\n")
             return 2
         return connect_main(args.url)
+    if args.cmd == "shim-dir":
+        from xenconsole.xlclient import shim_dir
+
+        print(shim_dir())
+        return 0
     parser.print_help()
     return 2
 

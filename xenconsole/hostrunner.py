@@ -35,8 +35,11 @@ class HostRunner:
 
     `wait`: power on when the first client attaches (else at `start()`)."""
 
-    def __init__(self, reactor, host: HostConfig, wait: bool = True, log=None) -> None:
+    def __init__(
+        self, reactor, host: HostConfig, wait: bool = True, log=None, dom0_fs=None
+    ) -> None:
         self.reactor = reactor
+        self.dom0_fs = dom0_fs  # dom0's filesystem (xenconsole/dom0/fs.py); None: private
         self.host = host
         self.wait = wait
         self.hub = Hub(reactor, log)
@@ -51,7 +54,7 @@ class HostRunner:
         machine = Machine(self.host)
         machine.console.sinks.append(self.hub.sink)
         machine.console.xen_rx = XenKeyInput(machine)
-        self.shell = Dom0Shell(machine, machine.console.serial_write)
+        self.shell = Dom0Shell(machine, machine.console.serial_write, self.dom0_fs)
         machine.console.dom0_rx = self.shell.rx
         machine.reboot_hooks.append(self._reboot_requested)
         self.machine = machine

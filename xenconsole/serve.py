@@ -25,6 +25,8 @@ class ServeConfig:
     log: str | None = None
     log_events: bool = False
     plugins: list[str] = field(default_factory=list)
+    dom0_root: str | None = None  # None: a fresh private directory, removed at exit
+    control: str | None = None  # the control socket's path; None: no control channel
 
 
 @dataclass
@@ -34,10 +36,16 @@ class Opened:
     listeners: list[tuple[Transport, Listener]]
     log: Any = None
     events: Any = None  # FILE.events with --log-events
+    extra: list[tuple[str, Listener]] = field(default_factory=list)  # (ready-line word, ...)
+    dom0_fs: Any = None
 
     def close(self) -> None:
         for _t, listener in self.listeners:
             listener.close()
+        for _kind, listener in self.extra:
+            listener.close()
+        if self.dom0_fs is not None:
+            self.dom0_fs.close()
 
     def close_logs(self, hub) -> None:
         """Close the log files; a failure (disk full) is one line on stderr, never a
@@ -101,7 +109,51 @@ def parse(args) -> ServeConfig:
     if args.log_events and not args.log:
         raise UsageError("--log-events needs --log FILE")
     load_keys(args.plugin)
-    return ServeConfig(host, transports, not args.no_wait, args.log, args.log_events, args.plugin)
+    config = ServeConfig(host, transports, not args.no_wait, args.log, args.log_events, args.plugin)
+    config.dom0_root, config.control = _parse_dom0(args)
+    return config
+
+
+def _parse_dom0(args) -> tuple[str | None, str | None]:
+    """`--dom0-root DIR` (checked) and the control socket's path (`--control PATH`, else one
+    in the runtime directory, or none with `--no-control`)."""
+    root = getattr(args, "dom0_root", None)
+    if root is not None and not os.path.isdir(root):
+        raise UsageError(f"--dom0-root: {root}: not a directory")
+    if getattr(args, "no_control", False):
+        if getattr(args, "control", None) is not None:
+            raise UsageError("--control and --no-control cannot be used together")
+        return root, None
+    control = getattr(args, "control", None)
+    if control is None:
+        from xenconsole.control import default_control_path
+
+        control = default_control_path()
+    elif not control:
+        raise UsageError("--control: empty path")
+    return root, control
+
+
+def open_dom0_fs(config: ServeConfig):
+    """dom0's filesystem: `--dom0-root DIR` (its /root made if missing), else a private one."""
+    from xenconsole.dom0.fs import HOME, Dom0Fs
+
+    if config.dom0_root is None:
+        return Dom0Fs.private()
+    fs = Dom0Fs(config.dom0_root)
+    os.makedirs(os.path.join(fs.root, HOME.lstrip("/")), exist_ok=True)
+    return fs
+
+
+def listen_control(reactor, config: ServeConfig, runner, opened: Opened) -> None:
+    """The control channel (xenconsole/control.py), when asked for; UsageError."""
+    if config.control is None:
+        return
+    from xenconsole.control import listen as control_listen
+
+    opened.extra.append(
+        ("control", control_listen(reactor, runner, runner.dom0_fs, config.control))
+    )
 
 
 def listen(reactor, config: ServeConfig, hub) -> Opened:
@@ -152,6 +204,8 @@ def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
         signal.signal(sig, _early_stop)
     for t, listener in opened.listeners:
         print(f"xenconsole: {t.kind} {listener.where}")
+    for kind, listener in opened.extra:
+        print(f"xenconsole: {kind} {listener.where}")
     print("xenconsole: ready", flush=True)
 
     def _cleanup() -> None:
@@ -187,9 +241,23 @@ def serve(args) -> int:
 
     from xenconsole.hostrunner import HostRunner
 
-    runner = HostRunner(reactor, config.host, wait=config.wait)
     try:
-        opened = listen(reactor, config, runner.hub)
+        dom0_fs = open_dom0_fs(config)
+    except OSError as e:
+        return _fail(f"--dom0-root: {config.dom0_root}: {e.strerror}")
+    runner = HostRunner(reactor, config.host, wait=config.wait, dom0_fs=dom0_fs)
+    try:
+        try:
+            opened = listen(reactor, config, runner.hub)
+        except BaseException:
+            dom0_fs.close()
+            raise
+        opened.dom0_fs = dom0_fs
+        try:
+            listen_control(reactor, config, runner, opened)
+        except BaseException:
+            opened.close()  # the dom0 filesystem too
+            raise
     except CannotListenError as e:
         why = getattr(e.socketError, "strerror", None) or e.socketError
         return _fail(f"cannot listen on {e.interface}:{e.port}: {why}")

@@ -39,6 +39,7 @@ class ServedHost:
     proc: subprocess.Popen
     urls: dict[str, str] = field(default_factory=dict)
     ready_lines: list[str] = field(default_factory=list)
+    control: str | None = None  # the control socket (`xenconsole: control PATH`)
     _stderr: bytearray = field(default_factory=bytearray)
     _reader: threading.Thread | None = None
 
@@ -65,6 +66,16 @@ class ServedHost:
         hostport = url.split("://", 1)[1]
         host, _, port = hostport.rpartition(":")
         return host, int(port)
+
+    def xl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """`xenconsole xl ARGS` against this server: stdout, stderr (text) and returncode."""
+        return subprocess.run(
+            [sys.executable, "-m", "xenconsole", "xl", "--control", self.control, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def stderr_text(self) -> str:
         """What the server wrote to stderr so far (warnings; never meant for clients)."""
@@ -155,7 +166,9 @@ def _read_ready(host: ServedHost, timeout: float) -> None:
                 sel.close()
                 return
             parts = text.split(" ", 2)
-            if len(parts) == 3 and parts[0] == "xenconsole:":
+            if parts[:2] == ["xenconsole:", "control"] and len(parts) == 3:
+                host.control = parts[2]
+            elif len(parts) == 3 and parts[0] == "xenconsole:":
                 host.urls[parts[1]] = by_kind(parts[1]).url(parts[2])
 
 

@@ -97,7 +97,7 @@ class PV:
         dom.pv = pv = PVDomain(m, dom)
         dom.vm_assist = 0
         try:
-            blob = read_kernel(getattr(spec, "kernel", None), dom.domid)
+            blob = read_kernel(spec.kernel, dom.domid, spec.read_file)
             pv.area = PerDomainArea(m, self.xen, spec.vcpus)
             pv.gnttab = GrantTable(m, dom)
             pv.evtchn.max_port = getattr(spec, "max_event_channels", 1023)

@@ -15,6 +15,9 @@ import pytest
 
 from xenconsole.testing import serve
 
+# The programs and configs these tests write are named by host path: dom0 sees the host.
+HOST_FILES = ("--dom0-root", "/")
+
 CANARY = "XENCONSOLE-CANARY-51d0e2"
 HOSTILE = {
     "incbin": (
@@ -57,7 +60,7 @@ def server_alive(host) -> bool:
 
 @pytest.fixture(scope="module")
 def served():
-    with serve() as host:
+    with serve(*HOST_FILES) as host:
         host.wait_booted()
         with host.console("tcp", timeout=60) as con:
             yield host, con
@@ -99,7 +102,7 @@ def test_other_clients_answered_while_xl_create_waits(tmp_path):
     burner.write_bytes(BURNER)  # gas spins until its CPU limit: seconds
     hanger = tmp_path / "hang.S"
     hanger.write_bytes(b"a::")
-    with serve() as host:
+    with serve(*HOST_FILES) as host:
         host.wait_booted()
         with host.console("tcp", timeout=60) as a, host.console("telnet", timeout=60) as b:
             a.to_dom0()
@@ -207,7 +210,7 @@ def test_fuzz_2000_sources_server_answers_after_each(tmp_path):
     stats = [{"status": {}, "list_s": [], "item_s": []} for _ in range(WORKERS)]
     errors: list[BaseException] = []
     t0 = time.monotonic()
-    with serve() as h0, serve() as h1:
+    with serve(*HOST_FILES) as h0, serve(*HOST_FILES) as h1:
         hosts = [h0, h1]
         for h in hosts:
             h.wait_booted()

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import keyhandlers
 from xenconsole import cli
 from xenconsole.expect import EOF, Console
 from xenconsole.testing import serve
+from xenconsole.xlclient import runtime_dir
 
 XC = [sys.executable, "-m", "xenconsole"]
 HAS_RFC2217 = (Path(__file__).parents[2] / "xenconsole/transports/rfc2217.py").exists()
@@ -144,7 +146,11 @@ def test_ready_lines_are_exact(files):
     with serve("--config", str(files / "host_only.toml"), pty=True, rfc2217=HAS_RFC2217) as h:
         lines = h.ready_lines
         kinds = ["telnet", "tcp"] + (["rfc2217"] if HAS_RFC2217 else []) + ["pty"]
-        assert len(lines) == len(kinds) + 1
+        assert len(lines) == len(kinds) + 2
+        # The control channel's line comes after the transports' (on by default).
+        sock = os.path.join(runtime_dir(), f"control-{h.proc.pid}.sock")
+        assert lines[-2] == f"xenconsole: control {sock}"
+        assert h.control == sock and stat.S_IMODE(os.stat(sock).st_mode) == 0o600
         for line, kind in zip(lines, kinds, strict=False):
             if kind == "pty":
                 assert re.fullmatch(r"xenconsole: pty /dev/pts/\d+", line), line
@@ -179,9 +185,11 @@ def _signal_with_client(sig: int, *args: str) -> None:
         start_new_session=True,
     )
     try:
-        ready = [proc.stdout.readline().strip() for _ in range(3)]
-        assert ready[2] == "xenconsole: ready"
+        ready = [proc.stdout.readline().strip() for _ in range(4)]
+        assert ready[3] == "xenconsole: ready"
         url = "socket://" + ready[1].split(" ", 2)[2]
+        sock = ready[2].split(" ", 2)[2]
+        assert ready[2] == f"xenconsole: control {sock}" and os.path.exists(sock)
         with Console.open(url, timeout=20) as con:  # powers the host on (wait mode)
             con.expect_exact("root@dom0:~# ", timeout=30)
             assert "Domain-0" in con.run("xl list")
@@ -194,6 +202,7 @@ def _signal_with_client(sig: int, *args: str) -> None:
             proc.wait()
     assert (proc.returncode, out) == (0, ""), err[-2000:]
     assert "Traceback" not in err, err
+    assert not os.path.exists(sock)  # removed at exit
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

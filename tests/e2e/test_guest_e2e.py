@@ -16,6 +16,9 @@ import pytest
 
 from xenconsole.testing import serve
 
+# The programs and configs these tests write are named by host path: dom0 sees the host.
+HOST_FILES = ("--dom0-root", "/")
+
 # XENCONSOLE_E2E_SECONDS=240 makes this the long manual run reported in BENCHMARKS.md.
 PRESS_SECONDS = float(os.environ.get("XENCONSOLE_E2E_SECONDS", "20"))
 CTRL_A3 = b"\x01\x01\x01"
@@ -66,7 +69,7 @@ def _xl_list_time(text: str, name: str) -> float:
 
 @pytest.mark.timeout(100 + PRESS_SECONDS)
 def test_default_host_guests_under_debug_keys():
-    with serve() as host:
+    with serve(*HOST_FILES) as host:
         s = socket.create_connection(host.address("tcp"))
         r = Reader(s)
         r.wait(r"root@dom0:~# ")
@@ -143,12 +146,13 @@ def test_default_host_guests_under_debug_keys():
 def test_xl_console_follows_guest_and_returns_when_it_dies(tmp_path):
     from guest_helpers import new_machine, wait_for
 
+    from xenconsole.dom0.fs import Dom0Fs
     from xenconsole.dom0.shell import Dom0Shell
 
     m = new_machine()
     try:
         shown: list[bytes] = []
-        sh = Dom0Shell(m, shown.append)
+        sh = Dom0Shell(m, shown.append, Dom0Fs("/"))
         prog = tmp_path / "talk.S"
         prog.write_text(
             "    mov rcx, 3\nagain:\n    mov al, 0x68\n    out 0xe9, al\n    mov al, 10\n"

@@ -16,6 +16,9 @@ import pytest
 from xenconsole.expect import Console
 from xenconsole.testing import serve
 
+# The programs and configs these tests write are named by host path: dom0 sees the host.
+HOST_FILES = ("--dom0-root", "/")
+
 CONFIG = """\
 [host]
 memory = "1G"
@@ -117,7 +120,7 @@ def test_create_list_memset_destroy_agree_to_the_page(tmp_path):
     cfg.write_text(CONFIG)
     web = tmp_path / "web.cfg"
     web.write_text('name = "web"\nmemory = 256\nvcpus = 1\nworkload = "idle"\n')
-    with serve("--config", str(cfg), wait=True) as host:
+    with serve(*HOST_FILES, "--config", str(cfg), wait=True) as host:
         with Console.open(host.urls["telnet"], timeout=30) as con:
             con.expect_exact("root@dom0:~# ")
             assert list_mem(con) == {"Domain-0": 256, "cfg1": 64}  # the config's [[domain]]

@@ -27,7 +27,7 @@ def test_xl_create_on_the_serial_line(xtf, tmp_path):
     cfg = tmp_path / "host.toml"
     cfg.write_text('[host]\nmemory = "1G"\ncpus = 2\ndom0_mem = "256M"\n')
     xcfg = xtf / "tests" / "example" / "test-pv64-example.cfg"
-    with serve("--config", str(cfg)) as host:
+    with serve("--config", str(cfg), "--dom0-root", "/") as host:  # XTF by host path
         s = socket.create_connection(host.address("tcp"))
         buf = bytearray()
 

@@ -19,6 +19,9 @@ from keyhandlers.access import parse_report
 from xenconsole.expect import Console
 from xenconsole.testing import serve
 
+# The programs and configs these tests write are named by host path: dom0 sees the host.
+HOST_FILES = ("--dom0-root", "/")
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -133,7 +136,7 @@ def host_config(tmp) -> str:
 def con(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("scan")
     (tmp / "loop.S").write_text(LOOP)
-    with serve("--config", host_config(tmp), wait=True) as host:
+    with serve(*HOST_FILES, "--config", host_config(tmp), wait=True) as host:
         with Console.open(host.urls["telnet"], timeout=30) as c:
             c.expect_exact("root@dom0:~# ")
             c.tmp = tmp

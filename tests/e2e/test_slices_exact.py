@@ -18,9 +18,13 @@ from guest_helpers import REPORT_EQUAL
 from xenconsole.expect import Console
 from xenconsole.testing import serve
 
+# The programs and configs these tests write are named by host path: dom0 sees the host.
+HOST_FILES = ("--dom0-root", "/")
+
 N = 3_000_000
 
-COUNTER = f"""
+COUNTER = (
+    f"""
     mov rcx, {N}
 lp:
     add qword ptr [0x100000], 1
@@ -28,7 +32,9 @@ lp:
     jnz lp
     mov rax, qword ptr [0x100000]
     mov rbx, {N}
-""" + REPORT_EQUAL
+"""
+    + REPORT_EQUAL
+)
 
 SPIN = """
 spin:
@@ -43,7 +49,7 @@ def test_counter_guest_is_exact_across_slices(tmp_path):
     counter.write_text(COUNTER)
     spin = tmp_path / "spin.S"
     spin.write_text(SPIN)
-    with serve(*host_only(tmp_path)) as host, Console.open(host.urls["tcp"]) as con:
+    with serve(*HOST_FILES, *host_only(tmp_path)) as host, Console.open(host.urls["tcp"]) as con:
         con.run(f"xl create name=spin memory=16 workload=asm:{spin}", check=True)
         con.run(f"xl create name=count memory=16 workload=asm:{counter}", check=True)
         i = con.expect([r"\(d2\) ok\r\n", r"\(d2\) N\r\n"], timeout=150)

@@ -36,6 +36,9 @@ from keyhandlers.walk import flags_str, walk_shadow_pagetables
 from xenconsole.expect import Console
 from xenconsole.testing import serve
 
+# The programs and configs these tests write are named by host path: dom0 sees the host.
+HOST_FILES = ("--dom0-root", "/")
+
 pytestmark = [pytest.mark.timeout(90), pytest.mark.machine(shared=True)]
 
 L1_LINE = re.compile(
@@ -231,7 +234,7 @@ def test_walk_and_hexdump_over_the_console(tmp_path):
         '[host]\nmemory = "512M"\ncpus = 2\ndom0_mem = "128M"\n\n[[domain]]\nname = "w"\n'
         f'memory = 16\nvcpus = 1\nworkload = "asm:{src}"\n'
     )
-    with serve("--config", str(cfg), wait=True) as host:
+    with serve(*HOST_FILES, "--config", str(cfg), wait=True) as host:
         with Console.open(host.urls["telnet"], timeout=30) as con:
             con.expect_exact("root@dom0:~# ")
             for _ in range(100):

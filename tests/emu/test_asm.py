@@ -21,6 +21,7 @@ from emu import asm
 from emu import workload as W
 from emu.domctl import DomainError
 from emu.host import DomainSpec
+from xenconsole.dom0.fs import Dom0Fs
 from xenconsole.dom0.shell import PROMPT, Dom0Shell
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.machine(memory=256 << 20, shared=True)]
@@ -206,7 +207,7 @@ def test_non_ascii_byte_through_the_shell(machine, tmp_path):
     p = tmp_path / "bad.S"
     p.write_bytes(b"nop\n\xff\xfe\n")
     out = bytearray()
-    sh = Dom0Shell(machine, out.extend)
+    sh = Dom0Shell(machine, out.extend, Dom0Fs("/"))  # tests name files by host path
     assert sh.run(f"xl create name=na memory=4 workload=asm:{p}") == 3
     text = out.decode("utf-8")
     assert text.count("\n") == 1 and "internal error" not in text
@@ -292,7 +293,7 @@ def test_shell_prompt_returns_after_the_assembler(machine, tmp_path):
     p = tmp_path / "hi.S"
     p.write_text(SAY_HI)
     out = bytearray()
-    sh = Dom0Shell(machine, out.extend)
+    sh = Dom0Shell(machine, out.extend, Dom0Fs("/"))  # tests name files by host path
     sh.runner = runner = ManualRunner()
     sh.prompt()
     out.clear()
@@ -314,7 +315,7 @@ def test_shell_wait_error_and_ctrl_c(machine, tmp_path):
     p = tmp_path / "hang.S"
     p.write_bytes(b"a::")
     out = bytearray()
-    sh = Dom0Shell(machine, out.extend)
+    sh = Dom0Shell(machine, out.extend, Dom0Fs("/"))  # tests name files by host path
     sh.runner = runner = ManualRunner()
     sh.prompt()
     out.clear()
@@ -336,7 +337,7 @@ def test_shell_wait_error_and_ctrl_c(machine, tmp_path):
 
 def test_spec_errors_come_first_and_without_waiting(machine, tmp_path):
     out = bytearray()
-    sh = Dom0Shell(machine, out.extend)
+    sh = Dom0Shell(machine, out.extend, Dom0Fs("/"))  # tests name files by host path
     sh.runner = runner = ManualRunner()
     assert sh.run_line("xl create name=Domain-0 memory=4 workload=asm:/etc/hosts")
     assert runner.jobs == [] and sh.status == 3

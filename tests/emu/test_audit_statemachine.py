@@ -16,6 +16,7 @@ from emu.audit import audit
 from emu.boot import boot_sync
 from emu.host import HostConfig
 from emu.machine import Machine
+from xenconsole.dom0.fs import Dom0Fs
 from xenconsole.dom0.shell import Dom0Shell
 
 NAMES = ["a", "b", "Domain-0", "nosuch"]
@@ -30,7 +31,7 @@ class MemoryMachine(RuleBasedStateMachine):
         self.m = Machine(HostConfig(memory=256 << 20, cpus=2, dom0_mem=64 << 20), guests=False)
         boot_sync(self.m)
         self.out = bytearray()
-        self.sh = Dom0Shell(self.m, self.out.extend)
+        self.sh = Dom0Shell(self.m, self.out.extend, Dom0Fs("/"))
 
     def xl(self, cmd: str) -> tuple[int, str]:
         self.out.clear()

@@ -19,6 +19,7 @@ from emu.mm.p2m import INVALID_M2P_ENTRY
 from emu.mm.page import INVALID_MFN
 from emu.shadow.common import shadow_enable
 from keyhandlers import KEY_TABLE
+from xenconsole.dom0.fs import Dom0Fs
 from xenconsole.dom0.shell import Dom0Shell
 
 
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.machine(dom0_mem=128 << 20, guests=False)
 @pytest.fixture
 def xl(machine):
     out = bytearray()
-    sh = Dom0Shell(machine, out.extend)
+    sh = Dom0Shell(machine, out.extend, Dom0Fs("/"))  # tests name files by host path
 
     def run(cmd: str) -> tuple[int, str]:
         out.clear()

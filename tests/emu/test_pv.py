@@ -198,10 +198,11 @@ def test_xtf_selftest_in_process(xtf):
 def test_xl_create_paused_then_unpause(xtf):
     """`xl create -p FILE` leaves the PV domain paused (nothing printed by the guest, `p` in
     xl list's state); `xl unpause` runs it to its verdict."""
+    from xenconsole.dom0.fs import Dom0Fs
     from xenconsole.dom0.shell import Dom0Shell
 
     m, out = small_machine()
-    sh = Dom0Shell(m, lambda b: out.append(b.decode()))
+    sh = Dom0Shell(m, lambda b: out.append(b.decode()), Dom0Fs("/"))  # host paths
     cfg = xtf / "tests" / "example" / "test-pv64-example.cfg"
     try:
         assert sh.run(f"xl create -p {cfg}") == 0

@@ -84,11 +84,12 @@ def test_xenstored_ring_protocol(xtf):
 def test_xenstore_commands_in_dom0(xtf):
     """xenstore-ls/-read/-write (tools/xs-clients/xenstore_client.c: do_ls() indentation
     and `name = "value"`, warnx() "couldn't read path", the usage lines)."""
+    from xenconsole.dom0.fs import Dom0Fs
     from xenconsole.dom0.shell import Dom0Shell
 
     m, _ = small_machine()
     out: list[str] = []
-    sh = Dom0Shell(m, lambda b: out.append(b.decode()))
+    sh = Dom0Shell(m, lambda b: out.append(b.decode()), Dom0Fs("/"))  # host paths
 
     def run(cmd: str) -> tuple[int, str]:
         out.clear()

@@ -122,7 +122,8 @@ def test_vcpus_without_the_native_hook_run_counted_slices(monkeypatch, tmp_path)
         m.shutdown()
 
 
-COUNTER = """
+COUNTER = (
+    """
     mov rcx, {n}
 lp:
     add qword ptr [0x100000], 1
@@ -130,13 +131,16 @@ lp:
     jnz lp
     mov rax, qword ptr [0x100000]
     mov rbx, {n}
-""" + REPORT_EQUAL
+"""
+    + REPORT_EQUAL
+)
 SPIN = "spin:\n    add qword ptr [0x100000], 1\n    jmp spin\n"
 
 
 # Adds until the host sets the stop byte at 0x101000; r15 counts the loop's iterations in a
 # register (exact across slices), so a store that ran twice makes [0x100000] > r15.
-UNTIL_STOPPED = """
+UNTIL_STOPPED = (
+    """
     xor r15, r15
 lp:
     add qword ptr [0x100000], 1
@@ -145,7 +149,9 @@ lp:
     je lp
     mov rax, qword ptr [0x100000]
     mov rbx, r15
-""" + REPORT_EQUAL
+"""
+    + REPORT_EQUAL
+)
 
 
 @pytest.mark.timeout(300)

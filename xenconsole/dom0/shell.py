@@ -17,10 +17,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from xenconsole.dom0 import files
+from xenconsole.dom0.fs import HOME, Dom0Fs
 from xenconsole.dom0.lex import split_unquoted
 from xenconsole.dom0.xenstore_cmds import COMMANDS as XENSTORE_COMMANDS
 
-PROMPT = "root@dom0:~# "
+PROMPT = "root@dom0:~# "  # the prompt in dom0's home directory, /root
 MAX_LINE = 4095
 SERIAL_RX_SIZE = 128  # Xen's serial_rx_ring: what dom0 has not read yet; more is dropped
 
@@ -53,9 +55,12 @@ def reactor_runner() -> Runner | None:
 
 
 class Dom0Shell:
-    def __init__(self, machine, write: Callable[[bytes], None]) -> None:
+    def __init__(self, machine, write: Callable[[bytes], None], fs: Dom0Fs | None = None) -> None:
         self.machine = machine
         self._write = write
+        # dom0's filesystem (xenconsole/dom0/fs.py); without one, a fresh private root.
+        self.fs = fs if fs is not None else _private_fs()
+        self.cwd = HOME
         self.line = bytearray()
         self.status = 0
         self.ready = False
@@ -78,10 +83,17 @@ class Dom0Shell:
     def println(self, text: str = "") -> None:
         self.write(text + "\n")
 
+    def ewrite(self, text: str) -> None:
+        """What a command writes to its stderr: the same tty on the serial line."""
+        self.write(text)
+
+    def eprintln(self, text: str = "") -> None:
+        self.ewrite(text + "\n")
+
     def prompt(self) -> None:
         first = not self.ready
         self.ready = True
-        self.write(PROMPT)
+        self.write(prompt_for(self.cwd))
         if first and self._early:
             early, self._early = bytes(self._early), bytearray()
             self.rx(early)
@@ -153,7 +165,7 @@ class Dom0Shell:
                 self._write(b"\b \b" * len(self.line))
                 self.line.clear()
         elif c == 0x0C:
-            self._write(b"\x1b[H\x1b[2J" + PROMPT.encode() + bytes(self.line))
+            self._write(b"\x1b[H\x1b[2J" + prompt_for(self.cwd).encode() + bytes(self.line))
         elif c >= 0x20 and c != 0x7F:
             if len(self.line) < MAX_LINE:
                 self.line.append(c)
@@ -222,7 +234,7 @@ class Dom0Shell:
         except self.xl.XlExit as e:
             return e.status
         except Exception as e:  # never a traceback on the console
-            self.println(f"-bash: xl: internal error: {type(e).__name__}: {e}")
+            self.eprintln(f"-bash: xl: internal error: {type(e).__name__}: {e}")
             return 1
 
     def run(self, text: str) -> int:
@@ -234,7 +246,7 @@ class Dom0Shell:
         try:
             argv = shlex.split(text, comments=True)
         except ValueError as e:
-            self.println(f"-bash: syntax error: {e}")
+            self.eprintln(f"-bash: syntax error: {e}")
             return 2
         if not argv:
             return self.status
@@ -247,10 +259,30 @@ class Dom0Shell:
             if builtin is not None:
                 return builtin(self, argv[1:])
         except Exception as e:  # never a traceback on the console
-            self.println(f"-bash: {name}: internal error: {type(e).__name__}: {e}")
+            self.eprintln(f"-bash: {name}: internal error: {type(e).__name__}: {e}")
             return 1
-        self.println(f"-bash: {name}: command not found")
+        self.eprintln(f"-bash: {name}: command not found")
         return 127
+
+
+def prompt_for(cwd: str) -> str:
+    """bash's `\\u@\\h:\\w\\$ `: the working directory, with ~ for /root."""
+    if cwd == HOME or cwd.startswith(HOME + "/"):
+        cwd = "~" + cwd[len(HOME) :]
+    return f"root@dom0:{cwd}# "
+
+
+_PRIVATE: list[Dom0Fs] = []
+
+
+def _private_fs() -> Dom0Fs:
+    """One private dom0 root per process for shells made without one (removed at exit)."""
+    if not _PRIVATE:
+        import atexit
+
+        _PRIVATE.append(Dom0Fs.private())
+        atexit.register(_PRIVATE[0].close)
+    return _PRIVATE[0]
 
 
 def _split_commands(text: str) -> list[str]:
@@ -288,7 +320,7 @@ def _hostname(sh: Dom0Shell, args: list[str]) -> int:
 
 
 def _help(sh: Dom0Shell, args: list[str]) -> int:
-    sh.println("Commands: xl, echo, true, false, uname, hostname, help, clear")
+    sh.println("Commands: xl, echo, true, false, uname, hostname, ls, cat, cd, pwd, help, clear")
     sh.println("Type 'xl help' for the toolstack; Ctrl-A three times switches to Xen.")
     return 0
 
@@ -299,6 +331,10 @@ def _clear(sh: Dom0Shell, args: list[str]) -> int:
 
 
 BUILTINS: dict[str, Callable[[Dom0Shell, list[str]], int]] = {
+    "ls": files.ls,
+    "cat": files.cat,
+    "cd": files.cd,
+    "pwd": files.pwd,
     "echo": _echo,
     "true": _true,
     "false": _false,

@@ -132,14 +132,14 @@ def getopts(sh, argv: list[str], optstring: str, longopts: list[str], helpstr: s
     except getopt.GetoptError as e:
         # glibc leaves optopt at 0 for an unknown long option, so xl prints no letter.
         short = e.opt if len(e.opt) == 1 and not e.msg.startswith("option --") else ""
-        sh.println(f"option `{short}' not supported.")
+        sh.eprintln(f"option `{short}' not supported.")
         raise XlExit(2) from None
     if any(o in ("-h", "--help") for o, _ in opts):
         sh.write(help_text(helpstr))
         raise XlExit(0)
     if len(rest) < reqargs:
         plural = "s" if reqargs > 1 else ""
-        sh.println(f"'xl {helpstr}' requires at least {reqargs} argument{plural}.\n")
+        sh.eprintln(f"'xl {helpstr}' requires at least {reqargs} argument{plural}.\n")
         sh.write(help_text(helpstr))
         raise XlExit(2)
     return opts, rest
@@ -153,7 +153,7 @@ def find_domain(sh, machine, qualifier: str):
     else:
         dom = next((d for d in machine.domains.values() if d.name == qualifier), None)
     if dom is None:
-        sh.println(f"{qualifier} is an invalid domain identifier (rc=-6)")
+        sh.eprintln(f"{qualifier} is an invalid domain identifier (rc=-6)")
         raise XlExit(1)
     return dom
 
@@ -174,10 +174,10 @@ def main(sh, argv: list[str]) -> int:
             if ch not in GLOBAL_OPTS:
                 # getopt's own complaint, then xl's.
                 if arg.startswith("--"):
-                    sh.println(f"xl: unrecognized option '{arg}'")
+                    sh.eprintln(f"xl: unrecognized option '{arg}'")
                 else:
-                    sh.println(f"xl: invalid option -- '{ch}'")
-                sh.println("unknown global option")
+                    sh.eprintln(f"xl: invalid option -- '{ch}'")
+                sh.eprintln("unknown global option")
                 return 1
             dryrun = dryrun or ch == "N"  # -v -f -t -T change nothing visible here
     if not argv:
@@ -189,10 +189,10 @@ def main(sh, argv: list[str]) -> int:
         if name == "help":
             sh.write(help_text(args[0] if args else None))
             return 0
-        sh.println("command not implemented")
+        sh.eprintln("command not implemented")
         return 1
     if dryrun and not spec.can_dryrun:
-        sh.println("command does not implement -N (dryrun) option")
+        sh.eprintln("command does not implement -N (dryrun) option")
         return 1
     try:
         return spec.fn(sh, args)

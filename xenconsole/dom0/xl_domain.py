@@ -15,12 +15,13 @@ import dataclasses
 import errno
 import os
 import re
-import stat
 
+from emu import asm
 from emu.domain_build import kernel_image
 from emu.domctl import DomainError, validate_spec
 from emu.host import DomainSpec
 from emu.workload import WorkloadError, check_workload, parse_workload
+from xenconsole.dom0.fs import Dom0Fs, FsError
 from xenconsole.dom0.lex import split_unquoted
 from xenconsole.dom0.shell import Pending
 from xenconsole.dom0.xl import CMD_TABLE, XlExit, command, find_domain, getopts, help_text
@@ -179,31 +180,30 @@ def main_create(sh, argv: list[str]) -> int | Pending:
     try:
         if config_file is not None:
             try:
-                # Regular files only: a FIFO or a device would block the console server.
-                if config_file != "/dev/null" and not stat.S_ISREG(os.stat(config_file).st_mode):
-                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-                with open(config_file, encoding="utf-8", errors="replace") as f:
-                    text = f.read(MAX_CONFIG)
-            except OSError as e:
-                sh.println(
-                    f"Failed to read config file: {config_file}: "
-                    f"{e.strerror or os.strerror(e.errno or 5)}"
-                )
+                # dom0's own filesystem (xenconsole/dom0/fs.py): nothing outside it is opened.
+                if config_file != "/dev/null":
+                    text = sh.fs.read(config_file, sh.cwd, MAX_CONFIG).decode("utf-8", "replace")
+            except FsError as e:
+                why = os.strerror(errno.EINVAL) if e.errno == errno.EISDIR else e.strerror
+                sh.eprintln(f"Failed to read config file: {config_file}: {why}")
                 return ERROR_FAIL
             if not ({"-q", "--quiet"} & flags):
-                sh.println(f"Parsing config from {config_file}")
+                sh.eprintln(f"Parsing config from {config_file}")
             cfg = parse_config(text, config_file)
         else:
             cfg = {}
         cfg.update(parse_config("\n".join(extra), "command line", bare_ok=True))
     except ConfigParseError as e:
-        sh.println(str(e))
-        sh.println("Failed to parse config: Invalid argument")
+        sh.eprintln(str(e))
+        sh.eprintln("Failed to parse config: Invalid argument")
         return 1
     spec = spec_from_config(cfg)
     if spec is None:
-        sh.println("Domain name must be specified.")
+        sh.eprintln("Domain name must be specified.")
         return 1
+    # kernel= is dom0's path: read from dom0's filesystem only (emu/pv/build.py read_kernel).
+    fs, cwd = sh.fs, sh.cwd
+    spec.read_file = lambda path: fs.read(path, cwd)
     if {"-n", "--dryrun"} & flags:
         sh.println(
             f'name = "{spec.name}"\nmemory = {spec.memory}\n'
@@ -218,9 +218,10 @@ def main_create(sh, argv: list[str]) -> int | Pending:
     try:
         validate_spec(sh.machine, dataclasses.replace(spec, workload="idle"))
     except DomainError as e:
-        sh.println(str(e))
+        sh.eprintln(str(e))
         return ERROR_FAIL
-    return Pending(lambda: _prepare(spec), lambda r: _create(sh, spec, flags, r))
+    read = _source_reader(sh.fs, sh.cwd)
+    return Pending(lambda: _prepare(spec, read), lambda r: _create(sh, spec, flags, r))
 
 
 def _is_asm(workload: str) -> bool:
@@ -230,24 +231,39 @@ def _is_asm(workload: str) -> bool:
         return False
 
 
-def _prepare(spec: DomainSpec) -> None:
+def _source_reader(fs: Dom0Fs, cwd: str):
+    """An `asm:` program's reader: PATH is dom0's, read from dom0's filesystem only. Every
+    failure is the one `cannot read` line, so nothing tells what exists on the host."""
+
+    def read(path: str) -> bytes:
+        try:
+            return fs.read(path, cwd, asm.MAX_SOURCE)
+        except FsError as e:
+            if e.errno == errno.EFBIG:
+                raise asm.AsmError(f"source larger than {asm.MAX_SOURCE >> 10} KiB") from None
+            raise asm.SourceError(f"cannot read: {e.strerror}") from None
+
+    return read
+
+
+def _prepare(spec: DomainSpec, read) -> None:
     """Off the console's thread: parse, fit-check and assemble the workload once (kept in
     `spec.prepared`, which create_domain's checks and the guest builder reuse)."""
     kernel_image()  # assembled once per process; not on the console's thread either
-    check_workload(spec)
+    check_workload(spec, read=read)
 
 
 def _create(sh, spec: DomainSpec, flags: set[str], prepared: object) -> int:
     """Back on the console's thread once the workload is ready (or failed)."""
     if isinstance(prepared, WorkloadError):
-        sh.println(str(prepared))
+        sh.eprintln(str(prepared))
         return ERROR_FAIL
     if isinstance(prepared, BaseException):
         raise prepared
     try:
         dom = sh.machine.create_domain(spec, paused="-p" in flags)
     except DomainError as e:
-        sh.println(str(e))
+        sh.eprintln(str(e))
         return ERROR_FAIL
     if "-c" in flags:
         console = CMD_TABLE.get("console")
@@ -271,18 +287,18 @@ def main_destroy(sh, argv: list[str]) -> int:
     dom = find_domain(sh, sh.machine, rest[0])
     if dom.domid == 0:
         if not force:
-            sh.println(
+            sh.eprintln(
                 "Not destroying domain 0; use -f to force.\n"
                 "This can only be done when using a disaggregated hardware domain and "
                 "toolstack.\n"
             )
             return 1
         # Nothing here could take over from dom0: libxl's destroy fails.
-        sh.println("destroy failed (rc=-3)")
+        sh.eprintln("destroy failed (rc=-3)")
         return 1
     try:
         sh.machine.destroy_domain(dom)
     except DomainError:
-        sh.println("destroy failed (rc=-3)")
+        sh.eprintln("destroy failed (rc=-3)")
         return 1
     return 0

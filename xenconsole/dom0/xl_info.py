@@ -129,7 +129,7 @@ def info_lines(machine) -> list[tuple[str, str]]:
         ("threads_per_core", "1"),
         ("cpu_mhz", "2994.374"),
         ("hw_caps", "178bfbff:f6d8320b:2e500800:000007f7:0000000f:219c07a9:0040069c:00000100"),
-        ("virt_caps", "hvm shadow gnttab-v1 gnttab-v2"),
+        ("virt_caps", "pv hvm shadow gnttab-v1 gnttab-v2"),  # " pv": 64-bit PV guests (emu/pv/)
         ("total_memory", str(total)),
         ("free_memory", str(free)),
         ("sharing_freed_memory", "0"),
