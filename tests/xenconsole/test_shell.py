@@ -270,3 +270,23 @@ def test_xl_list_option_columns(host):
     assert z[:2] == [base[0] + "   Security Label", base[1] + " " * 16 + "-"]
     cn = host.cmd("xl list -c -n").split("\r\n")
     assert cn[:2] == [base[0] + "         Cpupool NODE Affinity", base[1] + "          Pool-0 all"]
+
+
+def test_an_over_long_line_rings_the_bell_once(host):
+    """Issue 15, finding 9: 10 MB without a newline rang 10 MB of BEL to every client; the
+    bell rings once per overflowed line, as a line editor does."""
+    from xenconsole.dom0.shell import MAX_LINE
+
+    out = host.type(b"x" * (MAX_LINE + 1000))
+    assert out.count(b"\x07") == 1 and out.count(b"x") == MAX_LINE
+    assert host.type(b"\x08yz").count(b"\x07") == 1  # room for one: y echoed, z rings again
+    host.type(b"\x15")
+    assert host.type(b"echo ok\r") == b"echo ok\r\nok\r\n" + P
+
+
+def test_the_rest_of_the_line_waits_for_xl_console_to_return(host):
+    """Issue 15, finding 9: `xl create -c ...; echo AFTER$?` printed AFTER0 while the console
+    was attached; the rest of the line runs when Ctrl-] returns, as in bash."""
+    out = host.type(b"xl create -c name=t memory=16 workload=idle; echo AFTER$?\r")
+    assert b"AFTER0" not in out and not out.endswith(P)
+    assert host.type(b"\x1d") == b"AFTER0\r\n" + P

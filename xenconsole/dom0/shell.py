@@ -68,6 +68,8 @@ class Dom0Shell:
         self._esc = 0  # 0 none, 1 saw ESC, 2 inside CSI
         self._early = bytearray()  # typed before dom0 is up: read once the shell starts
         self.foreground: Callable[[bytes], None] | None = None  # e.g. `xl console`
+        self._after_foreground: list[str] = []  # the line's commands after the foreground one
+        self._bell = False  # rung for the current over-long line (once, as readline does)
         self.runner: Runner | None = None  # None: reactor_runner() at the time of the call
         self.waiting: object | None = None  # token of the Pending being waited for
         self._typeahead = bytearray()  # typed while a command waits: read after its prompt
@@ -168,15 +170,18 @@ class Dom0Shell:
             self._write(b"\x1b[H\x1b[2J" + prompt_for(self.cwd).encode() + bytes(self.line))
         elif c >= 0x20 and c != 0x7F:
             if len(self.line) < MAX_LINE:
+                self._bell = False
                 self.line.append(c)
                 self._write(bytes([c]))
-            else:
+            elif not self._bell:
+                self._bell = True
                 self._write(b"\x07")
         # other control characters are ignored, as readline does with unbound keys
 
     def _enter(self) -> None:
         text = self.line.decode("utf-8", "replace")
         self.line.clear()
+        self._bell = False
         self.write("\n")
         if self.run_line(text) and self.foreground is None:
             self.prompt()
@@ -197,7 +202,17 @@ class Dom0Shell:
                     return False
                 result = self._run_inline(result)
             self.status = result
+            if self.foreground is not None:  # `xl console`: the rest waits for Ctrl-]
+                self._after_foreground = parts[i + 1 :]
+                return False
         return True
+
+    def foreground_done(self) -> None:
+        """The foreground command returned: the rest of its line runs, then the prompt."""
+        self.foreground = None
+        rest, self._after_foreground = self._after_foreground, []
+        if self._run_parts(rest) and self.foreground is None:
+            self.prompt()
 
     def _run_inline(self, pending: Pending) -> int:
         try:

@@ -126,8 +126,7 @@ class ConsoleSession:
         if self.output in self.con.listeners:
             self.con.listeners.remove(self.output)
         if self.sh.foreground == self.input:
-            self.sh.foreground = None
-            self.sh.prompt()
+            self.sh.foreground_done()
 
 
 @command(
