@@ -1,0 +1,86 @@
+"""Issue 13's defects against a real `xenconsole serve` on 127.0.0.1: CR LF across clients,
+SIGHUP, and the default host idling after its guests' work."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import pytest
+
+from xenconsole.testing import serve
+
+PROMPT = b"root@dom0:~# "
+pytestmark = pytest.mark.e2e
+
+
+def recv_until(sock: socket.socket, pattern: bytes, timeout: float = 30) -> bytes:
+    sock.settimeout(timeout)
+    buf = b""
+    while not re.search(pattern, buf):
+        d = sock.recv(65536)
+        if not d:
+            raise AssertionError(f"closed; got {buf[-500:]!r}")
+        buf += d
+    return buf
+
+
+def quiet_default_host(host) -> None:
+    """Wait until both default guests have printed their one line (then they idle)."""
+    s = socket.create_connection(host.address("tcp"))
+    recv_until(
+        s,
+        rb"\(d1\) touch done 32768\r\n[\s\S]*\(d2\) touch done 4096\r\n|"
+        rb"\(d2\) touch done 4096\r\n[\s\S]*\(d1\) touch done 32768\r\n",
+        90,
+    )
+    s.sendall(b"\r")
+    recv_until(s, PROMPT + b"$")
+    s.close()
+
+
+@pytest.mark.timeout(150)
+def test_cr_from_one_client_lf_from_the_next_byte_for_byte():
+    with serve(tcp=True, telnet=True) as host:
+        quiet_default_host(host)
+        a = socket.create_connection(host.address("tcp"))
+        a.sendall(b"\r")  # a person's Enter, then they leave
+        assert recv_until(a, PROMPT + b"$") == b"\r\n" + PROMPT
+        a.close()
+        # labgrid's SerialDriver next: sendline("") sends a lone LF.
+        b = socket.create_connection(host.address("tcp"))
+        b.sendall(b"\n")
+        assert recv_until(b, PROMPT + b"$", 10) == b"\r\n" + PROMPT
+        # The pair in one write is still one Enter.
+        b.sendall(b"echo x\r\n")
+        assert recv_until(b, PROMPT + b"$", 10) == b"echo x\r\nx\r\n" + PROMPT
+        b.close()
+
+
+@pytest.mark.timeout(150)
+def test_default_guests_do_their_work_then_idle():
+    with serve(tcp=True) as host:
+        quiet_default_host(host)
+        s = socket.create_connection(host.address("tcp"))
+        s.sendall(b"xl vcpu-list\r")
+        out = recv_until(s, PROMPT + b"$").decode()
+        # Every guest vCPU is blocked in `hlt` (state -b-), none running (r--).
+        rows = re.findall(r"^(guest\d)\s+(\d+)\s+(\d+)\s+\d+\s+(\S+)\s", out, re.M)
+        assert sorted((n, d, v) for n, d, v, _ in rows) == [
+            ("guest1", "1", "0"),
+            ("guest2", "2", "0"),
+            ("guest2", "2", "1"),
+        ]
+        assert {st for *_, st in rows} == {"-b-"}, out
+        # And their CPU time no longer grows.
+        s.sendall(b"xl list\r")
+        t0 = recv_until(s, PROMPT + b"$").decode()
+        time.sleep(1.0)
+        s.sendall(b"xl list\r")
+        t1 = recv_until(s, PROMPT + b"$").decode()
+        times = [
+            re.findall(r"^guest\d\s+\d+\s+\d+\s+\d+\s+\S+\s+([\d.]+)", t, re.M) for t in (t0, t1)
+        ]
+        assert times[0] == times[1] and len(times[0]) == 2, (t0, t1)
+        s.close()
