@@ -106,6 +106,7 @@ def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _early_stop)
+    _reopen_on_hup(reactor, config, runner.hub, opened)
     for t, listener in opened.listeners:
         print(f"xenconsole: {t.kind} {listener.where}")
     print("xenconsole: ready", flush=True)
@@ -125,6 +126,21 @@ def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _reopen_on_hup(reactor, config: ServeConfig, hub, opened: Opened) -> None:
+    """SIGHUP reopens `--log` (xenconsole/logfiles.py); without a log it is ignored."""
+    from xenconsole.logfiles import Reopeners, install_sighup, reopen_hub_log
+
+    reopeners = Reopeners()
+    if config.log:
+        swap = reopen_hub_log(hub, config.log, lambda path: open(path, "ab"))  # noqa: SIM115
+
+        def reopen_log() -> None:
+            opened.log = swap()
+
+        reopeners.add(reopen_log)
+    install_sighup(reactor, reopeners)
 
 
 def _fail(msg: str) -> int:

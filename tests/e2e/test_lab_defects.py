@@ -4,6 +4,7 @@ SIGHUP, and the default host idling after its guests' work."""
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import time
 
@@ -83,4 +84,58 @@ def test_default_guests_do_their_work_then_idle():
             re.findall(r"^guest\d\s+\d+\s+\d+\s+\d+\s+\S+\s+([\d.]+)", t, re.M) for t in (t0, t1)
         ]
         assert times[0] == times[1] and len(times[0]) == 2, (t0, t1)
+        s.close()
+
+
+def wait_for(pred, timeout: float = 10) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+@pytest.mark.timeout(150)
+def test_sighup_reopens_the_log_after_logrotates_rename(tmp_path):
+    log = tmp_path / "console.log"
+    with serve("--log", str(log), tcp=True) as host:
+        quiet_default_host(host)
+        s = socket.create_connection(host.address("tcp"))
+        s.sendall(b"echo before-rotate\r")
+        recv_until(s, rb"before-rotate\r\n" + PROMPT + b"$")
+        assert wait_for(lambda: b"before-rotate\r\n" + PROMPT in log.read_bytes())
+        # logrotate without copytruncate: rename, then `postrotate kill -HUP`.
+        log.rename(tmp_path / "console.log.1")
+        host.proc.send_signal(signal.SIGHUP)
+        assert wait_for(log.exists), "no new log after SIGHUP"
+        s.sendall(b"echo after-rotate\r")
+        recv_until(s, rb"after-rotate\r\n" + PROMPT + b"$")
+        assert wait_for(
+            lambda: log.read_bytes() == b"echo after-rotate\r\nafter-rotate\r\n" + PROMPT
+        )
+        old = (tmp_path / "console.log.1").read_bytes()
+        assert old.endswith(b"echo before-rotate\r\nbefore-rotate\r\n" + PROMPT)
+        assert b"after-rotate" not in old
+        # A second SIGHUP without a rename keeps appending to the same file.
+        host.proc.send_signal(signal.SIGHUP)
+        s.sendall(b"echo again\r")
+        recv_until(s, rb"again\r\n" + PROMPT + b"$")
+        assert wait_for(lambda: log.read_bytes().endswith(b"again\r\n" + PROMPT))
+        assert log.read_bytes().startswith(b"echo after-rotate\r\n")
+        assert host.proc.poll() is None
+        s.close()
+
+
+@pytest.mark.timeout(60)
+def test_sighup_without_a_log_does_not_stop_the_server():
+    with serve(tcp=True) as host:
+        host.wait_booted()
+        for _ in range(3):
+            host.proc.send_signal(signal.SIGHUP)
+        s = socket.create_connection(host.address("tcp"))
+        s.sendall(b"echo alive\r")
+        assert recv_until(s, rb"alive\r\n" + PROMPT + b"$").endswith(b"alive\r\n" + PROMPT)
+        assert host.proc.poll() is None
+        assert "Traceback" not in host.stderr_text()
         s.close()
