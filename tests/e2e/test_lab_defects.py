@@ -3,10 +3,16 @@ SIGHUP, and the default host idling after its guests' work."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import select
 import signal
 import socket
+import struct
+import termios
 import time
+import tty
 
 import pytest
 
@@ -14,6 +20,10 @@ from xenconsole.testing import serve
 
 PROMPT = b"root@dom0:~# "
 pytestmark = pytest.mark.e2e
+# Linux's values (asm-generic/ioctls.h, asm-generic/termbits.h); Python's termios lacks them.
+TIOCSBRK, TIOCCBRK = 0x5427, 0x5428
+EXTPROC = getattr(termios, "EXTPROC", 0o200000)
+TIOCPKT_IOCTL = 0x40
 
 
 def recv_until(sock: socket.socket, pattern: bytes, timeout: float = 30) -> bytes:
@@ -139,3 +149,34 @@ def test_sighup_without_a_log_does_not_stop_the_server():
         assert host.proc.poll() is None
         assert "Traceback" not in host.stderr_text()
         s.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_break_on_a_pty_never_reaches_the_master():
+    """Why the PTY transport cannot log a BREAK: Linux's pty driver has no break_ctl, so
+    the tty layer's send_break() returns 0 without doing anything (drivers/tty/pty.c has no
+    .break_ctl in pty_unix98_ops; drivers/tty/tty_io.c send_break(): `if
+    (tty->ops->break_ctl == NULL) return 0;`). Checked here on the running kernel, with the
+    master in packet mode, where any other line event (flush, stop/start, termios change
+    with EXTPROC) would be reported."""
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        fcntl.ioctl(master, termios.TIOCPKT, struct.pack("i", 1))
+        attrs = termios.tcgetattr(slave)
+        attrs[3] |= EXTPROC
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        poll = select.poll()
+        poll.register(master, select.POLLIN | select.POLLPRI)
+        while poll.poll(100):  # the termios change itself: TIOCPKT_IOCTL, read it away
+            assert os.read(master, 64)[0] & TIOCPKT_IOCTL
+        termios.tcsendbreak(slave, 0)
+        fcntl.ioctl(slave, TIOCSBRK)
+        fcntl.ioctl(slave, TIOCCBRK)
+        assert poll.poll(500) == []  # nothing at all on the master
+        os.write(slave, b"x")  # while data still arrives, as packet data (status byte 0)
+        assert poll.poll(2000) != []
+        assert os.read(master, 64) == b"\x00x"
+    finally:
+        os.close(slave)
+        os.close(master)
