@@ -51,7 +51,7 @@ def main() -> int:
     ap.add_argument("--config", help="host config (default: the embedded default host)")
     a = ap.parse_args()
     extra = ("--config", a.config) if a.config else ()
-    with serve(*extra, tcp=True) as host:
+    with serve(*extra, tcp=True, wait=True) as host:  # boots at our attach: we see it all
         wait_guests(host.address("tcp"))
         time.sleep(1.0)  # let the last output and the detach settle
         pid = host.proc.pid

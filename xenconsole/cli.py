@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-events", action="store_true")
     s.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     s.add_argument("--no-wait", action="store_true")
+    from xenconsole import labopts
+
+    labopts.add_options(s)
     k = sub.add_parser("keys", help="list every debug key, as 'h' would")
     k.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     c = sub.add_parser("connect", help="interactive client")

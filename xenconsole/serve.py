@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from emu.host import ConfigError, HostConfig
 from xenconsole.hub import Listener
+from xenconsole.labopts import LabOptions
 from xenconsole.options import Address, UsageError, host_from_args, is_loopback, load_keys
 from xenconsole.transports import TRANSPORTS, Transport
 
@@ -24,6 +25,7 @@ class ServeConfig:
     log: str | None = None
     log_events: bool = False
     plugins: list[str] = field(default_factory=list)
+    lab: LabOptions = field(default_factory=LabOptions)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Opened:
 
     listeners: list[tuple[Transport, Listener]]
     log: Any = None
+    input_log: Any = None  # FILE.input with --log-input
 
     def close(self) -> None:
         for _t, listener in self.listeners:
@@ -58,8 +61,13 @@ def parse(args) -> ServeConfig:
             raise UsageError(f"{t.flag} and --no-{t.kind} cannot be used together")
     if args.log_events and not args.log:
         raise UsageError("--log-events needs --log FILE")
+    from xenconsole import labopts
+
+    lab = labopts.parse(args, args.log)
     load_keys(args.plugin)
-    return ServeConfig(host, transports, not args.no_wait, args.log, args.log_events, args.plugin)
+    return ServeConfig(
+        host, transports, not args.no_wait, args.log, args.log_events, args.plugin, lab
+    )
 
 
 def listen(reactor, config: ServeConfig, hub) -> Opened:
@@ -69,6 +77,9 @@ def listen(reactor, config: ServeConfig, hub) -> Opened:
     try:
         for t, value in config.transports:
             opened.listeners.append((t, t.listen(reactor, hub, value)))
+        from xenconsole import labopts
+
+        opened.listeners += labopts.spectator_listeners(reactor, hub, config.lab)
         # Opened last, so a bad option never leaves a new empty log file behind.
         if config.log:
             try:
@@ -76,6 +87,10 @@ def listen(reactor, config: ServeConfig, hub) -> Opened:
             except OSError as e:
                 raise UsageError(f"cannot open log {config.log}: {e.strerror}") from None
             hub.log = opened.log
+        try:
+            opened.input_log = labopts.apply(hub, config.lab, config.log)
+        except OSError as e:
+            raise UsageError(f"cannot open input log: {e.strerror}") from None
         if config.log_events:
             from xenconsole.eventlog import install as install_event_log
 
@@ -107,8 +122,10 @@ def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _early_stop)
     _reopen_on_hup(reactor, config, runner.hub, opened)
+    ro = {id(listener) for _t, listener in opened.listeners[len(config.transports) :]}
     for t, listener in opened.listeners:
-        print(f"xenconsole: {t.kind} {listener.where}")
+        kind = f"{t.kind}-ro" if id(listener) in ro else t.kind
+        print(f"xenconsole: {kind} {listener.where}")
     print("xenconsole: ready", flush=True)
 
     def _cleanup() -> None:
@@ -134,10 +151,18 @@ def _reopen_on_hup(reactor, config: ServeConfig, hub, opened: Opened) -> None:
 
     reopeners = Reopeners()
     if config.log:
-        swap = reopen_hub_log(hub, config.log, lambda path: open(path, "ab"))  # noqa: SIM115
+        def opener(path: str) -> Any:
+            opened.log = open(path, "ab")  # noqa: SIM115 - lives as long as the server
+            if config.lab.log_timestamps:
+                from xenconsole.labopts import TimestampedLog
+
+                return TimestampedLog(opened.log)
+            return opened.log
+
+        swap = reopen_hub_log(hub, config.log, opener)
 
         def reopen_log() -> None:
-            opened.log = swap()
+            swap()
 
         reopeners.add(reopen_log)
     install_sighup(reactor, reopeners)

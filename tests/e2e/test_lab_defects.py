@@ -53,7 +53,7 @@ def quiet_default_host(host) -> None:
 
 @pytest.mark.timeout(150)
 def test_cr_from_one_client_lf_from_the_next_byte_for_byte():
-    with serve(tcp=True, telnet=True) as host:
+    with serve(tcp=True, telnet=True, wait=True) as host:
         quiet_default_host(host)
         a = socket.create_connection(host.address("tcp"))
         a.sendall(b"\r")  # a person's Enter, then they leave
@@ -71,7 +71,7 @@ def test_cr_from_one_client_lf_from_the_next_byte_for_byte():
 
 @pytest.mark.timeout(150)
 def test_default_guests_do_their_work_then_idle():
-    with serve(tcp=True) as host:
+    with serve(tcp=True, wait=True) as host:
         quiet_default_host(host)
         s = socket.create_connection(host.address("tcp"))
         s.sendall(b"xl vcpu-list\r")
@@ -109,7 +109,7 @@ def wait_for(pred, timeout: float = 10) -> bool:
 @pytest.mark.timeout(150)
 def test_sighup_reopens_the_log_after_logrotates_rename(tmp_path):
     log = tmp_path / "console.log"
-    with serve("--log", str(log), tcp=True) as host:
+    with serve("--log", str(log), tcp=True, wait=True) as host:
         quiet_default_host(host)
         s = socket.create_connection(host.address("tcp"))
         s.sendall(b"echo before-rotate\r")

@@ -27,7 +27,7 @@ class TelnetClient(RawClient):
         self.codec = TelnetCodec(
             # Replies go through the client's buffer: bounded if the client never reads.
             send=self.out.send_control,
-            on_data=hub.receive,
+            on_data=lambda data: hub.receive(data, self),
             on_break=lambda: hub.on_break(self),
             role=SERVER,
         )
