@@ -200,6 +200,16 @@ class Hub:
         except Exception:
             traceback.print_exc(file=sys.stderr)
 
+    def who_text(self, me: Client | None = None) -> str:
+        """`who` as lines for a person: `[who] NAME rw|ro since HH:MM:SS[ writer][ (you)]`,
+        each ending in CR LF (the control channel and telnet's AYT answer print this)."""
+        lines = []
+        for c, a in zip(list(self.clients), self.who(), strict=True):
+            since = time.strftime("%H:%M:%S", time.localtime(a.since))
+            extra = (" writer" if a.writer else "") + (" (you)" if c is me else "")
+            lines.append(f"[who] {a.name} {a.mode} since {since}{extra}\r\n")
+        return "".join(lines)
+
     def who(self) -> list[Attached]:
         """Who is attached, from where, rw or ro, since when: for the `who` menu key and the
         control channel's command."""

@@ -201,3 +201,90 @@ def test_exclusive_writer_tells_a_second_writer_who_holds_the_line(tmp_path):
             time.sleep(0.1)
         assert got == b"echo second-now\r\nsecond-now\r\n" + PROMPT
         b.close()
+
+
+def test_who_lists_clients_mode_and_writer():
+    from twisted.internet.task import Clock
+
+    from xenconsole.hub import Hub
+
+    class C:
+        def __init__(self, name: str, ro: bool = False) -> None:
+            self.name, self.got = name, b""
+            if ro:
+                self.read_only = True
+
+        def deliver(self, data: bytes) -> None:
+            self.got += data
+
+    hub = Hub(Clock())
+    hub.exclusive = True
+    a, b, spy = C("telnet:127.0.0.1:1"), C("tcp:127.0.0.1:2"), C("tcp:127.0.0.1:3(ro)", True)
+    typed = []
+    hub.on_input = typed.append
+    for c in (a, b, spy):
+        hub.attach(c)
+    hub.receive(b"x", a)
+    hub.receive(b"y", b)
+    hub.receive(b"z", spy)
+    assert typed == [b"x"]
+    assert [(w.name, w.mode, w.writer) for w in hub.who()] == [
+        ("telnet:127.0.0.1:1", "rw", True),
+        ("tcp:127.0.0.1:2", "rw", False),
+        ("tcp:127.0.0.1:3(ro)", "ro", False),
+    ]
+    text = hub.who_text(b)
+    assert re.fullmatch(
+        r"\[who\] telnet:127\.0\.0\.1:1 rw since \d\d:\d\d:\d\d writer\r\n"
+        r"\[who\] tcp:127\.0\.0\.1:2 rw since \d\d:\d\d:\d\d \(you\)\r\n"
+        r"\[who\] tcp:127\.0\.0\.1:3\(ro\) ro since \d\d:\d\d:\d\d\r\n",
+        text,
+    ), text
+    assert b"line held by telnet:127.0.0.1:1 (rw)" in b.got and spy.got == b""
+    hub.detach(a)
+    hub.receive(b"w", b)  # the holder left: the next writer takes the line
+    assert typed == [b"x", b"w"] and hub.who()[0].writer
+
+
+@pytest.mark.timeout(120)
+def test_who_over_telnet_ayt_lists_every_client(tmp_path):
+    args = (*host_only(tmp_path), "--tcp-ro", "127.0.0.1:0")
+    with serve(*args, tcp=True, telnet=True, wait=True) as host:
+        a, seen = booted(host)
+        spy = socket.create_connection(host.address("tcp-ro"))
+        t = socket.create_connection(host.address("telnet"))
+        got = bytearray()
+        quiet(t, got, 1.0)  # negotiation and nothing else
+        t.sendall(bytes([255, 246]))  # IAC AYT, as `telnet`'s `send ayt`
+        recv_until(t, got, rb"\[yes\]\r\n(\[who\] [^\r]*\r\n){3}")
+        lines = re.findall(rb"\[who\] ([^\r]*)\r\n", bytes(got))
+        port = lambda s: s.getsockname()[1]  # noqa: E731
+        assert [re.sub(rb" since \d\d:\d\d:\d\d", b"", ln).decode() for ln in lines] == [
+            f"tcp:127.0.0.1:{port(a)} rw",
+            f"tcp:127.0.0.1:{port(spy)}(ro) ro",
+            f"telnet:127.0.0.1:{port(t)} rw (you)",
+        ]
+        quiet(a, seen)
+        assert b"[who]" not in seen and b"[yes]" not in seen  # only the asker is told
+        for s in (a, spy, t):
+            s.close()
+
+
+@pytest.mark.timeout(90)
+def test_connect_menu_w_shows_who(tmp_path):
+    from tests.e2e.test_connect import Term
+
+    with serve(*host_only(tmp_path), wait=True) as host:
+        url = host.urls["telnet"]
+        t = Term(url)
+        try:
+            t.wait_text("root@dom0:~#")
+            t.p.send("\x1d")
+            t.wait_text("xenconsole menu")
+            assert "w    who is attached (telnet)" in t.screen.text()
+            t.p.send("w")
+            t.wait_text("[yes]")
+            t.pump(lambda: re.search(r"\[who\] telnet:127\.0\.0\.1:\d+ rw since \S+ \(you\)",
+                                     t.screen.text()) is not None)  # fmt: skip
+        finally:
+            t.p.close(force=True)

@@ -30,6 +30,7 @@ class TelnetClient(RawClient):
             on_data=lambda data: hub.receive(data, self),
             on_break=lambda: hub.on_break(self),
             role=SERVER,
+            on_ayt=lambda: hub.who_text(self),  # telnet's `send ayt`, connect's menu `w`
         )
         self.codec.start()
 
@@ -69,6 +70,9 @@ class TelnetLink(SocketLink):
 
     def send_break(self) -> None:
         self.codec.send_break()
+
+    def send_who(self) -> None:
+        self.codec.send_ayt()
 
     def set_size(self, cols: int, rows: int) -> None:
         self.codec.set_window(cols, rows)
