@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     from xenconsole import labopts
 
     labopts.add_options(s)
+    from xenconsole import access
+
+    access.add_options(s)
+    pw = sub.add_parser("passwd", help="print a password file line for NAME")
+    pw.add_argument("name")
     k = sub.add_parser("keys", help="list every debug key, as 'h' would")
     k.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     c = sub.add_parser("connect", help="interactive client")
@@ -60,6 +65,26 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def cmd_passwd(args) -> int:
+    """`xenconsole passwd NAME`: read a password (twice on a terminal), print the line."""
+    import getpass
+
+    from xenconsole.access import hash_password
+
+    if ":" in args.name or not args.name.strip():
+        sys.stderr.write("xenconsole: error: NAME must be non-empty and have no ':'\n")
+        return 2
+    if sys.stdin.isatty():
+        pw = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != pw:
+            sys.stderr.write("xenconsole: error: the passwords differ\n")
+            return 2
+    else:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    print(f"{args.name}:{hash_password(pw)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -69,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.cmd == "keys":
         return cmd_keys(args)
+    if args.cmd == "passwd":
+        return cmd_passwd(args)
     if args.cmd == "connect":
         try:
             from xenconsole.connect import main as connect_main

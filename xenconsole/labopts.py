@@ -88,13 +88,16 @@ class SpectatorHub:
         return getattr(self._hub, name)
 
 
-def spectator_listeners(reactor, hub: Hub, opts: LabOptions) -> list[tuple[Transport, Listener]]:
-    """Open every `--KIND-ro` listener; the caller closes them (CannotListenError)."""
+def spectator_listeners(
+    reactor_for, hub: Hub, opts: LabOptions
+) -> list[tuple[Transport, Listener]]:
+    """Open every `--KIND-ro` listener, each through `reactor_for(value)` (the reactor, or
+    one that authenticates); the caller closes them (CannotListenError)."""
     out: list[tuple[Transport, Listener]] = []
     spectators = SpectatorHub(hub)
     try:
         for t, value in opts.ro:
-            out.append((t, t.listen(reactor, spectators, value)))
+            out.append((t, t.listen(reactor_for(value), spectators, value)))
     except BaseException:
         for _t, listener in out:
             listener.close()

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from emu.host import ConfigError, HostConfig
+from xenconsole.access import AccessConfig
 from xenconsole.hub import Listener
 from xenconsole.labopts import LabOptions
-from xenconsole.options import Address, UsageError, host_from_args, is_loopback, load_keys
+from xenconsole.options import Address, UsageError, host_from_args, load_keys
 from xenconsole.transports import TRANSPORTS, Transport
 
 
@@ -26,6 +27,7 @@ class ServeConfig:
     log_events: bool = False
     plugins: list[str] = field(default_factory=list)
     lab: LabOptions = field(default_factory=LabOptions)
+    access: AccessConfig = field(default_factory=AccessConfig)
 
 
 @dataclass
@@ -61,25 +63,37 @@ def parse(args) -> ServeConfig:
             raise UsageError(f"{t.flag} and --no-{t.kind} cannot be used together")
     if args.log_events and not args.log:
         raise UsageError("--log-events needs --log FILE")
-    from xenconsole import labopts
+    from xenconsole import access, labopts
 
     lab = labopts.parse(args, args.log)
+    addresses = [(t.flag, v) for t, v in transports if isinstance(v, Address)]
+    addresses += [(f"{t.flag}-ro", v) for t, v in lab.ro if isinstance(v, Address)]
+    auth = access.parse(args, addresses)
     load_keys(args.plugin)
     return ServeConfig(
-        host, transports, not args.no_wait, args.log, args.log_events, args.plugin, lab
+        host, transports, not args.no_wait, args.log, args.log_events, args.plugin, lab, auth
     )
 
 
 def listen(reactor, config: ServeConfig, hub) -> Opened:
     """Start every transport, then open the log; on any failure close what was opened and
     raise (CannotListenError, OSError or UsageError)."""
+    from xenconsole import labopts
+    from xenconsole.access import AuthReactor, RateLimiter
+
+    limiter = RateLimiter()
+
+    def reactor_for(value) -> Any:
+        """A listener that needs authentication listens through AuthReactor."""
+        if isinstance(value, Address) and config.access.needs_auth(value.host):
+            return AuthReactor(reactor, config.access, limiter)
+        return reactor
+
     opened = Opened([])
     try:
         for t, value in config.transports:
-            opened.listeners.append((t, t.listen(reactor, hub, value)))
-        from xenconsole import labopts
-
-        opened.listeners += labopts.spectator_listeners(reactor, hub, config.lab)
+            opened.listeners.append((t, t.listen(reactor_for(value), hub, value)))
+        opened.listeners += labopts.spectator_listeners(reactor_for, hub, config.lab)
         # Opened last, so a bad option never leaves a new empty log file behind.
         if config.log:
             try:
@@ -107,13 +121,8 @@ def listen(reactor, config: ServeConfig, hub) -> Opened:
 def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
     """Print the ready lines, power on (or wait for the first client), run the reactor; leave
     the process when it stops."""
-    for t, value in config.transports:
-        if isinstance(value, Address) and not is_loopback(value.host):
-            sys.stderr.write(
-                f"xenconsole: warning: {t.kind} listens on {value.host}, not loopback; "
-                "the console is unauthenticated, as a real serial line is\n"
-            )
-
+    # A listener off loopback is never unauthenticated: parse() refused it, or it listens
+    # with TLS client certificates or a password (xenconsole/access.py).
     # A signal between the ready line and reactor.run() (which installs Twisted's own
     # handlers) must still mean a clean stop, not death by SIGTERM.
     def _early_stop(signum, frame) -> None:
