@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     from xenconsole import access
 
     access.add_options(s)
+    s.add_argument("--pidfile", metavar="FILE")
     pw = sub.add_parser("passwd", help="print a password file line for NAME")
     pw.add_argument("name")
     k = sub.add_parser("keys", help="list every debug key, as 'h' would")

@@ -121,6 +121,7 @@ def listen(reactor, config: ServeConfig, hub) -> Opened:
 def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
     """Print the ready lines, power on (or wait for the first client), run the reactor; leave
     the process when it stops."""
+
     # A listener off loopback is never unauthenticated: parse() refused it, or it listens
     # with TLS client certificates or a password (xenconsole/access.py).
     # A signal between the ready line and reactor.run() (which installs Twisted's own
@@ -154,26 +155,37 @@ def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
     os._exit(0)
 
 
+def hup_hook(config: ServeConfig, hub, opened: Opened):
+    """What SIGHUP does for this host: reopen `--log` by its name (xenconsole/logfiles.py);
+    None without a log."""
+    if not config.log:
+        return None
+    from xenconsole.logfiles import reopen_hub_log
+
+    def opener(path: str) -> Any:
+        opened.log = open(path, "ab")  # noqa: SIM115 - lives as long as the server
+        if config.lab.log_timestamps:
+            from xenconsole.labopts import TimestampedLog
+
+            return TimestampedLog(opened.log)
+        return opened.log
+
+    swap = reopen_hub_log(hub, config.log, opener)
+
+    def reopen_log() -> None:
+        swap()
+
+    return reopen_log
+
+
 def _reopen_on_hup(reactor, config: ServeConfig, hub, opened: Opened) -> None:
-    """SIGHUP reopens `--log` (xenconsole/logfiles.py); without a log it is ignored."""
-    from xenconsole.logfiles import Reopeners, install_sighup, reopen_hub_log
+    """SIGHUP reopens `--log`; without a log it is ignored. It never stops the server."""
+    from xenconsole.logfiles import Reopeners, install_sighup
 
     reopeners = Reopeners()
-    if config.log:
-        def opener(path: str) -> Any:
-            opened.log = open(path, "ab")  # noqa: SIM115 - lives as long as the server
-            if config.lab.log_timestamps:
-                from xenconsole.labopts import TimestampedLog
-
-                return TimestampedLog(opened.log)
-            return opened.log
-
-        swap = reopen_hub_log(hub, config.log, opener)
-
-        def reopen_log() -> None:
-            swap()
-
-        reopeners.add(reopen_log)
+    hook = hup_hook(config, hub, opened)
+    if hook is not None:
+        reopeners.add(hook)
     install_sighup(reactor, reopeners)
 
 
@@ -184,6 +196,10 @@ def _fail(msg: str) -> int:
 
 def serve(args) -> int:
     """`xenconsole serve`: returns 2 after one error line, else never returns."""
+    from xenconsole.labserve import is_lab_file, remove_pidfile, serve_lab, write_pidfile
+
+    if args.config and is_lab_file(args.config):
+        return serve_lab(args, args.config, args.pidfile, args.plugin)
     try:
         config = parse(args)
     except (ConfigError, UsageError) as e:
@@ -206,4 +222,11 @@ def serve(args) -> int:
         return _fail(str(e))
     except UsageError as e:
         return _fail(str(e))
+    if args.pidfile:
+        try:
+            write_pidfile(args.pidfile)
+        except UsageError as e:
+            opened.close()
+            return _fail(str(e))
+        reactor.addSystemEventTrigger("after", "shutdown", remove_pidfile, args.pidfile)
     run(reactor, config, runner, opened)
