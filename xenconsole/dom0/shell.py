@@ -183,6 +183,11 @@ class Dom0Shell:
 
     def run_line(self, text: str) -> bool:
         """Run the line's commands; False when one still waits (its prompt comes later)."""
+        from xenconsole.dom0 import sh
+
+        if sh.wants(self, text):  # shell language: &&, ||, variables, functions, sh -c
+            self.status = sh.run(self, text)
+            return True
         return self._run_parts(_split_commands(text))
 
     def _run_parts(self, parts: list[str]) -> bool:
@@ -250,6 +255,10 @@ class Dom0Shell:
         if not argv:
             return self.status
         argv = [a.replace("$?", str(self.status)) for a in argv]
+        return self.dispatch_argv(argv)
+
+    def dispatch_argv(self, argv: list[str]) -> int | Pending:
+        """Run one command given as its words (xenconsole/dom0/sh.py calls this too)."""
         name = argv[0]
         try:
             if name == "xl":
