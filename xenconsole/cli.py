@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     access.add_options(s)
     s.add_argument("--pidfile", metavar="FILE")
+    lg = sub.add_parser("labgrid-exporter-config", help="labgrid exporter YAML for a lab file")
+    lg.add_argument("lab", metavar="LAB.toml")
+    lg.add_argument("-o", "--output", metavar="FILE")
     pw = sub.add_parser("passwd", help="print a password file line for NAME")
     pw.add_argument("name")
     k = sub.add_parser("keys", help="list every debug key, as 'h' would")
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_keys(args)
     if args.cmd == "passwd":
         return cmd_passwd(args)
+    if args.cmd == "labgrid-exporter-config":
+        from xenconsole.labgrid_export import main as export_main
+
+        return export_main(args)
     if args.cmd == "connect":
         try:
             from xenconsole.connect import main as connect_main
