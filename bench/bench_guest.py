@@ -9,7 +9,7 @@
    every first access a #PF into Python's shadow fault path (guest walk, A bit, shadow chain,
    access record). Timed from its vCPU's first run to `touch done` by the vCPU's run time
    and by wall time. Baseline: the raw Unicorn fault round trip (a #PF hook that only acks
-   the exception the way the vCPUs do and makes the PTE present, unicorn.md §3), which is
+   the exception the way the vCPUs do and makes the PTE present, docs/design.md), which is
    the floor for any fault handled in Python.
 3. Debug-key latency (`d`, `q`, `r`, `p`) while both default guests run (guest1 touching,
    then idle; guest2 random over 2 vCPUs, forever), against the same keys on an idle host.
@@ -112,7 +112,7 @@ def guest_loop(iters: int) -> tuple[float, float]:
 
 
 def raw_faults(pages: int) -> float:
-    """unicorn.md §3's fault round trip: every page not present, the hook makes it present."""
+    """docs/design.md's fault round trip: every page not present, the hook makes it present."""
     ram = (pages + 64) << 12
     mm = mmap.mmap(-1, ram, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x4000)
     ptr = ctypes.addressof((ctypes.c_char * ram).from_buffer(mm))

@@ -25,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -112,7 +113,7 @@ def _u(m) -> list[str]:
     return out
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--memory", default="64G")
     ap.add_argument("--guests", type=int, default=5)
@@ -121,65 +122,93 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--naive-repeat", type=int, default=3)
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    mem = parse_size(args.memory)
+
+@dataclass
+class Figures:
+    """What a run measured, for the report."""
+
+    t_boot: float = 0.0
+    t_create: float = 0.0
+    t_touch: float = 0.0
+    guest_pages: int = 0
+    faults: int = 0
+    sl1: int = 0
+    lines: int = 0  # lines of the all-domain U
+    report: dict = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)  # U, all domains: wall, CPU
+    cpu: list[float] = field(default_factory=list)
+    one: list[float] = field(default_factory=list)  # U dN 0x100-LAST
+    naive_wall: list[float] = field(default_factory=list)
+    naive_cpu: list[float] = field(default_factory=list)
+    z_times: list[float] = field(default_factory=list)  # U after Z, synthetic A bits
+    z_cpu: list[float] = field(default_factory=list)
+
+
+def _boot_and_touch(args: argparse.Namespace, f: Figures) -> tuple[Machine, list]:
+    """Boot the host, create the guests and wait until each has touched its pages."""
     t = time.perf_counter()
-    m = boot_sync(Machine(HostConfig(memory=mem, cpus=2, dom0_mem=1 << 30)))
-    t_boot = time.perf_counter() - t
+    m = boot_sync(Machine(HostConfig(memory=parse_size(args.memory), cpus=2, dom0_mem=1 << 30)))
+    f.t_boot = time.perf_counter() - t
     t = time.perf_counter()
     doms = []
     for i in range(args.guests):
         wl = f"touch:pages={args.touch},stride={args.stride},write={i % 2}"
         spec = DomainSpec(name=f"g{i}", memory=args.guest_mib, vcpus=1, workload=wl)
         doms.append(m.create_domain(spec))
-    t_create = time.perf_counter() - t
+    f.t_create = time.perf_counter() - t
     t = time.perf_counter()
     want = f"touch done {args.touch}"
     while not all(want in d.hvm.console.lines for d in doms):
         if time.perf_counter() - t > 900:
             raise SystemExit("guests did not finish touching in 900 s")
         time.sleep(0.2)
-    t_touch = time.perf_counter() - t
-    guest_pages = sum(d.tot_pages for d in doms)
-    faults = m.perfc.total("shadow_fault")
-    sl1 = sum(int(d.paging.shadow_l1_mfns().size) for d in doms)
+    f.t_touch = time.perf_counter() - t
+    f.guest_pages = sum(d.tot_pages for d in doms)
+    f.faults = m.perfc.total("shadow_fault")
+    f.sl1 = sum(int(d.paging.shadow_l1_mfns().size) for d in doms)
+    return m, doms
 
-    # The handler, cold (first touch of the record's pages by a scan) then warm.
-    times, cpu = [], []
+
+def _time_u(m, doms: list, args: argparse.Namespace, f: Figures) -> None:
+    """The handler, cold (first touch of the record's pages by a scan) then warm; then one
+    domain, a range (what `xl debug-keys U dN 0x100-LAST` does)."""
     for _ in range(args.repeat):
         out = Sink()
         c = time.process_time()  # this process's CPU time: less noisy on a shared machine
         t = time.perf_counter()
         scan_accessed_pages(m, out, ())
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    report = parse_report("\n".join("(XEN) " + x for x in out))
-    # One domain, a range (what `xl debug-keys U dN 0x100-LAST` does).
-    one = []
+        f.times.append(time.perf_counter() - t)
+        f.cpu.append(time.process_time() - c)
+    f.lines = len(out)
+    f.report = parse_report("\n".join("(XEN) " + x for x in out))
     for _ in range(args.repeat):
         t = time.perf_counter()
         scan_accessed_pages(m, Sink(), (f"d{doms[0].domid}", f"0x100-{len(doms[0].p2m) - 1:#x}"))
-        one.append(time.perf_counter() - t)
+        f.one.append(time.perf_counter() - t)
 
-    naive_wall, naive_cpu = [], []
+
+def _time_naive(m, doms: list, args: argparse.Namespace, f: Figures) -> None:
+    """The per-page Python loop, which must count what `U` reported."""
     for _ in range(args.naive_repeat):
         c = time.process_time()
         t = time.perf_counter()
         naive = naive_counts(m)
-        naive_wall.append(time.perf_counter() - t)
-        naive_cpu.append(time.process_time() - c)
+        f.naive_wall.append(time.perf_counter() - t)
+        f.naive_cpu.append(time.process_time() - c)
     for d in doms:
-        r = report[d.domid]
+        r = f.report[d.domid]
         got = (r["pages"], r["accessed"], r["dirty"], r["window"])
         assert got == naive[d.domid], (d.domid, got, naive[d.domid])
         s = scan_domain(m, d)
         assert s.nr_accessed == args.touch + 3  # + start-info, kernel text, stack
-    best, med = min(times), statistics.median(times)
 
-    # After `Z` (real handler), the worst case for the scan: every present shadow L1 entry
-    # gets its A bit back. SYNTHETIC: set here with numpy, as the MMU would if each guest
-    # re-read all its pages; then every window bit comes from the shadow entries via the M2P.
+
+def _time_u_after_z(m, doms: list, args: argparse.Namespace, f: Figures) -> None:
+    """After `Z` (real handler), the worst case for the scan: every present shadow L1 entry
+    gets its A bit back. SYNTHETIC: set here with numpy, as the MMU would if each guest
+    re-read all its pages; then every window bit comes from the shadow entries via the M2P."""
     from keyhandlers.access import reset_accessed_window
 
     reset_accessed_window(m, Sink(), ())
@@ -190,40 +219,43 @@ def main() -> None:
         rows = u64[l1]
         rows[(rows & np.uint64(1)) != 0] |= np.uint64(0x20)
         u64[l1] = rows
-    z_times, z_cpu = [], []
     for _ in range(args.repeat):
         c = time.process_time()
         t = time.perf_counter()
         out_z = _u(m)
-        z_times.append(time.perf_counter() - t)
-        z_cpu.append(time.process_time() - c)
+        f.z_times.append(time.perf_counter() - t)
+        f.z_cpu.append(time.process_time() - c)
     rz = parse_report("\n".join("(XEN) " + x for x in out_z))
     for d in doms:
         assert after_z[d.domid]["window"] == 0
         assert rz[d.domid]["window"] == rz[d.domid]["accessed"] == args.touch + 3
 
+
+def _print_report(m, doms: list, args: argparse.Namespace, f: Figures) -> None:
+    times, cpu, z_times, z_cpu = f.times, f.cpu, f.z_times, f.z_cpu
+    best, med = min(times), statistics.median(times)
     print(
         f"bench_scan: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {cpu_model()}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}"
     )
-    print(f"host {args.memory} ({m.ram.nr_frames} frames): boot {t_boot:.2f} s")
+    print(f"host {args.memory} ({m.ram.nr_frames} frames): boot {f.t_boot:.2f} s")
     print(
-        f"{args.guests} guests x {args.guest_mib} MiB = {guest_pages} pages "
-        f"({guest_pages / 262144:.2f} GiB), created in {t_create:.2f} s"
+        f"{args.guests} guests x {args.guest_mib} MiB = {f.guest_pages} pages "
+        f"({f.guest_pages / 262144:.2f} GiB), created in {f.t_create:.2f} s"
     )
     print(
         f"real touch workloads: {args.touch} pages each, stride {args.stride}, "
-        f"read/write alternating: {faults} shadow faults in {t_touch:.1f} s, "
-        f"{sl1} shadow L1 tables in use"
+        f"read/write alternating: {f.faults} shadow faults in {f.t_touch:.1f} s, "
+        f"{f.sl1} shadow L1 tables in use"
     )
     for d in doms:
-        r = report[d.domid]
+        r = f.report[d.domid]
         print(
             f"  d{d.domid} pages={r['pages']} accessed={r['accessed']} dirty={r['dirty']} "
             f"window={r['window']} never={r['never']}"
         )
     print(
-        f"U (all {args.guests} guests, {len(out)} lines): first {times[0] * 1e3:.1f} ms, "
+        f"U (all {args.guests} guests, {f.lines} lines): first {times[0] * 1e3:.1f} ms, "
         f"best {best * 1e3:.1f} ms, median {med * 1e3:.1f} ms of {args.repeat}"
     )
     print(
@@ -237,22 +269,32 @@ def main() -> None:
         f"median {statistics.median(z_cpu) * 1e3:.1f} ms"
     )
     print(
-        f"U d{doms[0].domid} 0x100-LAST: best {min(one) * 1e3:.1f} ms, "
-        f"median {statistics.median(one) * 1e3:.1f} ms"
+        f"U d{doms[0].domid} 0x100-LAST: best {min(f.one) * 1e3:.1f} ms, "
+        f"median {statistics.median(f.one) * 1e3:.1f} ms"
     )
-    nb, nm = min(naive_wall), statistics.median(naive_wall)
+    nb, nm = min(f.naive_wall), statistics.median(f.naive_wall)
     cm = statistics.median(cpu)
     print(
         f"naive per-page Python loop over the frame table ({m.ram.nr_frames} frames) and "
-        f"{sl1 * 512} shadow L1 entries, {args.naive_repeat} runs: best {nb:.2f} s, "
-        f"median {nm:.2f} s, CPU median {statistics.median(naive_cpu):.2f} s; same counts"
+        f"{f.sl1 * 512} shadow L1 entries, {args.naive_repeat} runs: best {nb:.2f} s, "
+        f"median {nm:.2f} s, CPU median {statistics.median(f.naive_cpu):.2f} s; same counts"
     )
     print(
         f"speed-up: {nb / best:.0f}x (best vs best), {nm / med:.0f}x (median vs median), "
-        f"{statistics.median(naive_cpu) / cm:.0f}x (CPU time, medians), "
+        f"{statistics.median(f.naive_cpu) / cm:.0f}x (CPU time, medians), "
         f"{nm / times[0]:.0f}x (naive median vs the first, cold U)"
     )
-    print(f"scan rate: {guest_pages / best / 1e6:.0f} M guest pages/s; RSS {rss_mb():.0f} MiB")
+    print(f"scan rate: {f.guest_pages / best / 1e6:.0f} M guest pages/s; RSS {rss_mb():.0f} MiB")
+
+
+def main() -> None:
+    args = _parse_args()
+    f = Figures()
+    m, doms = _boot_and_touch(args, f)
+    _time_u(m, doms, args, f)
+    _time_naive(m, doms, args, f)
+    _time_u_after_z(m, doms, args, f)
+    _print_report(m, doms, args, f)
     m.shutdown()
 
 

@@ -3,7 +3,7 @@
 A guest (real x86-64 on Unicorn, its own 4-level tables) touches N fresh pages once; every
 touch is a #PF into the Python shadow code (guest walk, A/D, access record, shadow L1 entry)
 and back. The baseline, in the same process: the raw Unicorn fault round trip, a hook that
-only acks the exception and sets a precomputed PTE present (unicorn.md §3, ~100 k/s).
+only acks the exception and sets a precomputed PTE present (docs/design.md, ~100 k/s).
 Also: `S` (blow tables) and the shadow audit over the resulting shadows.
 """
 

@@ -264,12 +264,16 @@ def main() -> int:
     a = ap.parse_args()
     r = soak(a.seconds, a.clients)
     growth = 100.0 * (r["rss1_kib"] - r["rss0_kib"]) / r["rss0_kib"]
-    print(f"{a.seconds:.0f} s, {a.clients} clients + 1 stalled spectator, 3 hosts: "
-          f"{r['sessions']} sessions, {r['commands']} commands answered, "
-          f"{r['seq_lines']} seq lines checked, gaps {len(r['gaps'])}, errors {len(r['errors'])}")
-    print(f"RSS after warm-up {r['rss0_kib'] // 1024} MiB -> end {r['rss1_kib'] // 1024} MiB "
-          f"({growth:+.1f}%, target < 5%); fds {r['fd0']} -> {r['fd1']}; "
-          f"tracebacks {r['tracebacks']}; exit {r['exit']}; guest lines logged {r['logged_seq']}")
+    print(
+        f"{a.seconds:.0f} s, {a.clients} clients + 1 stalled spectator, 3 hosts: "
+        f"{r['sessions']} sessions, {r['commands']} commands answered, "
+        f"{r['seq_lines']} seq lines checked, gaps {len(r['gaps'])}, errors {len(r['errors'])}"
+    )
+    print(
+        f"RSS after warm-up {r['rss0_kib'] // 1024} MiB -> end {r['rss1_kib'] // 1024} MiB "
+        f"({growth:+.1f}%, target < 5%); fds {r['fd0']} -> {r['fd1']}; "
+        f"tracebacks {r['tracebacks']}; exit {r['exit']}; guest lines logged {r['logged_seq']}"
+    )
     for g in (r["gaps"] + r["errors"])[:10]:
         print("  ", g)
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores)")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # types only: these modules build on this one
 
 DOMID_UNLIMITED_MAX_PAGES = 4294967295
 
-# vm_assist values shown by `q` (PV dom0 as in xen.md's example; HVM domUs as observed).
+# vm_assist values shown by `q` (PV dom0 and HVM domUs as a real Xen host's `q` shows them).
 VM_ASSIST_PV = 0x2D
 VM_ASSIST_HVM = 0x20
 # SCHEDOP_shutdown reasons (public/sched.h).

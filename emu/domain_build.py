@@ -1,4 +1,4 @@
-"""The guest builder: lays out a domU's memory (SPEC §7) before its vCPUs first run.
+"""The guest builder: lays out a domU's memory (docs/contract.md) before its vCPUs first run.
 
 Writes, into the domain's own frames (through its P2M): the start-info page, the guest
 kernel (emu/guest/kernel.S), an `asm:` user program (both assembled by emu/asm.py), and the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
+import weakref
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from emu.domain import (
     VM_ASSIST_PV,
     Domain,
     VcpuRecord,
+    empty_p2m,
 )
 from emu.host import DomainSpec
 from emu.hvm import XEN_ENTRY_PAGES
@@ -168,6 +170,30 @@ def _teardown(machine, dom: Domain) -> None:
         machine.heap.free_runs(xen, need_scrub=True)
         dom.is_dying = 2
         machine.domains.pop(dom.domid, None)
+    release_domain(dom)
+
+
+def release_vcpus(dom: Domain) -> None:
+    """Each vCPU's Unicorn instance goes now, and its link back to the domain becomes weak
+    (vCPU <-> domain is a cycle). Only once no pCPU will run them again (destroyed, or the
+    machine stopped)."""
+    for v in dom.vcpus:
+        release = getattr(v, "release", None)
+        if release is not None:
+            release()
+
+
+def release_domain(dom: Domain) -> None:
+    """Drop what a dead domain holds now rather than when the collector runs: each vCPU's
+    Unicorn instance (and the hooks and callbacks that tie it to the vCPU), the
+    vCPU <-> domain links, and the per-domain arrays. Whatever still refers to the Domain
+    afterwards (a client's console, a key's snapshot) keeps only a small record."""
+    release_vcpus(dom)
+    paging = dom.paging  # torn down by the domain_destroying hooks; kept for inspection
+    if paging is not None and getattr(paging, "dom", None) is dom:
+        paging.dom = weakref.proxy(dom)  # its link back would make a cycle with dom.paging
+    dom.p2m = empty_p2m()
+    dom.reserved_gfns = set()
 
 
 def destroy_domain(machine, dom: Domain) -> None:

@@ -1,4 +1,4 @@
-"""Host description: `--memory/--cpus/--dom0-mem`, the TOML host config (SPEC §6)."""
+"""Host description: `--memory/--cpus/--dom0-mem`, the TOML host config (docs/contract.md)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import weakref
 
 from emu.cpu import vcpu as V
 from emu.cpu.regdump import show_guest_execution_state
@@ -147,9 +148,13 @@ class HVM:
 
     def crash(self, vcpu, how: str, text: str, cpu: int) -> None:
         """domain_crash() / hvm_triple_fault() for the domain of `vcpu`, then destroy it."""
-        dom = vcpu.domain
+        dom = vcpu.domain  # one read: a strong reference, or the released vCPU's proxy
+        if isinstance(dom, weakref.ProxyType):
+            return  # destroyed meanwhile (emu/cpu/vcpu.py VCPU.release)
         m = self.machine
-        with m.console.lock:
+        # The machine lock first (the order every path takes): an `xl destroy` on another
+        # thread cannot release this vCPU's Uc while its registers are printed.
+        with m.lock, m.console.lock:
             if dom.shutdown_code is not None or dom.is_dying:
                 return  # __domain_crash(): already shutting down, print nothing
             self.crash_counts[how] = self.crash_counts.get(how, 0) + 1
@@ -165,7 +170,9 @@ class HVM:
         self._shutdown(dom, SHUTDOWN_crash)
 
     def shutdown(self, vcpu, reason: int) -> None:
-        self._shutdown(vcpu.domain, reason)
+        dom = vcpu.domain
+        if not isinstance(dom, weakref.ProxyType):  # else destroyed meanwhile
+            self._shutdown(dom, reason)
 
     def _shutdown(self, dom, reason: int) -> None:
         m = self.machine

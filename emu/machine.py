@@ -216,6 +216,15 @@ class Machine:
             hook()
 
     def shutdown(self) -> None:
-        """Stop everything the machine runs (vCPU threads); safe to call twice."""
+        """Stop everything the machine runs (vCPU threads) and give back what it holds at
+        once (key `R`, server stop): every vCPU's Unicorn instance, and the RAM's pages to
+        the OS. The Machine object itself may live on until the collector finds its cycles;
+        it then holds no guest memory. Safe to call twice."""
         if self.sched is not None:
-            self.sched.stop()
+            if not self.sched.stop():
+                return  # a pCPU thread did not stop: its Uc may still run over this RAM
+            self.sched.forget_all()
+        with self.lock:
+            for dom in self.domain_list():
+                domctl.release_vcpus(dom)
+        self.ram.scrub(0, self.ram.nr_frames)  # reads as zeros from now on

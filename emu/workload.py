@@ -1,4 +1,4 @@
-"""Guest workloads (SPEC §7): parsing, validation against a domain's memory, and the layout.
+"""Guest workloads (docs/contract.md): parsing, validation against a domain's memory, layout.
 
 A workload string is `idle`, `touch:pages=N[,stride=S][,write=0|1][,start=GFN]`,
 `random:ws=N[,seed=K][,write=0|1]`, `stream:pages=N` or `asm:PATH`. `check_workload(spec)`

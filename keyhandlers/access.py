@@ -1,4 +1,4 @@
-"""`U` scan accessed pages, `Z` reset accessed-page window (keys this product adds; SPEC §5).
+"""`U` scan accessed pages, `Z` reset accessed-page window (our keys; docs/contract.md).
 
 `U [dN [GFN_FIRST-GFN_LAST]]`, per domain (every shadowed guest without arguments; dom0 is
 a PV domain without shadows, so it has no access record and is not listed):

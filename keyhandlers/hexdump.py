@@ -1,4 +1,4 @@
-"""`X` hexdump machine memory (a key this product adds; SPEC §5).
+"""`X` hexdump machine memory (a key this product adds; docs/contract.md).
 
 Args `MFN [PAGES]` (machine frames) or `dN GFN [PAGES]` (a guest's frames through its P2M);
 PAGES defaults to 1 and is capped at MAX_PAGES (a line says so). Lines are `hexdump -C`'s,

@@ -2,7 +2,7 @@
 
 `d` prints, for every pCPU, the guest state of the vCPU on it (the vCPU running when the key
 was pressed; every vCPU is held out of its Uc while the dump reads registers), or, for an
-idle pCPU, the host state of Xen's idle loop. The format is xen.md §2.5.
+idle pCPU, the host state of Xen's idle loop. The format is xen/arch/x86/traps.c's.
 
 `0`: dom0 here is the console shell, not a guest running on Unicorn, so its vCPUs have no
 emulated CPU state. Each is dumped as Xen would dump a PV vCPU (`*** Dumping Dom0 vcpu#N
@@ -34,10 +34,12 @@ def dump_registers(machine, out, args) -> None:
             on_cpu = [sched.current_on(c) for c in range(ncpu)]
     else:
         on_cpu = [None] * ncpu
-    with machine.quiesce(None):
+    # The machine lock too: a vCPU that crashed after the snapshot is destroyed (and its Uc
+    # released) on its pCPU's thread under that lock, outside emu_start.
+    with machine.quiesce(None), machine.lock:
         for cpu in range(ncpu):  # CPU0 takes the serial interrupt: it dumps first
             v = on_cpu[cpu]
-            if v is None or v.dead:
+            if v is None or v.dead or getattr(v, "uc", True) is None:
                 out(f"*** Dumping CPU{cpu} host state: ***")
                 show_idle_execution_state(machine, out, cpu)
                 out("")

@@ -1,4 +1,4 @@
-"""`W` walk shadow pagetables (a key this product adds; SPEC §5). Args `dN [VADDR]`.
+"""`W` walk shadow pagetables (a key this product adds; docs/contract.md). Args `dN [VADDR]`.
 
 Without VADDR: every present entry of the shadow tables loaded in the domain's vCPUs' CR3s,
 level by level, indented by level:

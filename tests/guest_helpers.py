@@ -67,6 +67,30 @@ def gone(m, dom) -> bool:
     return m.domains.get(dom.domid) is not dom
 
 
+# The console flood (tests/emu/test_flood.py, tests/e2e/test_flood_e2e.py): fill 16 KiB at
+# 0x100000 with 'A', a newline every 128th byte, then write it with console_io forever.
+FLOOD = """
+    mov rdi, 0x100000
+    mov rcx, 16384
+    mov al, 0x41
+    rep stosb
+    mov rbx, 0x10007f
+    mov rcx, 128
+nl:
+    mov byte ptr [rbx], 10
+    add rbx, 128
+    dec rcx
+    jnz nl
+flood:
+    mov eax, 18
+    xor edi, edi
+    mov esi, 16384
+    mov rdx, 0x100000
+    syscall
+    jmp flood
+"""
+
+
 # Port 0xe9 print of a NUL-terminated string at rsi; used by asm programs (append to source).
 PUTS = """
 puts:

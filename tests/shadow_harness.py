@@ -22,9 +22,12 @@ from unicorn.x86_const import (
 )
 
 from emu.asm import assemble
+from emu.audit import audit
 from emu.host import DomainSpec, HostConfig
 from emu.machine import Machine
+from emu.shadow.audit import audit_shadows
 from emu.shadow.common import shadow_enable
+from emu.shadow.multi import shadow_l1e_index
 from emu.shadow.private import CRASH, FIXED, GUEST_FAULT
 
 P, RW, US, A, D, PS, NX = 1, 2, 4, 0x20, 0x40, 0x80, 1 << 63
@@ -34,7 +37,7 @@ PT_GFN = 0x40  # L4, L3, L2, then the L1s
 ARENA_GFN = 0x100
 
 
-from emu.cpu.vcpu import ack_exception  # noqa: E402  (the vCPUs' own recipe, unicorn.md §3)
+from emu.cpu.vcpu import ack_exception  # noqa: E402  (the vCPUs' own; docs/design.md)
 
 
 def asm(src: str, addr: int) -> bytes:
@@ -43,7 +46,7 @@ def asm(src: str, addr: int) -> bytes:
 
 
 class HarnessVCPU:
-    """vCPU shape from CONTRACT.md (vcpu_id, processor, uc, flush_tlb) for the tests."""
+    """vCPU shape of emu/cpu/vcpu.py (vcpu_id, processor, uc, flush_tlb) for the tests."""
 
     def __init__(self, dom, vcpu_id: int, ram) -> None:
         self.domain = dom
@@ -163,3 +166,20 @@ class Guest:
 
 def new_machine(memory_mb: int = 256, cpus: int = 2) -> Machine:
     return Machine(HostConfig(memory=memory_mb << 20, cpus=cpus, dom0_mem=64 << 20))
+
+
+def assert_clean(m: Machine) -> None:
+    """Both audits (the machine's and the shadows') find nothing."""
+    assert audit(m) == []
+    assert audit_shadows(m) == []
+
+
+def sl1e(g: Guest, gfn: int, vcpu: int = 0) -> int:
+    """The shadow L1 entry mapping gfn for the vCPU, 0 if none."""
+    i = shadow_l1e_index(g.dom.paging, vcpu, gfn << 12)
+    return 0 if i is None else int(g.ram.u64[i])
+
+
+def arena_ptes(g: Guest, first: int, last: int) -> np.ndarray:
+    """The guest's own PTEs for gfns [first, last)."""
+    return np.array([g.pte(x) for x in range(first, last)], dtype=np.uint64)

@@ -1,4 +1,4 @@
-"""`xenconsole connect URL`: an interactive terminal for the console (SPEC §8).
+"""`xenconsole connect URL`: an interactive terminal for the console (docs/contract.md).
 
 A full-screen prompt_toolkit application: the console's screen (a VT100 model fed with the
 received bytes) fills the terminal above a one-line status bar that shows where input goes,

@@ -1,25 +1,40 @@
-"""`--log-events`: attach, detach and break events as marked lines in the `--log` file.
+"""`--log-events`: attach, detach and break events in a file of their own, `FILE.events`.
 
-Without `--log-events` the log holds exactly the console's output bytes. With it, each event
-is inserted between output chunks as
+The `--log FILE` itself always holds exactly the console's output bytes. Events go to
+`FILE.events` beside it, one line each:
 
-    \r\n[xenconsole 2026-11-26T06:00:00.123Z attach telnet:127.0.0.1:5555]\r\n
+    2026-11-26T06:00:00.123Z 48213 attach telnet:127.0.0.1:5555
 
-always with that framing: the leading `\r\n` puts the marker on a line of its own even when
-the console was mid-line (at a prompt), and removing every match of `EVENT_RE` gives back the
-output stream byte for byte. Events: `attach NAME`, `detach NAME`, `break NAME`, where NAME is
-the client (`telnet:HOST:PORT`, `tcp:HOST:PORT`, `rfc2217:HOST:PORT`, `pty`).
+time (UTC, milliseconds), the byte offset in FILE where the event happened (the log's
+length at that moment: output before it was sent before the event), the event (`attach`,
+`detach`, `break`) and the client (`telnet:HOST:PORT`, `tcp:HOST:PORT`,
+`rfc2217:HOST:PORT`, `pty`). Nothing a guest or dom0 prints reaches the events file, so no
+console byte sequence can forge an event or be mistaken for one (issue 15 finding 8: an
+in-band marker line could be echoed by anyone at the dom0 prompt).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import time
+from typing import BinaryIO, NamedTuple
 
+EVENT_KINDS = ("attach", "detach", "break")
 EVENT_RE = re.compile(
-    rb"\r\n\[xenconsole (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)"
-    rb" (attach|detach|break) ([^\]\r\n]*)\]\r\n"
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\d+) (attach|detach|break) ([!-~]+)$"
 )
+
+
+class Event(NamedTuple):
+    time: str
+    offset: int  # byte offset in the log file
+    kind: str
+    who: str
+
+
+def events_path(log_path: str) -> str:
+    return log_path + ".events"
 
 
 def timestamp(now: float | None = None) -> str:
@@ -28,35 +43,57 @@ def timestamp(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{ms:03d}Z"
 
 
-def event_line(kind: str, who: str, now: float | None = None) -> bytes:
-    # A client name is ours, but keep the line one line whatever it holds.
-    safe = re.sub(r"[\]\r\n]", "?", who)
-    return f"\r\n[xenconsole {timestamp(now)} {kind} {safe}]\r\n".encode("utf-8", "replace")
+def event_line(kind: str, who: str, offset: int, now: float | None = None) -> bytes:
+    """One line of the events file. A client name is ours; keep it one printable word."""
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"unknown event {kind!r}")
+    safe = re.sub(r"[^!-~]", "?", who) or "?"
+    return f"{timestamp(now)} {offset} {kind} {safe}\n".encode("ascii")
 
 
-def strip_events(log: bytes) -> bytes:
-    """The output stream of a `--log-events` log: every event marker removed."""
-    return EVENT_RE.sub(b"", log)
+def parse_events(data: bytes) -> list[Event]:
+    """The events of an events file; ValueError names a line that is not one."""
+    out = []
+    for n, raw in enumerate(data.decode("ascii", "replace").splitlines(), 1):
+        m = EVENT_RE.match(raw)
+        if m is None:
+            raise ValueError(f"line {n}: not an event: {raw!r}")
+        out.append(Event(m.group(1), int(m.group(2)), m.group(3), m.group(4)))
+    return out
 
 
-def install(hub) -> None:
-    """Record the hub's attach/detach/break events in its log file.
+def read_events(log_path: str) -> list[Event]:
+    with open(events_path(log_path), "rb") as f:
+        return parse_events(f.read())
+
+
+def install(hub, log_path: str) -> BinaryIO:
+    """Record the hub's attach/detach/break events in `FILE.events`; returns that file
+    (the caller closes it). OSError if it cannot be opened.
 
     The hub's methods are wrapped rather than edited: the hub stays a plain fan-out, and
     event logging costs nothing unless asked for.
     """
     if hub.log is None:
         raise ValueError("--log-events needs --log FILE")
+    out = open(events_path(log_path), "ab")  # noqa: SIM115 - lives as long as the server
+    state = {"out": out}
 
     def event(kind: str, who: str) -> None:
         # The hub gathers a reactor turn's output before fanning it out; hand that out
-        # first, so the marker sits exactly where this client's stream starts or ends.
+        # first, so the offset is exactly where this client's stream starts or ends.
         flush = getattr(hub, "flush", None)
         if flush is not None:
             flush()
-        if hub.log is not None:  # None once a write failed: logging stopped
-            hub.log.write(event_line(kind, who))
-            hub.log.flush()
+        f = state["out"]
+        if f is None or hub.log is None:  # a write failed: logging stopped
+            return
+        try:
+            f.write(event_line(kind, who, hub.log.tell()))
+            f.flush()
+        except (OSError, ValueError) as e:
+            sys.stderr.write(f"xenconsole: event log write failed ({e}); event logging stopped\n")
+            state["out"] = None
 
     attach, detach, on_break = hub.attach, hub.detach, hub.on_break
 
@@ -76,3 +113,4 @@ def install(hub) -> None:
         on_break(client)
 
     hub.attach, hub.detach, hub.on_break = logged_attach, logged_detach, logged_break
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import traceback
 
@@ -99,9 +100,21 @@ class HostRunner:
     def _reboot(self) -> None:
         old = self.machine
         self.machine = None
+        self.shell = None  # the old dom0 shell works on the old machine
+        if self._boot_call is not None and self._boot_call.active():
+            self._boot_call.cancel()
+        self._boot_call = None  # a DelayedCall keeps its arguments: the old machine
         if old is not None:
-            old.shutdown()
+            old.shutdown()  # every Uc released, the RAM's pages back to the OS
             old.console.sinks.clear()
+            old.reboot_hooks.clear()
+            old.console.xen_rx = lambda c: None
+            old.console.dom0_rx = lambda b: None
+            del old
+            # What is left of the old machine (frame table, M2P, access record, the shell)
+            # is held only by its own reference cycles (subsystems point back at it): free
+            # it now, once per reboot, rather than at some later collection.
+            gc.collect()
         self._new_machine()
         self.power_on()
 

@@ -244,13 +244,8 @@ def run_lab(reactor, started: list, pidfile: str | None):
     for _c, runner, _o in started:
         runner.start()
     reactor.run()
-    for _c, _runner, opened in started:
-        for f in (opened.log, opened.input_log):
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
+    for _c, runner, opened in started:
+        opened.close_logs(runner.hub)
     remove_pidfile(pidfile)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -4,6 +4,7 @@ listen addresses, the host's size, and the one-line usage error."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import NamedTuple
 
 from emu.host import ConfigError, HostConfig, load_config, parse_size
@@ -30,12 +31,21 @@ def parse_address(text: str, kind: str) -> Address:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether a listen address is on the loopback interface: `localhost` in any case,
+    127.0.0.0/8 in any form inet_aton accepts (`127.1`), ::1, ::ffff:127.x.y.z."""
+    host = host.strip("[]").rstrip(".").lower()
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        addr = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
-        return False
+        try:  # the shorthand forms the resolver takes: 127.1, 0x7f.1, 2130706433
+            return socket.inet_aton(host)[0] == 127
+        except OSError:
+            return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
 
 
 def host_from_args(args) -> HostConfig:

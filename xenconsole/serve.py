@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -36,11 +37,53 @@ class Opened:
 
     listeners: list[tuple[Transport, Listener]]
     log: Any = None
+    events: Any = None  # FILE.events with --log-events
     input_log: Any = None  # FILE.input with --log-input
 
     def close(self) -> None:
         for _t, listener in self.listeners:
             listener.close()
+
+    def close_logs(self, hub) -> None:
+        """Close the log files; a failure (disk full) is one line on stderr, never a
+        traceback, and none at all if the hub already said logging stopped."""
+        files = ((self.log, hub.log is None), (self.events, False), (self.input_log, False))
+        for f, already_failed in files:
+            if f is None:
+                continue
+            try:
+                f.close()
+            except (OSError, ValueError) as e:
+                if not already_failed:
+                    sys.stderr.write(f"xenconsole: log write failed ({e}); output lost\n")
+                try:  # the buffer could not be written: drop it, close the descriptor
+                    os.close(f.fileno())
+                except (OSError, ValueError):
+                    pass
+        self.log = self.events = self.input_log = None
+
+
+def open_log(path: str) -> Any:
+    """The `--log` file, opened for appending; UsageError in one line. A FIFO is refused:
+    opening one blocks until a reader appears, and the server would never be ready."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise UsageError(f"cannot open log {path}: {e.strerror}") from None
+    if st is not None and stat.S_ISFIFO(st.st_mode):
+        raise UsageError(f"cannot open log {path}: is a FIFO (give a regular file)")
+    if st is not None and stat.S_ISSOCK(st.st_mode):
+        raise UsageError(f"cannot open log {path}: is a socket (give a regular file)")
+    try:
+        # O_NONBLOCK: a FIFO created between the check and the open fails (ENXIO) instead
+        # of blocking; it has no effect on a regular file.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        raise UsageError(f"cannot open log {path}: {e.strerror}") from None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "ab")
 
 
 def _off(args, t: Transport) -> bool:
@@ -96,34 +139,35 @@ def listen(reactor, config: ServeConfig, hub) -> Opened:
         opened.listeners += labopts.spectator_listeners(reactor_for, hub, config.lab)
         # Opened last, so a bad option never leaves a new empty log file behind.
         if config.log:
-            try:
-                opened.log = open(config.log, "ab")  # noqa: SIM115 - lives as long as the server
-            except OSError as e:
-                raise UsageError(f"cannot open log {config.log}: {e.strerror}") from None
+            opened.log = open_log(config.log)
             hub.log = opened.log
         try:
             opened.input_log = labopts.apply(hub, config.lab, config.log)
         except OSError as e:
             raise UsageError(f"cannot open input log: {e.strerror}") from None
         if config.log_events:
+            from xenconsole.eventlog import events_path
             from xenconsole.eventlog import install as install_event_log
 
             try:
-                install_event_log(hub)
+                opened.events = install_event_log(hub, config.log)
             except ValueError as e:
                 raise UsageError(str(e)) from None
+            except OSError as e:
+                where = events_path(config.log)
+                raise UsageError(f"cannot open event log {where}: {e.strerror}") from None
     except BaseException:
         opened.close()
+        opened.close_logs(hub)
         raise
     return opened
 
 
 def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
     """Print the ready lines, power on (or wait for the first client), run the reactor; leave
-    the process when it stops."""
+    the process when it stops. (A listener off loopback is never unauthenticated: parse()
+    refused it, or it listens with TLS client certificates or a password, access.py.)"""
 
-    # A listener off loopback is never unauthenticated: parse() refused it, or it listens
-    # with TLS client certificates or a password (xenconsole/access.py).
     # A signal between the ready line and reactor.run() (which installs Twisted's own
     # handlers) must still mean a clean stop, not death by SIGTERM.
     def _early_stop(signum, frame) -> None:
@@ -145,8 +189,7 @@ def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
     reactor.addSystemEventTrigger("before", "shutdown", _cleanup)
     runner.start()
     reactor.run()
-    if opened.log is not None:
-        opened.log.close()
+    opened.close_logs(runner.hub)
     # Every vCPU thread has stopped (runner.stop), the log is closed: leave without the
     # interpreter's teardown, which could free guest RAM under a Unicorn instance that
     # still maps it (seen as an occasional SIGSEGV after a clean stop).
@@ -163,7 +206,7 @@ def hup_hook(config: ServeConfig, hub, opened: Opened):
     from xenconsole.logfiles import reopen_hub_log
 
     def opener(path: str) -> Any:
-        opened.log = open(path, "ab")  # noqa: SIM115 - lives as long as the server
+        opened.log = open_log(path)
         if config.lab.log_timestamps:
             from xenconsole.labopts import TimestampedLog
 

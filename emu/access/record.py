@@ -1,6 +1,6 @@
 """The per-frame access record (`machine.access`): which machine frames a guest has touched.
 
-Real Xen keeps no such record (xen.md §4.11); we add it exactly where Xen's shadow fault path
+Real Xen keeps no such record (docs/differences.md); we add it exactly where Xen's shadow fault path
 sets a guest Accessed/Dirty bit for a guest access, so every first read and first write of a
 frame is seen. Arrays are indexed by MFN:
 

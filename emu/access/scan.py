@@ -26,7 +26,7 @@ A gfn counts only if the domain owns it (a valid P2M entry): holes, ballooned-ou
 gfns beyond the P2M are never accessed. The scan reads; it changes no record, no shadow
 entry and no guest entry (the hypervisor's reads of its own tables are not guest accesses).
 
-Real Xen keeps none of this (xen.md §4.11): the per-frame record is this emulator's addition,
+Real Xen keeps none of this (docs/differences.md): the per-frame record is this emulator's addition,
 made exactly where Xen's `sh_page_fault()` sets guest A/D bits.
 """
 

@@ -97,7 +97,7 @@ def emulate_gp(vcpu) -> None:
     vcpu.stats["gp_emulated"] += 1
     if vcpu.pending is None or vcpu.pending[0] != "crash":
         uc.reg_write(X.UC_X86_REG_RIP, rip + insn.size)
-        vcpu.ack(uc)  # after the RIP write, as unicorn.md §3's redirect recipe does
+        vcpu.ack(uc)  # after the RIP write, as docs/design.md's Unicorn facts require
 
 
 def _emulate(vcpu, insn) -> bool:

@@ -3,7 +3,7 @@
 Each pCPU is a host thread that takes the first runnable vCPU from one shared run queue
 (credit2's single runqueue for the socket), runs it inside `emu_start` for a slice, and puts
 it back. Unicorn releases the GIL while guest code runs, so pCPUs really run in parallel;
-but a domain's vCPUs never do (LOCK is not atomic across Uc instances, unicorn.md §7): a
+but a domain's vCPUs never do (LOCK is not atomic across Uc instances, docs/design.md): a
 pCPU skips a vCPU whose domain already runs elsewhere. There are min(host cpus, host
 cores, 8) pCPU threads; any further emulated pCPUs exist for the keys and stay idle.
 
@@ -87,8 +87,9 @@ class Scheduler:
         self._timer = threading.Thread(target=self._timer_loop, name="sched-timer", daemon=True)
         self._timer.start()
 
-    def stop(self) -> None:
-        """Stop every pCPU thread (machine shutdown); safe to call twice."""
+    def stop(self) -> bool:
+        """Stop every pCPU thread (machine shutdown); safe to call twice. False if one is
+        still running after the wait (its vCPU must then not be released)."""
         with self.cond:
             self.stopping = True
             for p in self.pcpus:
@@ -102,6 +103,16 @@ class Scheduler:
         t = getattr(self, "_timer", None)
         if t is not None and t is not me:
             t.join(timeout=5)
+        return not any(p.thread is not None and p.thread.is_alive() for p in self.pcpus)
+
+    def forget_all(self) -> None:
+        """After `stop()`: drop every vCPU reference (machine shutdown releases them)."""
+        with self.cond:
+            self.vcpus = []
+            self.runq.clear()
+            self.running_doms.clear()
+            for p in self.pcpus:
+                p.current = p.prev = None
 
     def add_vcpu(self, vcpu) -> None:
         with self.cond:
@@ -125,6 +136,9 @@ class Scheduler:
             while any(v.running and getattr(v, "_thread", None) is not me for v in mine):
                 self.cond.wait(0.05)
             self.vcpus = [v for v in self.vcpus if v.domain is not dom]
+            for p in self.pcpus:  # `r`'s "previous vCPU" must not keep a dead one alive
+                if p.prev is not None and p.prev.domain is dom:
+                    p.prev = None
             self.cond.notify_all()
 
     # ---- state changes -------------------------------------------------------------------
@@ -263,10 +277,14 @@ class Scheduler:
                 elif kind in ("slice", "yield") and self._runnable(v):
                     self.runq.append(v)
                 self.cond.notify_all()
-            if kind == "crash" and self.on_crash is not None:
+            if v.dead:  # destroyed meanwhile: nothing to report (a dying domain crashes
+                pass  # silently), and its domain may already be gone (see VCPU.release)
+            elif kind == "crash" and self.on_crash is not None:
                 self._call(self.on_crash, v, outcome[1], outcome[2], p.cpu)
             elif kind == "shutdown" and self.on_shutdown is not None:
                 self._call(self.on_shutdown, v, outcome[1])
+            if v.dead and getattr(v, "release_pending", False):
+                v.release()  # destroyed from inside its own run (see VCPU.release)
 
     @staticmethod
     def _call(fn, *args) -> None:

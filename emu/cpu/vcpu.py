@@ -30,6 +30,7 @@ import struct
 import sys
 import time
 import traceback
+import weakref
 
 from unicorn import (
     UC_ARCH_X86,
@@ -79,7 +80,7 @@ KERNEL_ENTRY = 0x1000
 
 
 def _exc_offsets() -> tuple[int, int]:
-    """Offsets of env->error_code and env->old_exception in a saved context (unicorn.md §3)."""
+    """Offsets of env->error_code and env->old_exception in a saved context (see docs/design.md)."""
     u = Uc(UC_ARCH_X86, UC_MODE_64)
     u.reg_write(X.UC_X86_REG_DR0, 0x5EED5EED5EED5EED)
     b = bytes(u.context_save())
@@ -168,6 +169,7 @@ class VCPU(VcpuRecord):
         self.xen_step: tuple[int, int, bool, bool] | None = None  # (idx, old, TF, stepping)
         self.entering: int | None = None  # Xen L4e to map for the first (trampoline) slice
         self.dead = False
+        self.release_pending = False  # release() once this run ends (see release)
         self.last_pcpu: int | None = None
         self.runstate_since = time.monotonic_ns()
         self.stats = {
@@ -185,13 +187,15 @@ class VCPU(VcpuRecord):
         uc.reg_write(X.UC_X86_REG_MSR, (0xC0000080, REAL_EFER))
         uc.reg_write(X.UC_X86_REG_CR0, REAL_CR0)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, XEN_VA + GDT_OFF, 8 * 5 - 1, 0))
-        uc.hook_add(UC_HOOK_INTR, self._on_intr)
-        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        self.hooks = [
+            uc.hook_add(UC_HOOK_INTR, self._on_intr),
+            uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL),
+            uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT),
+            uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN),
+            uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid),
+        ]
         self.native = blockhook.install(uc, self.flag)
-        self.uc = uc
+        self.uc: Uc | None = uc
         # Counted runs (no native hook) need code translated after the count hook exists:
         # Unicorn drops translated code when a count is removed, not when one is added.
         uc.ctl_flush_tb()
@@ -200,6 +204,50 @@ class VCPU(VcpuRecord):
 
     def __repr__(self) -> str:
         return f"<VCPU d{self.domain.domid}v{self.vcpu_id}>"
+
+    def release(self) -> None:
+        """Give back the Unicorn instance now (destroy, `R`), not when the collector runs.
+
+        The binding keeps each hook's ctypes callback in the Uc, and the callback's closure
+        holds the Uc and (through the bound method) this vCPU: a cycle that only
+        `gc.collect()` breaks, keeping Unicorn's translation buffers and TLB alive. Deleting
+        the hooks and dropping every reference to the Uc lets reference counting close it
+        (the binding's finalizer calls `uc_close`) as soon as nobody else holds it -- a key
+        reading registers at that moment keeps it alive until it is done. The native block
+        hook lives inside the Uc and goes with it. Only for a vCPU no pCPU will run again
+        (the scheduler has dropped it); safe to call twice.
+        """
+        uc = self.uc
+        if uc is None:
+            return
+        if self.in_emu:  # destroyed from one of its own hooks: its pCPU releases it after
+            self.release_pending = True
+            return
+        self.uc = None
+        self.ack = None  # type: ignore[assignment]  # holds a saved context and uc's handle
+        self._cr2 = None  # type: ignore[assignment]
+        hooks, self.hooks = self.hooks, []
+        thunks = list(uc._callbacks.values())
+        for h in hooks:
+            try:
+                uc.hook_del(h)
+            except UcError:  # the hook is gone with the handle either way
+                pass
+        uc._callbacks.clear()  # what the binding kept alive for those hooks
+        uc._mmio_callbacks.clear()
+        uc._hook_exception = None  # a hook's exception: its traceback's frames hold the Uc
+        for fptr in thunks:
+            # The binding's `ctypes.cast` leaves each callback in a cycle with itself (its
+            # `_objects` holds both ends), and the thunk holds the closure over the Uc and
+            # this vCPU's bound method: with the hook deleted, nothing calls it any more.
+            objs = getattr(fptr, "_objects", None)
+            if isinstance(objs, dict):
+                objs.clear()
+        self.pending = None
+        if not isinstance(self.domain, weakref.ProxyType):
+            # The domain keeps its vCPUs (`q`, `xl list` of a dying domain); the vCPU only
+            # names it from now on, so dropping the domain frees both at once.
+            self.domain = weakref.proxy(self.domain)
 
     @property
     def kicked(self) -> bool:
@@ -281,7 +329,9 @@ class VCPU(VcpuRecord):
         self.pending = None  # `kicked` is cleared by the scheduler when it picks this vCPU
         self.stats["runs"] += 1
         uc = self.uc
-        err: UcError | None = None
+        # The error's number and text only: a kept exception would hold its traceback, whose
+        # frames hold this vCPU and its Uc in a cycle only the collector breaks.
+        err: tuple[int, str] | None = None
         # A stop that lands between raising an exception and its hook leaves old_exception
         # set, and the next fault would arrive as #DF: reset it before every run.
         self.ack(uc)
@@ -296,7 +346,7 @@ class VCPU(VcpuRecord):
         try:
             uc.emu_start(rip, UNTIL, count=count)
         except UcError as e:
-            err = e
+            err = (e.errno, str(e))
         except Exception as e:  # a hook raised: the binding re-raises it here
             traceback.print_exc(file=sys.stderr)
             self.pending = ("crash", "internal", f"{type(e).__name__}: {e}")
@@ -308,14 +358,14 @@ class VCPU(VcpuRecord):
         p = self.pending
         if p is None:
             if err is not None:
-                if err.errno == UC_ERR_INSN_INVALID:
+                if err[0] == UC_ERR_INSN_INVALID:
                     p = ("exc", 6, None, None)
-                elif err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED):
+                elif err[0] in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED):
                     p = ("crash", "unmapped", "access outside machine memory")
-                elif err.errno == UC_ERR_FETCH_UNMAPPED:
+                elif err[0] == UC_ERR_FETCH_UNMAPPED:
                     p = ("crash", "unmapped", "fetch outside machine memory")
                 else:
-                    p = ("crash", "triple", str(err))
+                    p = ("crash", "triple", err[1])
             elif not by_hook and self._old_exception() == EXCP08_DBLE:
                 # qemu's own triple fault: a fault while delivering a double fault ends the
                 # run silently, with old_exception still #DF.

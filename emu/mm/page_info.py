@@ -1,6 +1,6 @@
 """The frame table: one `struct page_info` (32 bytes) per machine frame, Xen 4.22 layout.
 
-`FrameTable.pi` is a numpy structured array with Xen's x86-64 layout (xen.md §3.1):
+`FrameTable.pi` is a numpy structured array with Xen's x86-64 layout (asm/mm.h):
 
     offset 0  list_next u4 | list_prev u4   (struct page_list_entry, PDX links)
     offset 8  count_info u8                 (PGC_* flags + general reference count)

@@ -7,6 +7,7 @@ hypervisor never writes zeros itself.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 
 import numpy as np
@@ -67,18 +68,11 @@ class MachineRAM:
         self.scrubbed_pages += count
 
     def resident_bytes(self) -> int:
-        """Bytes of this mapping the OS currently backs (from /proc/self/smaps)."""
-        start = self.ptr
-        try:
-            with open("/proc/self/smaps") as f:
-                inside = False
-                for line in f:
-                    head = line.split(" ", 1)[0]
-                    if "-" in head and ":" not in head:
-                        lo, hi = (int(x, 16) for x in head.split("-"))
-                        inside = lo <= start < hi
-                    elif inside and line.startswith("Rss:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return -1
+        """Bytes of this mapping the OS backs now, exactly: mincore(2) over the mapping (smaps'
+        Rss would also count a neighbouring mapping the kernel merged with this one)."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+        vec = np.zeros(self.size >> PAGE_SHIFT, dtype=np.uint8)
+        if libc.mincore(ctypes.c_void_p(self.ptr), self.size, vec.ctypes.data) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+        return int(np.count_nonzero(vec & 1)) << PAGE_SHIFT

@@ -57,20 +57,35 @@ def audit_domain(sd) -> list[str]:
     """Every check for one ShadowDomain."""
     out: list[str] = []
     d = sd.dom.domid
-    pool = sd.pool
-    ft = sd.machine.frames
-    u64 = sd.u64
     if sd.dying:
         return out
+    _audit_pool(sd, d, out)
+    _audit_hash(sd, d, out)
+    _audit_refcounts(sd, d, out)
+    p2m = np.asarray(sd.dom.p2m)
+    # Entries made writable for one single-stepped instruction of a vCPU that was stopped
+    # before it ran it (the step completes, or is taken back, before anything else uses it).
+    lent = np.array([r[0] for recs in sd.steps.values() for r in recs], dtype=np.int64)
+    _audit_entries(sd, d, p2m, lent, out)
+    _audit_fl1(sd, d, p2m, lent, out)
+    return out
 
-    def fail(lvl, smfn, gmfn, i, g, s, why):
-        out.append(
-            f"d{d}: Shadow 4-on-4 audit failed at level {lvl}, index {i}: "
-            f"gl{lvl}mfn = {gmfn:x} sl{lvl}mfn = {smfn:x} gl{lvl}e = {g:016x} "
-            f"sl{lvl}e = {s:016x} Error: {why}"
-        )
 
-    # --- pool and frame-table encoding ---
+def _fail(
+    out: list[str], d: int, lvl: int, smfn: int, gmfn: int, i: int, g: int, s: int, why: str
+) -> None:
+    """One failed entry, worded after multi.c's AUDIT_FAIL."""
+    out.append(
+        f"d{d}: Shadow 4-on-4 audit failed at level {lvl}, index {i}: "
+        f"gl{lvl}mfn = {gmfn:x} sl{lvl}mfn = {smfn:x} gl{lvl}e = {g:016x} "
+        f"sl{lvl}e = {s:016x} Error: {why}"
+    )
+
+
+def _audit_pool(sd, d: int, out: list[str]) -> None:
+    """The pool's lists and the frame-table encoding of every pool frame."""
+    pool = sd.pool
+    ft = sd.machine.frames
     frames = np.array(pool.frames, dtype=np.int64)
     if len(set(pool.frames)) != len(pool.frames):
         out.append(f"d{d}: shadow pool lists a frame twice")
@@ -109,7 +124,11 @@ def audit_domain(sd) -> list[str]:
         if bad.size:
             out.append(f"d{d}: {bad.size} shadow(s) with wrong back-pointer: {bad[0]:#x}")
 
-    # --- hash (sh_hash_audit_bucket) ---
+
+def _audit_hash(sd, d: int, out: list[str]) -> None:
+    """The hash (sh_hash_audit_bucket) and the guest frames' shadow_flags."""
+    pool = sd.pool
+    ft = sd.machine.frames
     seen: set[int] = set()
     for b in range(SHADOW_HASH_BUCKETS):
         chain = sd.hash.chain(b)
@@ -148,7 +167,11 @@ def audit_domain(sd) -> list[str]:
             if f & (1 << t) and (gmfn, t) not in sd.hash.map:
                 out.append(f"d{d}: guest mfn {gmfn:#x} flags type {t} with no such shadow")
 
-    # --- refcounts: entries pointing at each shadow + pins + CR3 references ---
+
+def _audit_refcounts(sd, d: int, out: list[str]) -> None:
+    """Each shadow's count: entries pointing at it + pins + CR3 references."""
+    pool = sd.pool
+    u64 = sd.u64
     refs: dict[int, int] = {}
     for t in (LEVEL_TYPE[2], LEVEL_TYPE[3], LEVEL_TYPE[4]):
         sm = pool.in_use_of_type(t)
@@ -168,11 +191,12 @@ def audit_domain(sd) -> list[str]:
     if stray:
         out.append(f"d{d}: {len(stray)} shadow entries point at non-shadows: {min(stray):#x}")
 
-    # --- entries (sh_audit_l1_table .. sh_audit_l4_table) ---
-    p2m = np.asarray(sd.dom.p2m)
-    # Entries made writable for one single-stepped instruction of a vCPU that was stopped
-    # before it ran it (the step completes, or is taken back, before anything else uses it).
-    lent = np.array([r[0] for recs in sd.steps.values() for r in recs], dtype=np.int64)
+
+def _audit_entries(sd, d: int, p2m: np.ndarray, lent: np.ndarray, out: list[str]) -> None:
+    """Shadow entries against guest entries and the P2M (sh_audit_l1_table ..
+    sh_audit_l4_table), vectorised over every shadow of a level."""
+    pool = sd.pool
+    u64 = sd.u64
     for lvl in (1, 2, 3, 4):
         t = LEVEL_TYPE[lvl]
         sm = pool.in_use_of_type(t)
@@ -215,10 +239,16 @@ def audit_domain(sd) -> list[str]:
             hit = np.flatnonzero(mask)
             for k in hit[:MAX_PER_KIND].tolist():
                 w = int(where[k])
-                fail(lvl, int(sm[w >> 9]), int(gm[w >> 9]), w & 511, int(g[k]), int(s[k]), why)
+                sm_, gm_ = int(sm[w >> 9]), int(gm[w >> 9])
+                _fail(out, d, lvl, sm_, gm_, w & 511, int(g[k]), int(s[k]), why)
             if hit.size > MAX_PER_KIND:
                 out.append(f"d{d}: ... {hit.size - MAX_PER_KIND} more at level {lvl}: {why}")
-    # --- fl1 shadows (sh_audit_fl1_table): entry i maps gfn back + i ---
+
+
+def _audit_fl1(sd, d: int, p2m: np.ndarray, lent: np.ndarray, out: list[str]) -> None:
+    """fl1 shadows (sh_audit_fl1_table): entry i maps gfn back + i."""
+    pool = sd.pool
+    u64 = sd.u64
     sm = pool.in_use_of_type(SH_type_fl1_64_shadow)
     for smfn in sm.tolist():
         s = u64[smfn << 9 : (smfn + 1) << 9]
@@ -241,7 +271,6 @@ def audit_domain(sd) -> list[str]:
                     f"d{d}: Shadow 4-on-4 audit failed at level 1 gfn = {pool.back[smfn]:x} "
                     f"sl1mfn = {smfn:x} index {int(pres[k])} Error: {why}"
                 )
-    return out
 
 
 def audit_shadows(machine) -> list[str]:

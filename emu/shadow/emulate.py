@@ -7,7 +7,7 @@ tables and decoded with capstone, the value written into the guest frame, the en
 revalidated (`sh_validate_guest_entry()`), registers/flags updated and RIP advanced.
 
 Anything else is single-stepped: the shadow L1 entry is made writable for one instruction
-with RFLAGS.TF set (unicorn.md §3: the instruction runs and #DB follows at once), then
+with RFLAGS.TF set (docs/design.md: the instruction runs and #DB follows at once), then
 `sh_debug_trap()` write-protects it again, diffs the page against the snapshot taken before
 the step, revalidates each changed entry in every shadow of that frame and flushes all
 TLBs. (While a step is pending, another vCPU of the domain scheduled before the #DB could

@@ -9,7 +9,7 @@ present only once guest A is set, writable only once guest D is set (and only af
 recorded guest write to that frame, so the access record sees the first write), never
 writable for a frame shadowed as a page table, `_PAGE_USER` forced (guests run at CPL 3),
 NX on frames the guest has not fetched from (Unicorn re-walks every store to an executable
-page, unicorn.md §3). Upper shadow entries get A|D.
+page, docs/design.md). Upper shadow entries get A|D.
 
 Scalar RAM and P2M accesses go through memoryviews (Python ints): this is the hot path.
 """

@@ -2,7 +2,7 @@
 
 Pool frames are anonymous domheap pages (count_info 0, no owner). A free pool frame has
 type_info 0 (SH_type_none); a frame in use as a shadow has type_info = type | pinned<<5 |
-head<<6 | count<<7 and v = back-pointer (guest MFN), as CONTRACT.md encodes `u.sh`/`v.sh`.
+head<<6 | count<<7 and v = back-pointer (guest MFN), as docs/design.md encodes `u.sh`/`v.sh`.
 The Python dicts here mirror those fields for the fault path; every change writes both.
 """
 

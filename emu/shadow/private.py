@@ -13,7 +13,7 @@ FIXED = 0  # the shadow now allows the access: resume, the instruction re-execut
 GUEST_FAULT = 1  # the guest's own tables deny it: inject a #PF into the guest
 CRASH = 2  # the domain must be crashed (bad gfn, pool exhausted, unsupported mapping)
 
-# Shadow page types, master with CONFIG_HVM (xen.md §4.1).
+# Shadow page types, master with CONFIG_HVM (xen/arch/x86/mm/shadow/private.h).
 SH_type_none = 0
 SH_type_l1_64_shadow = 7
 SH_type_fl1_64_shadow = 8

@@ -1,4 +1,4 @@
-"""The `xenconsole` command line (SPEC §2): bad options, ready lines, signals, `keys`."""
+"""The `xenconsole` command line (docs/contract.md): bad options, ready lines, signals, `keys`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`xenconsole connect`: the screen model, the telnet link, and the client driven through a PTY."""
+"""`xenconsole connect` driven through a PTY against served hosts and scripted servers (its
+screen model, session and links are tested in-process in tests/xenconsole/)."""
 
 from __future__ import annotations
 
@@ -11,171 +12,11 @@ import time
 import pexpect
 import pytest
 from console_hosts import host_only
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from xenconsole.clientlink import LinkUsageError
-from xenconsole.connect import ClientSession
 from xenconsole.testing import serve
-from xenconsole.transports import open_link
-from xenconsole.transports.telnet import TelnetLink
 from xenconsole.vt import Screen
 
-TO_XEN = b"(XEN) *** Serial input to Xen (type 'CTRL-a' three times to switch input)\r\n"
 TO_DOM0 = b"(XEN) *** Serial input to DOM0 (type 'CTRL-a' three times to switch input)\r\n"
-
-# ---- the screen model ---------------------------------------------------------------------
-
-
-def test_screen_text_wrap_scroll_and_controls() -> None:
-    s = Screen(10, 3)
-    s.feed_bytes(b"hello world\r\nab\bc")
-    assert s.display() == ["hello worl", "d", "ac"]
-    s.feed_bytes(b"\r\nline3\r\nline4")
-    assert s.display() == ["ac", "line3", "line4"]
-    assert (s.x, s.y) == (5, 2)
-
-
-def test_screen_escape_sequences_even_when_split() -> None:
-    s = Screen(20, 3)
-    s.feed_bytes(b"abcdef\x1b[1;31mX\x1b[0m\x1b[")
-    s.feed_bytes(b"3D!\x1b]0;title\x07")
-    assert s.display()[0] == "abcd!fX"
-    s.feed_bytes(b"\x1b[2;5Hmid\x1b[1;3H\x1b[K\x1b[?25l")
-    assert s.display() == ["ab", "    mid", ""]
-    s.feed_bytes(b"\x1b[2J")
-    assert s.display() == ["", "", ""]
-
-
-def test_screen_utf8_split_and_resize_keeps_the_cursor_line() -> None:
-    s = Screen(10, 4)
-    s.feed_bytes("é".encode()[:1])
-    s.feed_bytes("é".encode()[1:] + b"\r\n1\r\n2\r\n3")
-    assert s.display() == ["é", "1", "2", "3"]
-    s.resize(5, 2)
-    assert s.display() == ["2", "3"] and (s.x, s.y) == (1, 1)
-    s.resize(12, 3)
-    assert s.display() == ["2", "3", ""] and s.cols == 12
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    st.lists(
-        st.one_of(
-            st.binary(max_size=200),
-            st.sampled_from([b"\x1b[", b"\x1b[?1049h", b"\x1b[999;999H", b"\x1b]0;", b"\r\n"]),
-            st.tuples(st.integers(1, 120), st.integers(1, 50)),
-        ),
-        max_size=30,
-    )
-)
-def test_screen_survives_any_bytes_and_resizes(items) -> None:
-    s = Screen(80, 24)
-    for item in items:
-        if isinstance(item, tuple):
-            s.resize(*item)
-        else:
-            s.feed_bytes(item)
-        assert len(s.lines) == s.rows and all(len(row) == s.cols for row in s.lines)
-        assert 0 <= s.x < s.cols and 0 <= s.y < s.rows
-
-
-# ---- input target tracking ----------------------------------------------------------------
-
-
-class NullLink:
-    url = "socket://test"
-
-    def __init__(self) -> None:
-        self.sent = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.sent += data
-
-    def set_size(self, cols: int, rows: int) -> None:
-        pass
-
-
-def test_target_follows_switch_messages_across_chunks() -> None:
-    link = NullLink()
-    sess = ClientSession(link)
-    assert sess.target == "?"
-    msg = TO_XEN
-    sess.received(b"root@dom0:~# " + msg[:20])
-    assert sess.target == "?"
-    sess.received(msg[20:])
-    assert (sess.target, sess.switches) == ("Xen", 1)
-    sess.received(b"(XEN) 'h' pressed -> showing installed handlers\r\n")
-    assert (sess.target, sess.switches) == ("Xen", 1)  # the old message is not counted twice
-    sess.received(TO_DOM0 + TO_XEN + TO_DOM0)
-    assert (sess.target, sess.switches) == ("DOM0", 4)
-    sess.list_keys()
-    assert bytes(link.sent) == b"\x01\x01\x01h\x01\x01\x01"
-    sess.switch_input()
-    assert bytes(link.sent).endswith(b"h\x01\x01\x01\x01\x01\x01")
-
-
-# ---- the telnet link against a scripted server -------------------------------------------
-
-
-@pytest.fixture
-def telnet_pair():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    link = TelnetLink(f"telnet://127.0.0.1:{srv.getsockname()[1]}")
-    peer, _ = srv.accept()
-    peer.settimeout(5)
-    got: list[bytes | None] = []
-    link.start(got.append)
-    yield link, peer, got
-    link.close()
-    peer.close()
-    srv.close()
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        buf += sock.recv(n - len(buf))
-    return buf
-
-
-def wait_for(pred, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
-def test_telnet_link_negotiates_naws_and_character_mode(telnet_pair) -> None:
-    link, peer, got = telnet_pair
-    link.set_size(100, 30)
-    # Our server's opening: WILL ECHO, WILL SGA, DO NAWS; plus an option nobody supports.
-    peer.sendall(b"\xff\xfb\x01\xff\xfb\x03\xff\xfd\x1f\xff\xfd\x18")
-    expect = b"\xff\xfd\x01\xff\xfd\x03\xff\xfb\x1f\xff\xfa\x1f\x00\x64\x00\x1e\xff\xf0\xff\xfc\x18"
-    assert recv_exact(peer, len(expect)) == expect
-    link.set_size(255, 40)  # 255 must be doubled inside the subnegotiation
-    assert recv_exact(peer, 10) == b"\xff\xfa\x1f\x00\xff\xff\x00\x28\xff\xf0"
-    # Repeating an option is not answered again (no loops).
-    peer.sendall(b"\xff\xfb\x01data\xff\xffmore\xff\xfa\x18\x01\xff\xf0!")
-    wait_for(lambda: b"".join(g for g in got if g) == b"data\xffmore!")
-    link.write(b"ls\r\xff")
-    link.send_break()
-    assert recv_exact(peer, 8) == b"ls\r\x00\xff\xff\xff\xf3"
-
-
-def test_telnet_link_reports_the_end(telnet_pair) -> None:
-    _link, peer, got = telnet_pair
-    peer.close()
-    wait_for(lambda: got and got[-1] is None)
-
-
-def test_bad_urls() -> None:
-    with pytest.raises(LinkUsageError, match="unknown scheme"):
-        open_link("ssh://host:22")
-    with pytest.raises(LinkUsageError, match=r"expected telnet://HOST:PORT"):
-        open_link("telnet://127.0.0.1")
 
 
 # ---- the client in a terminal ------------------------------------------------------------

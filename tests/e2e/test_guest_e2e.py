@@ -150,7 +150,8 @@ def test_busy_guest_under_debug_keys(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_xl_console_follows_guest_and_returns_when_it_dies(tmp_path):
-    from tests.guest_helpers import new_machine, wait_for
+    from guest_helpers import new_machine, wait_for
+
     from xenconsole.dom0.shell import Dom0Shell
 
     m = new_machine()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from console_hosts import host_only
 
-from tests.console_hosts import host_only
 from xenconsole.expect import Console
 from xenconsole.testing import serve
 

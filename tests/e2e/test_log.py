@@ -1,8 +1,9 @@
-"""`--log FILE` holds exactly what a client received; `--log-events` adds marked event lines."""
+"""`--log FILE` holds exactly what a client received; `--log-events` records events beside it
+(FILE.events), out of reach of the console byte stream; bad log targets are one error line."""
 
 from __future__ import annotations
 
-import io
+import os
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import serial
 from console_hosts import host_only
 
-from xenconsole.eventlog import EVENT_RE, event_line, install, strip_events
+from xenconsole.eventlog import EVENT_RE, Event, event_line, install, parse_events, read_events
 from xenconsole.hub import Hub
 from xenconsole.testing import serve
 
@@ -83,7 +84,7 @@ def test_log_is_byte_for_byte_what_the_client_received(tmp_path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_log_events_marks_attach_detach_and_break(tmp_path) -> None:
+def test_log_events_go_to_their_own_file_with_log_offsets(tmp_path) -> None:
     log = tmp_path / "events.log"
     args = ("--log", str(log), "--log-events", *host_only(tmp_path))
     with serve(*args, wait=True, rfc2217=True) as host:
@@ -102,14 +103,15 @@ def test_log_events_marks_attach_detach_and_break(tmp_path) -> None:
             c.send_break(0.05)
             c.close()
             time.sleep(0.3)
+            mid = len(got)
             a.sendall(b"xl list\r")
             recv_until(a, got, PROMPT)
             settle(a, got)
-        data = wait_log(log, len(got) + 7 * 60)
+        data = wait_log(log, len(got))
         time.sleep(0.3)
         data = log.read_bytes()
-    events = [(m.group(2).decode(), m.group(3).decode()) for m in EVENT_RE.finditer(data)]
-    assert events == [
+    events = read_events(str(log))
+    assert [(e.kind, e.who) for e in events] == [
         ("attach", a_name),
         ("attach", b_name),
         ("break", b_name),
@@ -119,9 +121,36 @@ def test_log_events_marks_attach_detach_and_break(tmp_path) -> None:
         ("detach", c_name),
         ("detach", a_name),
     ]
-    assert EVENT_RE.match(data)  # the first attach precedes the boot
-    # Without the markers the log is exactly the output stream client A saw.
-    assert strip_events(data) == bytes(got)
+    # The log is exactly the output stream client A saw: nothing inserted.
+    assert data == bytes(got)
+    offsets = [e.offset for e in events]
+    assert offsets[0] == 0  # the first attach precedes the boot
+    assert offsets == sorted(offsets)
+    assert all(o <= mid for o in offsets[1:7]) and offsets[7] == len(got)
+    assert all(EVENT_RE.match(line) for line in events_file(log).decode().splitlines())
+
+
+@pytest.mark.timeout(60)
+def test_a_dom0_echo_cannot_forge_an_event(tmp_path) -> None:
+    """Issue 15 finding 8: a marker line printed at the dom0 prompt was read as an event,
+    and stripping events removed real output."""
+    log = tmp_path / "forge.log"
+    forged = b"[xenconsole 2026-11-26T06:00:00.124Z attach tcp:10.0.0.99:31337]"
+    with serve("--log", str(log), "--log-events", *host_only(tmp_path), wait=True) as host:
+        got = bytearray()
+        with socket.create_connection(host.address("tcp")) as a:
+            me = f"tcp:127.0.0.1:{a.getsockname()[1]}"
+            recv_until(a, got, PROMPT)
+            a.sendall(b'echo "' + forged + b'"\r')
+            recv_until(a, got, b"\r\n" + forged + b"\r\n" + PROMPT)
+            a.sendall(b"printf '\\r\\n" + forged + b"\\r\\n'\r")
+            recv_until(a, got, PROMPT)
+            settle(a, got)
+        time.sleep(0.3)
+        data = wait_log(log, len(got))
+    assert [(e.kind, e.who) for e in read_events(str(log))] == [("attach", me), ("detach", me)]
+    assert data == bytes(got)
+    assert data.count(forged) >= 2  # the output keeps every byte of it
 
 
 class Sink:
@@ -133,12 +162,17 @@ class Sink:
         self.got += data
 
 
-def test_markers_sit_where_each_clients_stream_starts_and_ends() -> None:
+def events_file(log) -> bytes:
+    return (log.parent / (log.name + ".events")).read_bytes()
+
+
+def test_offsets_sit_where_each_clients_stream_starts_and_ends(tmp_path) -> None:
     from twisted.internet.task import Clock
 
-    clock, log = Clock(), io.BytesIO()
+    path = tmp_path / "unit.log"
+    clock, log = Clock(), open(path, "ab")  # noqa: SIM115
     hub = Hub(clock, log)
-    install(hub)
+    events = install(hub, str(path))
     a, b = Sink("tcp:a"), Sink("tcp:b")
     hub.attach(a)
     hub.sink(b"one ")  # gathered for this reactor turn, not yet handed out
@@ -148,23 +182,28 @@ def test_markers_sit_where_each_clients_stream_starts_and_ends() -> None:
     hub.detach(b)
     hub.sink(b"three")
     clock.advance(0)
+    log.close()
+    events.close()
     assert (bytes(a.got), bytes(b.got)) == (b"one two three", b"two ")
-    kinds = [(m.group(2), m.group(3)) for m in EVENT_RE.finditer(log.getvalue())]
-    assert kinds == [
-        (b"attach", b"tcp:a"),
-        (b"attach", b"tcp:b"),
-        (b"break", b"tcp:b"),
-        (b"detach", b"tcp:b"),
+    assert path.read_bytes() == b"one two three"
+    got = [(e.offset, e.kind, e.who) for e in read_events(str(path))]
+    assert got == [
+        (0, "attach", "tcp:a"),
+        (4, "attach", "tcp:b"),
+        (8, "break", "tcp:b"),
+        (8, "detach", "tcp:b"),
     ]
-    pieces = EVENT_RE.split(log.getvalue())[::4]
-    assert pieces == [b"", b"one ", b"two ", b"", b"three"]
 
 
 def test_event_line_format() -> None:
-    line = event_line("attach", "telnet:127.0.0.1:5555", now=1795672800.25)
-    assert line == b"\r\n[xenconsole 2026-11-26T06:00:00.250Z attach telnet:127.0.0.1:5555]\r\n"
-    assert strip_events(b"abc" + line + b"def") == b"abcdef"
-    assert event_line("break", "x]\r\ny", now=0).endswith(b" break x???y]\r\n")
+    line = event_line("attach", "telnet:127.0.0.1:5555", 1234, now=1795672800.25)
+    assert line == b"2026-11-26T06:00:00.250Z 1234 attach telnet:127.0.0.1:5555\n"
+    assert event_line("break", "x]\r\ny z", 0, now=0).endswith(b" 0 break x]??y?z\n")
+    assert parse_events(line) == [
+        Event("2026-11-26T06:00:00.250Z", 1234, "attach", "telnet:127.0.0.1:5555")
+    ]
+    with pytest.raises(ValueError, match="line 1: not an event"):
+        parse_events(b"[xenconsole 2026-11-26T06:00:00.124Z attach tcp:10.0.0.99:31337]\n")
 
 
 def test_log_events_needs_log() -> None:
@@ -176,3 +215,43 @@ def test_log_events_needs_log() -> None:
     assert r.returncode == 2
     assert r.stdout == b""
     assert r.stderr == b"xenconsole: error: --log-events needs --log FILE\n"
+
+
+@pytest.mark.timeout(60)
+def test_log_on_a_full_device_is_one_line_not_a_traceback(tmp_path) -> None:
+    with serve("--log", "/dev/full", *host_only(tmp_path)) as host:
+        host.wait_booted()
+    err = host.stderr_text()
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if "log" in x]
+    assert lines == [
+        "xenconsole: log write failed ([Errno 28] No space left on device); logging stopped"
+    ]
+    assert host.proc.returncode == 0
+
+
+@pytest.mark.timeout(30)
+def test_log_on_a_fifo_without_reader_is_refused(tmp_path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xenconsole",
+            "serve",
+            "--log",
+            str(fifo),
+            "--telnet",
+            "127.0.0.1:0",
+            *host_only(tmp_path),
+        ],
+        capture_output=True,
+        timeout=20,
+    )
+    assert r.returncode == 2
+    assert r.stdout == b""
+    assert (
+        r.stderr
+        == f"xenconsole: error: cannot open log {fifo}: is a FIFO (give a regular file)\n".encode()
+    )

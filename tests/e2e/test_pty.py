@@ -1,6 +1,6 @@
 """The PTY backend end to end: a real `xenconsole serve --pty`, real clients on /dev/pts/N.
 
-Clients come and go (reference/ecosystem.md §2b): each new session must work, and output
+Clients come and go (docs/design.md): each new session must work, and output
 produced while nobody had the PTY open is dropped, not replayed to the next client.
 """
 
@@ -260,3 +260,39 @@ def test_pty_link_replaces_a_stale_link_but_never_a_file(cfg, tmp_path):
             pass
     assert f"cannot create PTY link {precious}: File exists" in str(e.value)
     assert precious.read_text() == "keep me\n"
+
+
+@pytest.mark.timeout(60)
+def test_pty_link_refuses_a_symlink_that_is_not_a_stale_pty_link(cfg, tmp_path):
+    """Issue 15 finding 9: `--pty LINK` replaced any existing symlink."""
+    target = tmp_path / "config.toml"
+    target.write_text("precious = true\n")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(ServeError) as e:
+        with serve("--config", cfg, "--pty", str(link), pty=False):
+            pass
+    assert (
+        f"xenconsole: error: cannot create PTY link {link}: File exists "
+        f"(a link to {target}, not a stale PTY link)"
+    ) in str(e.value)
+    assert os.readlink(link) == str(target) and target.read_text() == "precious = true\n"
+    master, slave = os.openpty()  # a live PTY: another server's, or a terminal's
+    try:
+        live = tmp_path / "live"
+        live.symlink_to(os.ttyname(slave))
+        with pytest.raises(ServeError):
+            with serve("--config", cfg, "--pty", str(live), pty=False):
+                pass
+        assert os.readlink(live) == os.ttyname(slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("addr", ["127.1", "[::ffff:127.0.0.1]", "LOCALHOST"])
+def test_no_loopback_warning_for_loopback_spellings(cfg, addr):
+    with serve("--config", cfg, "--tcp", f"{addr}:0", telnet=False, tcp=False) as host:
+        pass
+    assert "not loopback" not in host.stderr_text()

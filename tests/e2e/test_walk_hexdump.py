@@ -21,7 +21,6 @@ from guest_helpers import (
     asm_guest,
     console_lines,
     create,
-    new_machine,
     say_then_idle,
     wait_for,
 )
@@ -37,7 +36,7 @@ from keyhandlers.walk import flags_str, walk_shadow_pagetables
 from xenconsole.expect import Console
 from xenconsole.testing import serve
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.machine(shared=True)]
 
 L1_LINE = re.compile(
     r"^ +l1\[(?P<i0>[0-9a-f]{3})(?:-(?P<i1>[0-9a-f]{3})(?: step (?P<k>\d+))?)?\] "
@@ -73,13 +72,6 @@ done:
 """
     + PUTS
 )
-
-
-@pytest.fixture(scope="module")
-def machine():
-    m = new_machine()
-    yield m
-    m.shutdown()
 
 
 def actual_l1(m, dom) -> dict[tuple[int, int], tuple[int, str, str]]:

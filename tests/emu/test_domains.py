@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 
 from emu.audit import audit
-from emu.boot import boot_sync
-from emu.host import DomainSpec, HostConfig
-from emu.machine import Machine
+from emu.host import DomainSpec
 from emu.mm.p2m import INVALID_M2P_ENTRY
 from emu.mm.page import INVALID_MFN
 from emu.shadow.common import shadow_enable
@@ -33,15 +31,8 @@ def pool_pages(dom) -> int:
     return len(dom.paging.pool_mfns()) if dom.paging is not None else 0
 
 
-def memory_only_machine(host: HostConfig) -> Machine:
-    return boot_sync(Machine(host, guests=False))
-
-
-@pytest.fixture
-def machine():
-    m = memory_only_machine(HostConfig(memory=512 << 20, cpus=2, dom0_mem=128 << 20))
-    yield m
-    m.shutdown()
+# Memory only: no guest CPUs, a dom0 of 128 MiB (tests/conftest.py's `machine`).
+pytestmark = pytest.mark.machine(dom0_mem=128 << 20, guests=False)
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import random
 import time
 
 import pytest
+from guest_helpers import console_lines, create, gone, new_machine, wait_for
 
 from emu.audit import audit
 from emu.domctl import DomainError
-from tests.guest_helpers import console_lines, create, gone, new_machine, wait_for
 
 PROGRAMS = 300
 BATCH = 12

@@ -7,7 +7,6 @@ import random
 import numpy as np
 import pytest
 
-from emu.boot import boot_sync
 from emu.mm.page_alloc import (
     MAX_ORDER,
     NR_ZONES,
@@ -156,16 +155,7 @@ class Lines(list):
         self.append(line)
 
 
-@pytest.fixture(scope="module")
-def machine():
-    from emu.host import HostConfig
-    from emu.machine import Machine
-
-    m = boot_sync(Machine(HostConfig(memory=1 << 30, dom0_mem=256 << 20)))
-    yield m
-    m.shutdown()
-
-
+@pytest.mark.machine(memory=1 << 30, dom0_mem=256 << 20)
 def test_keys_m_and_H_agree_with_the_heap(machine):
     heap = machine.heap
     m = Lines()

@@ -11,11 +11,11 @@ import hashlib
 
 import numpy as np
 import pytest
+from guest_helpers import PUTS, asm_guest, console_lines, create, gone, wait_for
 
 from emu.audit import audit
-from tests.guest_helpers import PUTS, asm_guest, console_lines, create, gone, new_machine, wait_for
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.machine(shared=True)]
 
 # A #PF (14) and #GP (13) handler that count in r12 and skip r13 bytes.
 IDT = """
@@ -225,13 +225,6 @@ def _state(m, victim, attacker_mfns):
         int(np.count_nonzero(acc.accessed[others])),
         int(np.count_nonzero(acc.written[others])),
     )
-
-
-@pytest.fixture(scope="module")
-def machine():
-    m = new_machine(memory=512 << 20)
-    yield m
-    m.shutdown()
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))

@@ -7,12 +7,7 @@ import resource
 import time
 
 import pytest
-from unicorn import x86_const as X
-
-from emu.audit import audit
-from emu.cpu import vcpu as V
-from emu.workload import guest_layout, validate_workload
-from tests.guest_helpers import (
+from guest_helpers import (
     PUTS,
     Lines,
     arena_ad,
@@ -20,18 +15,15 @@ from tests.guest_helpers import (
     console_lines,
     create,
     gone,
-    new_machine,
     wait_for,
 )
+from unicorn import x86_const as X
 
-pytestmark = pytest.mark.timeout(90)
+from emu.audit import audit
+from emu.cpu import vcpu as V
+from emu.workload import guest_layout, validate_workload
 
-
-@pytest.fixture(scope="module")
-def machine():
-    m = new_machine()
-    yield m
-    m.shutdown()
+pytestmark = [pytest.mark.timeout(90), pytest.mark.machine(shared=True)]
 
 
 def test_touch_read_sets_exactly_A(machine):

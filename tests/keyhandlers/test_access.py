@@ -26,14 +26,7 @@ from keyhandlers.access import (
 from keyhandlers.hexdump import hexdump_memory
 from keyhandlers.walk import walk_shadow_pagetables
 
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def machine():
-    m = new_machine()
-    yield m
-    m.shutdown()
+pytestmark = [pytest.mark.timeout(60), pytest.mark.machine(shared=True)]
 
 
 def all_ptes(m, dom) -> np.ndarray:

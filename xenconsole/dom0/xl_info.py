@@ -223,6 +223,6 @@ def main_debug_keys(sh, argv: list[str]) -> int:
         kh = KEY_TABLE.get(k)
         if kh is None:
             continue  # unknown keys are ignored by handle_keypress
-        # ARGS go to the last key's handler (SPEC §5).
+        # ARGS go to the last key's handler (docs/contract.md).
         run_handler(machine, kh, args if i == len(keys) - 1 else ())
     return 0

@@ -36,13 +36,15 @@ class PtyClient(abstract.FileDescriptor):
         self.link = link
         if link:
             try:
-                # A stale link from an earlier run is replaced; a real file never is.
-                if os.path.islink(link):
+                if stale_pty_link(link):
                     os.unlink(link)
                 os.symlink(self.path, link)
             except OSError as e:
                 os.close(self.master)
-                raise OSError(e.errno, f"cannot create PTY link {link}: {e.strerror}") from None
+                why = e.strerror
+                if e.errno == errno.EEXIST and os.path.islink(link):
+                    why = f"File exists (a link to {os.readlink(link)}, not a stale PTY link)"
+                raise OSError(e.errno, f"cannot create PTY link {link}: {why}") from None
         self.connected = 1
         self.attached = False
         self.dropped_while_detached = 0
@@ -138,6 +140,16 @@ class PtyClient(abstract.FileDescriptor):
                     os.unlink(self.link)
             except OSError:
                 pass
+
+
+def stale_pty_link(link: str) -> bool:
+    """A link an earlier server left behind: a symlink to a PTY slave (/dev/pts/N) that no
+    longer exists. Only that is replaced; a live PTY's link (another server's, or a
+    terminal's), a link anywhere else and a real file are refused."""
+    if not os.path.islink(link):
+        return False
+    target = os.readlink(link)
+    return target.startswith("/dev/pts/") and not os.path.exists(target)
 
 
 def parse_link(text: str, kind: str) -> str | None:
