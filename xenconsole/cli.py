@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd == "serve":
+        from xenconsole.labserve import is_lab_file, serve_lab
+
+        if args.config and is_lab_file(args.config):  # several hosts: docs/contract.md §10
+            return serve_lab(args, build_parser)
         from xenconsole.serve import serve
 
         return serve(args)
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "labgrid-exporter-config":
         from xenconsole.labgrid_export import main as export_main
 
-        return export_main(args)
+        return export_main(args, build_parser)
     if args.cmd == "connect":
         try:
             from xenconsole.connect import main as connect_main

@@ -14,11 +14,11 @@ from __future__ import annotations
 from xenconsole.options import Address, UsageError
 
 
-def exporter_config(lab_path: str) -> str:
+def exporter_config(lab_path: str, build_parser) -> str:
     """The exporter YAML for every console of the lab file; UsageError in one line."""
     from xenconsole.labserve import load_lab
 
-    lab = load_lab(lab_path)
+    lab = load_lab(lab_path, build_parser)
     # labgrid reads the file as a Jinja2 template with `#` line statements: `##` comments.
     out = [f"## labgrid exporter config for {lab_path} (xenconsole labgrid-exporter-config)"]
     for c in lab.consoles:
@@ -42,13 +42,13 @@ def exporter_config(lab_path: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(args) -> int:
+def main(args, build_parser) -> int:
     import sys
 
     from emu.host import ConfigError
 
     try:
-        text = exporter_config(args.lab)
+        text = exporter_config(args.lab, build_parser)
     except (UsageError, ConfigError) as e:
         sys.stderr.write(f"xenconsole: error: {e}\n")
         return 2

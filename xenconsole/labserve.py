@@ -51,10 +51,9 @@ class Lab:
     pidfile: str | None = None
 
 
-def _serve_dests() -> dict[str, Any]:
-    """The `xenconsole serve` options: dest -> argparse action."""
-    from xenconsole.cli import build_parser
-
+def _serve_dests(build_parser) -> dict[str, Any]:
+    """The `xenconsole serve` options: dest -> argparse action (`build_parser` is the CLI's,
+    passed in: this module does not import the CLI)."""
     p = build_parser()
     sub = next(a for a in p._actions if a.dest == "cmd")
     serve = sub.choices["serve"]
@@ -99,7 +98,7 @@ def is_lab_file(path: str) -> bool:
         return False
 
 
-def load_lab(path: str, plugins: list[str] | None = None) -> Lab:
+def load_lab(path: str, build_parser, plugins: list[str] | None = None) -> Lab:
     """Read and check a lab file; UsageError or ConfigError in one line."""
     try:
         with open(path, "rb") as f:
@@ -117,11 +116,10 @@ def load_lab(path: str, plugins: list[str] | None = None) -> Lab:
     tables = doc.get("console", [])
     if not isinstance(tables, list) or not tables:
         raise UsageError(f"{path}: no [[console]]")
-    from xenconsole.cli import build_parser
     from xenconsole.serve import parse
 
     base = os.path.dirname(os.path.abspath(path))
-    dests = _serve_dests()
+    dests = _serve_dests(build_parser)
     consoles, names = [], set()
     for i, table in enumerate(tables):
         name = table.get("name")
@@ -145,31 +143,13 @@ def load_lab(path: str, plugins: list[str] | None = None) -> Lab:
     return Lab(consoles, pidfile)
 
 
-def write_pidfile(path: str) -> None:
-    try:
-        with open(path, "w") as f:
-            f.write(f"{os.getpid()}\n")
-    except OSError as e:
-        raise UsageError(f"cannot write pidfile {path}: {e.strerror}") from None
-
-
-def remove_pidfile(path: str | None) -> None:
-    if path:
-        try:
-            with open(path) as f:
-                mine = f.read().strip() == str(os.getpid())
-            if mine:
-                os.unlink(path)
-        except OSError:
-            pass
-
-
-def serve_lab(args, path: str, pidfile: str | None, plugins: list[str]) -> int:
+def serve_lab(args, build_parser) -> int:
     """`xenconsole serve --config LAB.toml`: 2 after one error line, else never returns.
     Per-host options on the command line are refused: they belong in the lab file."""
     from xenconsole.serve import _fail
 
-    dests = _serve_dests()
+    path, pidfile, plugins = args.config, args.pidfile, args.plugin
+    dests = _serve_dests(build_parser)
     unset = (None, False, [])
     given = [
         d
@@ -180,7 +160,7 @@ def serve_lab(args, path: str, pidfile: str | None, plugins: list[str]) -> int:
         flag = dests[given[0]].option_strings[0]
         return _fail(f"{flag}: with a lab file, set it per [[console]] in {path}")
     try:
-        lab = load_lab(path, plugins)
+        lab = load_lab(path, build_parser, plugins)
     except (UsageError, ConfigError) as e:
         return _fail(str(e))
     from twisted.internet import reactor
@@ -204,17 +184,19 @@ def serve_lab(args, path: str, pidfile: str | None, plugins: list[str]) -> int:
         started.append((c, runner, opened))
     pidfile = pidfile or lab.pidfile
     if pidfile:
+        from xenconsole.logfiles import write_pidfile
+
         try:
             write_pidfile(pidfile)
-        except UsageError as e:
-            return _fail(str(e))
+        except OSError as e:
+            return _fail(f"cannot write pidfile {pidfile}: {e.strerror}")
     run_lab(reactor, started, pidfile)
 
 
 def run_lab(reactor, started: list, pidfile: str | None):
     import signal
 
-    from xenconsole.logfiles import Reopeners, install_sighup
+    from xenconsole.logfiles import Reopeners, install_sighup, remove_pidfile
     from xenconsole.serve import hup_hook
 
     def _early_stop(signum, frame) -> None:

@@ -8,6 +8,7 @@ is closed. SIGHUP never stops the server.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -59,3 +60,21 @@ def install_sighup(reactor, reopeners: Reopeners) -> None:
         reactor.callFromThread(reopeners.reopen)
 
     signal.signal(signal.SIGHUP, on_hup)
+
+
+def write_pidfile(path: str) -> None:
+    """`--pidfile`: this process's id; OSError if it cannot be written."""
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def remove_pidfile(path: str | None) -> None:
+    """Remove the pidfile at exit, if it is still ours."""
+    if path:
+        try:
+            with open(path) as f:
+                mine = f.read().strip() == str(os.getpid())
+            if mine:
+                os.unlink(path)
+        except OSError:
+            pass

@@ -239,10 +239,8 @@ def _fail(msg: str) -> int:
 
 def serve(args) -> int:
     """`xenconsole serve`: returns 2 after one error line, else never returns."""
-    from xenconsole.labserve import is_lab_file, remove_pidfile, serve_lab, write_pidfile
+    from xenconsole.logfiles import remove_pidfile, write_pidfile
 
-    if args.config and is_lab_file(args.config):
-        return serve_lab(args, args.config, args.pidfile, args.plugin)
     try:
         config = parse(args)
     except (ConfigError, UsageError) as e:
@@ -268,8 +266,8 @@ def serve(args) -> int:
     if args.pidfile:
         try:
             write_pidfile(args.pidfile)
-        except UsageError as e:
+        except OSError as e:
             opened.close()
-            return _fail(str(e))
+            return _fail(f"cannot write pidfile {args.pidfile}: {e.strerror}")
         reactor.addSystemEventTrigger("after", "shutdown", remove_pidfile, args.pidfile)
     run(reactor, config, runner, opened)

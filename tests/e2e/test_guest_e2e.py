@@ -15,8 +15,8 @@ import threading
 import time
 
 import pytest
+from console_hosts import busy_default_host
 
-from emu.host import DEFAULT_CONFIG
 from xenconsole.testing import serve
 
 # XENCONSOLE_E2E_SECONDS=240 makes this the long manual run reported in BENCHMARKS.md.
@@ -67,15 +67,9 @@ def _xl_list_time(text: str, name: str) -> float:
     return float(m[-1][1])
 
 
-BUSY_HOST = DEFAULT_CONFIG.replace('"touch:pages=4096,write=1"', '"random:ws=4096"')
-
-
 @pytest.mark.timeout(100 + PRESS_SECONDS)
 def test_busy_guest_under_debug_keys(tmp_path):
-    assert BUSY_HOST != DEFAULT_CONFIG
-    cfg = tmp_path / "busy.toml"
-    cfg.write_text(BUSY_HOST)
-    with serve("--config", str(cfg)) as host:
+    with serve(*busy_default_host(tmp_path)) as host:
         s = socket.create_connection(host.address("tcp"))
         r = Reader(s)
         r.wait(r"root@dom0:~# ")

@@ -6,6 +6,7 @@ traceback. (The 30-minute run and its RSS figure: BENCHMARKS.md.)"""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_soak_lab.py"
 def test_lab_soak_60_seconds() -> None:
     spec = importlib.util.spec_from_file_location("bench_soak_lab", BENCH)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
     r = mod.soak(60.0, clients=20, report=lambda line: None)
     print({k: v for k, v in r.items() if k != "stderr"})

@@ -418,10 +418,8 @@ def call(shell, st: State, argv: list[str]) -> int:
             st.vars.pop(a, None)
             st.functions.pop(a, None)
         return 0
-    from xenconsole.dom0.shell import Pending
-
-    result = shell.dispatch_argv(argv)
-    return shell._run_inline(result) if isinstance(result, Pending) else result
+    result = shell.dispatch_argv(argv)  # a status, or a Pending (slow work) run to its end
+    return result if isinstance(result, int) else shell._run_inline(result)
 
 
 def _sh(shell, st: State, args: list[str]) -> int:
