@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from guest_helpers import FLOOD  # noqa: E402  (the flooding guests the tests use)
+from guest_helpers import PORT_FLOOD as PORTS  # noqa: E402
 
 from emu.host import DomainSpec, HostConfig  # noqa: E402
 from emu.machine import Machine  # noqa: E402
@@ -37,37 +41,8 @@ from keyhandlers.dispatch import run_handler  # noqa: E402
 load_builtin()  # the keys this benchmark presses, as `xenconsole serve` loads them
 
 COMPUTE = "lp:\n    add rax, 1\n    jmp lp\n"
-FLOOD = """
-    mov rdi, 0x100000
-    mov rcx, 16384
-    mov al, 0x41
-    rep stosb
-    mov rbx, 0x10007f
-    mov rcx, 128
-nl:
-    mov byte ptr [rbx], 10
-    add rbx, 128
-    dec rcx
-    jnz nl
-flood:
-    mov eax, 18
-    xor edi, edi
-    mov esi, 16384
-    mov rdx, 0x100000
-    syscall
-    jmp flood
-"""
 
 
-PORTS = """
-    mov al, 0x42
-flood:
-    out 0xe9, al
-    out 0x80, al
-    in al, 0x71
-    mov al, 0x42
-    jmp flood
-"""
 
 
 def pct(ts: list[float]) -> str:

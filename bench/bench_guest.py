@@ -39,7 +39,8 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc  # no
 from unicorn import x86_const as X  # noqa: E402
 
 from emu.boot import boot_sync  # noqa: E402
-from emu.cpu.vcpu import SLICE_INSNS, ExceptionAck  # noqa: E402
+from emu.cpu.ucctx import ExceptionAck  # noqa: E402
+from emu.cpu.vcpu import SLICE_INSNS  # noqa: E402
 from emu.host import DomainSpec, HostConfig, load_config  # noqa: E402
 from emu.machine import Machine  # noqa: E402
 from keyhandlers import KEY_TABLE, load_builtin  # noqa: E402

@@ -27,6 +27,7 @@ from emu.mm.page_info import (
     PGC_state_inuse,
     PGC_xen_heap,
 )
+from emu.pv.audit import audit_pv
 from emu.shadow.audit import audit_shadows
 
 MAX_PER_KIND = 8  # example frames listed per kind of violation
@@ -128,6 +129,9 @@ def audit_full(machine) -> AuditResult:
         # the P2M), under the same quiesce.
         if pools:
             bad.extend(f"shadow: {v}" for v in audit_shadows(machine))
+        # PV domains: type and general counts against the references that exist.
+        if machine.pv is not None:
+            bad.extend(f"pv: {v}" for v in audit_pv(machine))
     return res
 
 
@@ -168,10 +172,19 @@ def _check_free(machine, sc: _Scratch, bad: list[str]) -> int:
         listed = np.cumsum(cover[:nr]) > 0
         _report(bad, "free in page_info but on no free list", np.flatnonzero(is_free & ~listed))
         _report(bad, "on a free list but not free in page_info", np.flatnonzero(listed & ~is_free))
-    # A free frame's flag byte is exactly PGC_state_free, plus PGC_need_scrub if pending.
+    # Freed pages wait for the idle scrubber (emu/mm/page_alloc.py) with PGC_need_scrub:
+    # only free frames carry it, and node_need_scrub counts exactly those.
     np.equal(flags, F_STATE_FREE | F_NEED_SCRUB, out=sc.mapped)
+    dirty = int(np.count_nonzero(sc.mapped))
+    if dirty != sum(heap.node_need_scrub):
+        bad.append(
+            f"{dirty} free frames need scrubbing but node_need_scrub={sum(heap.node_need_scrub)}"
+        )
+    np.bitwise_and(flags, F_NEED_SCRUB, out=sc.tmp)
+    np.not_equal(sc.tmp, 0, out=sc.mapped)
+    sc.mapped &= ~is_free
     if sc.mapped.any():
-        _report(bad, "still need scrubbing", np.flatnonzero(sc.mapped))
+        _report(bad, "need scrubbing but not free", np.flatnonzero(sc.mapped))
     if nfree != heap.total_avail_pages or nfree != int(heap.avail.sum()):
         bad.append(
             f"heap counts disagree: {nfree} free frames, total_avail_pages="

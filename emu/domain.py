@@ -20,6 +20,7 @@ from emu.mm.page import INVALID_MFN
 
 if TYPE_CHECKING:  # types only: these modules build on this one
     from emu.host import DomainSpec
+    from emu.pv.domain import PVDomain
     from emu.shadow.common import ShadowDomain
 
 DOMID_UNLIMITED_MAX_PAGES = 4294967295
@@ -123,6 +124,7 @@ class Domain:
     spec: DomainSpec | None = None  # the spec it was created from (None: dom0)
     paging: ShadowDomain | None = None  # shadow paging (emu/shadow/), once enabled
     hvm: HVMDomain | None = None  # HVM state (set by emu/hvm.py): console, crash record
+    pv: PVDomain | None = None  # 64-bit PV state (set by emu/pv/domain.py), type="pv" only
     reserved_gfns: set[int] | np.ndarray = field(default_factory=set)  # never ballooned
     xenheap_pages: int = 0
     xenpage_mfns: list[int] = field(default_factory=list)  # d->xenpage_list
@@ -138,8 +140,8 @@ class Domain:
 
     @property
     def is_hvm(self) -> bool:
-        """dom0 is PV; domUs are (shadow-mode) HVM guests."""
-        return self.domid != 0
+        """dom0 and `type="pv"` domUs are PV; other domUs are (shadow-mode) HVM guests."""
+        return self.domid != 0 and getattr(self.spec, "type", "hvm") != "pv"
 
     def cpu_time(self) -> float:
         """Seconds of CPU time used by all vCPUs (`xl list` Time(s))."""

@@ -30,7 +30,7 @@ from emu.workload import validate_workload
 
 LIBXL_MAXMEM_CONSTANT_KB = 1024  # libxl adds this to max_pages (libxl__arch_extra_memory)
 MAX_VCPUS = 128
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-~]{0,63}$")  # ~: XTF's test~variation names
 
 
 class DomainError(Exception):

@@ -52,6 +52,13 @@ class DomainSpec:
     maxmem: int | None = None  # MiB
     vcpus: int = 1
     workload: str = "idle"
+    type: str = "hvm"  # xl's type=: "pv" builds a 64-bit PV guest from `kernel` (emu/pv/)
+    kernel: str | None = None
+    cmdline: str = ""
+    on_poweroff: str = "destroy"
+    on_crash: str = "destroy"
+    on_reboot: str = "destroy"
+    max_event_channels: int = 1023  # libxl's default: ports 1..1023
     # The workload parsed, fit-checked and (asm:) assembled for this spec, once, by
     # emu.workload.check_workload(); `xl create` fills it off the console's thread.
     prepared: Workload | None = field(default=None, repr=False, compare=False)

@@ -105,8 +105,8 @@ class HVM:
     # ---- domain hooks --------------------------------------------------------------------
 
     def domain_created(self, dom) -> None:
-        if dom.domid == 0:
-            return
+        if dom.domid == 0 or getattr(dom.spec, "type", "hvm") == "pv":
+            return  # PV domains: emu/pv/
         from emu.domain_build import build_guest
         from emu.shadow.common import shadow_enable
         from emu.workload import check_workload

@@ -26,6 +26,7 @@ from emu.access.record import AccessRecord
 from emu.console import HypervisorConsole
 from emu.cpu.sched import Scheduler
 from emu.domain import Domain
+from emu.e820 import address_space, hole_frames, usable_pages
 from emu.host import DomainSpec, HostConfig
 from emu.hvm import HVM
 from emu.mm.memory import set_target as _set_target
@@ -35,6 +36,8 @@ from emu.mm.page_alloc import Heap
 from emu.mm.page_info import PAGE_INFO_BYTES, FrameTable, PGC_xen_heap
 from emu.mm.ram import MachineRAM
 from emu.perfc import PerfCounters, xen_perf_counters
+from emu.pv.domain import PV
+from emu.pv.domain import attach as attach_pv
 from emu.shadow.common import attach_shadow_hooks
 
 # Xen's own frames, never handed to the heap: the low 1 MiB (BIOS, real-mode trampoline,
@@ -76,9 +79,11 @@ class Machine:
     access        the per-frame guest access record (keys `U`, `Z`), one slot per frame
     sched         the vCPU scheduler (pCPU threads), or None without guests
     hvm           the machine-wide HVM state (guest entry frames, crash handling), or None
+    pv            the machine-wide side of 64-bit PV guests (emu/pv/), or None
     domains       domid -> Domain; `lock` guards their lifecycle (taken before the heap's)
     hooks         domain lifecycle callbacks (Hooks)
     reboot_hooks  fn() called when key `R` asks whoever runs the machine for a reboot
+    shadow_audit_enable  Xen's shadow_audit_enable (key `O`): audit shadows after each fault
     """
 
     debug_build = True
@@ -91,11 +96,12 @@ class Machine:
         self.booted = False
         self.domains: dict[int, Domain] = {}
         self.reboot_hooks: list[Callable[[], None]] = []
+        self.shadow_audit_enable: bool = False
         self.hooks: Hooks = Hooks()
         self.lock = threading.RLock()  # domain lifecycle; taken before the heap lock
         self.next_domid = 1
         # Memory: RAM, frame table, M2P, heap.
-        self.ram: MachineRAM = MachineRAM(host.memory)
+        self.ram: MachineRAM = MachineRAM(address_space(host.memory))  # holes: emu/e820.py
         nr = self.ram.nr_frames
         self.frames: FrameTable = FrameTable(nr)
         self.m2p: np.ndarray = new_m2p(nr)
@@ -109,10 +115,13 @@ class Machine:
         # Guests: vCPUs on Unicorn, run by the scheduler, under shadow paging.
         self.sched: Scheduler | None = None
         self.hvm: HVM | None = None
+        self.pv: PV | None = None
         if guests:
             self.sched = Scheduler(self)
             self.hvm = HVM(self)
             self.hvm.attach()
+            self.pv = PV(self)
+            attach_pv(self.pv)
         attach_shadow_hooks(self)
 
     def quiesce(self, dom: Domain | None = None) -> AbstractContextManager[None]:
@@ -130,9 +139,11 @@ class Machine:
         ft_pages = pages_for_bytes(nr * PAGE_INFO_BYTES)
         m2p_pages = pages_for_bytes(nr * 8)
         top = nr - ft_pages - m2p_pages
+        hole = hole_frames(self.host.memory)
         self.xen_ranges = [
             (0, LOW_MEM_FRAMES, "low memory"),
             (XEN_IMAGE_START, XEN_IMAGE_START + XEN_IMAGE_FRAMES, "Xen image"),
+            *([(hole[0], hole[1], "32-bit hole")] if hole else []),
             (top, top + ft_pages, "frame table"),
             (top + ft_pages, nr, "M2P table"),
         ]
@@ -141,6 +152,9 @@ class Machine:
         # end_boot_allocator(): everything else goes to the buddy allocator.
         self.heap.init_heap_pages(LOW_MEM_FRAMES, XEN_IMAGE_START - LOW_MEM_FRAMES)
         start = XEN_IMAGE_START + XEN_IMAGE_FRAMES
+        if hole:
+            self.heap.init_heap_pages(start, hole[0] - start)
+            start = hole[1]
         self.heap.init_heap_pages(start, top - start)
         # The console ring comes from the Xen heap (console_init_ring()).
         order = max(0, (pages_for_bytes(self.console.ring.size) - 1).bit_length())
@@ -148,8 +162,8 @@ class Machine:
         self.conring_order = order
 
     def e820_usable_pages(self) -> int:
-        """RAM pages in the e820 map: low memory below the 0x9fc00 hole, then 1 MiB up."""
-        return (0x9FC00 >> 12) + self.ram.nr_frames - 0x100
+        """RAM pages in the e820 map (emu/e820.py)."""
+        return usable_pages(self.host.memory)
 
     def total_pages(self) -> int:
         """Pages of RAM the hypervisor manages (`xl info` total_memory)."""
@@ -216,10 +230,12 @@ class Machine:
             hook()
 
     def shutdown(self) -> None:
-        """Stop everything the machine runs (vCPU threads) and give back what it holds at
-        once (key `R`, server stop): every vCPU's Unicorn instance, and the RAM's pages to
-        the OS. The Machine object itself may live on until the collector finds its cycles;
-        it then holds no guest memory. Safe to call twice."""
+        """Stop everything the machine runs (vCPU threads, the idle scrubber) and give back
+        what it holds at once (key `R`, server stop): every vCPU's Unicorn instance, and the
+        RAM's pages to the OS. The Machine object itself may live on until the collector
+        finds its cycles; it then holds no guest memory. Safe to call twice."""
+        if self.heap.scrubber is not None:
+            self.heap.scrubber.stop()
         if self.sched is not None:
             if not self.sched.stop():
                 return  # a pCPU thread did not stop: its Uc may still run over this RAM

@@ -1,4 +1,4 @@
-"""Core keys from xen/common/keyhandler.c and console.c: `h`, `*`, `+`, `-`, `G`, `R`."""
+"""Core keys from xen/common/keyhandler.c and console.c: `h`, `*`, `+`, `-`, `A`, `G`, `R`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from keyhandlers import handler_line, installed, keyhandler
 
 @keyhandler("h", "show this message")
 def show_handlers(machine, out, args) -> None:
+    from emu.boot import version_lines
+
     out("'h' pressed -> showing installed handlers")
+    for line in version_lines(machine):  # show_handlers() calls print_version()
+        out(line)
     for kh in installed():
         out(handler_line(kh))
 
@@ -39,6 +43,19 @@ def do_toggle_guest(machine, out, args) -> None:
     console = machine.console
     console.thresh_adj = "guest" if console.thresh_adj == "standard" else "standard"
     out(f"'G' pressed -> {console.thresh_adj} log level adjustments enabled")
+
+
+@keyhandler("A", "toggle alternative key handling", irq=True)
+def do_toggle_alt_key(machine, out, args) -> None:
+    """keyhandler.c:508-513. Alternative handling runs diagnostic keys from the interrupt
+    rather than a tasklet; here every key runs on the console's thread either way, so the
+    flag changes nothing else (docs/differences.md)."""
+    from keyhandlers._state import key_state
+
+    st = key_state(machine, "A", alt_key_handling=False)
+    st["alt_key_handling"] = not st["alt_key_handling"]
+    mode = "alternative" if st["alt_key_handling"] else "normal"
+    out(f"'A' pressed -> using {mode} key handling")
 
 
 @keyhandler("R", "reboot machine", irq=True)

@@ -23,11 +23,14 @@ def cpulist(cpus) -> str:
 
 
 def _rangesets(dom) -> list[tuple[str, str]]:
+    # Every domain has a host p2m with its "log-dirty" rangeset (x86/mm/p2m-basic.c:89,
+    # p2m_init_hostp2m(), PV dom0 included), never populated here.
     if dom.domid == 0:
         return [
             ("Interrupts", "{ 1-51, 56-1023 }"),
             ("I/O Memory", "{ 0-febff, fec01-fedff, fee01-ffffffffffffffff }"),
             ("I/O Ports", "{ 0-1f, 22-3f, 44-60, 62-9f, a2-cfb, d00-ffff }"),
+            ("log-dirty", "{ }"),
         ]
     return [
         ("Interrupts", "{ }"),
@@ -84,10 +87,6 @@ def dump_domain(machine, dom, out) -> None:
     out(f"    handle={dom.handle} vm_assist={dom.vm_assist:08x}")
     if dom.paging is not None:
         out(f"    paging assistance: {paging_words(dom.paging)}")
-        # Not in Xen's q: the pool in the words of its "failed to allocate from shadow
-        # pool (tot= p2m= ...)" message, plus shadow_get_allocation()'s MB figure.
-        tot, free = dom.paging.total_pages, dom.paging.free_pages
-        out(f"    shadow pool: tot={tot} free={free} p2m=0 allocation={-(-tot // 256)}MB")
     out(f"Rangesets belonging to domain {dom.domid}:")
     for name, ranges in _rangesets(dom):
         out(f"    {name:<10} {ranges}")
@@ -100,7 +99,8 @@ def dump_domain(machine, dom, out) -> None:
         running = v.running
         line = (
             f"    VCPU{v.vcpu_id}: CPU{v.processor} [has={'T' if running else 'F'}] "
-            f"poll={v.poll_evtchn} upcall_pend=00 upcall_mask=00 "
+            f"poll={v.poll_evtchn} upcall_pend={getattr(v, 'upcall_pend', 0):02x} "
+            f"upcall_mask={getattr(v, 'upcall_mask', 0):02x} "
         )
         if running:
             line += f"dirty_cpu={v.processor}"

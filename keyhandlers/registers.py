@@ -5,22 +5,18 @@ was pressed; every vCPU is held out of its Uc while the dump reads registers), o
 idle pCPU, the host state of Xen's idle loop. The format is xen/arch/x86/traps.c's.
 
 `0`: dom0 here is the console shell, not a guest running on Unicorn, so its vCPUs have no
-emulated CPU state. Each is dumped as Xen would dump a PV vCPU (`*** Dumping Dom0 vcpu#N
-state: ***` + the register block, CONTEXT: pv guest) with every register zero except the
-PV kernel's flat selectors (cs e033, ss e02b); no guest stack trace is printed because there
-is no guest stack to read.
+emulated CPU state: after Xen's `*** Dumping Dom0 vcpu#N state: ***` one line says so. An
+idle pCPU under `d` likewise gets one line: Xen is not x86 code here (docs/differences.md).
 """
 
 from __future__ import annotations
 
 from emu.cpu.regdump import (
+    show_dom0_vcpu_state,
     show_guest_execution_state,
     show_idle_execution_state,
-    show_registers,
 )
 from keyhandlers import keyhandler
-
-FLAT_KERNEL_CS, FLAT_KERNEL_SS = 0xE033, 0xE02B
 
 
 @keyhandler("d", "dump registers", diagnostic=True, irq=True)
@@ -56,6 +52,5 @@ def dump_hwdom_registers(machine, out, args) -> None:
         return
     out("'0' pressed -> dumping Dom0's registers")
     for v in dom0.vcpus:
-        out(f"*** Dumping Dom0 vcpu#{v.vcpu_id} state: ***")
-        r = {"cs": FLAT_KERNEL_CS, "ss": FLAT_KERNEL_SS, "rip": 0, "rflags": 0}
-        show_registers(out, r, "pv guest", f"d0v{v.vcpu_id}", em=0)
+        out(f"*** Dumping Dom0 vcpu#{v.vcpu_id} state: ***")  # x86/traps.c
+        show_dom0_vcpu_state(out, v.vcpu_id)

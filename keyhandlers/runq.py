@@ -111,7 +111,9 @@ def dump_runq(machine, out, args) -> None:
                 out(f"\t{n:3d}: " + _unit(v, id(v) in running, cpu, loads, owner))
         out("Runqueue 0:")
         for c in cpus:
-            out(f"CPU[{c:02d}] runq=0, sibling={{{c}}}, core={{{c}}}")
+            # `xl info`: one socket, one thread per core, core i = CPU i; so each CPU's
+            # siblings are itself and its cpu_core_mask (the socket) is every CPU.
+            out(f"CPU[{c:02d}] runq=0, sibling={{{c}}}, core={{{cpulist(cpus)}}}")
             if current[c] is not None:
                 out("\trun: " + _unit(current[c], True, c, loads, owner))
         out("RUNQ:")

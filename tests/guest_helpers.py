@@ -89,6 +89,16 @@ flood:
     syscall
     jmp flood
 """
+# Port I/O forever: the debug port, port 0x80 and a CMOS read (each a Python hook).
+PORT_FLOOD = """
+    mov al, 0x42
+flood:
+    out 0xe9, al
+    out 0x80, al
+    in al, 0x71
+    mov al, 0x42
+    jmp flood
+"""
 
 
 # Port 0xe9 print of a NUL-terminated string at rsi; used by asm programs (append to source).
@@ -154,3 +164,10 @@ def run_key(fn, m, *args) -> list[str]:
     out = Out()
     fn(m, out, tuple(args))
     return list(out)
+
+
+def press(m, k: str) -> list[str]:
+    """Run built-in key `k`'s handler without arguments and return its lines."""
+    from keyhandlers import KEY_TABLE
+
+    return run_key(KEY_TABLE[k].fn, m)

@@ -37,7 +37,7 @@ PT_GFN = 0x40  # L4, L3, L2, then the L1s
 ARENA_GFN = 0x100
 
 
-from emu.cpu.vcpu import ack_exception  # noqa: E402  (the vCPUs' own; docs/design.md)
+from emu.cpu.ucctx import ack_exception  # noqa: E402  (the vCPUs' own; docs/design.md)
 
 
 def asm(src: str, addr: int) -> bytes:

@@ -31,6 +31,7 @@ from typing import Any
 import pexpect
 from pexpect.spawnbase import SpawnBase
 
+from emu.banner import XEN_BANNER
 from emu.console import CONSOLE_PREFIX, SWITCH_KEYS, SWITCH_PATTERN
 from xenconsole import clientlink
 from xenconsole.transports import open_link
@@ -51,10 +52,12 @@ TIMEOUT = pexpect.TIMEOUT
 
 PROMPT = "root@dom0:~# "
 
-# A switch message (emu/console.py) says where input goes; a new boot (`(XEN) Xen version `)
-# gives input back to Xen. Either may follow a console timestamp (`(XEN) [...] `).
+# A switch message (emu/console.py) says where input goes; a new boot (the banner's first
+# line, emu/banner.py: `h` prints the version lines too) gives input back to Xen. A switch
+# message may follow a console timestamp (`(XEN) [...] `).
 _XEN_LINE = re.escape(CONSOLE_PREFIX) + r"(?:\[[^\]\n]*\] )?"
-_EVENTS = re.compile(f"{_XEN_LINE}(?:{SWITCH_PATTERN}|(Xen version ))".encode())
+_BOOT = re.escape(XEN_BANNER.split("\n", 1)[0])
+_EVENTS = re.compile(f"(?:{_XEN_LINE}{SWITCH_PATTERN}|({_BOOT}))".encode())
 _SWITCH_LINE = re.compile(_XEN_LINE + SWITCH_PATTERN + r"[^\n]*\n")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _GUEST_LINE = re.compile(r"^\(d\d+\) ")

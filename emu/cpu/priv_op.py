@@ -201,6 +201,8 @@ def hypercall(vcpu) -> None:
     a2 = uc.reg_read(X.UC_X86_REG_RSI)
     a3 = uc.reg_read(X.UC_X86_REG_RDX)
     vcpu.stats["hypercalls"] += 1
+    # perfc_incra(hypercalls, eax) after every call, preempted ones too (hvm/hypercall.c:193)
+    vcpu.machine.perfc.incra("hypercalls", nr, vcpu.processor)
     ret = -ENOSYS
     if nr == HC_console_io:
         ret = _console_io(vcpu, a1, a2, a3)
@@ -284,6 +286,7 @@ def _continuation(vcpu, nr: int, *args: int) -> None:
 
 def _sched_op(vcpu, cmd: int, arg: int) -> int:
     if cmd == SCHEDOP_yield:
+        vcpu.machine.perfc.incr("vcpu_yield", vcpu.processor)  # sched/core.c:1537
         vcpu.stop(("yield",))
         return 0
     if cmd == SCHEDOP_block:

@@ -11,14 +11,10 @@ from emu.version import XEN_VERSION
 
 Out = Callable[[str], None]
 
-# The idle vCPU's context as the `d` key shows a pCPU with no guest on it: Xen is in
-# idle_loop() with its own page tables. Our hypervisor is Python, so these are the values
-# of the emulated Xen (its idle loop address in the Xen image, the idle page table at the
-# Xen image's first frame), not of the host process.
-IDLE_RIP = 0xFFFF82D040325A40
-IDLE_SYMBOL = "idle_loop+0x90/0xd0"
-IDLE_CR0, IDLE_CR4 = 0x8005003B, 0x3526E0
-XEN_CS, XEN_SS = 0xE008, 0xE010
+# Xen itself is not x86 code on this machine (the hypervisor is Python): a pCPU in Xen has
+# no host registers to show, and dom0 (the console shell) has no emulated CPU.
+NO_HOST_STATE = "(Xen is not x86 code here: CPU{cpu} has no host registers to show)"
+NO_DOM0_STATE = "(d0v{vcpu} has no emulated CPU: dom0 runs no kernel here)"
 
 
 def xen_info_line(machine) -> str:
@@ -58,21 +54,11 @@ def show_guest_execution_state(machine, out: Out, vcpu, cpu: int) -> None:
 
 
 def show_idle_execution_state(machine, out: Out, cpu: int) -> None:
-    """A pCPU running its idle vCPU, interrupted in the hypervisor."""
-    out(xen_info_line(machine))
-    out(f"CPU:    {cpu}")
-    xen_mfn = machine.idle_pt_maddr
-    stack = 0xFFFF830000000000 + ((cpu + 1) << 15) - 0x58  # per-CPU stack, below cpu_info
-    r = {
-        "cs": XEN_CS,
-        "ss": XEN_SS,
-        "rip": IDLE_RIP,
-        "rflags": 0x246,
-        "rsp": stack,
-        "rbp": stack + 0x50,
-        "rbx": cpu,
-        "cr0": IDLE_CR0,
-        "cr4": IDLE_CR4,
-        "cr3": xen_mfn,
-    }
-    show_registers(out, r, "hypervisor", None, IDLE_SYMBOL)
+    """A pCPU in the hypervisor (its idle loop): Xen would print show_execution_state() of
+    its own registers, code and stack; here there are none, and one line says so."""
+    out(NO_HOST_STATE.format(cpu=cpu))
+
+
+def show_dom0_vcpu_state(out: Out, vcpu_id: int) -> None:
+    """vcpu_show_execution_state() for a dom0 vCPU (x86/traps.c): one line instead."""
+    out(NO_DOM0_STATE.format(vcpu=vcpu_id))

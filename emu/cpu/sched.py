@@ -240,13 +240,16 @@ class Scheduler:
         while True:
             with self.cond:
                 v = None
+                idled = False
                 while not self.stopping:
                     v = self._pick()
                     if v is not None:
                         break
+                    idled = True
                     self.cond.wait()
                 if self.stopping:
                     return
+                self._count_schedule(p, v, idled)
                 v.running = True
                 v.kicked = False  # under the lock: a kick from now on ends this run
                 v._thread = me
@@ -285,6 +288,18 @@ class Scheduler:
                 self._call(self.on_shutdown, v, outcome[1])
             if v.dead and getattr(v, "release_pending", False):
                 v.release()  # destroyed from inside its own run (see VCPU.release)
+
+    def _count_schedule(self, p: PCPU, v, idled: bool) -> None:
+        """Xen's perf counters for the schedule() passes that put `v` on `p`
+        (common/sched/core.c:2685 sched_run, :2426 sched_ctx; credit2.c:3595 schedule): one
+        pass per pick, one more when the pCPU went idle first, a context switch per change."""
+        pc = self.machine.perfc
+        ctr, ix = pc.cpu[p.cpu % pc.nr_cpus], pc.index
+        passes = 2 if idled and p.prev is not None else 1
+        switches = (2 if p.prev is not None else 1) if idled else int(v is not p.prev)
+        ctr[ix["sched_run"]] += passes
+        ctr[ix["schedule"]] += passes
+        ctr[ix["sched_ctx"]] += switches
 
     @staticmethod
     def _call(fn, *args) -> None:

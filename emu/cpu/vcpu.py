@@ -25,7 +25,6 @@ at its first instruction, tests/test_vcpu.py::test_privileged_instructions).
 
 from __future__ import annotations
 
-import ctypes
 import struct
 import sys
 import time
@@ -49,9 +48,9 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from emu.cpu import blockhook
+from emu.cpu.ucctx import ExceptionAck, RegReader
 from emu.domain import VcpuRecord
 from emu.mm import guestmem
 from emu.mm.page import PTE_ADDR_MASK
@@ -77,64 +76,6 @@ XEN_VA = 0xFFFF000000000000 | (XEN_SLOT << 39)
 GDT_OFF, TRAMP_OFF, FRAME_OFF = 0x0, 0x100, 0x200
 SEL_UDATA, SEL_UCODE = 0x1B, 0x23
 KERNEL_ENTRY = 0x1000
-
-
-def _exc_offsets() -> tuple[int, int]:
-    """Offsets of env->error_code and env->old_exception in a saved context (see docs/design.md)."""
-    u = Uc(UC_ARCH_X86, UC_MODE_64)
-    u.reg_write(X.UC_X86_REG_DR0, 0x5EED5EED5EED5EED)
-    b = bytes(u.context_save())
-    dr0 = b.find((0x5EED5EED5EED5EED).to_bytes(8, "little"))
-    err_off, old_off = dr0 - 16, dr0 + 96
-    assert struct.unpack_from("<i", b, old_off)[0] == -1, "unexpected Unicorn context layout"
-    return err_off, old_off
-
-
-ERR_OFF, OLD_OFF = _exc_offsets()
-
-
-def ack_exception(uc: Uc) -> int:
-    """The pending exception's error code; marks it delivered (upstream bug #1883)."""
-    ctx = uc.context_save()
-    base = ctx.context.value
-    err = ctypes.c_int32.from_address(base + ERR_OFF).value
-    ctypes.c_int32.from_address(base + OLD_OFF).value = -1
-    uc.context_restore(ctx)
-    return err & 0xFFFFFFFF
-
-
-class ExceptionAck:
-    """`ack_exception` for one Uc, reusing one saved context (no allocation per fault) and
-    calling the C library directly (the binding's wrappers cost more than the calls)."""
-
-    def __init__(self, uc: Uc) -> None:
-        self.ctx = uc.context_save()
-        base = self.ctx.context.value
-        self.err = ctypes.c_int32.from_address(base + ERR_OFF)
-        self.old = ctypes.c_int32.from_address(base + OLD_OFF)
-        self._uch, self._raw = uc._uch, self.ctx.context
-        self._save, self._restore = _uclib.uc_context_save, _uclib.uc_context_restore
-
-    def __call__(self, uc: Uc) -> int:
-        self._save(self._uch, self._raw)
-        err = self.err.value
-        self.old.value = -1
-        self._restore(self._uch, self._raw)
-        return err & 0xFFFFFFFF
-
-
-class RegReader:
-    """One register of one Uc read straight through the C library (the #PF hook's CR2)."""
-
-    def __init__(self, uc: Uc, reg: int) -> None:
-        self._buf = ctypes.c_uint64()
-        self._ref = ctypes.byref(self._buf)
-        self._args = (uc._uch, reg)
-        self._read = _uclib.uc_reg_read
-
-    def __call__(self) -> int:
-        self._read(*self._args, self._ref)
-        return self._buf.value
 
 
 REG_NAMES = (

@@ -9,14 +9,19 @@ it is in `PGC_state_free`. Allocations search from the highest permitted zone do
 The free lists are Python dicts keyed by head MFN (insertion-ordered, O(1) removal of a buddy)
 instead of the page_list links in the frame table; the frame table's `list_*` fields stay 0.
 
-Scrubbing: freed guest pages are marked `PGC_need_scrub` and scrubbed synchronously in the
-same call (madvise MADV_DONTNEED on the whole run is cheap), so `node_need_scrub` is back to 0
-when the heap lock is released and `H` never has unscrubbed pages to report.
+Scrubbing, as Xen's bootscrub=idle: once the machine has booted, a heap with a `scrubber`
+(emu/mm/scrub.py) leaves freed guest pages marked `PGC_need_scrub`, counted in
+`node_need_scrub` (key `H`), for idle pCPUs to scrub in the background (`scrub_some()`,
+bounded chunks); free RAM is marked so at boot too (`mark_free_dirty()`). An allocation
+scrubs the dirty pages it takes (alloc_heap_pages()). A heap without a scrubber (not booted)
+scrubs at once when pages are freed. Scrubbing is madvise MADV_DONTNEED: the OS takes the
+frames back and they read as zeros.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -111,6 +116,8 @@ class Heap:
         self.avail = np.zeros((MAX_NUMNODES, NR_ZONES), dtype=np.int64)
         self.total_avail_pages = 0
         self.node_need_scrub = [0] * MAX_NUMNODES
+        self.dirty_runs: deque[tuple[int, int]] = deque()  # [start, end) freed dirty
+        self.scrubber = None  # emu/mm/scrub.py IdleScrubber once the machine has booted
         self.lock = threading.RLock()
         frames.on_last_put = self._last_put
 
@@ -138,12 +145,12 @@ class Heap:
             self.avail[0, zone] += n
             self.total_avail_pages += n
             if need_scrub:
-                # Mark, then scrub at once (see module docstring).
                 self.node_need_scrub[0] += n
-                if self.ram is not None:
-                    self.ram.scrub(mfn, n)
-                self.ft.count_info[mfn : mfn + n] = PGC_state_free
-                self.node_need_scrub[0] -= n
+                if self.scrubber is None:  # no idle scrubber: now (module docstring)
+                    self._scrub_range(mfn, mfn + n)
+                else:
+                    self.dirty_runs.append((mfn, mfn + n))
+                    self.scrubber.kick()
             while order < MAX_ORDER:
                 mask = 1 << order
                 buddy = mfn - mask if mfn & mask else mfn + mask
@@ -182,6 +189,8 @@ class Heap:
                 n = 1 << order
                 self.avail[0, zone] -= n
                 self.total_avail_pages -= n
+                if self.node_need_scrub[0]:
+                    self._scrub_range(mfn, mfn + n)  # alloc_heap_pages(): dirty pages first
                 self.ft.words[mfn : mfn + n] = np.array([0, PGC_state_inuse, 0, 0], dtype=np.uint64)
                 return mfn
             return None
@@ -199,10 +208,55 @@ class Heap:
         """Free arbitrary frames: grouped into runs, then into aligned buddy chunks."""
         with self.lock:
             for start, end in runs_of(mfns):
-                if need_scrub and self.ram is not None:
-                    self.ram.scrub(start, end - start)
                 for m, o in aligned_chunks(start, end):
-                    self.free_heap_pages(m, o, need_scrub=False)
+                    self.free_heap_pages(m, o, need_scrub=need_scrub)
+
+    # ---- scrubbing ------------------------------------------------------------------------
+
+    def _scrub_range(self, start: int, end: int) -> int:
+        """Scrub the frames of [start, end) marked PGC_need_scrub and clear the mark; returns
+        how many there were. Caller holds the lock."""
+        ci = self.ft.count_info[start:end]
+        dirty = (ci & np.uint64(PGC_need_scrub)) != 0
+        n = int(np.count_nonzero(dirty))
+        if not n:
+            return 0
+        if self.ram is not None:
+            for s, e in runs_of(np.flatnonzero(dirty) + start):
+                self.ram.scrub(s, e - s)
+        ci[dirty] &= np.uint64(~PGC_need_scrub & 0xFFFFFFFFFFFFFFFF)
+        self.node_need_scrub[0] -= n
+        return n
+
+    def mark_free_dirty(self) -> None:
+        """bootscrub=idle: every free page of the boot heap needs scrubbing
+        (init_heap_pages() before SYS_STATE_active, xen/common/page_alloc.c:1974-1975)."""
+        with self.lock:
+            ci = self.ft.count_info
+            flag = np.uint64(PGC_need_scrub)
+            heads, orders, _ = self.free_chunks()
+            for h, o in sorted(zip(heads.tolist(), orders.tolist(), strict=True)):
+                chunk = ci[h : h + (1 << o)]
+                fresh = int(np.count_nonzero((chunk & flag) == 0))
+                chunk |= flag
+                self.node_need_scrub[0] += fresh
+                self.dirty_runs.append((h, h + (1 << o)))
+
+    def scrub_some(self, limit: int) -> int:
+        """scrub_free_pages(): scrub at most `limit` frames of the queued dirty runs (one
+        bounded chunk under the heap lock); returns how many frames it looked at."""
+        with self.lock:
+            seen = 0
+            while self.dirty_runs and seen < limit:
+                start, end = self.dirty_runs.popleft()
+                stop = min(end, start + limit - seen)
+                self._scrub_range(start, stop)
+                seen += stop - start
+                if stop < end:
+                    self.dirty_runs.appendleft((stop, end))
+            if not self.node_need_scrub[0]:
+                self.dirty_runs.clear()
+            return seen
 
     # ---- domheap / xenheap API --------------------------------------------------------
 

@@ -78,6 +78,7 @@ class ShadowDomain:
         # Hot-path handles (multi.py): counter indices, access-record memoryviews, t0.
         ix = self.pc.index
         self.hot_counters = (ix["shadow_fault"], ix["guest_walk"], ix["shadow_fault_fixed"])
+        self.i_status = ix["shadow_get_shadow_status"]
         acc = self.access
         self.mv_accessed = acc.mv_accessed
         self.mv_written = acc.mv_written
@@ -129,11 +130,8 @@ class ShadowDomain:
     def flush_tlbs(self) -> None:
         """Flush every vCPU of the domain (after any removed or downgraded shadow entry)."""
         self.need_flush = False
-        ctr = self.cpu
-        idx = self.pc.index["shadow_vcpu_tlb_flush"]
         for v in self.dom.vcpus:
             v.flush_tlb()
-            ctr[idx] += 1
 
     def flush_if_needed(self) -> None:
         if self.need_flush:
@@ -190,6 +188,7 @@ class ShadowDomain:
     def get_shadow(self, gmfn: int, shadow_type: int) -> int:
         """get_shadow_status() or sh_make_shadow(); the caller preallocated."""
         smfn = self.hash.lookup(gmfn, shadow_type, self.cpu)
+        self.cpu[self.i_status] += 1  # shadow_get_shadow_status (shadow/private.h:757)
         if smfn is not None:
             return smfn
         smfn = self.pool.alloc(shadow_type, gmfn, self.cpu)
@@ -203,6 +202,7 @@ class ShadowDomain:
     def get_fl1_shadow(self, gfn: int) -> int:
         """An fl1 shadow splintering the guest 2 MiB page at `gfn` (back-pointer: the gfn)."""
         smfn = self.hash.lookup(gfn, SH_type_fl1_64_shadow, self.cpu)
+        self.cpu[self.i_status] += 1  # get_fl1_shadow_status() is get_shadow_status()
         if smfn is None:
             smfn = self.pool.alloc(SH_type_fl1_64_shadow, gfn, self.cpu)
             self.hash.insert(gfn, SH_type_fl1_64_shadow, smfn)

@@ -286,7 +286,6 @@ def _sh_propagate(sd, vcpu, va: int, ec: int, lmfn: int, gl1: int, sl1: int, nxe
         if n > SPURIOUS_LIMIT:
             return _crash(sd, vcpu, f"no progress on shadow fault va {va:#x} ec {ec:#x}")
         vcpu.flush_tlb()
-        cpu[ix["shadow_vcpu_tlb_flush"]] += 1
     else:
         mem[i1] = new
         if sd.spurious:
@@ -296,7 +295,40 @@ def _sh_propagate(sd, vcpu, va: int, ec: int, lmfn: int, gl1: int, sl1: int, nxe
     if sd.need_flush:
         sd.flush_tlbs()
     cpu[sd.hot_counters[2]] += 1  # shadow_fault_fixed
+    if sd.machine.shadow_audit_enable:
+        return _audit_tables(sd, vcpu, FIXED)
     return FIXED
+
+
+def _audit_tables(sd, vcpu, result: int) -> int:
+    """shadow_audit_tables() while key `O` has enabled audits: check every shadow of the
+    domain (all are 4-on-4: Xen's "current mode's tables"). Xen BUG()s on a failure; here
+    the violations are printed and the domain crashes alone."""
+    bad = _audit_guest_view(sd, vcpu)
+    if not bad:
+        return result
+    for v in bad[:4]:
+        sd.machine.console.printk(f"d{sd.dom.domid}v{vcpu.vcpu_id} shadow audit: {v}\n")
+    return _crash(sd, vcpu, f"shadow audit failed ({len(bad)} violation(s))")
+
+
+def _audit_guest_view(sd, vcpu) -> list[str]:
+    """audit_domain() with the vCPU's hypervisor-entry L4 slot (emu/cpu/vcpu.py, mapped in
+    its shadow L4 while it enters or leaves Xen) back at its shadow value: like Xen's audit,
+    which checks guest slots only."""
+    from emu.shadow.audit import audit_domain
+
+    step = getattr(vcpu, "xen_step", None)
+    if not step:
+        return audit_domain(sd)
+    idx, old = step[0], step[1]
+    mem = sd.mem
+    cur = mem[idx]
+    mem[idx] = old
+    try:
+        return audit_domain(sd)
+    finally:
+        mem[idx] = cur
 
 
 def _get_and_create_l1(sd, vid: int, va: int, gm, ge, nxe: bool, fl1_gfn: int = -1) -> int:
@@ -351,6 +383,7 @@ def sh_update_cr3(sd, vcpu, guest_cr3: int) -> int:
         raise ShadowError(f"d{sd.dom.domid}v{vid} CR3 {guest_cr3:#x}: gfn {gfn:#x} is not RAM")
     sd.nxe[vid] = bool(vcpu.uc.reg_read(UC_X86_REG_MSR, MSR_EFER) & EFER_NXE)
     sl4 = sd.hash.lookup(gmfn, SH_type_l4_64_shadow, sd.cpu)
+    sd.cpu[sd.i_status] += 1  # get_shadow_status() in sh_set_toplevel_shadow (common.c:1985)
     if sl4 is None:
         if not sd.prealloc(1):
             raise ShadowError(f"d{sd.dom.domid}v{vid}: no shadow memory for a top-level table")
@@ -363,6 +396,10 @@ def sh_update_cr3(sd, vcpu, guest_cr3: int) -> int:
     if old is not None:
         sd.put_ref(old)
     sd.flush_if_needed()
+    if sd.machine.shadow_audit_enable:
+        bad = _audit_guest_view(sd, vcpu)
+        if bad:
+            raise ShadowError(f"d{sd.dom.domid}v{vid}: shadow audit failed: {bad[0]}")
     return sl4 << 12
 
 

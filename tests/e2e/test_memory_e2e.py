@@ -36,13 +36,13 @@ def body(text: str) -> list[str]:
     return [ln[6:] if ln.startswith("(XEN) ") else ln for ln in lines]
 
 
-def press_O(con: Console) -> list[str]:
-    """`O` on a 16M-frame host may take longer than debug_key's quiet gap: wait for its end."""
+def press_F(con: Console) -> list[str]:
+    """`F` (our audit key) on a 16M-frame host may outlast debug_key's quiet gap: wait."""
     con.to_xen()
-    con.send("O")
+    con.send("F")
     con.expect(r"\(XEN\) audit: (consistent|\d+ violation\(s\))\r\n", timeout=60)
     text = (con.before + con.after).replace("\r", "")
-    start = text.index("(XEN) 'O' pressed")
+    start = text.index("(XEN) 'F' pressed")
     return body(text[start:])
 
 
@@ -55,7 +55,7 @@ def snapshot(con: Console) -> dict:
     m = body(con.debug_key("m"))
     h = body(con.debug_key("H"))
     q = body(con.debug_key("q"))
-    o = press_O(con)
+    o = press_F(con)
     assert m[0] == "Physical memory information:" and m[1] == "    Xen heap: 0kB free"
     zones_kb = [int(x) for x in re.findall(r"^    heap\[\d\d\]: (\d+)kB free$", "\n".join(m), re.M)]
     dom_heap_kb = int(re.fullmatch(r"    Dom heap: (\d+)kB free", m[-1]).group(1))
@@ -65,8 +65,14 @@ def snapshot(con: Console) -> dict:
         int(re.fullmatch(rf"heap\[node=0\]\[zone={z}\] -> (\d+) pages", h[1 + z]).group(1))
         for z in range(41)
     ]
-    assert len(h) == 42  # no "unscrubbed pages" line: frames are scrubbed as they are freed
     free = sum(heap)
+    # Freed frames wait for the idle scrubber (bootscrub=idle): a trailing line counts them,
+    # page_alloc.c:2902 "Node %d has %lu unscrubbed pages"; they are free all the same.
+    if len(h) == 43:
+        dirty = int(re.fullmatch(r"Node 0 has (\d+) unscrubbed pages", h[42]).group(1))
+        assert 0 < dirty <= free
+    else:
+        assert len(h) == 42
     assert dom_heap_kb == free * 4
     assert int(info["free_memory"]) == free // 256
     assert int(info["total_memory"]) == 1023
@@ -78,7 +84,7 @@ def snapshot(con: Console) -> dict:
             "\n".join(q),
         )
     }
-    assert o[0].startswith("'O' pressed -> auditing frame table and shadows (now = ")
+    assert o[0].startswith("'F' pressed -> auditing frame table and shadows (now = ")
     summary = re.fullmatch(
         r"audit: frames=(\d+) free=(\d+) xen=(\d+) domain=(\d+) shadow=(\d+)", o[1]
     )
@@ -178,11 +184,15 @@ def test_64g_host_boots_and_answers_q_m_H_O():
             ]
             m = body(con.debug_key("m"))
             h = body(con.debug_key("H"))
-            o = press_O(con)
+            o = press_F(con)
             assert o[-1] == "audit: consistent", o
             free = int(re.search(r" free=(\d+) ", o[1]).group(1))
             pages = [int(ln.rsplit(" -> ", 1)[1].split()[0]) for ln in h[1:42]]
-            assert len(h) == 42 and sum(pages) == free
+            assert sum(pages) == free
+            # Boot RAM is still being scrubbed in the background (bootscrub=idle), or done.
+            assert len(h) == 42 or re.fullmatch(r"Node 0 has \d+ unscrubbed pages", h[42])
             assert m[-1] == f"    Dom heap: {free * 4}kB free"
             assert "    heap[24]: " in "\n".join(m)  # 32-64 GiB is zone 24
-            assert o[1].startswith("audit: frames=16777216 ")
+            # 64 GiB of RAM, 1 GiB of it relocated above 4 GiB past the 32-bit hole
+            # (emu/e820.py): the frame table spans 65 GiB.
+            assert o[1].startswith("audit: frames=17039360 ")

@@ -13,21 +13,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from guest_helpers import FLOOD, Lines, asm_guest, wait_for
+from guest_helpers import FLOOD, PORT_FLOOD, Lines, asm_guest, wait_for
 
 from emu.ratelimit import PRINTK_RATELIMIT_BURST, PrintkRatelimit, suppressed_line
 from keyhandlers import KEY_TABLE
 from keyhandlers.dispatch import run_handler
-
-PORT_FLOOD = """
-    mov al, 0x42
-flood:
-    out 0xe9, al
-    out 0x80, al
-    in al, 0x71
-    mov al, 0x42
-    jmp flood
-"""
 
 
 def _press(m, key: str, serial: Lines) -> str:

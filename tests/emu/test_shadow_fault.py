@@ -156,7 +156,7 @@ def test_stale_tlb_faults_do_not_add_up_to_a_crash(machine):
 
 def test_superpage_faults_end_like_4k_faults(machine):
     """The fault tail is one helper for 4 KiB and 2 MiB guest mappings (emu/shadow/multi.py
-    `_sh_propagate`): a spurious fault through a superpage counts its TLB flush, and an
+    `_sh_propagate`): a spurious fault through a superpage flushes the TLB, and an
     emulated page-table write through one restarts the no-progress count, as on 4 KiB."""
     g = Guest(machine, name="sp-tail")
     sd, v = g.dom.paging, g.vcpus[0]
@@ -169,11 +169,11 @@ def test_superpage_faults_end_like_4k_faults(machine):
     assert v.run(entry, until) == until, v.events  # read, then an emulated PT write
     emulated = machine.perfc.total("shadow_fault_emulate_write")
     assert emulated >= 1
-    # A fault the shadow already allows: flushed and counted, one no-progress fault so far.
-    flushes, counted = v.tlb_flushes, machine.perfc.total("shadow_vcpu_tlb_flush")
+    # A fault the shadow already allows: flushed, one no-progress fault so far.
+    # (Xen has no counter for this flush: xen/arch/x86/include/asm/perfc_defn.h lists none.)
+    flushes = v.tlb_flushes
     assert sd.page_fault(v, l1_va, 0) == 0
     assert v.tlb_flushes == flushes + 1
-    assert machine.perfc.total("shadow_vcpu_tlb_flush") == counted + 1
     assert sd.spurious[0] == 1
     # The same code again: only the PT write faults (emulated), and that is progress.
     assert v.run(entry, until) == until, v.events

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from xenconsole.dom0.lex import split_unquoted
+from xenconsole.dom0.xenstore_cmds import COMMANDS as XENSTORE_COMMANDS
 
 PROMPT = "root@dom0:~# "
 MAX_LINE = 4095
@@ -327,3 +328,4 @@ BUILTINS: dict[str, Callable[[Dom0Shell, list[str]], int]] = {
     "help": _help,
     "clear": _clear,
 }
+BUILTINS.update(XENSTORE_COMMANDS)  # xenstore-ls, xenstore-read, xenstore-write

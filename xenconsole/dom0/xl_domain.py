@@ -3,7 +3,9 @@
 A config file is xl's syntax: `key = value` statements (newline or `;` separated, `#`
 comments), values are numbers, "strings"/'strings' or [lists]. KEY=VALUE arguments are
 appended to the file's text, as xl does; a bare word on the command line (`name=web`) is
-taken as a string. Keys: name, memory (MiB), maxmem (MiB), vcpus, workload. Other keys are
+taken as a string. Keys: name, memory (MiB), maxmem (MiB), vcpus, workload; for 64-bit PV
+guests (emu/pv/) type, kernel, cmdline/extra, on_poweroff/on_crash/on_reboot, and the
+legacy loader (ignored, as xl does). Other keys are
 refused (a real xl ignores keys it does not know; here they would silently do nothing).
 """
 
@@ -23,8 +25,11 @@ from xenconsole.dom0.lex import split_unquoted
 from xenconsole.dom0.shell import Pending
 from xenconsole.dom0.xl import CMD_TABLE, XlExit, command, find_domain, getopts, help_text
 
-KEYS = ("name", "memory", "maxmem", "vcpus", "workload")
-INT_KEYS = ("memory", "maxmem", "vcpus")
+KEYS = ("name", "memory", "maxmem", "vcpus", "workload", "type", "kernel", "cmdline", "extra")
+KEYS += ("loader", "on_poweroff", "on_crash", "on_reboot", "max_event_channels")
+KEYS += ("viridian",)  # loader: legacy, ignored; viridian: HVM-only, ignored for PV (as xl)
+INT_KEYS = ("memory", "maxmem", "vcpus", "max_event_channels")
+ANY_KEYS = ("viridian",)  # any value (xl: a boolean or a list)
 ERROR_FAIL = 3  # xl create returns -ERROR_FAIL
 MAX_CONFIG = 1 << 20
 
@@ -89,7 +94,7 @@ def parse_config(text: str, source: str, bare_ok: bool = False) -> dict:
                 raise ConfigParseError(
                     f"{source}:{lineno}: parameter `{key}' is not a valid number"
                 )
-        elif not isinstance(value, str):
+        elif key not in ANY_KEYS and not isinstance(value, str):
             raise ConfigParseError(f"{source}:{lineno}: parameter `{key}' must be a string")
         cfg[key] = value
     return cfg
@@ -99,7 +104,12 @@ def spec_from_config(cfg: dict) -> DomainSpec | None:
     if not cfg.get("name"):
         return None
     spec = DomainSpec(name=cfg["name"])
-    for key in ("memory", "maxmem", "vcpus", "workload"):
+    for key in ("memory", "maxmem", "vcpus", "workload", "type", "kernel", "cmdline"):
+        if key in cfg:
+            setattr(spec, key, cfg[key])
+    if "extra" in cfg and "cmdline" not in cfg:  # xl_parse.c: extra= is the old cmdline=
+        spec.cmdline = cfg["extra"]
+    for key in ("on_poweroff", "on_crash", "on_reboot", "max_event_channels"):
         if key in cfg:
             setattr(spec, key, cfg[key])
     return spec

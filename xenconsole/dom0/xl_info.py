@@ -145,7 +145,7 @@ def info_lines(machine) -> list[tuple[str, str]]:
         ("xen_pagesize", "4096"),
         ("platform_params", "virt_start=0xffff800000000000"),
         ("xen_changeset", version.XEN_CHANGESET),
-        ("xen_commandline", version.XEN_COMMANDLINE),
+        ("xen_commandline", version.xen_commandline(host.dom0_mem)),
         ("cc_compiler", version.XEN_COMPILER),
         ("cc_compile_by", version.XEN_COMPILE_BY),
         ("cc_compile_domain", version.XEN_COMPILE_DOMAIN),

@@ -98,7 +98,8 @@ class ConsoleSession:
     def __init__(self, sh, dom, escape: int = CTRL_RBRACKET) -> None:
         self.sh = sh
         self.escape = escape
-        self.con = dom.hvm.console
+        pv = getattr(dom, "pv", None)  # a PV guest: the console ring's copy (emu/pv/event.py)
+        self.con = pv.console if pv is not None else dom.hvm.console
         self.closed = False
 
     def start(self) -> None:
@@ -147,7 +148,7 @@ def main_console(sh, argv: list[str]) -> int:
         if o == "-e" and a:  # tools/console/client: "^c" is Ctrl-c, else the character
             escape = (ord(a[1].upper()) & 0x1F) if a[0] == "^" and len(a) == 2 else ord(a[0])
     dom = find_domain(sh, sh.machine, rest[0])
-    if dom.hvm is None:
+    if dom.hvm is None and dom.pv is None:
         sh.println("Unable to attach console")
         return 1
     ConsoleSession(sh, dom, escape).start()
