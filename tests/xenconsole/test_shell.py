@@ -31,8 +31,6 @@ XL_INFO_KEYS = [
 ]  # fmt: skip
 
 
-
-
 @pytest.fixture
 def host():
     h = Host()
