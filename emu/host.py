@@ -117,7 +117,7 @@ workload = "touch:pages=32768"
 name = "guest2"
 memory = 256
 vcpus = 2
-workload = "random:ws=4096"
+workload = "touch:pages=4096,write=1"
 """
 
 _HOST_KEYS = {"memory", "cpus", "dom0_mem"}

@@ -41,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dom0-root", metavar="DIR")
     s.add_argument("--control", metavar="PATH")
     s.add_argument("--no-control", action="store_true")
+    from xenconsole import labopts
+
+    labopts.add_options(s)
+    from xenconsole import access
+
+    access.add_options(s)
+    s.add_argument("--pidfile", metavar="FILE")
+    lg = sub.add_parser("labgrid-exporter-config", help="labgrid exporter YAML for a lab file")
+    lg.add_argument("lab", metavar="LAB.toml")
+    lg.add_argument("-o", "--output", metavar="FILE")
+    pw = sub.add_parser("passwd", help="print a password file line for NAME")
+    pw.add_argument("name")
     k = sub.add_parser("keys", help="list every debug key, as 'h' would")
     k.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     c = sub.add_parser("connect", help="interactive client")
@@ -81,6 +93,24 @@ def xl_command(argv: list[str]) -> int:
             return 2
         control, argv = argv[1], argv[2:]
     return xl_main(argv, control)
+def cmd_passwd(args) -> int:
+    """`xenconsole passwd NAME`: read a password (twice on a terminal), print the line."""
+    import getpass
+
+    from xenconsole.access import hash_password
+
+    if ":" in args.name or not args.name.strip():
+        sys.stderr.write("xenconsole: error: NAME must be non-empty and have no ':'\n")
+        return 2
+    if sys.stdin.isatty():
+        pw = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != pw:
+            sys.stderr.write("xenconsole: error: the passwords differ\n")
+            return 2
+    else:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    print(f"{args.name}:{hash_password(pw)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,11 +120,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd == "serve":
+        from xenconsole.labserve import is_lab_file, serve_lab
+
+        if args.config and is_lab_file(args.config):  # several hosts: docs/contract.md §10
+            return serve_lab(args, build_parser)
         from xenconsole.serve import serve
 
         return serve(args)
     if args.cmd == "keys":
         return cmd_keys(args)
+    if args.cmd == "passwd":
+        return cmd_passwd(args)
+    if args.cmd == "labgrid-exporter-config":
+        from xenconsole.labgrid_export import main as export_main
+
+        return export_main(args, build_parser)
     if args.cmd == "connect":
         try:
             from xenconsole.connect import main as connect_main

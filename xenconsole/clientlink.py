@@ -70,6 +70,10 @@ class Link:
     def send_break(self) -> None:
         raise LinkError(f"a BREAK cannot travel over {self.scheme}")
 
+    def send_who(self) -> None:
+        """Ask the server who is attached (the answer arrives as console output)."""
+        raise LinkError(f"who needs a telnet connection, not {self.scheme}")
+
     def set_size(self, cols: int, rows: int) -> None:
         pass
 

@@ -60,6 +60,7 @@ MENU_TEXT = """\
    b    send BREAK
    s    switch input (Ctrl-A x3)
    k    list debug keys (h)
+   w    who is attached (telnet)
    ^]   send a literal Ctrl-]
    Esc  back to the console
 """
@@ -153,6 +154,7 @@ class ClientSession:
         menu_key("b", self.send_break)
         menu_key("s", self.switch_input)
         menu_key("k", self.list_keys)
+        menu_key("w", self.who)
         menu_key(ESCAPE_KEY, lambda: self.send(b"\x1d"))
         menu_key(Keys.Escape, lambda: None)
         menu_key(Keys.Any, lambda: None)
@@ -207,6 +209,15 @@ class ClientSession:
             self.notice = str(e)
         else:
             self.notice = "BREAK sent"
+
+    def who(self) -> None:
+        """Ask the server who is attached: its answer shows on the console screen."""
+        try:
+            self.link.send_who()
+        except LinkError as e:
+            self.notice = str(e)
+        else:
+            self.notice = ""
 
     def switch_input(self) -> None:
         self.notice = ""

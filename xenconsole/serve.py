@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from emu.host import ConfigError, HostConfig
+from xenconsole.access import AccessConfig
 from xenconsole.hub import Listener
-from xenconsole.options import Address, UsageError, host_from_args, is_loopback, load_keys
+from xenconsole.labopts import LabOptions
+from xenconsole.options import Address, UsageError, host_from_args, load_keys
 from xenconsole.transports import TRANSPORTS, Transport
 
 
@@ -27,6 +29,8 @@ class ServeConfig:
     plugins: list[str] = field(default_factory=list)
     dom0_root: str | None = None  # None: a fresh private directory, removed at exit
     control: str | None = None  # the control socket's path; None: no control channel
+    lab: LabOptions = field(default_factory=LabOptions)
+    access: AccessConfig = field(default_factory=AccessConfig)
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Opened:
     events: Any = None  # FILE.events with --log-events
     extra: list[tuple[str, Listener]] = field(default_factory=list)  # (ready-line word, ...)
     dom0_fs: Any = None
+    input_log: Any = None  # FILE.input with --log-input
 
     def close(self) -> None:
         for _t, listener in self.listeners:
@@ -50,7 +55,8 @@ class Opened:
     def close_logs(self, hub) -> None:
         """Close the log files; a failure (disk full) is one line on stderr, never a
         traceback, and none at all if the hub already said logging stopped."""
-        for f, already_failed in ((self.log, hub.log is None), (self.events, False)):
+        files = ((self.log, hub.log is None), (self.events, False), (self.input_log, False))
+        for f, already_failed in files:
             if f is None:
                 continue
             try:
@@ -62,7 +68,7 @@ class Opened:
                     os.close(f.fileno())
                 except (OSError, ValueError):
                     pass
-        self.log = self.events = None
+        self.log = self.events = self.input_log = None
 
 
 def open_log(path: str) -> Any:
@@ -108,8 +114,17 @@ def parse(args) -> ServeConfig:
             raise UsageError(f"{t.flag} and --no-{t.kind} cannot be used together")
     if args.log_events and not args.log:
         raise UsageError("--log-events needs --log FILE")
+    from xenconsole import access, labopts
+
+    lab = labopts.parse(args, args.log)
+    addresses = [(t.flag, v) for t, v in transports if isinstance(v, Address)]
+    addresses += [(f"{t.flag}-ro", v) for t, v in lab.ro if isinstance(v, Address)]
+    auth = access.parse(args, addresses)
     load_keys(args.plugin)
-    config = ServeConfig(host, transports, not args.no_wait, args.log, args.log_events, args.plugin)
+    config = ServeConfig(
+        host, transports, not args.no_wait, args.log, args.log_events, args.plugin,
+        lab=lab, access=auth,
+    )  # fmt: skip
     config.dom0_root, config.control = _parse_dom0(args)
     return config
 
@@ -159,14 +174,30 @@ def listen_control(reactor, config: ServeConfig, runner, opened: Opened) -> None
 def listen(reactor, config: ServeConfig, hub) -> Opened:
     """Start every transport, then open the log; on any failure close what was opened and
     raise (CannotListenError, OSError or UsageError)."""
+    from xenconsole import labopts
+    from xenconsole.access import AuthReactor, RateLimiter
+
+    limiter = RateLimiter()
+
+    def reactor_for(value) -> Any:
+        """A listener that needs authentication listens through AuthReactor."""
+        if isinstance(value, Address) and config.access.needs_auth(value.host):
+            return AuthReactor(reactor, config.access, limiter)
+        return reactor
+
     opened = Opened([])
     try:
         for t, value in config.transports:
-            opened.listeners.append((t, t.listen(reactor, hub, value)))
+            opened.listeners.append((t, t.listen(reactor_for(value), hub, value)))
+        opened.listeners += labopts.spectator_listeners(reactor_for, hub, config.lab)
         # Opened last, so a bad option never leaves a new empty log file behind.
         if config.log:
             opened.log = open_log(config.log)
             hub.log = opened.log
+        try:
+            opened.input_log = labopts.apply(hub, config.lab, config.log)
+        except OSError as e:
+            raise UsageError(f"cannot open input log: {e.strerror}") from None
         if config.log_events:
             from xenconsole.eventlog import events_path
             from xenconsole.eventlog import install as install_event_log
@@ -187,13 +218,8 @@ def listen(reactor, config: ServeConfig, hub) -> Opened:
 
 def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
     """Print the ready lines, power on (or wait for the first client), run the reactor; leave
-    the process when it stops."""
-    for t, value in config.transports:
-        if isinstance(value, Address) and not is_loopback(value.host):
-            sys.stderr.write(
-                f"xenconsole: warning: {t.kind} listens on {value.host}, not loopback; "
-                "the console is unauthenticated, as a real serial line is\n"
-            )
+    the process when it stops. (A listener off loopback is never unauthenticated: parse()
+    refused it, or it listens with TLS client certificates or a password, access.py.)"""
 
     # A signal between the ready line and reactor.run() (which installs Twisted's own
     # handlers) must still mean a clean stop, not death by SIGTERM.
@@ -202,8 +228,11 @@ def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _early_stop)
+    _reopen_on_hup(reactor, config, runner.hub, opened)
+    ro = {id(listener) for _t, listener in opened.listeners[len(config.transports) :]}
     for t, listener in opened.listeners:
-        print(f"xenconsole: {t.kind} {listener.where}")
+        kind = f"{t.kind}-ro" if id(listener) in ro else t.kind
+        print(f"xenconsole: {kind} {listener.where}")
     for kind, listener in opened.extra:
         print(f"xenconsole: {kind} {listener.where}")
     print("xenconsole: ready", flush=True)
@@ -224,6 +253,40 @@ def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
     os._exit(0)
 
 
+def hup_hook(config: ServeConfig, hub, opened: Opened):
+    """What SIGHUP does for this host: reopen `--log` by its name (xenconsole/logfiles.py);
+    None without a log."""
+    if not config.log:
+        return None
+    from xenconsole.logfiles import reopen_hub_log
+
+    def opener(path: str) -> Any:
+        opened.log = open_log(path)
+        if config.lab.log_timestamps:
+            from xenconsole.labopts import TimestampedLog
+
+            return TimestampedLog(opened.log)
+        return opened.log
+
+    swap = reopen_hub_log(hub, config.log, opener)
+
+    def reopen_log() -> None:
+        swap()
+
+    return reopen_log
+
+
+def _reopen_on_hup(reactor, config: ServeConfig, hub, opened: Opened) -> None:
+    """SIGHUP reopens `--log`; without a log it is ignored. It never stops the server."""
+    from xenconsole.logfiles import Reopeners, install_sighup
+
+    reopeners = Reopeners()
+    hook = hup_hook(config, hub, opened)
+    if hook is not None:
+        reopeners.add(hook)
+    install_sighup(reactor, reopeners)
+
+
 def _fail(msg: str) -> int:
     sys.stderr.write(f"xenconsole: error: {msg}\n")
     return 2
@@ -231,6 +294,8 @@ def _fail(msg: str) -> int:
 
 def serve(args) -> int:
     """`xenconsole serve`: returns 2 after one error line, else never returns."""
+    from xenconsole.logfiles import remove_pidfile, write_pidfile
+
     try:
         config = parse(args)
     except (ConfigError, UsageError) as e:
@@ -267,4 +332,11 @@ def serve(args) -> int:
         return _fail(str(e))
     except UsageError as e:
         return _fail(str(e))
+    if args.pidfile:
+        try:
+            write_pidfile(args.pidfile)
+        except OSError as e:
+            opened.close()
+            return _fail(f"cannot write pidfile {args.pidfile}: {e.strerror}")
+        reactor.addSystemEventTrigger("after", "shutdown", remove_pidfile, args.pidfile)
     run(reactor, config, runner, opened)

@@ -70,8 +70,11 @@ class TelnetCodec:
         on_break: Callable[[], None] = lambda: None,
         on_naws: Callable[[int, int], None] = lambda w, h: None,
         role: Role = SERVER,
+        on_ayt: Callable[[], str] = lambda: "",
     ) -> None:
         self.send = send
+        # What follows `[yes]` in the answer to AYT (the console server: who is attached).
+        self.on_ayt = on_ayt
         self.on_data = on_data
         self.on_break = on_break
         self.on_naws = on_naws
@@ -137,6 +140,10 @@ class TelnetCodec:
 
     def send_break(self) -> None:
         self.send(bytes([IAC, BRK]))
+
+    def send_ayt(self) -> None:
+        """Are You There: the console server answers `[yes]` and who is attached."""
+        self.send(bytes([IAC, AYT]))
 
     def set_window(self, cols: int, rows: int) -> None:
         """The terminal's size changed: tell the peer, if it asked (DO NAWS)."""
@@ -234,7 +241,7 @@ class TelnetCodec:
         elif c == BRK:
             self.on_break()
         elif c == AYT:
-            self.send(b"\r\n[yes]\r\n")
+            self.send(b"\r\n[yes]\r\n" + self.on_ayt().encode("utf-8", "replace"))
         elif c == EC:
             self.on_data(b"\x7f")
         elif c == EL:

@@ -89,13 +89,16 @@ def serve(
     *args: str,
     wait: bool = False,
     env: dict[str, str] | None = None,
+    replay: bool = False,
     timeout: float = READY_TIMEOUT,
     **kinds: bool,
 ) -> Iterator[ServedHost]:
     """Run `xenconsole serve` on 127.0.0.1 with port 0 listeners; always clean up.
 
     Keywords name transports to switch on or off (`pty=True`, `telnet=False`); telnet and
-    tcp are on unless switched off, the others off unless switched on."""
+    tcp are on unless switched off, the others off unless switched on. `replay=False` (the
+    default here) gives `--replay-bytes 0`, so a test's transcript starts at its own attach;
+    `replay=True` keeps the server's default (a new client first gets the last 64 KiB)."""
     cmd = [sys.executable, "-m", "xenconsole", "serve"]
     unknown = sorted(set(kinds) - {t.kind for t in TRANSPORTS})
     if unknown:
@@ -107,6 +110,8 @@ def serve(
             cmd += [f"--no-{t.kind}"]
     if not wait:
         cmd += ["--no-wait"]
+    if not replay and not any(a.startswith("--replay-bytes") for a in args):
+        cmd += ["--replay-bytes", "0"]
     cmd += list(args)
     proc = subprocess.Popen(
         cmd,
@@ -169,7 +174,9 @@ def _read_ready(host: ServedHost, timeout: float) -> None:
             if parts[:2] == ["xenconsole:", "control"] and len(parts) == 3:
                 host.control = parts[2]
             elif len(parts) == 3 and parts[0] == "xenconsole:":
-                host.urls[parts[1]] = by_kind(parts[1]).url(parts[2])
+                # `KIND-ro`: a read-only listener of transport KIND.
+                kind = parts[1].removesuffix("-ro")
+                host.urls[parts[1]] = by_kind(kind).url(parts[2])
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+from console_hosts import busy_default_host
 
 from xenconsole.testing import serve
 from xenconsole.transports import open_link
@@ -117,8 +118,8 @@ def guest_times(out: bytes) -> dict[str, float]:
 
 
 @pytest.mark.timeout(STALL + 100)
-def test_ten_clients_one_stalled(capsys) -> None:
-    with serve(rfc2217=True, pty=True) as host:
+def test_ten_clients_one_stalled(capsys, tmp_path) -> None:
+    with serve(*busy_default_host(tmp_path), rfc2217=True, pty=True) as host:
         kinds = ["telnet"] * 3 + ["tcp"] * 4 + ["rfc2217"] * 2 + ["pty"]
         kinds.remove(STALL_KIND)
         readers = [Reader(host.urls[k]) for k in kinds]

@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+from console_hosts import busy_default_host
 
 from xenconsole.telnet_codec import SB_MAX
 from xenconsole.testing import serve
@@ -345,9 +346,9 @@ def guest_cpu(xl_list: bytes) -> dict[str, float]:
 
 
 @pytest.mark.timeout(90)
-def test_default_host_with_running_guests_survives_abuse():
+def test_default_host_with_running_guests_survives_abuse(tmp_path):
     """The same abuse while guest vCPU threads print (their output hops onto the reactor)."""
-    with serve() as h:
+    with serve(*busy_default_host(tmp_path)) as h:
         watcher = Reader(h.address("telnet"))
         flood = Reader(h.address("tcp"))
         bad = Reader(h.address("telnet"))

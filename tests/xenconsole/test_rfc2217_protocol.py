@@ -30,7 +30,7 @@ class FakeHub:
     def detach(self, c) -> None:
         self.clients.remove(c)
 
-    def receive(self, data: bytes) -> None:
+    def receive(self, data: bytes, client=None) -> None:
         self.received += data
 
     def on_break(self, c) -> None:

@@ -73,9 +73,9 @@ def test_ctrl_u_erases_line(host):
 
 def test_cr_lf_is_one_enter(host):
     assert host.type(b"echo hi\r\n") == b"echo hi\r\nhi\r\n" + P
-    # Split across two reads, still one Enter.
+    # Split across two reads (another client, or minutes later): two Enters (issue 13).
     assert host.type(b"echo ho\r") == b"echo ho\r\nho\r\n" + P
-    assert host.type(b"\n") == b""
+    assert host.type(b"\n") == b"\r\n" + P
     # A lone LF is an Enter; CR CR is two.
     assert host.type(b"\n") == b"\r\n" + P
     assert host.type(b"\r\r") == (b"\r\n" + P) * 2

@@ -66,13 +66,15 @@ class Dom0Shell:
         self.ready = False
         self._after_cr = False
         self._esc = 0  # 0 none, 1 saw ESC, 2 inside CSI
-        self._early = bytearray()  # typed before dom0 is up: read once the shell starts
+        # Typed before dom0 is up, one chunk per arrival (so a CR of one chunk never folds an
+        # LF of the next): read once the shell starts.
+        self._early: list[bytes] = []
         self.foreground: Callable[[bytes], None] | None = None  # e.g. `xl console`
         self._after_foreground: list[str] = []  # the line's commands after the foreground one
         self._bell = False  # rung for the current over-long line (once, as readline does)
         self.runner: Runner | None = None  # None: reactor_runner() at the time of the call
         self.waiting: object | None = None  # token of the Pending being waited for
-        self._typeahead = bytearray()  # typed while a command waits: read after its prompt
+        self._typeahead: list[bytes] = []  # typed while a command waits, chunk by chunk
         from xenconsole.dom0 import xl
 
         self.xl = xl
@@ -97,32 +99,41 @@ class Dom0Shell:
         self.ready = True
         self.write(prompt_for(self.cwd))
         if first and self._early:
-            early, self._early = bytes(self._early), bytearray()
-            self.rx(early)
+            early, self._early = self._early, []
+            for chunk in early:
+                self.rx(chunk)
 
     # ---- input --------------------------------------------------------------------------
 
     def rx(self, data: bytes) -> None:
+        """One chunk of input as it arrived from one client. CR LF is one Enter only within
+        a chunk: a CR at the end of one chunk never swallows an LF at the start of the next
+        (the next may come from another client, or minutes later)."""
         if not self.ready:
             # dom0 is not running yet: Xen holds the bytes in its 128-byte ring.
-            room = SERIAL_RX_SIZE - len(self._early)
-            self._early += data[: max(0, room)]
+            room = SERIAL_RX_SIZE - sum(len(c) for c in self._early)
+            if room > 0 and data:
+                self._early.append(bytes(data[:room]))
             return
-        for i, c in enumerate(data):
-            if self.waiting is not None:  # a command (e.g. Enter just now) waits
-                self._rx_waiting(data[i:])
-                return
-            if self.foreground is not None:
-                self.foreground(bytes([c]))
-                continue
-            self._byte(c)
+        try:
+            for i, c in enumerate(data):
+                if self.waiting is not None:  # a command (e.g. Enter just now) waits
+                    self._rx_waiting(data[i:])
+                    return
+                if self.foreground is not None:
+                    self.foreground(bytes([c]))
+                    continue
+                self._byte(c)
+        finally:
+            self._after_cr = False
 
     def _rx_waiting(self, data: bytes) -> None:
         """Bytes typed while a command waits: held (as a tty holds them), Ctrl-C gives up."""
         cut = data.find(b"\x03")
         if cut < 0:
-            room = MAX_LINE - len(self._typeahead)
-            self._typeahead += data[: max(0, room)]
+            room = MAX_LINE - sum(len(c) for c in self._typeahead)
+            if room > 0 and data:
+                self._typeahead.append(bytes(data[:room]))
             return
         self.waiting = None  # the work finishes in its thread; its result is dropped
         self._typeahead.clear()  # a tty flushes its input on SIGINT
@@ -190,6 +201,11 @@ class Dom0Shell:
 
     def run_line(self, text: str) -> bool:
         """Run the line's commands; False when one still waits (its prompt comes later)."""
+        from xenconsole.dom0 import sh
+
+        if sh.wants(self, text):  # shell language: &&, ||, variables, functions, sh -c
+            self.status = sh.run(self, text)
+            return True
         return self._run_parts(_split_commands(text))
 
     def _run_parts(self, parts: list[str]) -> bool:
@@ -237,8 +253,9 @@ class Dom0Shell:
                 return None  # another command of the line waits; keep what was typed
             if self.foreground is None:
                 self.prompt()
-            held, self._typeahead = bytes(self._typeahead), bytearray()
-            self.rx(held)
+            held, self._typeahead = self._typeahead, []
+            for chunk in held:
+                self.rx(chunk)
             return None
 
         runner(pending.work).addBoth(done)
@@ -266,6 +283,10 @@ class Dom0Shell:
         if not argv:
             return self.status
         argv = [a.replace("$?", str(self.status)) for a in argv]
+        return self.dispatch_argv(argv)
+
+    def dispatch_argv(self, argv: list[str]) -> int | Pending:
+        """Run one command given as its words (xenconsole/dom0/sh.py calls this too)."""
         name = argv[0]
         try:
             if name == "xl":

@@ -107,7 +107,7 @@ class PtyClient(abstract.FileDescriptor):
             self.doWrite()
 
     def doRead(self):
-        return fdesc.readFromFD(self.master, self.hub.receive)
+        return fdesc.readFromFD(self.master, lambda data: self.hub.receive(data, self))
 
     def writeSomeData(self, data: bytes):
         try:

@@ -204,7 +204,7 @@ class RFC2217Client(protocol.Protocol):
         if not self.attached and (app or self.uart.transmit_purged):
             self._attach()  # after the purge answers went out: nothing of ours is dropped
         if app:
-            self.factory.hub.receive(app)
+            self.factory.hub.receive(app, self)
 
     def connectionLost(self, reason=None) -> None:
         self.out.stopProducing()

@@ -50,7 +50,7 @@ class RawClient(protocol.Protocol):
         self.out.deliver(data)
 
     def dataReceived(self, data: bytes) -> None:
-        self.factory.hub.receive(data)
+        self.factory.hub.receive(data, self)
 
     def connectionLost(self, reason=None) -> None:
         self.out.stopProducing()

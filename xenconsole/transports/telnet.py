@@ -27,9 +27,10 @@ class TelnetClient(RawClient):
         self.codec = TelnetCodec(
             # Replies go through the client's buffer: bounded if the client never reads.
             send=self.out.send_control,
-            on_data=hub.receive,
+            on_data=lambda data: hub.receive(data, self),
             on_break=lambda: hub.on_break(self),
             role=SERVER,
+            on_ayt=lambda: hub.who_text(self),  # telnet's `send ayt`, connect's menu `w`
         )
         self.codec.start()
 
@@ -69,6 +70,9 @@ class TelnetLink(SocketLink):
 
     def send_break(self) -> None:
         self.codec.send_break()
+
+    def send_who(self) -> None:
+        self.codec.send_ayt()
 
     def set_size(self, cols: int, rows: int) -> None:
         self.codec.set_window(cols, rows)
