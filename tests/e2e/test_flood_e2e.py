@@ -27,7 +27,8 @@ def test_served_host_answers_and_stays_bounded_during_a_flood(tmp_path):
     # xl pause and xl destroy through a real server; its memory stays bounded meanwhile.
     src = tmp_path / "flood.S"
     src.write_text(FLOOD)
-    with serve(*host_only(tmp_path)) as host, Console.open(host.urls["tcp"]) as con:
+    host_files = ("--dom0-root", "/")  # the asm file is read by its host path
+    with serve(*host_only(tmp_path), *host_files) as host, Console.open(host.urls["tcp"]) as con:
         con.run(f"xl create name=flood memory=16 workload=asm:{src}", check=True)
         con.expect_exact("(d1) " + "A" * 127, timeout=60)
         rss = [_rss_kib(host.proc.pid)]
