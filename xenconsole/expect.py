@@ -64,6 +64,10 @@ _GUEST_LINE = re.compile(r"^\(d\d+\) ")
 _GUEST_LINES = re.compile(rb"(?m)^\(d\d+\) [^\n]*\n?")
 
 
+# How long a catch-up read of what has arrived may take: under a flooding guest the line
+# is never quiet, and waiting for silence would never end.
+DRAIN_LIMIT_S = 1.0
+
 class ConsoleError(RuntimeError):
     """The console did not do what was asked (no switch message, no prompt, ...)."""
 
@@ -312,7 +316,7 @@ class Console(SpawnBase):
     def _switch_to(self, want: str, timeout: float | None) -> None:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        self._drain()
+        self._drain(limit=DRAIN_LIMIT_S)  # bounded: a flooding guest is never quiet
         # From an unknown state, or with boot-time domUs in the rotation, one switch may land
         # elsewhere first; the rotation has at most a few stops. A reboot (key `R`) may
         # start meanwhile: each round first lets a boot in progress finish.
@@ -395,7 +399,7 @@ class Console(SpawnBase):
         if len(key) != 1:
             raise ValueError("a debug key is one character")
         self.to_xen(timeout)
-        self._drain()
+        self._drain(limit=DRAIN_LIMIT_S)  # bounded: a flooding guest is never quiet
         self._take_unconsumed()
         self.send(key)
         out = strip_ansi(self.settle(quiet, timeout, first=2.0))
@@ -426,7 +430,7 @@ class Console(SpawnBase):
             raise ValueError("run() takes one command line")
         timeout = self.timeout if timeout is None else timeout
         self.to_dom0(timeout)
-        self._drain()
+        self._drain(limit=DRAIN_LIMIT_S)  # bounded: a flooding guest is never quiet
         stale = self._take_unconsumed()
         a, b = secrets.token_hex(4), secrets.token_hex(4)
         tail = f"echo '{a}''{b}' $?"
