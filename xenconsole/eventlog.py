@@ -18,7 +18,9 @@ from __future__ import annotations
 import re
 import sys
 import time
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
+
+from xenconsole.logfiles import SideFile
 
 EVENT_KINDS = ("attach", "detach", "break")
 EVENT_RE = re.compile(
@@ -67,17 +69,17 @@ def read_events(log_path: str) -> list[Event]:
         return parse_events(f.read())
 
 
-def install(hub, log_path: str) -> BinaryIO:
+def install(hub, log_path: str) -> SideFile:
     """Record the hub's attach/detach/break events in `FILE.events`; returns that file
-    (the caller closes it). OSError if it cannot be opened.
+    (the caller closes it; SIGHUP reopens it, xenconsole/logfiles.py). OSError if it cannot
+    be opened.
 
     The hub's methods are wrapped rather than edited: the hub stays a plain fan-out, and
     event logging costs nothing unless asked for.
     """
     if hub.log is None:
         raise ValueError("--log-events needs --log FILE")
-    out = open(events_path(log_path), "ab")  # noqa: SIM115 - lives as long as the server
-    state = {"out": out}
+    out = SideFile(events_path(log_path))
 
     def event(kind: str, who: str) -> None:
         # The hub gathers a reactor turn's output before fanning it out; hand that out
@@ -85,15 +87,12 @@ def install(hub, log_path: str) -> BinaryIO:
         flush = getattr(hub, "flush", None)
         if flush is not None:
             flush()
-        f = state["out"]
-        if f is None or hub.log is None:  # a write failed: logging stopped
+        if out.stopped or hub.log is None:  # a write failed: logging stopped
             return
         try:
-            f.write(event_line(kind, who, hub.log.tell()))
-            f.flush()
+            out.write(event_line(kind, who, hub.log.tell()))
         except (OSError, ValueError) as e:
             sys.stderr.write(f"xenconsole: event log write failed ({e}); event logging stopped\n")
-            state["out"] = None
 
     attach, detach, on_break = hub.attach, hub.detach, hub.on_break
 

@@ -10,11 +10,13 @@ transport of the table in xenconsole/transports/__init__.py).
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from xenconsole.hub import DEFAULT_REPLAY_BYTES, Hub, Listener
+from xenconsole.logfiles import SideFile
 from xenconsole.options import UsageError
 from xenconsole.transports import TRANSPORTS, Transport
 
@@ -138,7 +140,7 @@ class TimestampedLog:
         self.f.close()
 
 
-def apply(hub: Hub, opts: LabOptions, log_path: str | None) -> BinaryIO | None:
+def apply(hub: Hub, opts: LabOptions, log_path: str | None) -> SideFile | None:
     """Replay, exclusive mode, the log's timestamps and the input log on the hub (after the
     log is open); returns the input log file, if any (OSError if it cannot be opened)."""
     hub.replay_bytes = opts.replay_bytes
@@ -165,19 +167,18 @@ def input_path(log_path: str) -> str:
     return log_path + ".input"
 
 
-def install_input_log(hub: Hub, log_path: str) -> BinaryIO:
+def install_input_log(hub: Hub, log_path: str) -> SideFile:
     """`--log-input`: every client's input that reached the line (not a spectator's or a
     refused writer's) goes to `FILE.input`, out of band: the console log stays exactly the
-    output. Returns the file (the caller closes it)."""
-    out = open(input_path(log_path), "ab")  # noqa: SIM115 - lives as long as the server
+    output. Returns the file (the caller closes it; SIGHUP reopens it)."""
+    out = SideFile(input_path(log_path))
 
     def tap(data: bytes, client) -> None:
         offset = hub.log.tell() if hub.log is not None else 0
         try:
             out.write(input_line(getattr(client, "name", "-"), data, offset))
-            out.flush()
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as e:
+            sys.stderr.write(f"xenconsole: input log write failed ({e}); input logging stopped\n")
 
     hub.input_taps.append(tap)
     return out

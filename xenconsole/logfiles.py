@@ -12,7 +12,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
+
+from xenconsole.options import UsageError
 
 
 class Reopeners:
@@ -30,7 +32,7 @@ class Reopeners:
         for hook in list(self.hooks):
             try:
                 hook()
-            except OSError as e:  # keep serving; one line says which file failed
+            except (OSError, UsageError) as e:  # keep serving; one line says which file failed
                 sys.stderr.write(f"xenconsole: reopen failed: {e}\n")
 
 
@@ -48,6 +50,73 @@ def reopen_hub_log(hub, path: str, opener: Callable[[str], Any]) -> Callable[[],
             except (OSError, ValueError) as e:
                 sys.stderr.write(f"xenconsole: closing the old log failed ({e})\n")
         return new
+
+    return hook
+
+
+class SideFile:
+    """An append-only file beside the console log (`FILE.events`, `FILE.input`) that SIGHUP
+    reopens by its path, as the log itself: logrotate renames all three.
+
+    `write` appends one line and flushes it. A failed write (disk full) raises once and
+    gives the file up: later writes are dropped silently until the next reopen, so the
+    caller says so in one line, not one per event."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.f: BinaryIO = open(path, "ab")  # noqa: SIM115 - lives as long as the server
+        self.stopped = False
+
+    def write(self, line: bytes) -> None:
+        if self.stopped:
+            return
+        try:
+            self.f.write(line)
+            self.f.flush()
+        except (OSError, ValueError):
+            self.stopped = True
+            raise
+
+    def reopen(self) -> None:
+        """Open the path again (a new file if it was renamed), then close the old file;
+        OSError (the old file kept) if the path cannot be opened."""
+        new = open(self.path, "ab")  # noqa: SIM115 - lives as long as the server
+        old, self.f, self.stopped = self.f, new, False
+        _close_quietly(old)
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _close_quietly(f) -> None:
+    """Close a file whose buffer may not be writable any more (the write that failed is
+    still in it): the descriptor is closed anyway."""
+    try:
+        f.close()
+    except (OSError, ValueError) as e:
+        sys.stderr.write(f"xenconsole: closing the old log failed ({e})\n")
+        try:
+            os.close(f.fileno())
+        except (OSError, ValueError):
+            pass
+
+
+def reopen_each(*hooks: Callable[[], Any]) -> Callable[[], None]:
+    """One SIGHUP hook running every hook, each on its own: a file that cannot be reopened
+    is one line on stderr and the others are still reopened."""
+
+    def hook() -> None:
+        for h in hooks:
+            try:
+                h()
+            except (OSError, UsageError) as e:  # open_log's one line names the file
+                sys.stderr.write(f"xenconsole: reopen failed: {e}\n")
 
     return hook
 

@@ -254,11 +254,11 @@ def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
 
 
 def hup_hook(config: ServeConfig, hub, opened: Opened):
-    """What SIGHUP does for this host: reopen `--log` by its name (xenconsole/logfiles.py);
-    None without a log."""
+    """What SIGHUP does for this host: reopen `--log` by its name, then `FILE.events` and
+    `FILE.input` beside it (xenconsole/logfiles.py); None without a log."""
     if not config.log:
         return None
-    from xenconsole.logfiles import reopen_hub_log
+    from xenconsole.logfiles import reopen_each, reopen_hub_log
 
     def opener(path: str) -> Any:
         opened.log = open_log(path)
@@ -270,10 +270,16 @@ def hup_hook(config: ServeConfig, hub, opened: Opened):
 
     swap = reopen_hub_log(hub, config.log, opener)
 
-    def reopen_log() -> None:
-        swap()
+    def side(name: str):
+        def reopen() -> None:
+            f = getattr(opened, name)
+            if f is not None:
+                f.reopen()
 
-    return reopen_log
+        return reopen
+
+    # The log first: an event's offset after the reopen is one in the new log.
+    return reopen_each(swap, side("events"), side("input_log"))
 
 
 def _reopen_on_hup(reactor, config: ServeConfig, hub, opened: Opened) -> None:
