@@ -7,20 +7,29 @@ variables (`NAME=value`, a prefix assignment for one command, `$NAME`, `${NAME}`
 `dispatch_argv`). No pipes, redirections, globbing or command substitution: they are
 refused with one line, as bash refuses a syntax error.
 
-A line goes here when it needs any of this (`wants`); other lines keep the shell's own path,
-where a slow command (`xl create` of an `asm:` guest) waits off the console's thread. Here a
-slow command runs to its end before the next one (a list's order must hold).
+A line goes here when it needs any of this (`wants`); other lines keep the shell's own path.
+A slow command (`xl create` of an `asm:` guest, a `Pending`) waits off the console's thread
+on either path, so every other client is served meanwhile: the interpreter is a generator
+that yields the Pending (or FOREGROUND, after `xl console` took the line) and is resumed with
+its status when it is done (`run_line` drives it); the rest of the list runs after it, in
+order, and Ctrl-C while it waits ends the whole line, as SIGINT does in bash.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=")
 _OPS = ("&&", "||", ";", "(", ")", "|", "&", "<", ">", "\n")
 MAX_DEPTH = 64  # function calls and `sh -c` nesting: a runaway recursion ends, as bash's
+
+
+FOREGROUND = object()  # yielded when a command took the line (`xl console`): resume on Ctrl-]
+Run = Generator[Any, int, int]  # yields a Pending or FOREGROUND, is sent a status; its status
 
 
 class ShSyntaxError(Exception):
@@ -321,36 +330,59 @@ def wants(shell, text: str) -> bool:
     return False
 
 
-def run(shell, text: str) -> int:
-    """Run one line; its status. A syntax error is one line and status 2, as in bash."""
+def run_line(shell, text: str) -> bool:
+    """Run one line: True when it is done (its status in `shell.status`), False when a
+    command of it waits (the shell gives the prompt once the rest of the line has run).
+    A syntax error is one line and status 2, as in bash."""
     try:
         tree = parse(text)
     except ShSyntaxError as e:
         shell.println(f"-bash: {e}")
-        return 2
-    return run_list(shell, state(shell), tree)
+        shell.status = 2
+        return True
+    return _drive(shell, run_list(shell, state(shell), tree), None)
 
 
-def run_list(shell, st: State, node: tuple) -> int:
+def _drive(shell, gen: Run, value: int | None) -> bool:
+    """Run the line's generator until it ends (True) or waits (False): a Pending goes to a
+    worker thread on a running reactor (inline without one), FOREGROUND until Ctrl-]."""
+    while True:
+        try:
+            item = gen.send(value)  # type: ignore[arg-type]  # None starts it
+        except StopIteration as stop:
+            shell.status = stop.value
+            return True
+        if item is FOREGROUND:
+            shell.after_foreground(lambda: _drive(shell, gen, shell.status))
+            return False
+        runner = shell.current_runner()
+        if runner is None:
+            value = shell._run_inline(item)
+            continue
+        shell.wait_pending(item, runner, lambda status: _drive(shell, gen, status), gen.close)
+        return False
+
+
+def run_list(shell, st: State, node: tuple) -> Run:
     status = shell.status
     for op, cmd in node[1]:
         if op == "&&" and status != 0:
             continue
         if op == "||" and status == 0:
             continue
-        status = run_node(shell, st, cmd)
+        status = yield from run_node(shell, st, cmd)
         shell.status = status
     return status
 
 
-def run_node(shell, st: State, node: tuple) -> int:
+def run_node(shell, st: State, node: tuple) -> Run:
     kind = node[0]
     if kind == "group":
-        return run_list(shell, st, node[1])
+        return (yield from run_list(shell, st, node[1]))
     if kind == "func":
         st.functions[node[1]] = node[2]
         return 0
-    return run_simple(shell, st, node[1], node[2])
+    return (yield from run_simple(shell, st, node[1], node[2]))
 
 
 def _assignment(shell, st: State, w: Word) -> tuple[str, str]:
@@ -361,7 +393,7 @@ def _assignment(shell, st: State, w: Word) -> tuple[str, str]:
     return name, "".join(expand(shell, st, rest))
 
 
-def run_simple(shell, st: State, assigns: list[Word], words: list[Word]) -> int:
+def run_simple(shell, st: State, assigns: list[Word], words: list[Word]) -> Run:
     values = [_assignment(shell, st, w) for w in assigns]
     argv = [f for w in words for f in expand(shell, st, w)]
     if not argv:
@@ -373,8 +405,8 @@ def run_simple(shell, st: State, assigns: list[Word], words: list[Word]) -> int:
     for name, value in values:  # in this command's environment only (a function's too)
         st.vars[name] = value
     st.exported |= new_exports
-    try:
-        return call(shell, st, argv)
+    try:  # restored however the command ends: done, or its line given up with Ctrl-C
+        return (yield from call(shell, st, argv))
     finally:
         st.exported -= new_exports
         for name, old in saved.items():
@@ -384,7 +416,7 @@ def run_simple(shell, st: State, assigns: list[Word], words: list[Word]) -> int:
                 st.vars[name] = old
 
 
-def call(shell, st: State, argv: list[str]) -> int:
+def call(shell, st: State, argv: list[str]) -> Run:
     name = argv[0]
     if name in st.functions or name == "sh":
         if st.depth >= MAX_DEPTH:
@@ -393,10 +425,10 @@ def call(shell, st: State, argv: list[str]) -> int:
         st.depth += 1
         try:
             if name == "sh":
-                return _sh(shell, st, argv[1:])
+                return (yield from _sh(shell, st, argv[1:]))
             saved, st.positional = st.positional, argv[1:]
             try:
-                return run_list(shell, st, st.functions[name][1])
+                return (yield from run_list(shell, st, st.functions[name][1]))
             finally:
                 st.positional = saved
         finally:
@@ -418,11 +450,16 @@ def call(shell, st: State, argv: list[str]) -> int:
             st.vars.pop(a, None)
             st.functions.pop(a, None)
         return 0
-    result = shell.dispatch_argv(argv)  # a status, or a Pending (slow work) run to its end
-    return result if isinstance(result, int) else shell._run_inline(result)
+    result = shell.dispatch_argv(argv)  # a status, or a Pending (slow work)
+    if not isinstance(result, int):  # the driver runs it (off the reactor) and sends its status
+        result = yield result
+    if shell.foreground is not None:  # `xl console`: the rest of the line waits for Ctrl-]
+        shell.status = result
+        yield FOREGROUND
+    return result
 
 
-def _sh(shell, st: State, args: list[str]) -> int:
+def _sh(shell, st: State, args: list[str]) -> Run:
     """`sh -c CMD [NAME [ARGS...]]`: CMD in a child shell: the exported variables, no
     functions, `$0` NAME and `$1`... ARGS (the child's variables do not come back)."""
     if not args or args[0] != "-c" or len(args) < 2:
@@ -440,4 +477,4 @@ def _sh(shell, st: State, args: list[str]) -> int:
         depth=st.depth,
         arg0=args[2] if len(args) > 2 else "sh",
     )
-    return run_list(shell, child, tree)
+    return (yield from run_list(shell, child, tree))

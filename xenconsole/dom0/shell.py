@@ -70,10 +70,12 @@ class Dom0Shell:
         # LF of the next): read once the shell starts.
         self._early: list[bytes] = []
         self.foreground: Callable[[bytes], None] | None = None  # e.g. `xl console`
-        self._after_foreground: list[str] = []  # the line's commands after the foreground one
+        # The rest of the line after a foreground command (True when the line is done).
+        self._after_foreground: Callable[[], bool] | None = None
         self._bell = False  # rung for the current over-long line (once, as readline does)
         self.runner: Runner | None = None  # None: reactor_runner() at the time of the call
         self.waiting: object | None = None  # token of the Pending being waited for
+        self._abandon: Callable[[], None] | None = None  # drops the rest of a waiting line
         self._typeahead: list[bytes] = []  # typed while a command waits, chunk by chunk
         from xenconsole.dom0 import xl
 
@@ -136,6 +138,9 @@ class Dom0Shell:
                 self._typeahead.append(bytes(data[:room]))
             return
         self.waiting = None  # the work finishes in its thread; its result is dropped
+        abandon, self._abandon = self._abandon, None
+        if abandon is not None:  # SIGINT ends the whole line, as in bash
+            abandon()
         self._typeahead.clear()  # a tty flushes its input on SIGINT
         self.write("^C\n")
         self.status = 130
@@ -204,30 +209,40 @@ class Dom0Shell:
         from xenconsole.dom0 import sh
 
         if sh.wants(self, text):  # shell language: &&, ||, variables, functions, sh -c
-            self.status = sh.run(self, text)
-            return True
+            return sh.run_line(self, text)
         return self._run_parts(_split_commands(text))
 
     def _run_parts(self, parts: list[str]) -> bool:
         for i, part in enumerate(parts):
             result = self._dispatch(part)
+            rest = parts[i + 1 :]
             if isinstance(result, Pending):
-                runner = self.runner or reactor_runner()
+                runner = self.current_runner()
                 if runner is not None:
-                    self._wait(result, runner, parts[i + 1 :])
+                    self.wait_pending(result, runner, lambda _st, rest=rest: self._run_parts(rest))
                     return False
                 result = self._run_inline(result)
             self.status = result
             if self.foreground is not None:  # `xl console`: the rest waits for Ctrl-]
-                self._after_foreground = parts[i + 1 :]
+                self.after_foreground(lambda rest=rest: self._run_parts(rest))
                 return False
         return True
+
+    def current_runner(self) -> Runner | None:
+        """Where a Pending's work runs: the set runner, else a worker thread when on a
+        running reactor's thread; None: inline."""
+        return self.runner or reactor_runner()
+
+    def after_foreground(self, resume: Callable[[], bool]) -> None:
+        """What runs when the foreground command returns: the rest of its line, True when
+        the line is done (then the prompt)."""
+        self._after_foreground = resume
 
     def foreground_done(self) -> None:
         """The foreground command returned: the rest of its line runs, then the prompt."""
         self.foreground = None
-        rest, self._after_foreground = self._after_foreground, []
-        if self._run_parts(rest) and self.foreground is None:
+        resume, self._after_foreground = self._after_foreground, None
+        if (resume is None or resume()) and self.foreground is None:
             self.prompt()
 
     def _run_inline(self, pending: Pending) -> int:
@@ -237,8 +252,19 @@ class Dom0Shell:
             value = e
         return self._finish(pending, value)
 
-    def _wait(self, pending: Pending, runner: Runner, rest: list[str]) -> None:
+    def wait_pending(
+        self,
+        pending: Pending,
+        runner: Runner,
+        resume: Callable[[int], bool],
+        abandon: Callable[[], None] | None = None,
+    ) -> None:
+        """Run `pending.work` through `runner` (off the console's thread), then its finish
+        here and `resume(status)`: the rest of the line, True when the line is done (then
+        the prompt and what was typed meanwhile). Ctrl-C gives the wait up and calls
+        `abandon()`, which drops the rest of the line."""
         token = self.waiting = object()
+        self._abandon = abandon
 
         def done(value):
             from twisted.python.failure import Failure
@@ -246,10 +272,11 @@ class Dom0Shell:
             if self.waiting is not token:
                 return None  # given up with Ctrl-C
             self.waiting = None
+            self._abandon = None
             if isinstance(value, Failure):
                 value = value.value
             self.status = self._finish(pending, value)
-            if not self._run_parts(rest):
+            if not resume(self.status):
                 return None  # another command of the line waits; keep what was typed
             if self.foreground is None:
                 self.prompt()
