@@ -5,6 +5,7 @@ start, and the TLS and password listeners run on 127.0.0.1 with `--require-auth`
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -128,6 +129,8 @@ def test_brute_force_is_rate_limited_and_others_keep_working(tmp_path, password_
 
 
 def openssl(*args: str, cwd) -> None:
+    if shutil.which("openssl") is None:  # .ci/run installs it
+        pytest.skip("the openssl program is not installed (it makes the test's certificates)")
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 

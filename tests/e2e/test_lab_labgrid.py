@@ -136,7 +136,9 @@ def test_labgrid_coordinator_exporter_client_and_shelldriver(tmp_path):
         client(coord, "-p", place, "create")
         client(coord, "-p", place, "add-match", "exp1/xen1/*")
         client(coord, "-p", place, "acquire")
-        if shutil.which("microcom") or shutil.which("telnet"):
+        # `labgrid-client console` runs microcom, or telnet without it (.ci/run installs both).
+        console_tool = shutil.which("microcom") or shutil.which("telnet")
+        if console_tool:
             con = pexpect.spawn(str(BIN / "labgrid-client"), ["-x", coord, "-p", place,
                                 "console"], env=env, timeout=60)  # fmt: skip
             try:
@@ -160,3 +162,5 @@ def test_labgrid_coordinator_exporter_client_and_shelldriver(tmp_path):
         for p in reversed(procs):
             stop(p)
     assert all(p.poll() is not None for p in procs)
+    if not console_tool:  # everything else passed; say what was not run
+        pytest.skip("labgrid-client console not run: it needs microcom or telnet installed")
