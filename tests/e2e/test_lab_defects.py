@@ -7,6 +7,7 @@ import fcntl
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -180,3 +181,50 @@ def test_a_break_on_a_pty_never_reaches_the_master():
     finally:
         os.close(slave)
         os.close(master)
+
+
+@pytest.mark.skipif(shutil.which("telnet") is None, reason="the telnet program is not installed")
+@pytest.mark.timeout(120)
+def test_the_breaks_a_pty_cannot_carry_arrive_by_telnet_and_rfc2217(tmp_path):
+    """What docs/contract.md offers instead of a PTY BREAK: a real telnet client's `send brk`
+    (IAC BRK) and pyserial's RFC 2217 send_break() are each one `break` event, and the line
+    goes on (Xen's UART driver ignores a received break: nothing printed, input unchanged)."""
+    import pexpect
+    import serial
+
+    cfg = tmp_path / "host.toml"
+    cfg.write_text('[host]\nmemory = "256M"\ncpus = 1\ndom0_mem = "128M"\n')
+    log = tmp_path / "console.log"
+    args = ("--config", str(cfg), "--log", str(log), "--log-events")
+    with serve(*args, tcp=True, rfc2217=True, pty=True, wait=True) as host:
+        host.wait_booted()
+        h, port = host.address("telnet")
+        child = pexpect.spawn(f"telnet {h} {port}", timeout=20, encoding="utf-8")
+        try:
+            child.expect_exact("Escape character is '^]'.\r\n")
+            child.send("\x1d")
+            child.expect_exact("telnet>")
+            child.sendline("send brk")
+            child.sendline("")  # back to the session: Enter gives dom0's prompt
+            child.expect_exact(PROMPT.decode())
+        finally:
+            child.close(force=True)
+        port2217 = serial.serial_for_url(host.urls["rfc2217"], timeout=0.2)
+        me = f"rfc2217:127.0.0.1:{port2217._socket.getsockname()[1]}"
+        port2217.send_break(0.05)
+        port2217.close()
+        # A BREAK on the PTY (picocom's, screen's): nothing reaches the master (see above).
+        pty = os.open(host.pty, os.O_RDWR | os.O_NOCTTY)
+        termios.tcsendbreak(pty, 0)
+        os.close(pty)
+        s = socket.create_connection(host.address("tcp"))
+        s.sendall(b"echo after-breaks\r")
+        recv_until(s, rb"after-breaks\r\n" + PROMPT + b"$")
+        s.close()
+        from xenconsole.eventlog import read_events
+
+        assert wait_for(lambda: len(read_events(str(log))) >= 9)
+        breaks = [(e.kind, e.who.split(":")[0]) for e in read_events(str(log)) if e.kind == "break"]
+        assert breaks == [("break", "telnet"), ("break", "rfc2217")]
+        assert me in [e.who for e in read_events(str(log)) if e.kind == "break"]
+        assert host.proc.poll() is None
