@@ -1,4 +1,4 @@
-"""The `xenconsole` command: `serve`, `keys`, `connect`, `xl`, `shim-dir`."""
+"""The `xenconsole` command: `serve`, `keys`, `connect`, `xl`, `who`, `shim-dir`."""
 
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--control", metavar="PATH")
     x.add_argument("xl_args", nargs=argparse.REMAINDER, metavar="ARGS")
     sub.add_parser("shim-dir", help="print the directory holding the `xl` shim")
+    w = sub.add_parser("who", help="list who is attached to a server's serial line")
+    w.add_argument("--control", metavar="PATH")
     return p
 
 
@@ -93,6 +95,8 @@ def xl_command(argv: list[str]) -> int:
             return 2
         control, argv = argv[1], argv[2:]
     return xl_main(argv, control)
+
+
 def cmd_passwd(args) -> int:
     """`xenconsole passwd NAME`: read a password (twice on a terminal), print the line."""
     import getpass
@@ -131,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_keys(args)
     if args.cmd == "passwd":
         return cmd_passwd(args)
+    if args.cmd == "who":
+        from xenconsole.xlclient import who_main
+
+        return who_main(args.control)
     if args.cmd == "labgrid-exporter-config":
         from xenconsole.labgrid_export import main as export_main
 

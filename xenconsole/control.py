@@ -7,6 +7,10 @@ time:
     {"op": "input", "data": TEXT}            while `xl console` runs: keys for it (Ctrl-] ends)
     {"op": "upload", "path": P, "data": BASE64, "offset": N, "mode": M}
                                              -> {"ok": DOM0-PATH} or {"error": LINE}
+    {"op": "who"}                            -> {"who": [{"name": "tcp:127.0.0.1:5555",
+                                                 "mode": "rw"|"ro", "since": UNIX-TIME,
+                                                 "writer": BOOL}, ...]}
+                                                (who is attached to the serial line)
     anything else                            -> {"error": LINE}
 Each connection has its own dom0 shell (own working directory, exit status, foreground), on
 the same machine and dom0 filesystem as the serial line's: output goes to the caller only,
@@ -209,8 +213,11 @@ class ControlProtocol(LineReceiver):
         if op == "upload":
             self.send(self.server.upload(req))
             return
+        if op == "who":
+            self.send({"who": [a._asdict() for a in self.server.runner.hub.who()]})
+            return
         if op != "xl":
-            self.send({"error": f"control: unknown op {op!r} (xl, input, upload)"})
+            self.send({"error": f"control: unknown op {op!r} (xl, input, upload, who)"})
             return
         args = req.get("args")
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):

@@ -372,3 +372,32 @@ def shim_main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(shim_main())
+
+
+def who_main(control: str | None) -> int:
+    """`xenconsole who [--control PATH]`: who is attached to the server's serial line, one
+    line each as telnet's AYT answer gives them (`[who] NAME rw|ro since HH:MM:SS[ writer]`);
+    nothing when no one is."""
+    import time
+
+    try:
+        ch = Channel(connect(control))
+    except ClientError as e:
+        sys.stderr.write(f"xenconsole: error: {e}\n")
+        return 2
+    try:
+        ch.send({"op": "who"})
+        reply = ch.recv()
+    except OSError as e:
+        sys.stderr.write(f"xenconsole: error: control connection: {e.strerror}\n")
+        return 2
+    finally:
+        ch.close()
+    if reply is None or "who" not in reply:
+        why = (reply or {}).get("error", "the server closed the connection")
+        sys.stderr.write(f"xenconsole: error: {why}\n")
+        return 2
+    for a in reply["who"]:
+        since = time.strftime("%H:%M:%S", time.localtime(a["since"]))
+        print(f"[who] {a['name']} {a['mode']} since {since}" + (" writer" if a["writer"] else ""))
+    return 0

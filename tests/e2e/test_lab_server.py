@@ -288,3 +288,38 @@ def test_connect_menu_w_shows_who(tmp_path):
                                      t.screen.text()) is not None)  # fmt: skip
         finally:
             t.p.close(force=True)
+
+
+@pytest.mark.timeout(120)
+def test_who_over_the_control_channel(tmp_path):
+    """`xenconsole who` (the control channel's `who` op, xenconsole/control.py): every client
+    of the serial line, from where, rw or ro, and who holds it in exclusive mode."""
+    import subprocess
+    import sys
+
+    sock = str(tmp_path / "control.sock")
+    args = (*host_only(tmp_path), "--exclusive", "--tcp-ro", "127.0.0.1:0", "--control", sock)
+    with serve(*args, tcp=True, telnet=False, wait=True) as host:
+        a, seen = booted(host)
+        run(a, seen, "echo first")  # a writes first: a holds the line
+        spy = socket.create_connection(host.address("tcp-ro"))
+        quiet(spy, bytearray(), 0.5)
+        who = [sys.executable, "-m", "xenconsole", "who", "--control", sock]
+        r = subprocess.run(who, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        lines = [re.sub(r" since \d\d:\d\d:\d\d", "", ln) for ln in r.stdout.splitlines()]
+        assert lines == [
+            f"[who] tcp:127.0.0.1:{a.getsockname()[1]} rw writer",
+            f"[who] tcp:127.0.0.1:{spy.getsockname()[1]}(ro) ro",
+        ]
+        a.close()
+        spy.close()
+        for _ in range(100):  # until the server has seen both go
+            r = subprocess.run(who, capture_output=True, text=True, timeout=60)
+            if r.stdout == "":
+                break
+            time.sleep(0.1)
+        assert (r.returncode, r.stdout) == (0, "")
+    r = subprocess.run(who, capture_output=True, text=True, timeout=60)  # the server is gone
+    assert r.returncode == 2
+    assert r.stderr == f"xenconsole: error: cannot connect to {sock}: No such file or directory\n"
