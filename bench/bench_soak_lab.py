@@ -4,7 +4,10 @@ and detaching in a loop, one spectator that never reads (stalled), for `--second
 
 Checks and prints: every client session's transcript complete (the `seq` numbers it saw
 have no gap; each command it typed got its answer), server RSS after warm-up and at the end
-(target: under 5% growth), open fds (no growth), zero tracebacks on stderr.
+(target: under 5% growth), open fds (no growth), zero tracebacks on stderr. RSS and fds are
+read at quiet moments, no client attached but the stalled spectator: after warm-up every
+client is paused between two sessions for the reading, and at the end all have stopped, so
+the two fd counts are comparable exactly.
 
     .venv/bin/python bench/bench_soak_lab.py [--seconds 1800] [--clients 20]
 
@@ -78,6 +81,37 @@ park:
     hlt
     jmp park
 """
+
+
+class Gate:
+    """Pauses every client between two sessions, for a reading with none attached."""
+
+    def __init__(self, clients: int) -> None:
+        self.cv = threading.Condition()
+        self.closed = False
+        self.parked = 0
+        self.clients = clients
+
+    def checkpoint(self, stop: threading.Event) -> None:
+        with self.cv:
+            if not self.closed:
+                return
+            self.parked += 1
+            self.cv.notify_all()
+            while self.closed and not stop.is_set():
+                self.cv.wait(0.5)
+            self.parked -= 1
+
+    def close(self, timeout: float = 120) -> bool:
+        """Every client parked (True), or not within `timeout` (False)."""
+        with self.cv:
+            self.closed = True
+            return self.cv.wait_for(lambda: self.parked == self.clients, timeout)
+
+    def open(self) -> None:
+        with self.cv:
+            self.closed = False
+            self.cv.notify_all()
 
 
 @dataclass
@@ -165,10 +199,13 @@ def session(addr, who: str, stats: Stats, rng: random.Random, stop: threading.Ev
             stats.sessions += 1
 
 
-def client_loop(i: int, where, stats: Stats, stop: threading.Event) -> None:
+def client_loop(i: int, where, stats: Stats, stop: threading.Event, gate: Gate) -> None:
     rng = random.Random(i)
     n = 0
     while not stop.is_set():
+        gate.checkpoint(stop)
+        if stop.is_set():
+            break
         host = rng.choice(HOSTS)
         try:
             session(where[f"{host} tcp"], f"c{i}s{n}", stats, rng, stop)
@@ -225,12 +262,17 @@ def soak(seconds: float, clients: int = 20, delay: int = 2000000, report=print) 
                 booted(where[f"{host} tcp"])
             stalled = socket.create_connection(where["xen1 tcp-ro"])  # never read from
             stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            threads = [threading.Thread(target=client_loop, args=(i, where, stats, stop),
+            gate = Gate(clients)
+            threads = [threading.Thread(target=client_loop, args=(i, where, stats, stop, gate),
                                         daemon=True) for i in range(clients)]  # fmt: skip
             for t in threads:
                 t.start()
             time.sleep(min(WARMUP, seconds / 4))
+            if not gate.close():
+                stats.errors.append("the clients did not pause for the warm-up reading")
+            time.sleep(1.0)  # the server sees every close
             rss0, fd0 = rss_kib(proc.pid), fds(proc.pid)
+            gate.open()
             end = time.monotonic() + seconds - min(WARMUP, seconds / 4)
             while time.monotonic() < end:
                 time.sleep(min(10.0, max(0.1, end - time.monotonic())))
@@ -270,8 +312,8 @@ def main() -> int:
         f"{r['seq_lines']} seq lines checked, gaps {len(r['gaps'])}, errors {len(r['errors'])}"
     )
     print(
-        f"RSS after warm-up {r['rss0_kib'] // 1024} MiB -> end {r['rss1_kib'] // 1024} MiB "
-        f"({growth:+.1f}%, target < 5%); fds {r['fd0']} -> {r['fd1']}; "
+        f"RSS after warm-up {r['rss0_kib'] / 1024:.1f} MiB -> end {r['rss1_kib'] / 1024:.1f} MiB "
+        f"({growth:+.1f}%, target < 5%); fds with no client attached {r['fd0']} -> {r['fd1']}; "
         f"tracebacks {r['tracebacks']}; exit {r['exit']}; guest lines logged {r['logged_seq']}"
     )
     for g in (r["gaps"] + r["errors"])[:10]:
