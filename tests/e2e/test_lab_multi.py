@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from xenconsole.eventlog import read_events
+
 PROMPT = b"root@dom0:~# "
 pytestmark = pytest.mark.e2e
 XC = [sys.executable, "-m", "xenconsole"]
@@ -44,7 +46,7 @@ def write_lab(d) -> None:
     (d / "lab.toml").write_text(
         '[server]\npidfile = "xc.pid"\n\n'
         '[[console]]\nname = "xen1"\nconfig = "small.toml"\ntcp = "127.0.0.1:0"\n'
-        'log = "xen1.log"\nno_wait = true\n\n'
+        'log = "xen1.log"\nlog_events = true\nno_wait = true\n\n'
         '[[console]]\nname = "xen2"\nconfig = "two.toml"\ntelnet = "127.0.0.1:0"\n'
         'tcp = "127.0.0.1:0"\ntcp_ro = ["127.0.0.1:0"]\nlog = "xen2.log"\n'
         "log_timestamps = true\n"
@@ -94,17 +96,24 @@ def test_two_hosts_in_one_server_with_separate_logs_sighup_and_pidfile(tmp_path)
         assert b"only-on-xen2" not in log1.read_bytes()
         assert b"only-on-xen1" not in log2.read_bytes()
         assert re.match(rb"\[\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\] ", log2.read_bytes())
-        # logrotate: rename both, SIGHUP, both reopen.
+        # logrotate: rename every file, SIGHUP, all reopen (xen1's events file too).
+        events1 = tmp_path / "xen1.log.events"
+        assert [e.kind for e in read_events(str(log1))] == ["attach"]
         log1.rename(tmp_path / "xen1.log.1")
+        events1.rename(tmp_path / "xen1.log.events.1")
         log2.rename(tmp_path / "xen2.log.1")
         os.kill(proc.pid, signal.SIGHUP)
-        assert wait_for(lambda: log1.exists() and log2.exists())
+        assert wait_for(lambda: log1.exists() and log2.exists() and events1.exists())
         a.sendall(b"echo rotated1\r")
         recv_until(a, rb"rotated1\r\n" + re.escape(PROMPT) + b"$")
         assert wait_for(lambda: log1.read_bytes() == b"echo rotated1\r\nrotated1\r\n" + PROMPT)
         assert proc.poll() is None
         a.close()
         b.close()
+        assert wait_for(lambda: events1.read_bytes() != b"")
+        assert [(e.kind, e.offset) for e in read_events(str(log1))] == [
+            ("detach", len(b"echo rotated1\r\nrotated1\r\n" + PROMPT))
+        ]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
