@@ -137,13 +137,6 @@ def test_create_uploads_the_callers_files_and_console_streams(served, tmp_path):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=False,
-    raises=subprocess.TimeoutExpired,
-    reason="open bug (issue 11): after the console test, this request is sometimes never "
-    "answered (server idle, client waiting in recv); only a hang may fail here, a wrong "
-    "answer still fails the test",
-)
 def test_relative_paths_are_dom0s(served):
     host, _con, _root = served
     # hello.S is not in this operator-given root; the skeleton is only in private roots.
