@@ -150,7 +150,43 @@ def write_cr4(vcpu, val: int) -> None:
         | (0 if c1 & (1 << 26) else X86_CR4_OSXSAVE)
     )
     vcpu.vcr4 = (val & PV_CR4_GUEST_MASK) | (REAL_CR4 & PV_CR4_GUEST_VISIBLE_MASK)
-    vcpu.rw(X.UC_X86_REG_CR4, REAL_CR4 | (vcpu.vcr4 & X86_CR4_FSGSBASE))
+    # Xen hands the guest's CR4.FSGSBASE to the real CR4 (pv/domain.c pv_make_cr4) and the
+    # CPU checks WRFSBASE/WRGSBASE values; Unicorn does not (it loads a non-canonical base),
+    # so its CR4.FSGSBASE stays clear and the #UD it raises lands in `fsgsbase_insn`.
+    vcpu.rw(X.UC_X86_REG_CR4, REAL_CR4)
+
+
+_FSGSBASE = {"rdfsbase", "rdgsbase", "wrfsbase", "wrgsbase"}
+
+
+def fsgsbase_insn(vcpu, rip: int, code: bytes) -> bool:
+    """RDFSBASE/RDGSBASE/WRFSBASE/WRGSBASE at `rip` with the guest's CR4.FSGSBASE set:
+    done as the CPU does them (SDM vol. 2 "WRFSBASE/WRGSBASE": #GP(0) for a non-canonical
+    64-bit value; the 32-bit forms zero-extend). False: not one of them, or the guest's
+    CR4.FSGSBASE is clear (the #UD stands). The GS base is the current mode's: Unicorn's
+    GS_BASE holds it (vcpu.toggle_guest_mode swaps the other one in)."""
+    if not vcpu.vcr4 & X86_CR4_FSGSBASE:
+        return False
+    insn = next(_cs.disasm(code, rip, 1), None)
+    if insn is None or insn.mnemonic not in _FSGSBASE or len(insn.operands) != 1:
+        return False
+    reg = insn.operands[0].reg
+    wide = insn.operands[0].size == 8
+    base_reg = X.UC_X86_REG_FS_BASE if insn.mnemonic[2] == "f" else X.UC_X86_REG_GS_BASE
+    if insn.mnemonic.startswith("rd"):
+        value = vcpu.rr(base_reg)
+        vcpu.rw(_uc_reg(reg), value if wide else value & 0xFFFFFFFF)
+    else:
+        value = vcpu.rr(_uc_reg(reg))
+        value = value if wide else value & 0xFFFFFFFF
+        if (value >> 47) not in (0, 0x1FFFF):
+            from emu.pv.traps import inject
+
+            inject(vcpu, 13, 0)
+            return True
+        vcpu.rw(base_reg, value)
+    vcpu.rw(X.UC_X86_REG_RIP, rip + insn.size)
+    return True
 
 
 # ---- debug registers (pv/misc-hypercalls.c set_debugreg/get_debugreg) ------------------------

@@ -5,7 +5,8 @@
   the trap table's DPL allows it from the current mode (else #GP((n<<3)|2)); everything else
   is bounced to the guest's trap table.
 - `bounce`: create_bounce_frame(): the PV exception frame on the guest kernel stack.
-- `invalid_op`: the forced-emulation prefix `ud2; "xen"; cpuid` (pv/emul-inv-op.c), else #UD.
+- `invalid_op`: the forced-emulation prefix `ud2; "xen"; cpuid` (pv/emul-inv-op.c), the
+  FSGSBASE instructions when the guest enabled them (emu/pv/priv_op.py), else #UD.
 - `do_iret`: the iret hypercall.
 """
 
@@ -196,9 +197,22 @@ def invalid_op(vcpu) -> None:
         vcpu.rw(X.UC_X86_REG_RIP, rip + 7)
         vcpu.pending = ("again",)
         return
+    from emu.pv.priv_op import fsgsbase_insn
+
+    if fsgsbase_insn(vcpu, rip, code or _to_page_end(vcpu, rip)):
+        vcpu.pending = ("again",)
+        return
     inject(vcpu, 6, None)
     if vcpu.pending is None or vcpu.pending[0] == "ud":
         vcpu.pending = ("again",)
+
+
+def _to_page_end(vcpu, va: int) -> bytes:
+    """The instruction bytes from `va` to the end of its page (the next one is unmapped)."""
+    try:
+        return guest.read(vcpu, va, min(7, 0x1000 - (va & 0xFFF)))
+    except GuestFault:
+        return b""
 
 
 def user_syscall(vcpu) -> None:
