@@ -155,6 +155,7 @@ class PV:
             return
         if pv.console is not None:
             pv.console.close()
+        pv.evtchn.destroy()  # the FIFO ABI's page references (evtchn_fifo_destroy())
         self.xenstore.release(dom.domid)
         if pv.area is not None:
             pv.area.free()

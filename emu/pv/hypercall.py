@@ -324,16 +324,13 @@ def xen_version(vcpu, cmd: int, arg: int, *_) -> int:
 
 @hypercall(8)
 def set_debugreg(vcpu, reg: int, value: int, *_) -> int:
-    from emu.pv.priv_op import set_debugreg as s
-
-    return s(vcpu, reg, value)
+    return vcpu.debug.set(reg, value)
 
 
 @hypercall(9)
 def get_debugreg(vcpu, reg: int, *_) -> int:
-    from emu.pv.priv_op import get_debugreg as g
-
-    return g(vcpu, reg) if reg <= 7 else -EINVAL
+    value = vcpu.debug.get(reg) if 0 <= reg <= 7 else None  # misc-hypercalls.c:21-31
+    return -19 if value is None else value  # -ENODEV
 
 
 @hypercall(10)

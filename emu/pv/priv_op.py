@@ -51,8 +51,12 @@ def emulate_privileged_op(vcpu) -> bool:
         return False
     if not vcpu.kernel_mode and insn.mnemonic not in ("cli", "sti"):
         return False
-    if not _emulate(vcpu, insn):
-        return False
+    try:
+        if not _emulate(vcpu, insn):
+            return False
+    except _Raised:
+        vcpu.ack()
+        return True
     vcpu.rw(X.UC_X86_REG_RIP, rip + insn.size)
     vcpu.ack()
     return True
@@ -95,6 +99,17 @@ def stack_segment_fault(vcpu) -> bool:
     return False
 
 
+class _Raised(Exception):
+    """The emulated instruction raised an exception that is already injected."""
+
+
+def _ud(vcpu) -> bool:
+    from emu.pv.traps import inject
+
+    inject(vcpu, 6, None)
+    raise _Raised
+
+
 def _emulate(vcpu, insn) -> bool:
     mn, ops = insn.mnemonic, insn.operands
     if mn in ("cli", "sti"):
@@ -113,11 +128,14 @@ def _emulate(vcpu, insn) -> bool:
             from emu.pv.hypercall_mm import new_baseptr
 
             return new_baseptr(vcpu, vcpu.rr(_uc_reg(ops[1].reg)) >> 12, user=False) == 0
-        if dst.startswith("dr"):
-            value = vcpu.rr(_uc_reg(ops[1].reg))
-            return set_debugreg(vcpu, int(dst[2:]), value) == 0
-        if src.startswith("dr"):
-            vcpu.rw(_uc_reg(ops[0].reg), get_debugreg(vcpu, int(src[2:])))
+        if dst.startswith("dr"):  # x86emul_write_dr(): -ENODEV is #UD, other errors #GP
+            rc = vcpu.debug.set(int(dst[2:]), vcpu.rr(_uc_reg(ops[1].reg)))
+            return _ud(vcpu) if rc == -19 else rc == 0
+        if src.startswith("dr"):  # x86emul_read_dr()
+            value = vcpu.debug.get(int(src[2:]))
+            if value is None:
+                return _ud(vcpu)
+            vcpu.rw(_uc_reg(ops[0].reg), value)
             return True
         if src.startswith("cr"):
             n = int(src[2:])
@@ -187,44 +205,6 @@ def fsgsbase_insn(vcpu, rip: int, code: bytes) -> bool:
         vcpu.rw(base_reg, value)
     vcpu.rw(X.UC_X86_REG_RIP, rip + insn.size)
     return True
-
-
-# ---- debug registers (pv/misc-hypercalls.c set_debugreg/get_debugreg) ------------------------
-# Values are kept per vCPU as Xen keeps them; the breakpoints are not armed in Unicorn.
-
-X86_DR6_DEFAULT, X86_DR7_DEFAULT = 0xFFFF0FF0, 0x400
-HYPERVISOR_VIRT_START, HYPERVISOR_VIRT_END = 0xFFFF800000000000, 0xFFFF880000000000
-
-
-def set_debugreg(vcpu, reg: int, value: int) -> int:
-    """0, or -EPERM (DR0-3 outside guest space, upper halves of DR6/7) / -ENODEV."""
-    dr = vcpu.__dict__.setdefault("dr", [0, 0, 0, 0, X86_DR6_DEFAULT, X86_DR7_DEFAULT])
-    if reg < 4:
-        if (value >> 47) not in (
-            0,
-            0x1FFFF,
-        ) or HYPERVISOR_VIRT_START <= value < HYPERVISOR_VIRT_END:
-            return -1
-        dr[reg] = value
-        return 0
-    if reg in (4, 6):
-        if value >> 32:
-            return -1
-        dr[4] = value | X86_DR6_DEFAULT
-        return 0
-    if reg in (5, 7):
-        if value >> 32:
-            return -1
-        dr[5] = (value | X86_DR7_DEFAULT) & ~0xD800
-        return 0
-    return -19
-
-
-def get_debugreg(vcpu, reg: int) -> int:
-    dr = vcpu.__dict__.setdefault("dr", [0, 0, 0, 0, X86_DR6_DEFAULT, X86_DR7_DEFAULT])
-    if reg < 4:
-        return dr[reg]
-    return dr[4] if reg in (4, 6) else dr[5]
 
 
 # ---- CPUID -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from unicorn import x86_const as X
 
 from emu.pv import guest
 from emu.pv.guest import GuestFault
+from emu.pv.segs import load_cs
 
 X86_EXC_HAVE_EC = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 VECTOR_NAMES = {
@@ -86,7 +87,7 @@ def bounce(vcpu, vector_ec: int | None, handler: int, mask_events: bool) -> bool
     vcpu.rw(X.UC_X86_REG_EFLAGS, new_fl)
     vcpu.rw(X.UC_X86_REG_RCX, handler)  # the exit is a sysret
     vcpu.rw(X.UC_X86_REG_R11, new_fl)
-    vcpu.rw(X.UC_X86_REG_CS, 0xE033)
+    load_cs(vcpu, 0xE033)  # from compat-mode code too: the cache must say 64-bit
     vcpu.rw(X.UC_X86_REG_SS, 0xE02B)
     vcpu.rw(X.UC_X86_REG_RIP, handler)
     vcpu.rip_written = True
@@ -262,6 +263,7 @@ def do_iret(vcpu) -> int | None:
         vcpu.rw(X.UC_X86_REG_RCX, rip)
         vcpu.rw(X.UC_X86_REG_R11, rflags)
     set_upcall_mask(vcpu, 0 if saved_if else 1)
+    load_cs(vcpu, (cs & 0xFFFF) | 3)  # iret.c:82 "force guest privilege"; a compat CS runs 32-bit
     vcpu.rw(X.UC_X86_REG_RIP, rip)
     vcpu.rip_written = True
     return rax
