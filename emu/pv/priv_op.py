@@ -54,9 +54,9 @@ def emulate_privileged_op(vcpu) -> bool:
     try:
         if not _emulate(vcpu, insn):
             return False
-    except _Raised:
+    except Fault:
         vcpu.ack()
-        return True
+        raise
     vcpu.rw(X.UC_X86_REG_RIP, rip + insn.size)
     vcpu.ack()
     return True
@@ -99,15 +99,16 @@ def stack_segment_fault(vcpu) -> bool:
     return False
 
 
-class _Raised(Exception):
-    """The emulated instruction raised an exception that is already injected."""
+class Fault(Exception):
+    """The emulated instruction raises this exception (emu/pv/traps.py delivers it)."""
+
+    def __init__(self, vector: int, ec: int | None) -> None:
+        super().__init__(vector, ec)
+        self.vector, self.ec = vector, ec
 
 
 def _ud(vcpu) -> bool:
-    from emu.pv.traps import inject
-
-    inject(vcpu, 6, None)
-    raise _Raised
+    raise Fault(6, None)
 
 
 def _emulate(vcpu, insn) -> bool:
@@ -181,8 +182,8 @@ def fsgsbase_insn(vcpu, rip: int, code: bytes) -> bool:
     """RDFSBASE/RDGSBASE/WRFSBASE/WRGSBASE at `rip` with the guest's CR4.FSGSBASE set:
     done as the CPU does them (SDM vol. 2 "WRFSBASE/WRGSBASE": #GP(0) for a non-canonical
     64-bit value; the 32-bit forms zero-extend). False: not one of them, or the guest's
-    CR4.FSGSBASE is clear (the #UD stands). The GS base is the current mode's: Unicorn's
-    GS_BASE holds it (vcpu.toggle_guest_mode swaps the other one in)."""
+    CR4.FSGSBASE is clear (the #UD stands); raises Fault for the #GP. The GS base is the
+    current mode's: Unicorn's GS_BASE holds it (vcpu.toggle_guest_mode swaps the other in)."""
     if not vcpu.vcr4 & X86_CR4_FSGSBASE:
         return False
     insn = next(_cs.disasm(code, rip, 1), None)
@@ -198,10 +199,7 @@ def fsgsbase_insn(vcpu, rip: int, code: bytes) -> bool:
         value = vcpu.rr(_uc_reg(reg))
         value = value if wide else value & 0xFFFFFFFF
         if (value >> 47) not in (0, 0x1FFFF):
-            from emu.pv.traps import inject
-
-            inject(vcpu, 13, 0)
-            return True
+            raise Fault(13, 0)
         vcpu.rw(base_reg, value)
     vcpu.rw(X.UC_X86_REG_RIP, rip + insn.size)
     return True

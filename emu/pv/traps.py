@@ -165,9 +165,14 @@ def on_exception(vcpu, intno: int, err: int, is_int: bool) -> None:
         inject(vcpu, 14, ec, cr2)
         return
     if intno == 13 and err == 0:
-        from emu.pv.priv_op import emulate_privileged_op, stack_segment_fault
+        from emu.pv.priv_op import Fault, emulate_privileged_op, stack_segment_fault
 
-        if emulate_privileged_op(vcpu):
+        try:
+            done = emulate_privileged_op(vcpu)
+        except Fault as f:  # e.g. mov to %dr4 with CR4.DE: #UD
+            inject(vcpu, f.vector, f.ec)
+            return
+        if done:
             vcpu.stats["emulated"] += 1
             return
         if stack_segment_fault(vcpu):
@@ -198,9 +203,14 @@ def invalid_op(vcpu) -> None:
         vcpu.rw(X.UC_X86_REG_RIP, rip + 7)
         vcpu.pending = ("again",)
         return
-    from emu.pv.priv_op import fsgsbase_insn
+    from emu.pv.priv_op import Fault, fsgsbase_insn
 
-    if fsgsbase_insn(vcpu, rip, code or _to_page_end(vcpu, rip)):
+    try:
+        done = fsgsbase_insn(vcpu, rip, code or _to_page_end(vcpu, rip))
+    except Fault as f:  # a non-canonical base: #GP(0)
+        inject(vcpu, f.vector, f.ec)
+        done = True
+    if done:
         vcpu.pending = ("again",)
         return
     inject(vcpu, 6, None)
