@@ -1,4 +1,5 @@
-"""Event channels (2-level ABI), sched_op, the guest's console_io line buffer, and dom0's
+"""Event channels (2-level ABI here; the FIFO ABI a guest may switch to in
+emu/pv/event_fifo.py), sched_op, the guest's console_io line buffer, and dom0's
 console daemon for the PV console ring.
 
 Event channels (common/event_channel.c, event_2l.c): port 0 is reserved; the builder's
