@@ -53,6 +53,8 @@ class Channel:
         self.vcpu = 0
         self.virq = 0
         self.consumer = None  # Xen-side consumer (dom0's daemons): fn() on send
+        self.priority = 7  # EVTCHN_FIFO_PRIORITY_DEFAULT (evtchn_fifo_init())
+        self.fifo_pending = False  # pending before its FIFO event array page existed
 
 
 class EventChannels:

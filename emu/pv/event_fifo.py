@@ -67,7 +67,7 @@ class FifoDomain:
                 ch.fifo_pending = True  # raised when its array page arrives
             return False
         vid = ch.vcpu if ch is not None else 0
-        prio = getattr(ch, "priority", PRIORITY_DEFAULT)
+        prio = ch.priority if ch is not None else PRIORITY_DEFAULT
         cb = self.control.get(vid)
         if cb is None:  # "has no FIFO event channel control block": the event is dropped
             return False
@@ -190,7 +190,7 @@ def expand_array(ev, gfn: int) -> int:
     fifo.array.append(gfn)
     for port in range(first, first + WORDS_PER_PAGE):  # events raised while it was missing
         ch = ev.ports.get(port)
-        if ch is not None and getattr(ch, "fifo_pending", False):
+        if ch is not None and ch.fifo_pending:
             ch.fifo_pending = False
             ev.set_pending(port)
     return 0

@@ -195,6 +195,24 @@ def iret(vcpu, *_) -> int | None:
     return None
 
 
+XEN_SYSCTL_INTERFACE_VERSION = 0x16  # public/sysctl.h:31
+EACCES = 13
+
+
+@hypercall(35)
+def sysctl(vcpu, u_sysctl: int, *_) -> int:
+    """do_sysctl() (common/sysctl.c:32-47): the whole xen_sysctl_t copied in, the interface
+    version checked, then XSM's XSM_PRIV check, which only the control domain passes; a PV
+    domain here never is one (dom0 is the console shell)."""
+    try:
+        _cmd, version = struct.unpack_from("<II", guest.read(vcpu, u_sysctl, 136))
+    except GuestFault:
+        return -EFAULT
+    if version != XEN_SYSCTL_INTERFACE_VERSION:
+        return -EACCES
+    return -EPERM
+
+
 @hypercall(2)
 def set_gdt(vcpu, frame_list: int, entries: int, *_) -> int:
     """pv/descriptor-tables.c:73-139: frames must take a PGT_seg_desc_page reference."""

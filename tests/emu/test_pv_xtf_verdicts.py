@@ -30,7 +30,7 @@ def _run(m, out, xtf: Path, name: str) -> list[str]:
 
 
 @pytest.mark.timeout(600)
-def test_fsgsbase_xsa260_xsa188_verdicts(xtf):
+def test_fsgsbase_xsa260_xsa188_livepatch_verdicts(xtf):
     """pv-fsgsbase: WRFSBASE of a non-canonical value is #GP(0) once the guest set
     CR4.FSGSBASE (pv/domain.c:227-228 hands that bit to the real CR4; the CPU checks).
     xsa-260: a data breakpoint on `mov ss` is a #DB after the next instruction, a hit whose
@@ -55,6 +55,15 @@ def test_fsgsbase_xsa260_xsa188_verdicts(xtf):
             "Test result: SUCCESS",
         ]
         assert _run(m, out, xtf, "xsa-188")[2:] == ["XSA-188 PoC", "Test result: SUCCESS"]
+        # sysctl from a domU: version checked, then XSM_PRIV refuses (common/sysctl.c:42-47,
+        # xsm/dummy.h:97-100); the version probe (XTF common/lib.c) finds 0x16.
+        denied = "Xen correctly denied Live Patch calls"
+        assert _run(m, out, xtf, "livepatch-priv-check")[2:] == [
+            "Live Patch Privilege Check",
+            f"test_upload: {denied}",
+            f"test_list: {denied}",
+            f"test_get: {denied}",
+        ] + [f"test_action: {denied}"] * 4 + ["Test result: SUCCESS"]
         assert m.free_pages() == free and audit(m) == []
     finally:
         m.shutdown()
