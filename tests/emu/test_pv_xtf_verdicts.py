@@ -55,6 +55,19 @@ def test_fsgsbase_xsa260_xsa188_livepatch_verdicts(xtf):
             "Test result: SUCCESS",
         ]
         assert _run(m, out, xtf, "xsa-188")[2:] == ["XSA-188 PoC", "Test result: SUCCESS"]
+        # xsa-182: a read-only recursive L4 entry is a linear self-map (mm.c:668-738); made
+        # writable it is refused with the line of define_get_linear_pagetable(l4).
+        assert _run(m, out, xtf, "xsa-182")[2:] == [
+            "XSA-182 PoC",
+            "  Creating recursive l4 mapping",
+            "  Remapping l4 RW",
+            "  Attempt to create writeable linear map was blocked",
+            "Not vulnerable to XSA-182",
+            "Test result: SUCCESS",
+        ]
+        assert "(XEN) arch/x86/mm.c:1164:d4v0 Attempt to create linear p.t. with write perms" in (
+            serial_lines(out)
+        )
         # sysctl from a domU: version checked, then XSM_PRIV refuses (common/sysctl.c:42-47,
         # xsm/dummy.h:97-100); the version probe (XTF common/lib.c) finds 0x16.
         denied = "Xen correctly denied Live Patch calls"
@@ -165,5 +178,44 @@ def test_fifo_event_channels(xtf):
         assert ev.pending(p2) and ev.unmask(p2) == 0 and ev.unmask(4000) == -22
         m.destroy_domain(d)
         assert m.free_pages() == free and audit(m) == []
+    finally:
+        m.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_linear_page_tables(xtf):
+    """Linear page tables as Xen 4.22 builds them (CONFIG_PV_LINEAR_PT, pv-linear-pt on,
+    mm.c:596-760): a read-only L4 entry may map another validated L4 of the domain (a general
+    and a type reference, linear_pt_count +1 on the holder, -1 on the mapped table), but not
+    chain; dropping the entry drops all of it (mm.c:1280-1313, 2864-2871)."""
+    from emu.pv.mm import PGT_count_mask, PGT_l4_page_table
+
+    m, out = small_machine()
+    try:
+        d = m.create_domain(
+            DomainSpec(name="lin", memory=128, type="pv", kernel=kernel(xtf, "example")),
+            paused=True,
+        )
+        pvmm = m.pv.mm
+        l4 = d.vcpus[0].guest_table
+        other = int(d.p2m[-1])
+        m.ram.u64[other << 9 : (other + 1) << 9] = 0
+        assert pvmm.get_page_and_type(other, PGT_l4_page_table, d) == 0
+        count = lambda mfn: int(m.frames.type_info[mfn]) & PGT_count_mask  # noqa: E731
+        base = count(other)
+        assert pvmm.mod_entry(l4, 5, (other << 12) | 0x25, 4, d) == 0  # P|U|A, read-only
+        assert (count(other), pvmm.linear) == (base + 1, {l4: 1, other: -1})
+        out.clear()
+        assert pvmm.mod_entry(other, 5, (l4 << 12) | 0x25, 4, d) == -22  # no chains
+        assert pvmm.mod_entry(l4, 6, (other << 12) | 0x27, 4, d) == -22  # writable
+        assert serial_lines(out)[:-1] == [
+            "(XEN) arch/x86/mm.c:1164:d0v0 Attempt to create linear p.t. with write perms"
+        ]
+        assert pvmm.mod_entry(l4, 5, 0, 4, d) == 0
+        assert (count(other), pvmm.linear) == (base, {})
+        pvmm.put_page_and_type(other, d)
+        assert audit(m) == []
+        m.destroy_domain(d)
+        assert audit(m) == []
     finally:
         m.shutdown()
