@@ -215,7 +215,10 @@ def test_linear_page_tables(xtf):
         assert (count(other), pvmm.linear) == (base, {})
         pvmm.put_page_and_type(other, d)
         assert audit(m) == []
-        m.destroy_domain(d)
-        assert audit(m) == []
+        assert pvmm.get_page_and_type(other, PGT_l4_page_table, d) == 0
+        assert pvmm.mod_entry(l4, 5, (other << 12) | 0x25, 4, d) == 0
+        free = m.free_pages()
+        m.destroy_domain(d)  # with the linear entry in place: the marks go with the domain
+        assert pvmm.linear == {} and audit(m) == [] and m.free_pages() > free
     finally:
         m.shutdown()
