@@ -222,3 +222,38 @@ def test_linear_page_tables(xtf):
         assert pvmm.linear == {} and audit(m) == [] and m.free_pages() > free
     finally:
         m.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_instruction_breakpoint_is_a_fault_at_its_address(xtf):
+    """An enabled instruction breakpoint (DR7 R/W 00) raises #DB before the instruction, with
+    the frame's rip at it (SDM vol. 3 18.2.4); XTF's example has no #DB handler, so it
+    reports the exception there and crashes (common/exlog / traps: `Vec 1 #DB`)."""
+    import subprocess
+    import time
+
+    exe = kernel(xtf, "example")
+    syms = subprocess.run(["nm", exe], capture_output=True, text=True, check=True).stdout
+    test_main = next(
+        int(ln.split()[0], 16) for ln in syms.splitlines() if ln.endswith(" test_main")
+    )
+    m, out = small_machine()
+    try:
+        d = m.create_domain(DomainSpec(name="bp", memory=128, type="pv", kernel=exe), paused=True)
+        dbg = d.vcpus[0].debug
+        assert dbg.set(0, test_main) == 0 and dbg.set(7, 0x401) == 0  # L0, execute, 1 byte
+        m.sched.unpause_domain(d)
+        end = time.monotonic() + 60
+        while d.domid in m.domains and time.monotonic() < end:
+            time.sleep(0.02)
+        lines = [ln[5:] for ln in serial_lines(out) if ln.startswith("(d1) ")]
+        assert lines[2:7] == [
+            "Hello World",  # the test's title, printed before test_main() runs
+            "******************************",
+            f"PANIC: Unhandled exception at e030:{test_main:016x}",
+            "Vec 1 #DB",
+            "******************************",
+        ]
+        assert audit(m) == []
+    finally:
+        m.shutdown()
