@@ -83,6 +83,7 @@ class DebugRegs:
         self._hooks: list[int] = []
         self._watch: list[tuple[int, int, int, int]] = []  # (bit, start, len, rw)
         self._maddr: list[tuple[int, int, int]] | None = None  # (bit, maddr, len) now
+        self._need: tuple[int, bool] = (0, False)  # (memory hook kinds, code hook) in place
         self._exec: dict[int, int] = {}  # address -> DR6 bit
 
     # ---- set_debugreg / read_dr ------------------------------------------------------------
@@ -138,14 +139,10 @@ class DebugRegs:
     # ---- the CPU's part ----------------------------------------------------------------------
 
     def arm(self) -> None:
-        """(Re)build the hooks for the breakpoints DR7 enables now (write_debugreg(7))."""
-        uc = self.vcpu.uc
-        for h in self._hooks:
-            uc.hook_del(h)
-        self._hooks.clear()
+        """Follow DR0-3/DR7 (write_debugreg()): the callbacks read the breakpoint lists as
+        they run; the hooks themselves change only when the kinds of hook needed change."""
         self._watch.clear()
         self._exec.clear()
-        self.hit, self.shadow = 0, False
         for i in range(4):
             if not self.dr7 & (3 << (2 * i)):
                 continue
@@ -156,12 +153,23 @@ class DebugRegs:
                 start = self.dr[i] & ~(ln - 1)  # the CPU ignores the low address bits
                 self._watch.append((1 << i, start, ln, rw))
         self._maddr = None
+        kinds = 0
         if self._watch:
             kinds = UC_HOOK_MEM_WRITE
             if any(w[3] == 3 for w in self._watch):
                 kinds |= UC_HOOK_MEM_READ
+        need = (kinds, bool(self._watch or self._exec))
+        if need == self._need:
+            return
+        self._need = need
+        uc = self.vcpu.uc
+        for h in self._hooks:
+            uc.hook_del(h)
+        self._hooks.clear()
+        self.hit, self.shadow = 0, False
+        if kinds:
             self._hooks.append(uc.hook_add(kinds, self._on_mem))
-        if self._watch or self._exec:
+        if need[1]:
             self._hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_insn))
         # Unicorn compiles the hooks into its translated blocks: drop them, and end this run
         # so that the next instruction is translated afresh.
