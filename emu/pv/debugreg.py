@@ -89,7 +89,7 @@ class DebugRegs:
     # ---- set_debugreg / read_dr ------------------------------------------------------------
 
     def set(self, reg: int, value: int) -> int:
-        """set_debugreg() (pv/misc-hypercalls.c:60-151): 0, -EPERM, -EINVAL or -ENODEV."""
+        """set_debugreg() (pv/misc-hypercalls.c:57-157): 0, -EPERM, -EINVAL or -ENODEV."""
         cr4_de = bool(self.vcpu.vcr4 & X86_CR4_DE)
         if reg < 4:
             if not (value < (1 << 47) or value >= HYPERVISOR_VIRT_END):  # breakpoint_addr_ok
@@ -249,5 +249,5 @@ class DebugRegs:
 
     def entered_xen(self) -> None:
         """A hit still pending when the guest enters Xen (a `syscall`, an exception) would
-        fire in Xen context: handle_DB() drops it (traps.c:2093-2159)."""
+        fire in Xen context: handle_DB() drops it (traps.c:2100-2174)."""
         self.hit, self.shadow = 0, False

@@ -6,11 +6,11 @@ Guest memory (public/event_channel.h:332-360): per vCPU a control block {u32 rea
 u32 head[16]} at `offset` in a page; the event array, pages of 1024 event words, each word
 PENDING(31) MASKED(30) LINKED(29) BUSY(28) and a 17-bit LINK to the next port in its queue.
 Xen keeps per queue (vCPU, priority) only the tail port. Setting a port pending
-(evtchn_fifo_set_pending, event_fifo.c:160-306): PENDING; if unmasked and not yet LINKED,
+(evtchn_fifo_set_pending, event_fifo.c:161-319): PENDING; if unmasked and not yet LINKED,
 link it behind the queue's tail (or make it the head when the tail was consumed), then set the
 queue's READY bit and, if that bit was clear, mark the vCPU's upcall pending.
 
-Pages are mapped as map_guest_page() does (event_fifo.c:415-438): a PV gfn is the frame,
+Pages are mapped as map_guest_page() does (event_fifo.c:423-444): a PV gfn is the frame,
 held with a general and a PGT_writable_page type reference until the domain dies
 (evtchn_fifo_destroy()).
 """
@@ -151,7 +151,7 @@ class FifoDomain:
 
 
 def init_control(ev, vcpu_id: int, gfn: int, offset: int) -> int:
-    """evtchn_fifo_init_control() (event_fifo.c:572-650): 0 or -ENOENT/-EINVAL."""
+    """evtchn_fifo_init_control() (event_fifo.c:572-649): 0 or -ENOENT/-EINVAL."""
     dom = ev.dom
     if not 0 <= vcpu_id < len(dom.vcpus):  # domain_vcpu()
         return -ENOENT
@@ -178,7 +178,7 @@ def init_control(ev, vcpu_id: int, gfn: int, offset: int) -> int:
 
 
 def expand_array(ev, gfn: int) -> int:
-    """evtchn_fifo_expand_array() / add_page_to_event_array() (event_fifo.c:652-705)."""
+    """evtchn_fifo_expand_array() / add_page_to_event_array() (event_fifo.c:651-703)."""
     fifo = ev.fifo
     if fifo is None:
         return -95  # -EOPNOTSUPP

@@ -34,10 +34,10 @@ def test_fsgsbase_xsa260_xsa188_livepatch_verdicts(xtf):
     """pv-fsgsbase: WRFSBASE of a non-canonical value is #GP(0) once the guest set
     CR4.FSGSBASE (pv/domain.c:227-228 hands that bit to the real CR4; the CPU checks).
     xsa-260: a data breakpoint on `mov ss` is a #DB after the next instruction, a hit whose
-    delivery point is in Xen is dropped (traps.c:2093-2159), and the compat-mode syscall
+    delivery point is in Xen is dropped (traps.c:2100-2174), and the compat-mode syscall
     reaches the guest's syscall32 callback. xsa-188: EVTCHNOP_init_control with a bad frame
-    is -EINVAL (event_fifo.c:415-421, 631-646) and leaves no FIFO state, so expand_array is
-    -EOPNOTSUPP (event_fifo.c:692-702)."""
+    is -EINVAL (event_fifo.c:423-429, 631-648) and leaves no FIFO state, so expand_array is
+    -EOPNOTSUPP (event_fifo.c:692-703)."""
     m, out = small_machine()
     try:
         free = m.free_pages()
@@ -101,7 +101,7 @@ def test_debug_regs_msr_debugctl_is_gp_as_in_xen(xtf):
 
 @pytest.mark.timeout(600)
 def test_debug_register_rules(xtf):
-    """set_debugreg() (pv/misc-hypercalls.c:60-151) and x86emul_read_dr()
+    """set_debugreg() (pv/misc-hypercalls.c:57-157) and x86emul_read_dr()
     (x86_emulate/util-xen.c:163-201) on a built vCPU; the reserved bits per debug.c:54-88."""
     from emu.pv.priv_op import guest_cpuid
 
@@ -136,9 +136,9 @@ def test_debug_register_rules(xtf):
 
 @pytest.mark.timeout(600)
 def test_fifo_event_channels(xtf):
-    """The FIFO ABI on a built domain: init_control's checks (event_fifo.c:572-650),
-    expand_array (652-705), set_pending linking ports into the vCPU's queue and setting
-    READY (160-306), set_priority (event_channel.c:1337-1352, event_fifo.c:381-395), the
+    """The FIFO ABI on a built domain: init_control's checks (event_fifo.c:572-649),
+    expand_array (651-703), set_pending linking ports into the vCPU's queue and setting
+    READY (161-319), set_priority (event_channel.c:1337-1352, event_fifo.c:379-393), the
     pages held as writable until the domain goes (evtchn_fifo_destroy())."""
     from emu.pv import event_fifo as F
     from emu.pv.mm import PGT_count_mask, PGT_type_mask, PGT_writable_page
