@@ -1,0 +1,135 @@
+"""`xl list -l`: libxl's domain configuration as xl 4.22 prints it (tools/xl/xl_info.c).
+
+list_domains_details() (xl_info.c:543) takes each domain's stored libxl_domain_config, as
+libxl_retrieve_domain_configuration() refreshes it (libxl_domain.c:2412: name, uuid,
+available vCPUs, memory target and maximum, scheduler parameters), and prints
+`[{"domid":N,"config":{...}}, ...]` with json-c's JSON_C_TO_STRING_PRETTY (xl_info.c:606,
+json-c is preferred over YAJL since 4.21): two-space indent, `"key":value` with no space,
+`/` escaped as `\\/`, then puts()'s newline.
+
+Inside "config" the keys come in libxl_types.idl order, and a field is left out while it
+holds its default (gentypes.py get_default_expr: init_val, check_default_fn, zero for plain
+numbers and enums without init_val, empty arrays); structures are always present.
+
+What a domain's config holds here:
+- a domU: what xl's parser and libxl's setdefault store for its xl config
+  (libxl_create.c:29 libxl__domain_create_info_setdefault: hap follows the host's
+  capabilities, shadow here; oos, run_hotplug_scripts, driver_domain, ssidref
+  SECINITSID_DOMU, xend_suspend_evtchn_compat; libxl_create.c:1158 passthrough), the
+  refreshed values, and the shutdown actions of its config;
+- dom0: the stub config tools/helpers/init-dom-json.c stores at boot (type pv only), with
+  the refreshed values.
+Fields that describe hardware this machine does not have (device model, firmware, VGA,
+ACPI, ...) are not shown; docs/differences.md lists them.
+"""
+
+from __future__ import annotations
+
+import json
+
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+SECINITSID_DOMU = 12  # xen/xsm/flask/policy/initial_sids: domU is the 12th initial SID
+LIBXL_MAXMEM_CONSTANT = 1024  # KiB (libxl_internal.h)
+CREDIT2_DEFAULT_WEIGHT = 256  # xen/common/sched/credit2.c CSCHED2_DEFAULT_WEIGHT
+
+# xl config values (xl_parse.c parse_action_on_shutdown) -> libxl_action_on_shutdown names
+# (libxl_types.idl:160, printed lower-case by libxl__enum_gen_jso).
+ACTIONS = {
+    "destroy": "destroy",
+    "restart": "restart",
+    "rename-restart": "restart_rename",
+    "preserve": "preserve",
+    "coredump-destroy": "coredump_destroy",
+    "coredump-restart": "coredump_restart",
+    "soft-reset": "soft_reset",
+}
+
+
+def _c_info(dom) -> dict:
+    spec = dom.spec
+    out: dict = {"type": "pv" if spec is None or spec.type == "pv" else "hvm"}
+    if spec is not None and out["type"] == "hvm":
+        out["hap"] = "False"  # no HAP on this host: shadow (libxl_create.c:43-44)
+        out["oos"] = "True"
+    if spec is not None:
+        out["ssidref"] = SECINITSID_DOMU  # libxl_create.c:57
+    out["name"] = dom.name
+    if dom.handle != NIL_UUID:  # libxl_uuid_is_nil() is the uuid's default check
+        out["uuid"] = dom.handle
+    if spec is not None:
+        out["run_hotplug_scripts"] = "True"
+        out["driver_domain"] = "False"
+        out["passthrough"] = "disabled"  # no PCI devices (libxl_create.c:1158)
+        out["xend_suspend_evtchn_compat"] = "False"
+    return out
+
+
+def _online(dom) -> list[int]:
+    """The vCPUs that are up (emu/cpu/vcpu.py `down`: taken offline by the guest)."""
+    return [i for i, v in enumerate(dom.vcpus) if not getattr(v, "down", False)]
+
+
+def _b_info(dom) -> dict:
+    spec = dom.spec
+    out: dict = {}
+    pv = spec is None or spec.type == "pv"
+    if spec is not None:
+        # dom0's stub has max_vcpus 0, so its refreshed vCPU map is empty and left out.
+        out["max_vcpus"] = len(dom.vcpus)
+        out["avail_vcpus"] = _online(dom)
+    max_memkb = dom.static_max_kb
+    fudge = 0
+    if spec is not None and not pv:
+        # libxl_internal.h:4698 libxl__get_targetmem_fudge(), on the stored config's sizes
+        maxmem = spec.maxmem if spec.maxmem is not None else spec.memory
+        fudge = LIBXL_MAXMEM_CONSTANT if maxmem > spec.memory else 0
+    out["max_memkb"] = max_memkb
+    out["target_memkb"] = dom.target_pages * 4 + fudge
+    if spec is not None:
+        out["shadow_memkb"] = paging_memkb(spec)
+        out["iommu_memkb"] = 0  # no passthrough (libxl_create.c:1236-1241)
+    out["sched_params"] = {"sched": "credit2", "weight": CREDIT2_DEFAULT_WEIGHT, "cap": 0}
+    if spec is not None:
+        out["event_channels"] = spec.max_event_channels
+        if pv:
+            if spec.kernel:
+                out["kernel"] = spec.kernel
+            if spec.cmdline:
+                out["cmdline"] = spec.cmdline
+    out["type.pv" if pv else "type.hvm"] = {}
+    out["arch_arm"] = {"arm_sci": {}}
+    out["arch_x86"] = {}
+    return out
+
+
+def paging_memkb(spec) -> int:
+    """libxl_create.c:1037 libxl__get_required_paging_memory(), as libxl__domain_config_
+    setdefault() stores it (libxl_create.c:1223): 1 MiB per vCPU, plus 4 KiB per MiB of
+    maxmem for the P2M of a non-PV guest and 4 KiB per MiB to shadow it without HAP."""
+    maxmem = spec.maxmem if spec.maxmem is not None else spec.memory  # MiB
+    hvm = spec.type != "pv"
+    return 4 * (256 * spec.vcpus + (int(hvm) + 1) * maxmem)
+
+
+def domain_config(dom) -> dict:
+    """libxl_domain_config of `dom`, as libxl_retrieve_domain_configuration() returns it."""
+    config: dict = {"c_info": _c_info(dom), "b_info": _b_info(dom)}
+    spec = dom.spec
+    if spec is not None:
+        # libxl_types.idl:1105-1109; destroy is the init_val and is left out.
+        for key in ("on_poweroff", "on_reboot", "on_watchdog", "on_crash", "on_soft_reset"):
+            action = ACTIONS.get(getattr(spec, key, "destroy"), "destroy")
+            if action != "destroy":
+                config[key] = action
+    return config
+
+
+def dumps_pretty(value: object) -> str:
+    """json_object_to_json_string_ext(jso, JSON_C_TO_STRING_PRETTY) of json-c 0.18."""
+    text = json.dumps(value, indent=2, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("/", "\\/")  # json_escape_str(): "/" is escaped; it occurs in strings only
+
+
+def list_long(doms) -> str:
+    """What `xl list -l` writes to stdout for these domains (puts() adds the newline)."""
+    return dumps_pretty([{"domid": d.domid, "config": domain_config(d)} for d in doms]) + "\n"
