@@ -205,21 +205,40 @@ def test_list_long_is_libxls_config_in_json_c_pretty_form(sh):
         "          0,\n"
         "          1\n"
         "        ],\n"
+        '        "numa_placement":"True",\n'  # libxl_create.c:202
         '        "max_memkb":8192,\n'  # libxl_domain.c:2521 static-max
         '        "target_memkb":5120,\n'  # target + LIBXL_MAXMEM_CONSTANT (libxl_internal.h:4701)
         '        "shadow_memkb":2112,\n'  # libxl_create.c:1054: 4 * (256 * 2 + 2 * 8)
         '        "iommu_memkb":0,\n'  # libxl_create.c:1236-1241
+        '        "localtime":"False",\n'  # libxl_create.c:222
+        '        "disable_migrate":"False",\n'  # libxl_create.c:224
+        '        "blkdev_start":"xvda",\n'  # libxl_create.c:114
+        '        "max_grant_version":2,\n'  # libxl_create.c:410-412
+        '        "device_model_stubdomain":"False",\n'  # libxl_create.c:94
+        '        "stubdomain_memkb":0,\n'  # libxl_create.c:216
         '        "sched_params":{\n'  # libxl_domain.c:2527 (credit2: weight, cap)
         '          "sched":"credit2",\n'
         '          "weight":256,\n'
         '          "cap":0\n'
         "        },\n"
+        '        "claim_mode":"False",\n'  # libxl_create.c:220
         '        "event_channels":1023,\n'  # libxl_create.c:230-231
+        '        "acpi":"True",\n'  # libxl_x86.c:819
+        '        "bootloader_restrict":"False",\n'  # libxl_create.c:435-436
+        '        "timer_mode":"no_delay_for_missed_ticks",\n'  # libxl_create.c:402-407
+        '        "nested_hvm":"False",\n'
+        '        "apic":"True",\n'
+        '        "dm_restrict":"False",\n'  # libxl_create.c:245
         '        "type.hvm":{},\n'
         '        "arch_arm":{\n'
         '          "arm_sci":{}\n'
         "        },\n"
-        '        "arch_x86":{}\n'
+        '        "arch_x86":{\n'
+        '          "msr_relaxed":"False"\n'  # libxl_x86.c:820
+        "        },\n"
+        '        "altp2m_count":0,\n'  # libxl_create.c:431
+        '        "vpmu":"False",\n'  # libxl_create.c:95
+        '        "trap_unmapped_accesses":"False"\n'  # libxl_x86.c:821
         "      }\n"
         "    }\n"
         "  }\n"

@@ -69,36 +69,62 @@ def _online(dom) -> list[int]:
     return [i for i, v in enumerate(dom.vcpus) if not getattr(v, "down", False)]
 
 
+SCHED_PARAMS = {"sched": "credit2", "weight": CREDIT2_DEFAULT_WEIGHT, "cap": 0}
+ARCH = {"arch_arm": {"arm_sci": {}}, "arch_x86": {}}  # structures: always present
+
+
 def _b_info(dom) -> dict:
+    """b_info in libxl_types.idl:586 order."""
     spec = dom.spec
-    out: dict = {}
-    pv = spec is None or spec.type == "pv"
-    if spec is not None:
+    sched = {"sched_params": dict(SCHED_PARAMS)}  # libxl_domain.c:2527, credit2's two
+    if spec is None:
         # dom0's stub has max_vcpus 0, so its refreshed vCPU map is empty and left out.
-        out["max_vcpus"] = len(dom.vcpus)
-        out["avail_vcpus"] = _online(dom)
-    max_memkb = dom.static_max_kb
-    fudge = 0
-    if spec is not None and not pv:
-        # libxl_internal.h:4698 libxl__get_targetmem_fudge(), on the stored config's sizes
-        maxmem = spec.maxmem if spec.maxmem is not None else spec.memory
-        fudge = LIBXL_MAXMEM_CONSTANT if maxmem > spec.memory else 0
-    out["max_memkb"] = max_memkb
-    out["target_memkb"] = dom.target_pages * 4 + fudge
-    if spec is not None:
-        out["shadow_memkb"] = paging_memkb(spec)
-        out["iommu_memkb"] = 0  # no passthrough (libxl_create.c:1236-1241)
-    out["sched_params"] = {"sched": "credit2", "weight": CREDIT2_DEFAULT_WEIGHT, "cap": 0}
-    if spec is not None:
-        out["event_channels"] = spec.max_event_channels
-        if pv:
-            if spec.kernel:
-                out["kernel"] = spec.kernel
-            if spec.cmdline:
-                out["cmdline"] = spec.cmdline
-    out["type.pv" if pv else "type.hvm"] = {}
-    out["arch_arm"] = {"arm_sci": {}}
-    out["arch_x86"] = {}
+        mem = {"max_memkb": dom.static_max_kb, "target_memkb": dom.target_pages * 4}
+        return {**mem, **sched, "type.pv": {}, "arch_arm": {"arm_sci": {}}, "arch_x86": {}}
+    pv = spec.type == "pv"
+    maxmem = spec.maxmem if spec.maxmem is not None else spec.memory  # MiB
+    # libxl_internal.h:4698 libxl__get_targetmem_fudge(), on the stored config's sizes
+    fudge = LIBXL_MAXMEM_CONSTANT if not pv and maxmem > spec.memory else 0
+    out: dict = {
+        "max_vcpus": len(dom.vcpus),
+        "avail_vcpus": _online(dom),
+        "numa_placement": "True",  # libxl_create.c:202
+        "max_memkb": dom.static_max_kb,  # libxl_domain.c:2521
+        "target_memkb": dom.target_pages * 4 + fudge,
+    }
+    if pv:
+        out["video_memkb"] = 0  # libxl_create.c:371-372 (HVM's VGA memory: not shown)
+    out["shadow_memkb"] = paging_memkb(spec)
+    out["iommu_memkb"] = 0  # no passthrough (libxl_create.c:1236-1241)
+    out["localtime"] = "False"  # libxl_create.c:222, :224
+    out["disable_migrate"] = "False"
+    out["blkdev_start"] = "xvda"  # libxl_create.c:114
+    out["max_grant_version"] = 2  # libxl_create.c:410-412: the host offers gnttab v2
+    out["device_model_stubdomain"] = "False"  # libxl_create.c:94
+    out["stubdomain_memkb"] = 0  # libxl_create.c:216
+    out.update(sched)
+    out["claim_mode"] = "False"  # libxl_create.c:220
+    out["event_channels"] = spec.max_event_channels  # xl default 1023 (libxl_create.c:231)
+    if pv and spec.kernel:
+        out["kernel"] = spec.kernel
+    if pv and spec.cmdline:
+        out["cmdline"] = spec.cmdline
+    out["acpi"] = "True"  # libxl_x86.c:819
+    out["bootloader_restrict"] = "False"  # libxl_create.c:435-436
+    if not pv:  # libxl_create.c:402-407
+        out["timer_mode"] = "no_delay_for_missed_ticks"
+        out["nested_hvm"] = "False"
+        out["apic"] = "True"
+    out["dm_restrict"] = "False"  # libxl_create.c:245
+    if pv:
+        out["type.pv"] = {"slack_memkb": 0, "e820_host": "False"}  # libxl_create.c:370-377
+    else:
+        out["type.hvm"] = {}  # the emulated platform libxl would describe: not shown
+    out.update(ARCH)
+    out["arch_x86"] = {"msr_relaxed": "False"}  # libxl_x86.c:820
+    out["altp2m_count"] = 0  # libxl_create.c:431 (no altp2m)
+    out["vpmu"] = "False"  # libxl_create.c:95
+    out["trap_unmapped_accesses"] = "False"  # libxl_x86.c:821
     return out
 
 
