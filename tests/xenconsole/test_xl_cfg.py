@@ -152,6 +152,10 @@ def test_pause_unpause_console_of_a_missing_domid(sh):
 def test_list_long_is_libxls_config_in_json_c_pretty_form(sh):
     assert run(sh, "xl create -q /etc/xen/asm.cfg 'name=\"a\"' vcpus=2 maxmem=8")[0] == 0
     dom = sh.machine.find_domain("a")
+    # The domain's own on_reboot action (xl's default is restart, xl_parse.c:1657-1658);
+    # destroy, libxl's init_val, is left out.
+    action = {"destroy": None, "restart": "restart"}[dom.spec.on_reboot]
+    ON_REBOOT = f'      "on_reboot":"{action}",\n' if action else ""
     status, out = run(sh, "xl list -l")
     assert status == 0
     # xl_info.c:543-620: an array of {"domid", "config"}, printed with
@@ -239,7 +243,9 @@ def test_list_long_is_libxls_config_in_json_c_pretty_form(sh):
         '        "altp2m_count":0,\n'  # libxl_create.c:431
         '        "vpmu":"False",\n'  # libxl_create.c:95
         '        "trap_unmapped_accesses":"False"\n'  # libxl_x86.c:821
-        "      }\n"
+        "      },\n"
+        f"{ON_REBOOT}"
+        '      "on_soft_reset":"soft_reset"\n'  # xl_parse.c:1679-1680, xl's default
         "    }\n"
         "  }\n"
         "]\n"
@@ -270,3 +276,49 @@ def test_virt_caps(sh):
     # xl_info.c:282-294 over xen/arch/x86/sysctl.c:98-105 and xen/common/sysctl.c:267-283:
     # PV and HVM built in, no HAP (shadow), no IOMMU, vmtrace or vPMU, grant tables v1 and v2.
     assert run(sh, "xl info virt_caps") == (0, "pv hvm shadow gnttab-v1 gnttab-v2\n")
+
+
+@pytest.mark.timeout(600)
+def test_list_long_of_a_pv_guest():
+    from pv_helpers import small_machine, xtf_tree
+
+    cfg = xtf_tree() / "tests" / "example" / "test-pv64-example.cfg"
+    m, _out = small_machine()
+    out = bytearray()
+    sh = Dom0Shell(m, out.extend, Dom0Fs("/"))  # XTF's files by host path
+    try:
+        assert sh.run(f"xl create -q -p {cfg}") == 0
+        out.clear()
+        assert sh.run("xl list -l test-pv64-example") == 0
+        text = out.decode().replace("\r\n", "\n")
+        dom = m.find_domain("test-pv64-example")
+        kernel = str(cfg.parent / "test-pv64-example")
+        # json_escape_str() escapes every "/" of the kernel's path (json-c json_object.c:203)
+        assert '    "kernel":"' + kernel.replace("/", "\\/") + '",\n' in text
+        config = json.loads(text)[0]["config"]
+        assert config["c_info"] == {
+            "type": "pv",  # no hap/oos for PV (libxl_create.c:40)
+            "ssidref": 12,
+            "name": "test-pv64-example",
+            "uuid": dom.handle,
+            "run_hotplug_scripts": "True",
+            "driver_domain": "False",
+            "passthrough": "disabled",
+            "xend_suspend_evtchn_compat": "False",
+        }
+        b_info = config["b_info"]
+        assert list(b_info)[:6] == [
+            "max_vcpus",
+            "avail_vcpus",
+            "numa_placement",
+            "max_memkb",
+            "target_memkb",
+            "video_memkb",  # 0 for PV (libxl_create.c:371-372)
+        ]
+        assert (b_info["max_memkb"], b_info["target_memkb"]) == (128 << 10, 128 << 10)
+        # libxl_create.c:1054 for PV: 4 * (256 * 1 + 1 * 128)
+        assert b_info["shadow_memkb"] == 1536 and b_info["kernel"] == kernel
+        assert "cmdline" not in b_info and "timer_mode" not in b_info
+        assert b_info["type.pv"] == {"slack_memkb": 0, "e820_host": "False"}  # :370-377
+    finally:
+        m.shutdown()

@@ -44,6 +44,14 @@ ACTIONS = {
     "soft-reset": "soft_reset",
 }
 
+XL_ACTION_DEFAULTS = {
+    "on_poweroff": "destroy",
+    "on_reboot": "restart",
+    "on_watchdog": "destroy",
+    "on_crash": "destroy",
+    "on_soft_reset": "soft-reset",
+}
+
 
 def _c_info(dom) -> dict:
     spec = dom.spec
@@ -142,9 +150,10 @@ def domain_config(dom) -> dict:
     config: dict = {"c_info": _c_info(dom), "b_info": _b_info(dom)}
     spec = dom.spec
     if spec is not None:
-        # libxl_types.idl:1105-1109; destroy is the init_val and is left out.
-        for key in ("on_poweroff", "on_reboot", "on_watchdog", "on_crash", "on_soft_reset"):
-            action = ACTIONS.get(getattr(spec, key, "destroy"), "destroy")
+        # libxl_types.idl:1105-1109; destroy is the init_val and is left out. Keys our
+        # configs do not take have xl's defaults (xl_parse.c:1650-1681).
+        for key, default in XL_ACTION_DEFAULTS.items():
+            action = ACTIONS.get(getattr(spec, key, default), "destroy")
             if action != "destroy":
                 config[key] = action
     return config
