@@ -206,7 +206,13 @@ def test_dmesg_clear(host):
         ("xl foo", "command not implemented\r\n", 1),
         ("xl d", "command not implemented\r\n", 1),  # ambiguous: destroy, debug-keys, ...
         ("xl list foo", "foo is an invalid domain identifier (rc=-6)\r\n", 1),
-        ("xl list 7", "Error: Domain '7' does not exist.\r\n", 1),
+        (
+            # libxl_domain.c:356, then xl_info.c:688-690
+            "xl list 7",
+            "libxl: error: libxl_domain.c:356:libxl_domain_info: Domain 7:Getting domain info: "
+            "No such process\r\nError: Domain '7' does not exist.\r\n",
+            1,
+        ),
         ("xl -N info", "command does not implement -N (dryrun) option\r\n", 1),
         ("xl -z list", "xl: invalid option -- 'z'\r\nunknown global option\r\n", 1),
     ],

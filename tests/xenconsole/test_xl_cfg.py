@@ -142,6 +142,12 @@ def test_pause_unpause_console_of_a_missing_domid(sh):
         0,
         "libxl: error: libxl_dom.c:37:libxl__domain_type: unable to get dominfo: No such process\n",
     )
+    # xl list: libxl_domain_info's line, then xl_info.c:688-690 (on stderr).
+    assert run(sh, "xl list -l 009") == (
+        1,
+        "libxl: error: libxl_domain.c:356:libxl_domain_info: Domain 9:Getting domain info: "
+        "No such process\nError: Domain '009' does not exist.\n",
+    )
     # A name is looked up (libxl_utils.c:63-89) and refused by xl_utils.c:140.
     assert run(sh, "xl destroy nosuch") == (1, "nosuch is an invalid domain identifier (rc=-6)\n")
 

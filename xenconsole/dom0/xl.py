@@ -153,7 +153,7 @@ _NO_DOMINFO = "libxl_dom.c:37:libxl__domain_type: {d}unable to get dominfo: No s
 # then fails: XEN_DOMCTL_getdomaininfo or _pausedomain returns -ESRCH (xen/common/domctl.c:371).
 # libxl lines are FILE:LINE:FUNCTION of the LOG call (libxl_internal.c:241). xl's own last
 # line and exit status: xl_vmcontrol.c:94, :75 and :80 (pause and unpause ignore libxl's
-# answer), xl_console.c:59.
+# answer), xl_console.c:59, xl_info.c:688-690 (`list`).
 NO_SUCH_DOMAIN: dict[str, tuple[tuple[str, ...], str | None, int]] = {
     "destroy": (
         (
@@ -171,6 +171,11 @@ NO_SUCH_DOMAIN: dict[str, tuple[tuple[str, ...], str | None, int]] = {
         0,
     ),
     "unpause": ((_NO_DOMINFO,), None, 0),
+    "list": (
+        ("libxl_domain.c:356:libxl_domain_info: {d}Getting domain info: No such process",),
+        "Error: Domain '{q}' does not exist.",
+        1,
+    ),
     "console": ((_NO_DOMINFO,), "Unable to attach console", 1),
 }
 
@@ -189,7 +194,7 @@ def find_domain(sh, machine, qualifier: str, command: str | None = None):
             for line in lines:
                 sh.eprintln("libxl: error: " + line.format(d=prefix))
             if last is not None:
-                sh.eprintln(last)
+                sh.eprintln(last.format(q=qualifier))
             raise XlExit(status)
     else:
         dom = next((d for d in machine.domains.values() if d.name == qualifier), None)

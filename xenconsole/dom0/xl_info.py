@@ -73,11 +73,8 @@ def main_list(sh, argv: list[str]) -> int:
         sh.write(help_text("list"))
         return 1
     if rest:
-        if rest[0].isdigit() and int(rest[0]) not in machine.domains:
-            # An all-digit qualifier is taken as a domid; libxl_domain_info() then fails.
-            sh.println(f"Error: Domain '{rest[0]}' does not exist.")
-            return 1
-        doms = [find_domain(sh, machine, rest[0])]
+        # An all-digit qualifier is taken as a domid; libxl_domain_info() then fails.
+        doms = [find_domain(sh, machine, rest[0], "list")]
     else:
         doms = machine.domain_list()
     if any(o in ("-l", "--long") for o, _ in opts):
