@@ -64,7 +64,7 @@ def _libxl_error(sh, line: int, func: str, domid: int, what: str, err: str) -> N
 @command("pause", "Pause execution of a domain", "<Domain>", can_dryrun=True)
 def main_pause(sh, argv: list[str]) -> int:
     _, rest = getopts(sh, argv, "", [], "pause", 1)
-    dom = find_domain(sh, sh.machine, rest[0])
+    dom = find_domain(sh, sh.machine, rest[0], "pause")
     sched = sh.machine.sched
     if dom.domid == 0 or sched is None:  # XEN_DOMCTL_pausedomain on itself: -EINVAL
         _libxl_error(sh, 585, "libxl_domain_pause", dom.domid, "Pausing domain", "Invalid argument")
@@ -76,7 +76,7 @@ def main_pause(sh, argv: list[str]) -> int:
 @command("unpause", "Unpause a paused domain", "<Domain>", can_dryrun=True)
 def main_unpause(sh, argv: list[str]) -> int:
     _, rest = getopts(sh, argv, "", [], "unpause", 1)
-    dom = find_domain(sh, sh.machine, rest[0])
+    dom = find_domain(sh, sh.machine, rest[0], "unpause")
     sched = sh.machine.sched
     if dom.domid == 0 or sched is None or dom.pause_count == 0:
         _libxl_error(
@@ -170,7 +170,7 @@ def main_console(sh, argv: list[str]) -> int:
             raise XlExit(1)
         if o == "-e" and a:  # tools/console/client: "^c" is Ctrl-c, else the character
             escape = (ord(a[1].upper()) & 0x1F) if a[0] == "^" and len(a) == 2 else ord(a[0])
-    dom = find_domain(sh, sh.machine, rest[0])
+    dom = find_domain(sh, sh.machine, rest[0], "console")
     if dom.hvm is None and dom.pv is None:
         sh.println("Unable to attach console")
         return 1
