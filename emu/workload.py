@@ -221,7 +221,7 @@ def _check_fit(w: Workload, nr_pages: int, vcpus: int) -> None:
     if not 1 <= vcpus <= MAX_VCPUS:
         raise WorkloadError(f"vcpus must be between 1 and {MAX_VCPUS}, got {vcpus}")
     lay = guest_layout(nr_pages + 1)  # RAM around the shared_info hole: one gfn more
-    if lay.arena_pages <= 0:
+    if nr_pages <= ARENA_START or lay.arena_pages <= 0:
         raise WorkloadError(f"memory={nr_pages >> 8}M leaves no arena: a guest needs at least 2M")
     p = w.params
     if w.kind == "touch":

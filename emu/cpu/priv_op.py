@@ -200,7 +200,6 @@ def _write_cr(vcpu, n: int, value: int) -> bool:
     return False
 
 
-
 # ---- MSRs, syscall, sysret ------------------------------------------------------------------
 
 
