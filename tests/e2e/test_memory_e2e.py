@@ -114,6 +114,15 @@ def list_mem(con: Console) -> dict[str, int]:
     return {r.split()[0]: int(r.split()[2]) for r in rows}
 
 
+def wait_mem(con: Console, name: str, mib: int, timeout: float = 30.0) -> None:
+    """`xl mem-set` only writes memory/target (libxl_mem.c:180-330); the guest kernel's
+    balloon driver then gives frames back or takes them, on its own time."""
+    end = time.monotonic() + timeout
+    while list_mem(con)[name] != mib:
+        assert time.monotonic() < end, f"{name} never reached {mib} MiB"
+        time.sleep(0.2)
+
+
 @pytest.mark.timeout(120)
 def test_create_list_memset_destroy_agree_to_the_page(tmp_path):
     cfg = tmp_path / "host.toml"
@@ -135,12 +144,14 @@ def test_create_list_memset_destroy_agree_to_the_page(tmp_path):
             assert_delta(s0, s1, 65536)
 
             assert con.run("xl mem-set web 128", check=True) == ""
+            wait_mem(con, "web", 128)
             s2 = snapshot(con)
             assert s2["nr_pages"][2] == 32768 and list_mem(con)["web"] == 128
             assert_delta(s1, s2, -32768)
             assert s2["free"] - s1["free"] == 32768 + (s1["shadow"] - s2["shadow"])
 
             assert con.run("xl mem-set web 256m", check=True) == ""
+            wait_mem(con, "web", 256)
             s3 = snapshot(con)
             assert s3["nr_pages"][2] == 65536 and list_mem(con)["web"] == 256
             assert_delta(s2, s3, 32768)

@@ -274,12 +274,15 @@ def test_blow_tables_balloon_and_destroy(con):
             r["dirty"],
             r["pages"],
         )
-    # Ballooning d5 from 16 to 15 MiB gives back its 256 highest gfns, 0xf00-0xfff: half of
-    # the pages it touched (0xe80-0xf7f) and 32 of the 64 it wrote leave the counts.
+    # `xl mem-set` only sets the target (libxl_mem.c:180-330): d5 is an `asm:` guest with no
+    # balloon driver, so it keeps every frame and the scan is unchanged. (The scan of a
+    # ballooned-out range is tests/e2e/test_walk_hexdump.py's, after the memory model's
+    # decrease_reservation.)
     con.run("xl mem-set mix 15", check=True)
     r = U(con, "d5", "0x100-0xfff")[5]
-    assert (r["pages"], r["accessed"], r["dirty"], r["never"]) == (3584, 128, 32, 3456)
-    assert r["heat"][-4:] == "    "
+    b = before[5]
+    assert (r["pages"], r["accessed"], r["dirty"]) == (b["pages"], b["accessed"], b["dirty"])
+    assert r["pages"] == 3840
     con.run("xl destroy t3", check=True)
     allr = U(con)
     assert sorted(allr) == [1, 2, 4, 5]
