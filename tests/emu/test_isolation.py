@@ -197,7 +197,8 @@ EXPECT = {
     "efer": None,
     "lgdt": None,
     "sysret": None,
-    "guess_reads": [str(0x1FF + 1)],  # gfn 0x1000 is RAM now: the shared_info hole moved the last page up
+    # gfn 0x1000 is RAM: the shared_info hole at gfn 0x0e moved the last page up one gfn
+    "guess_reads": [str(0x1FF + 1)],
     "own_pte_write": None,
     "ports": ["io done", str(0xFFFFFFFF)],
     "hypercall_ptrs": ["14"],
