@@ -65,9 +65,9 @@ def test_hypercall_page_bytes():
     `ud2` for __HYPERVISOR_iret (23)."""
     p = HYPERCALL_PAGE_BYTES
     assert len(p) == 4096
-    assert p[18 * 32 : 18 * 32 + 32] == bytes.fromhex("b812000000" "0f01c1" "c3") + b"\xcc" * 23
+    assert p[18 * 32 : 18 * 32 + 32] == bytes.fromhex("b8120000000f01c1c3") + b"\xcc" * 23
     assert p[23 * 32 : 23 * 32 + 3] == b"\x0f\x0b\xcc"
-    assert p[127 * 32 : 127 * 32 + 9] == bytes.fromhex("b87f000000" "0f01c1" "c3")
+    assert p[127 * 32 : 127 * 32 + 9] == bytes.fromhex("b87f0000000f01c1c3")
 
 
 def test_cpuid_leaves_and_hypercall_page_in_the_guest(machine, tmp_path):
