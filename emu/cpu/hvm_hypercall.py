@@ -29,12 +29,25 @@ import struct
 
 from unicorn import x86_const as X
 
+from emu.cpu import hvm_memory
+from emu.cpu.hvm_copy import (
+    ARG_REGS,
+    DOMID_SELF,
+    EFAULT,
+    EINVAL,
+    ENOENT,
+    ENOSYS,
+    EPERM,
+    ESRCH,
+    continuation,
+    read,
+    write,
+)
 from emu.domain import CONSOLE_LINE, SHUTDOWN_crash
 from emu.mm import guestmem
 from emu.mm.page_info import PGC_shadowed_pt
 from emu.version import XEN_MAJOR, XEN_MINOR
 
-EPERM, ESRCH, ENOENT, EFAULT, EINVAL, ENOSYS = 1, 3, 2, 14, 22, 38
 HC_memory_op, HC_set_timer_op, HC_xen_version, HC_console_io = 12, 15, 17, 18
 HC_iret, HC_sched_op, HC_event_channel_op, HC_hvm_op = 23, 29, 32, 34
 CONSOLEIO_write, CONSOLEIO_read = 0, 1
@@ -48,7 +61,6 @@ HVM_NR_PARAMS = 39  # public/hvm/params.h:294
 # (public/hvm/params.h numbers)
 GUEST_READABLE_PARAMS = frozenset({0, 15, 37, 19, 34, 1, 2, 17, 18, 35, 36})
 DEPRECATED_PARAMS = frozenset({4, 13, 20, 21, 22, 23, 24, 25, 26, 30})
-DOMID_SELF = 0x7FF0
 CONSOLE_KBUF = 128  # guest_console_write()'s kbuf
 VMCALL = b"\x0f\x01\xc1"
 
@@ -143,7 +155,7 @@ def vmcall(vcpu) -> None:
         uc.reg_write(X.UC_X86_REG_RAX, -EPERM & 0xFFFFFFFFFFFFFFFF)  # hypercall.c:127-131
         uc.reg_write(X.UC_X86_REG_RIP, rip + len(VMCALL))
         return
-    args = [uc.reg_read(r) for r in _ARG_REGS]
+    args = [uc.reg_read(r) for r in ARG_REGS]
     fn = HANDLERS.get(nr)
     ret = fn(vcpu, *args) if fn is not None else -ENOSYS
     # perfc_incra(hypercalls, eax) after every call, preempted ones too (hypercall.c:193)
@@ -153,36 +165,6 @@ def vmcall(vcpu) -> None:
         return
     uc.reg_write(X.UC_X86_REG_RAX, ret & 0xFFFFFFFFFFFFFFFF)
     uc.reg_write(X.UC_X86_REG_RIP, rip + len(VMCALL))
-
-
-_ARG_REGS = (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_R10)
-_ARG_REGS += (X.UC_X86_REG_R8,)
-
-
-def continuation(vcpu, *args: int) -> None:
-    """hypercall_create_continuation() for an HVM guest: the argument registers get the
-    remaining work; the caller returns None so RIP stays on the `vmcall` (the VMCALL exit
-    does not advance it when hcall_preempted, vmx.c), and the slice ends."""
-    uc = vcpu.uc
-    for reg, value in zip(_ARG_REGS, args, strict=False):
-        uc.reg_write(reg, value & 0xFFFFFFFFFFFFFFFF)
-    vcpu.stop(("slice",))
-
-
-def _read(vcpu, va: int, n: int) -> bytes:
-    return guestmem.read(vcpu.machine, vcpu.domain, vcpu.guest_cr3, va, n)
-
-
-def _write(vcpu, va: int, data: bytes) -> None:
-    ft_count = vcpu.machine.frames.pi["count_info"]
-    guestmem.write(
-        vcpu.machine,
-        vcpu.domain,
-        vcpu.guest_cr3,
-        va,
-        data,
-        refuse=lambda mfn: bool(int(ft_count[mfn]) & PGC_shadowed_pt),
-    )
 
 
 # ---- console_io, sched_op, set_timer_op, xen_version ----------------------------------------
@@ -214,7 +196,7 @@ def _console_write(vcpu, count: int, buf: int) -> int | None:
             return None
         kcount = min(count, CONSOLE_KBUF - 1)
         try:
-            data = _read(vcpu, buf, kcount)
+            data = read(vcpu, buf, kcount)
         except guestmem.GuestMemError:
             return -EFAULT
         nl = data.find(b"\n")
@@ -246,7 +228,7 @@ def sched_op(vcpu, cmd: int, arg: int, *_) -> int:
         return 0
     if cmd == SCHEDOP_shutdown:
         try:
-            raw = _read(vcpu, arg, 4)
+            raw = read(vcpu, arg, 4)
         except guestmem.GuestMemError:
             return -EFAULT
         reason = int.from_bytes(raw, "little")
@@ -274,7 +256,7 @@ def event_channel_op(vcpu, cmd: int, arg: int, *_) -> int:
     if cmd != EVTCHNOP_send or evtchn is None:
         return -ENOSYS
     try:
-        (port,) = struct.unpack("<I", _read(vcpu, arg, 4))
+        (port,) = struct.unpack("<I", read(vcpu, arg, 4))
     except guestmem.GuestMemError:
         return -EFAULT
     return evtchn.send(port)
@@ -291,7 +273,7 @@ def hvm_op(vcpu, op: int, arg: int, *_) -> int:
 def _get_param(vcpu, arg: int) -> int:
     """hvmop_get_param() (hvm.c:4496) for the guest itself."""
     try:
-        domid, index = struct.unpack("<HxxI", _read(vcpu, arg, 8))
+        domid, index = struct.unpack("<HxxI", read(vcpu, arg, 8))
     except guestmem.GuestMemError:
         return -EFAULT
     if index >= HVM_NR_PARAMS:
@@ -305,7 +287,7 @@ def _get_param(vcpu, arg: int) -> int:
         return -EPERM
     value = dom.hvm.params.get(index, 0)
     try:
-        _write(vcpu, arg + 8, struct.pack("<Q", value))
+        write(vcpu, arg + 8, struct.pack("<Q", value))
     except guestmem.GuestMemError:
         return -EFAULT
     return 0
@@ -314,7 +296,7 @@ def _get_param(vcpu, arg: int) -> int:
 def _set_upcall_vector(vcpu, arg: int) -> int:
     """hvmop_set_evtchn_upcall_vector() (hvm.c:4096)."""
     try:
-        vid, vector = struct.unpack("<IB", _read(vcpu, arg, 5))
+        vid, vector = struct.unpack("<IB", read(vcpu, arg, 5))
     except guestmem.GuestMemError:
         return -EFAULT
     if vector < 0x10:
@@ -333,9 +315,7 @@ def _set_upcall_vector(vcpu, arg: int) -> int:
 
 
 def _memory_op(vcpu, cmd: int, arg: int, *_) -> int | None:
-    from emu.cpu.hvm_memory import memory_op
-
-    return memory_op(vcpu, cmd, arg)
+    return hvm_memory.memory_op(vcpu, cmd, arg)
 
 
 HANDLERS = {

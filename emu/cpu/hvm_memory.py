@@ -21,15 +21,7 @@ import struct
 
 import numpy as np
 
-from emu.cpu.hvm_hypercall import (
-    DOMID_SELF,
-    EFAULT,
-    EINVAL,
-    ENOSYS,
-    EPERM,
-    _read,
-    continuation,
-)
+from emu.cpu.hvm_copy import DOMID_SELF, EFAULT, EINVAL, ENOSYS, EPERM, continuation, read
 from emu.mm import guestmem
 from emu.mm.memory import decrease_reservation, populate_physmap
 from emu.mm.p2m import p2m_set_entries
@@ -47,7 +39,7 @@ def memory_op(vcpu, cmd: int, arg: int) -> int | None:
     dom = vcpu.domain
     if op in (XENMEM_current_reservation, XENMEM_maximum_reservation):
         try:
-            (domid,) = struct.unpack("<H", _read(vcpu, arg, 2))
+            (domid,) = struct.unpack("<H", read(vcpu, arg, 2))
         except guestmem.GuestMemError:
             return -EFAULT
         if domid not in (DOMID_SELF, dom.domid):
@@ -63,7 +55,7 @@ def memory_op(vcpu, cmd: int, arg: int) -> int | None:
 def _reservation(vcpu, op: int, start: int, arg: int) -> int | None:
     dom, m = vcpu.domain, vcpu.machine
     try:
-        ext, nr, order, _flags, domid = struct.unpack("<QQIIH", _read(vcpu, arg, 26))
+        ext, nr, order, _flags, domid = struct.unpack("<QQIIH", read(vcpu, arg, 26))
     except guestmem.GuestMemError:
         return -EFAULT
     if domid not in (DOMID_SELF, dom.domid):
@@ -77,7 +69,7 @@ def _reservation(vcpu, op: int, start: int, arg: int) -> int | None:
             return None
         n = min(BATCH, nr - done)
         try:
-            raw = _read(vcpu, ext + 8 * done, 8 * n)
+            raw = read(vcpu, ext + 8 * done, 8 * n)
         except guestmem.GuestMemError:
             return done if done else -EFAULT
         gfns = np.frombuffer(raw, dtype=np.uint64).astype(np.int64)
@@ -125,7 +117,7 @@ def _populate(m, dom, gfns: np.ndarray) -> int:
 def _add_to_physmap(vcpu, arg: int) -> int:
     dom, m = vcpu.domain, vcpu.machine
     try:
-        domid, _size, space, idx, gpfn = struct.unpack("<HHIQQ", _read(vcpu, arg, 24))
+        domid, _size, space, idx, gpfn = struct.unpack("<HHIQQ", read(vcpu, arg, 24))
     except guestmem.GuestMemError:
         return -EFAULT
     if domid not in (DOMID_SELF, dom.domid):

@@ -244,7 +244,7 @@ def test_balloon_driver_follows_memory_target(machine):
 def test_asm_guest_without_balloon_keeps_its_frames(machine, tmp_path):
     """No driver, no change: Mem and nr_pages stay, only the target moves."""
     xl = xl_shell(machine)
-    dom = asm_guest(machine, tmp_path, "nob", "1:  hlt\n    jmp 1b\n", memory=16)
+    dom = asm_guest(machine, tmp_path, "nob", "    sti\n1:  hlt\n    jmp 1b\n", memory=16)
     assert xl("xl mem-set nob 8") == (0, "")
     assert dom.target_pages == 8 << 8 and _xs_target(machine, dom) == str(8 << 10)
     status, out = xl("xl list nob")
