@@ -181,8 +181,22 @@ stream_loop:
 user:
     mov rdi, r15
     mov rsi, r14
-    mov rax, 0x20000
-    jmp rax
+    xor ebx, ebx                    # the other registers as a vCPU starts: zero
+    xor ecx, ecx
+    xor edx, edx
+    xor ebp, ebp
+    xor r8d, r8d
+    xor r9d, r9d
+    xor r10d, r10d
+    xor r11d, r11d
+    xor r12d, r12d
+    xor r13d, r13d
+    xor r14d, r14d
+    xor r15d, r15d
+    mov eax, 0x20000
+    push rax
+    xor eax, eax
+    ret                             # to 0x20000, rax zero too
 
 # ---- the balloon driver: set-up (vCPU 0, interrupts off) ------------------------------------
 balloon_init:
