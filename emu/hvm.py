@@ -128,8 +128,10 @@ class HVMGuest(HVMDomain):
     def __init__(self, machine, dom, workload, layout) -> None:
         super().__init__(machine, dom, workload, layout)
         self.machine = machine
-        self.dom = dom
-        self.evtchn = HVMEventChannels(machine, dom)
+        # Weak: dom -> hvm -> dom would be a cycle only the collector breaks (the domain's
+        # frames and vCPUs must go at destroy, tests/emu/test_teardown.py).
+        self.dom = weakref.proxy(dom)
+        self.evtchn = HVMEventChannels(machine, self.dom)
         self.params: dict[int, int] = {}  # HVM_PARAM_*
         self.shinfo_gfn: int | None = None  # where the guest mapped shared_info
         self.xenstore = None  # its emu/pv/xenstored.py Connection
@@ -249,8 +251,12 @@ class HVM:
         if dom.domid == 0:
             return
         pv = getattr(self.machine, "pv", None)
-        if dom.hvm is not None and getattr(dom.hvm, "xenstore", None) is not None and pv:
-            pv.xenstore.release(dom.domid)
+        hvm = dom.hvm
+        if isinstance(hvm, HVMGuest):
+            if hvm.xenstore is not None and pv is not None:
+                pv.xenstore.release(dom.domid)
+            hvm.xenstore = None
+            hvm.evtchn.ports.clear()  # a port's consumer (xenstored) holds the domain
         self.machine.sched.remove_domain(dom)
         hvm = dom.hvm
         if hvm is not None:
