@@ -7,16 +7,11 @@ hypervisor through the hooks installed here:
 - UC_HOOK_INTR: #PF -> the shadow fault path; #GP -> privileged-instruction emulation
   (emu/cpu/priv_op.py); #DB -> a shadow or Xen single-step; anything else is reflected into the
   guest through the IDT it loaded with `lidt`, or, with none, is a triple fault.
-- UC_HOOK_INSN_INVALID -> #UD: a `vmcall` (0f 01 c1) is the hypercall (Xen's HVM ABI, the
-  VMCALL exit; emu/cpu/hvm_hypercall.py), any other is reflected or a triple fault.
-- UC_HOOK_INSN cpuid -> Xen's leaves 0x40000000+ (emu/cpu/hvm_hypercall.py); other leaves
-  are the CPU's own. syscall -> the guest's own LSTAR (emu/cpu/priv_op.py guest_syscall).
-  IN/OUT -> port 0xe9, every other port reads all-ones and ignores writes.
-
-The guest's privilege level is virtual (`vcpl`), as a real HVM guest's is its own: the guest
-kernel runs at CPL 0 from its entry, `syscall` enters CPL 0, `sysret` returns to CPL 3. The
-emulated CPU itself always runs guest code at ring 3 (so every privileged instruction
-traps); at a virtual CPL 3 the hypervisor refuses them (#GP) and `vmcall` gets -EPERM.
+- UC_HOOK_INSN_INVALID -> #UD: a `vmcall` is the hypercall (emu/cpu/hvm_hypercall.py), any
+  other #UD is reflected or a triple fault. UC_HOOK_INSN cpuid -> Xen's leaves; syscall ->
+  the guest's LSTAR (emu/cpu/priv_op.py); IN/OUT -> port 0xe9, other ports all-ones.
+The guest's CPL is virtual (`vcpl`: 0 from entry, `syscall` -> 0, `sysret` -> 3); the
+emulated CPU runs all guest code at ring 3, so every privileged instruction traps.
 
 Hooks that cannot finish inside the hook (block, reflect, crash) set `pending` and stop the
 run; the scheduler calls `run()` and acts on what it returns.
