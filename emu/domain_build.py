@@ -87,7 +87,7 @@ def build_page_tables(machine, dom, lay: W.GuestLayout, exec_gfns: np.ndarray) -
 def make_shinfo_hole(machine, dom) -> None:
     """Xen's HVM builder lays RAM around holes (tools/libs/guest/xg_dom_x86.c meminit_hvm);
     ours has one, at SHINFO_GFN, where the kernel maps shared_info with
-    XENMEM_add_to_physmap (which would free a RAM page there, xen/common/memory.c
+    XENMEM_add_to_physmap (which would free a RAM page there, xen/arch/x86/mm/p2m.c:2082
     xenmem_add_to_physmap_one). The page populated there moves to the first gfn above RAM,
     so the domain keeps exactly `memory` pages."""
     if dom.p2m[W.SHINFO_GFN] == INVALID_MFN:
