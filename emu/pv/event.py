@@ -99,7 +99,7 @@ class EventChannels:
         """evtchn_2l_set_pending() in the domain's shared_info."""
         dom = self.dom
         ram = self.machine.ram
-        si = dom.pv.shared_info_mfn << 12
+        si = dom.xenpage_mfns[0] << 12  # shared_info (d->shared_info, PV and HVM alike)
         word, bit = port // 64, 1 << (port % 64)
         pend = si + EVTCHN_PENDING_OFF + 8 * word
         old = int.from_bytes(ram.mm[pend : pend + 8], "little")
@@ -169,7 +169,7 @@ class EventChannels:
         return self.pending_2l(port)
 
     def pending_2l(self, port: int) -> bool:
-        si = self.dom.pv.shared_info_mfn << 12
+        si = self.dom.xenpage_mfns[0] << 12  # shared_info: a PV or an HVM guest's
         off = si + EVTCHN_PENDING_OFF + 8 * (port // 64)
         return bool(int.from_bytes(self.machine.ram.mm[off : off + 8], "little") >> (port % 64) & 1)
 

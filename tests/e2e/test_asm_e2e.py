@@ -142,7 +142,7 @@ CORPUS = [
     b"    lea rsi, [rip + msg]\nputs:\n    mov al, byte ptr [rsi]\n    test al, al\n"
     b"    jz done\n    out 0xe9, al\n    inc rsi\n    jmp puts\ndone:\n    hlt\n"
     b'msg: .asciz "hello"\n',
-    b"    mov rbx, qword ptr [0x100000]\n    mov rax, 29\n    xor esi, esi\n    syscall\n",
+    b"    mov rbx, qword ptr [0x100000]\n    xor esi, esi\n    call 0xf000 + 32 * 29\n",
     b".data\nv: .quad 1, 2, 3\n.text\n    mov rax, offset v\n    mov rcx, [rax + 8]\n",
     b".bss\nbuf: .space 4096\n.text\n    lea rdi, [rip + buf]\n    rep stosb\n",
     *(src for src in HOSTILE.values()),
