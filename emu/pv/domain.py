@@ -134,6 +134,8 @@ class PV:
             proc = getattr(old[i], "processor", i) if i < len(old) else i
             vcpus.append(PVVCPU(m, dom, i, processor=proc % m.sched.nr_cpus))
         dom.vcpus = vcpus
+        for v in vcpus[1:]:  # VPF_down until the guest's VCPUOP_up (vcpu 0: VGCF_online)
+            v.down = True
         v0 = vcpus[0]
         # arch_set_info_guest(): the vCPU's CR3 holds its own reference on the L4.
         v0.guest_table = int(dom.p2m[lay.pt_pfn])
