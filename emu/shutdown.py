@@ -128,7 +128,7 @@ def handle_domain_death(machine, dom, reason: int) -> None:
     if spec is None or not spec.monitored:
         return  # `xl create -e`: the domain stays shut down until `xl destroy`
     log = XlLog(spec.xl_log)
-    domid = dom.domid
+    domid, handle = dom.domid, dom.handle  # the config's UUID (a preserved copy gets a new one)
     log(f"Domain {domid} has shut down, reason code {reason} {reason:#x}")
     if reason == SHUTDOWN_suspend:
         log("Domain has suspended.")  # :457; the daemon goes on waiting (:1143)
@@ -164,7 +164,7 @@ def handle_domain_death(machine, dom, reason: int) -> None:
         log("Done. Exiting now")
         return
     log("Done. Rebooting now")
-    again = dataclasses.replace(restart_spec, uuid=dom.handle)
+    again = dataclasses.replace(restart_spec, uuid=handle)
     t = threading.Timer(RESTART_SLEEP, _restart, args=(machine, again, log))
     t.daemon = True
     t.name = f"xl-{spec.name}"

@@ -231,9 +231,19 @@ def main_create(sh, argv: list[str]) -> int | Pending:
     return Pending(lambda: _prepare(spec, read), lambda r: _create(sh, spec, flags, r))
 
 
-def _daemon_log(fs: Dom0Fs, path: str):
-    """The daemon's log file in dom0's filesystem (libxl_create_logfile(): a new file for
-    each `xl create`), appended to line by line."""
+XEN_LOG_DIR = "/var/log/xen"
+
+
+def _daemon_log(fs: Dom0Fs, name: str):
+    """The daemon's log, XEN_LOG_DIR/xl-NAME.log in dom0's filesystem (libxl_create_logfile():
+    a new file for each `xl create`), appended to line by line. In a dom0 root the operator
+    gave (`--dom0-root`) without that directory, nothing is created: no log."""
+    try:
+        fs.directory(XEN_LOG_DIR)
+    except FsError:
+        if not fs.owned:
+            return None
+    path = f"{XEN_LOG_DIR}/xl-{name}.log"
     lock = threading.Lock()
     size = [0]
 
@@ -285,7 +295,7 @@ def _create(sh, spec: DomainSpec, flags: set[str], prepared: object) -> int:
     if "-e" in flags:  # no daemon waits for the domain's death: nothing acts on it
         spec.monitored = False
     else:
-        spec.xl_log = _daemon_log(sh.fs, f"/var/log/xen/xl-{spec.name}.log")
+        spec.xl_log = _daemon_log(sh.fs, spec.name)
     try:
         dom = sh.machine.create_domain(spec, paused="-p" in flags)
     except DomainError as e:
