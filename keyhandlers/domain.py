@@ -109,7 +109,9 @@ def dump_domain(machine, dom, out) -> None:
         if running:
             line += f"dirty_cpu={v.processor}"
         out(line)
-        flags = (_VPF_blocked if v.blocked else 0) | (_VPF_down if v.down else 0)
+        # A vCPU that is down (never brought up, or VCPUOP_down) has only VPF_down: our
+        # records also call it blocked, which Xen's pause_flags would not.
+        flags = _VPF_down if v.down else _VPF_blocked if v.blocked else 0
         out(f"    pause_count={v.pause_count} pause_flags={flags:x}")
         if dom.paging is not None:
             out("    paging assistance: shadowed 4-on-4")
