@@ -160,7 +160,8 @@ BAD = [
         1,
         "command line:2: unknown parameter `colour' (supported: name, memory, maxmem, vcpus, "
         "workload, type, kernel, cmdline, extra, loader, on_poweroff, on_crash, on_reboot, "
-        "max_event_channels, viridian)\nFailed to parse config: Invalid argument\n",
+        "max_event_channels, on_watchdog, on_soft_reset, viridian)\nFailed to parse config: "
+        "Invalid argument\n",
     ),
     ("xl create memory=8", 1, "Domain name must be specified.\n"),
     (
