@@ -162,7 +162,10 @@ def test_xl_console_follows_guest_and_returns_when_it_dies(tmp_path):
             "    out 0xe9, al\n    mov eax, 29\n    xor edi, edi\n    push rcx\n    syscall\n"
             "    pop rcx\n    dec rcx\n    jnz again\n    ud2\n"
         )
-        sh.run_line(f"xl create -p name=talk memory=4 'workload=\"asm:{prog}\"' on_reboot=destroy")
+        sh.run_line(
+            f"xl create -p /dev/null 'name=\"talk\"' memory=4 'workload=\"asm:{prog}\"' "
+            "on_reboot=destroy"
+        )
         assert sh.status == 0, b"".join(shown)
         sh.run_line("xl console talk")
         assert sh.foreground is not None

@@ -154,8 +154,8 @@ def test_create_list_memset_destroy_agree_to_the_page(tmp_path):
 
             # -c attaches the new domain's console; Ctrl-] returns to dom0.
             con.to_dom0()
-            con.sendline("xl create -c name=cc memory=16")
-            con.expect_exact("xl create -c name=cc memory=16")
+            con.sendline("xl create -c -q /dev/null 'name=\"cc\"' memory=16")
+            con.expect_exact("xl create -c -q /dev/null 'name=\"cc\"' memory=16")
             time.sleep(1.0)
             con.send("\x1d")
             con.expect_exact("root@dom0:~# ")
@@ -165,10 +165,10 @@ def test_create_list_memset_destroy_agree_to_the_page(tmp_path):
             # Bad input leaves everything as it was.
             con.run("xl destroy 0")
             assert con.exit_status == 1
-            con.run("xl create name=huge memory=4096")
+            con.run("xl create /dev/null 'name=\"huge\"' memory=4096")
             assert con.exit_status == 3
             # Memory alone would fit, not with its shadow pool: refused whole.
-            out = con.run(f"xl create name=edge memory={s4['free'] >> 8}")
+            out = con.run(f"xl create -q /dev/null 'name=\"edge\"' memory={s4['free'] >> 8}")
             assert out.strip() == "failed to free memory for the domain"
             assert con.exit_status == 3
             assert snapshot(con)["free"] == s4["free"]

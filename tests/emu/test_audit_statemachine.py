@@ -48,7 +48,7 @@ class MemoryMachine(RuleBasedStateMachine):
         before = self.snapshot()
         existed = self.dom(name) is not None
         extra = f" maxmem={maxmem}" if maxmem is not None else ""
-        status, out = self.xl(f"xl create name={name} memory={mem}{extra}")
+        status, out = self.xl(f"xl create -q /dev/null 'name=\"{name}\"' memory={mem}{extra}")
         fits = mem > 0 and (mem << 8) + 1 <= before[0]
         must_fail = existed or not fits or (maxmem is not None and maxmem < mem)
         if status == 0:

@@ -1,5 +1,6 @@
 # Prints one line per vCPU on its console, then goes offline; the domain powers off when
-# every vCPU is offline.  xl create hello.cfg  (or: xl create name=hello workload=asm:hello.S)
+# every vCPU is offline.  xl create hello.cfg
+# (or: xl create /etc/xen/asm.cfg 'name="hello"' 'workload="asm:hello.S"')
     lea rsi, [rip + msg]
     add dil, '0'
     mov byte ptr [rip + msg + 15], dil
