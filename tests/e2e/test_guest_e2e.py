@@ -164,7 +164,7 @@ def test_xl_console_follows_guest_and_returns_when_it_dies(tmp_path):
         )
         sh.run_line(
             f"xl create -p /dev/null 'name=\"talk\"' memory=4 'workload=\"asm:{prog}\"' "
-            "on_reboot=destroy"
+            "'on_reboot=\"destroy\"'"
         )
         assert sh.status == 0, b"".join(shown)
         sh.run_line("xl console talk")

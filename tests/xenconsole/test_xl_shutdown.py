@@ -75,6 +75,7 @@ def test_a_crashed_pv_domain_preserved_in_xl_list(world):
         f"{v0.cpu_time_ns / 1e9:9.1f}  all / all",
         f"{'cr':<32} {dom.domid:5d}     1    -   --p       0.0  all / all",
     ]
+    assert wait_for(lambda: fs.read("/var/log/xen/xl-cr.log").endswith(b"Exiting now\n"))
     log = fs.read("/var/log/xen/xl-cr.log").decode()
     assert log == (
         f"Waiting for domain cr (domid {dom.domid}) to die [pid {os.getpid()}]\n"
@@ -90,7 +91,9 @@ def test_a_crashed_pv_domain_preserved_in_xl_list(world):
 def test_xl_create_e_leaves_the_shut_down_domain_alone(world):
     """`-e`: no daemon waits for the domain, so nothing acts on its poweroff."""
     m, fs, sh, out = world
-    line = "xl create -e name=off type=pv kernel=/root/off.elf memory=8"
+    line = (
+        "xl create -e -q /dev/null 'name=\"off\"' 'type=\"pv\"' 'kernel=\"/root/off.elf\"' memory=8"
+    )
     assert run(sh, out, line) == (0, "")
     dom = m.find_domain("off")
     assert wait_for(lambda: dom.shutdown_code == "-")
@@ -103,6 +106,6 @@ def test_xl_create_e_leaves_the_shut_down_domain_alone(world):
 
 def test_an_unknown_action_is_refused_before_anything_is_made(world):
     m, _fs, sh, out = world
-    line = "xl create name=a type=pv kernel=/root/off.elf on_reboot=bogus"
+    line = "xl create -q /dev/null 'name=\"a\"' 'type=\"pv\"' 'on_reboot=\"bogus\"'"
     assert run(sh, out, line) == (1, 'Unknown on_reboot action "bogus" specified\n')
     assert m.find_domain("a") is None
