@@ -20,10 +20,12 @@ are written, and dom0's xenstored (emu/pv/xenstored.py) serves the ring. Event c
 reach the guest through the per-vCPU upcall vector (HVMOP_set_evtchn_upcall_vector),
 injected through the guest's IDT when its virtual IF is set (emu/cpu/vcpu.py run()).
 
-A crash (triple fault, invalid opcode with no handler, shadow fault beyond repair, access
-outside the guest's memory) prints Xen's messages, shuts the domain down with
-SHUTDOWN_crash, and destroys it (xl's default `on_crash = "destroy"`): every frame returns to
-the heap while other domains run on.
+A crash (invalid opcode with no handler, shadow fault beyond repair, access outside the
+guest's memory) prints Xen's messages and shuts the domain down with SHUTDOWN_crash; a
+triple fault shuts it down with HVM_PARAM_TRIPLE_FAULT_REASON (SHUTDOWN_reboot), as Xen
+does. The toolstack then acts as the config says (emu/shutdown.py: xl's defaults destroy
+on crash, restart on reboot); a destroyed domain's frames return to the heap while other
+domains run on.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import weakref
 from emu.cpu import vcpu as V
 from emu.cpu.regdump import show_guest_execution_state
 from emu.domain import (
+    HVM_PARAM_TRIPLE_FAULT_REASON,
     HVMDomain,
     SHUTDOWN_crash,
     SHUTDOWN_poweroff,
@@ -272,11 +275,13 @@ class HVM:
     # ---- crash and shutdown --------------------------------------------------------------
 
     def crash(self, vcpu, how: str, text: str, cpu: int) -> None:
-        """domain_crash() / hvm_triple_fault() for the domain of `vcpu`, then destroy it."""
+        """domain_crash() / hvm_triple_fault() for the domain of `vcpu`; the toolstack then
+        acts on the reason (emu/shutdown.py)."""
         dom = vcpu.domain  # one read: a strong reference, or the released vCPU's proxy
         if isinstance(dom, weakref.ProxyType):
             return  # destroyed meanwhile (emu/cpu/vcpu.py VCPU.release)
         m = self.machine
+        reason = SHUTDOWN_crash
         # The machine lock first (the order every path takes): an `xl destroy` on another
         # thread cannot release this vCPU's Uc while its registers are printed.
         with m.lock, m.console.lock:
@@ -285,14 +290,17 @@ class HVM:
             self.crash_counts[how] = self.crash_counts.get(how, 0) + 1
             p = m.console.printk
             if how == "triple":
-                p(f"{vcpu.name} Triple fault - invoking HVM shutdown action {SHUTDOWN_crash}\n")
+                # hvm_triple_fault() (xen/arch/x86/hvm/hvm.c:1754-1765): the reason is
+                # HVM_PARAM_TRIPLE_FAULT_REASON, SHUTDOWN_reboot unless the toolstack set it.
+                reason = dom.hvm.params[HVM_PARAM_TRIPLE_FAULT_REASON]
+                p(f"{vcpu.name} Triple fault - invoking HVM shutdown action {reason}\n")
                 p(f"*** Dumping Dom{dom.domid} vcpu#{vcpu.vcpu_id} state: ***\n")
             else:
                 p(f"{vcpu.name} {text}\n")
                 p(f"Domain {dom.domid} (vcpu#{vcpu.vcpu_id}) crashed on cpu#{cpu}:\n")
             show_guest_execution_state(m, lambda s: p(s + "\n"), vcpu, cpu)
             dom.hvm.crashed_on = (vcpu.vcpu_id, cpu)
-        self._shutdown(dom, SHUTDOWN_crash)
+        self._shutdown(dom, reason)
 
     def shutdown(self, vcpu, reason: int) -> None:
         dom = vcpu.domain
@@ -300,15 +308,9 @@ class HVM:
             self._shutdown(dom, reason)
 
     def _shutdown(self, dom, reason: int) -> None:
-        m = self.machine
-        with self.lock:
-            if dom.shutdown_code is not None:
-                return
-            dom.shutdown_code = SHUTDOWN_LETTER.get(reason, "-")
-        m.sched.requeue_domain(dom)  # drops nothing; the vCPUs are no longer runnable
-        # libxl's reaper: on_poweroff / on_crash = "destroy" (xl's defaults).
-        if m.domains.get(dom.domid) is dom:
-            try:
-                m.destroy_domain(dom)
-            except Exception as e:  # already being destroyed by xl
-                m.console.printk(f"d{dom.domid} destroy after shutdown failed: {e}\n")
+        """domain_shutdown(), then the domain's xl daemon acts on the reason (on_poweroff,
+        on_reboot, on_crash; emu/shutdown.py)."""
+        from emu.shutdown import domain_shutdown, handle_domain_death
+
+        if domain_shutdown(self.machine, dom, reason):
+            handle_domain_death(self.machine, dom, reason)

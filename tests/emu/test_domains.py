@@ -182,7 +182,8 @@ BAD = [
         1,
         P + "/dev/null:3: unknown parameter `colour' (supported: name, memory, maxmem, vcpus, "
         "workload, type, kernel, cmdline, extra, loader, on_poweroff, on_crash, on_reboot, "
-        "max_event_channels, viridian)\nFailed to parse config: Invalid argument\n",
+        "max_event_channels, on_watchdog, on_soft_reset, viridian)\nFailed to parse config: "
+        "Invalid argument\n",
     ),
     ("xl create /dev/null memory=8", 1, P + "Domain name must be specified.\n"),
     (

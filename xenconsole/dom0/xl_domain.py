@@ -16,8 +16,9 @@ import dataclasses
 import errno
 import os
 import re
+import threading
 
-from emu import asm
+from emu import asm, shutdown
 from emu.domain_build import kernel_image
 from emu.domctl import DomainError, validate_spec
 from emu.host import DomainSpec
@@ -29,6 +30,7 @@ from xenconsole.dom0.xl import CMD_TABLE, XlExit, command, find_domain, getopts,
 
 KEYS = ("name", "memory", "maxmem", "vcpus", "workload", "type", "kernel", "cmdline", "extra")
 KEYS += ("loader", "on_poweroff", "on_crash", "on_reboot", "max_event_channels")
+KEYS += ("on_watchdog", "on_soft_reset")
 KEYS += ("viridian",)  # loader: legacy, ignored; viridian: HVM-only, ignored for PV (as xl)
 INT_KEYS = ("memory", "maxmem", "vcpus", "max_event_channels")
 ANY_KEYS = ("viridian",)  # any value (xl: a boolean or a list)
@@ -123,7 +125,7 @@ def spec_from_config(cfg: dict) -> DomainSpec | None:
             setattr(spec, key, cfg[key])
     if "extra" in cfg and "cmdline" not in cfg:  # xl_parse.c: extra= is the old cmdline=
         spec.cmdline = cfg["extra"]
-    for key in ("on_poweroff", "on_crash", "on_reboot", "max_event_channels"):
+    for key in (*shutdown.DEFAULTS, "max_event_channels"):
         if key in cfg:
             setattr(spec, key, cfg[key])
     return spec
@@ -217,6 +219,11 @@ def main_create(sh, argv: list[str]) -> int | Pending:
     if spec is None:
         sh.eprintln("Domain name must be specified.")
         return 1
+    for key in shutdown.DEFAULTS:  # xl_parse.c:1650-1684, before anything is created
+        action = shutdown.action_for(spec, key)
+        if action not in shutdown.ACTIONS:
+            sh.eprintln(f'Unknown {key} action "{action}" specified')
+            return 1
     # kernel= is dom0's path: read from dom0's filesystem only (emu/pv/build.py read_kernel).
     fs, cwd = sh.fs, sh.cwd
     spec.read_file = lambda path: fs.read(path, cwd)
@@ -238,6 +245,31 @@ def main_create(sh, argv: list[str]) -> int | Pending:
         return ERROR_FAIL
     read = _source_reader(sh.fs, sh.cwd)
     return Pending(lambda: _prepare(spec, read), lambda r: _create(sh, spec, flags, r))
+
+
+XEN_LOG_DIR = "/var/log/xen"
+
+
+def _daemon_log(fs: Dom0Fs, name: str):
+    """The daemon's log, XEN_LOG_DIR/xl-NAME.log in dom0's filesystem (libxl_create_logfile():
+    a new file for each `xl create`), appended to line by line. In a dom0 root the operator
+    gave (`--dom0-root`) without that directory, nothing is created: no log."""
+    try:
+        fs.directory(XEN_LOG_DIR)
+    except FsError:
+        if not fs.owned:
+            return None
+    path = f"{XEN_LOG_DIR}/xl-{name}.log"
+    lock = threading.Lock()
+    size = [0]
+
+    def write(text: str) -> None:
+        data = text.encode()
+        with lock:
+            fs.write(path, data, offset=size[0])
+            size[0] += len(data)
+
+    return write
 
 
 def _is_asm(workload: str) -> bool:
@@ -276,11 +308,17 @@ def _create(sh, spec: DomainSpec, flags: set[str], prepared: object) -> int:
         return ERROR_FAIL
     if isinstance(prepared, BaseException):
         raise prepared
+    if "-e" in flags:  # no daemon waits for the domain's death: nothing acts on it
+        spec.monitored = False
+    else:
+        spec.xl_log = _daemon_log(sh.fs, spec.name)
     try:
         dom = sh.machine.create_domain(spec, paused="-p" in flags)
     except DomainError as e:
         sh.eprintln(str(e))
         return ERROR_FAIL
+    if spec.xl_log is not None:
+        spec.xl_log(shutdown.waiting_line(dom) + "\n")
     if "-c" in flags:
         console = CMD_TABLE.get("console")
         if console is not None:

@@ -38,7 +38,7 @@ def _reason_code(dom) -> int:
 def list_row(dom, verbose=False, context=False, cpupool=False, numa=False) -> str:
     """list_domains(): one `xl list` row, with the columns its options add."""
     mem_mb = ((dom.tot_pages * 4) + dom.outstanding_pages * 4) // 1024
-    online = len(dom.vcpus)
+    online = len(dom.online_vcpus())  # getdomaininfo()'s nr_online_vcpus (domctl.c:73-80)
     row = (
         f"{dom.name:<40} {dom.domid:5d} {mem_mb:5d} {online:5d}     "
         f"{dom.state_chars()}  {dom.cpu_time():8.1f}"
