@@ -30,6 +30,7 @@ VM_ASSIST_PV = 0x2D
 VM_ASSIST_HVM = 0x20
 # SCHEDOP_shutdown reasons (public/sched.h).
 SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_suspend, SHUTDOWN_crash = 0, 1, 2, 3
+HVM_PARAM_TRIPLE_FAULT_REASON = 31  # public/hvm/params.h:240
 CONSOLE_LINE = 256  # struct domain_console buf[256]
 XENLOG_G_DEBUG = 3  # XENLOG_GUEST XENLOG_DEBUG: the level of guest console lines
 CONSOLE_HISTORY = 1000  # lines kept for `xl console`
@@ -101,6 +102,9 @@ class HVMDomain:
         self.workload = workload
         self.layout = layout
         self.crashed_on: tuple[int, int] | None = None  # (vcpu, pcpu)
+        # d->arch.hvm.params: hvm_domain_initialise() sets the triple-fault reason to
+        # SHUTDOWN_reboot (xen/arch/x86/hvm/hvm.c:678).
+        self.params: dict[int, int] = {HVM_PARAM_TRIPLE_FAULT_REASON: SHUTDOWN_reboot}
 
 
 def empty_p2m() -> np.ndarray:
@@ -147,18 +151,27 @@ class Domain:
         """Seconds of CPU time used by all vCPUs (`xl list` Time(s))."""
         return sum(v.cpu_time_ns for v in self.vcpus) / 1e9
 
+    def online_vcpus(self) -> list:
+        """The vCPUs not down (VPF_down): getdomaininfo()'s nr_online_vcpus."""
+        return [v for v in self.vcpus if not getattr(v, "down", False)]
+
     def state_chars(self) -> str:
-        """`xl list` State column: r b p s <reason> d."""
-        running = any(v.running for v in self.vcpus)
-        blocked = bool(self.vcpus) and all(v.blocked for v in self.vcpus)
+        """`xl list` State column (tools/xl/xl_info.c:500-513) from getdomaininfo()'s flags
+        (xen/common/domctl.c:54-92): running if an online vCPU runs, blocked if every
+        online vCPU is blocked, shut down with the reason's letter, dying once dead."""
+        online = self.online_vcpus()
+        running = any(v.running for v in online)
+        blocked = bool(online) and all(v.blocked for v in online)
+        code = self.shutdown_code
+        letter = code if isinstance(code, str) else "-" if code is None else "?"
         return "".join(
             [
                 "r" if running else "-",
                 "b" if blocked and not running else "-",
                 "p" if self.pause_count else "-",
-                "s" if self.shutdown_code else "-",
-                "c" if self.shutdown_code == "c" else "-",
-                "d" if self.is_dying else "-",
+                "s" if code is not None else "-",
+                letter,
+                "d" if self.is_dying == 2 else "-",  # XEN_DOMINF_dying: DOMDYING_dead only
             ]
         )
 

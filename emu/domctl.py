@@ -26,6 +26,7 @@ from emu.mm.p2m import p2m_remove_entries
 from emu.mm.page import INVALID_MFN
 from emu.mm.page_info import PGC_allocated, PGC_xen_heap, PGT_validated, PGT_writable_page
 from emu.shadow.pool import default_pool_pages
+from emu.shutdown import validate as shutdown_actions
 from emu.workload import validate_workload
 
 LIBXL_MAXMEM_CONSTANT_KB = 1024  # libxl adds this to max_pages (libxl__arch_extra_memory)
@@ -83,6 +84,10 @@ def validate_spec(machine, spec: DomainSpec) -> None:
     problem = validate_workload(spec)  # the guest builder's fit check
     if problem:
         raise DomainError(problem)
+    try:
+        shutdown_actions(machine, spec)  # on_poweroff/on_reboot/on_crash/...
+    except ValueError as e:
+        raise DomainError(str(e)) from None
     for check in list(machine.hooks.domain_validate):
         try:
             check(machine, spec)
@@ -101,7 +106,7 @@ def create_domain(machine, spec: DomainSpec, paused: bool = False) -> Domain:
         validate_spec(machine, spec)
         pages = spec.memory << 8
         maxmem = spec.maxmem if spec.maxmem is not None else spec.memory
-        dom = Domain(machine.next_domid, spec.name, handle=str(uuid.uuid4()))
+        dom = Domain(machine.next_domid, spec.name, handle=spec.uuid or str(uuid.uuid4()))
         dom.vm_assist = VM_ASSIST_HVM
         dom.spec = spec
         dom.max_pages = max_pages_for_kb(maxmem << 10)

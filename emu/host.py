@@ -56,9 +56,13 @@ class DomainSpec:
     type: str = "hvm"  # xl's type=: "pv" builds a 64-bit PV guest from `kernel` (emu/pv/)
     kernel: str | None = None
     cmdline: str = ""
+    # What xl does when the domain shuts down (emu/shutdown.py; xl's defaults).
     on_poweroff: str = "destroy"
     on_crash: str = "destroy"
-    on_reboot: str = "destroy"
+    on_reboot: str = "restart"
+    on_watchdog: str = "destroy"
+    on_soft_reset: str = "soft-reset"
+    uuid: str | None = None  # a restarted domain keeps its UUID (None: a new one)
     max_event_channels: int = 1023  # libxl's default: ports 1..1023
     # The workload parsed, fit-checked and (asm:) assembled for this spec, once, by
     # emu.workload.check_workload(); `xl create` fills it off the console's thread.
@@ -67,6 +71,10 @@ class DomainSpec:
     # xenconsole's dom0 passes a reader confined to dom0's filesystem (xenconsole/dom0/fs.py),
     # raising OSError with the reason shown.
     read_file: Callable[[str], bytes] | None = field(default=None, repr=False, compare=False)
+    # The `xl create` daemon's log (/var/log/xen/xl-NAME.log), one line per call; set by
+    # dom0's `xl create` (emu/shutdown.py writes it), None for the host config's domains.
+    xl_log: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+    monitored: bool = True  # False: `xl create -e`, no daemon acts on the domain's shutdown
 
 
 @dataclass
@@ -121,7 +129,8 @@ workload = "touch:pages=4096,write=1"
 """
 
 _HOST_KEYS = {"memory", "cpus", "dom0_mem"}
-_DOMAIN_KEYS = {"name", "memory", "maxmem", "vcpus", "workload"}
+_ACTION_KEYS = ("on_poweroff", "on_reboot", "on_watchdog", "on_crash", "on_soft_reset")
+_DOMAIN_KEYS = {"name", "memory", "maxmem", "vcpus", "workload", *_ACTION_KEYS}
 
 
 def _int(value: object, what: str) -> int:
@@ -147,6 +156,11 @@ def domain_spec_from_mapping(d: dict, where: str = "domain") -> DomainSpec:
         if not isinstance(d["workload"], str):
             raise ConfigError(f"{where}: workload must be a string")
         spec.workload = d["workload"]
+    for key in _ACTION_KEYS:  # checked at create (emu/shutdown.py validate), as xl does
+        if key in d:
+            if not isinstance(d[key], str):
+                raise ConfigError(f"{where}: {key} must be a string")
+            setattr(spec, key, d[key])
     # Shape checks (a workload's fit is checked when the domain is created).
     if spec.memory <= 0:
         raise ConfigError(f"{where}: memory must be a positive number of MiB, got {spec.memory}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from keyhandlers import keyhandler
 
 VIRQ_DEBUG = 1
-_VPF_blocked = 1
+_VPF_blocked = 1  # 1UL << _VPF_blocked (xen/include/xen/sched.h)
+_VPF_down = 2  # 1UL << _VPF_down: a PV vCPU not yet brought up (VCPUOP_up)
 DOMDYING_dead = 2
+ECS_VIRQ = 4  # xen/include/xen/sched.h evtchn states
 
 
 def cpulist(cpus) -> str:
@@ -97,15 +99,19 @@ def dump_domain(machine, dom, out) -> None:
         aff = cpulist(range(ncpu))
         out(f"  UNIT{v.vcpu_id} affinities: hard={{{aff}}} soft={{{aff}}}")
         running = v.running
+        # upcall_mask is !vcpu_event_delivery_is_enabled(v) (keyhandler.c:333-337): 0 or 1.
+        mask = 1 if getattr(v, "upcall_mask", 0) else 0
         line = (
             f"    VCPU{v.vcpu_id}: CPU{v.processor} [has={'T' if running else 'F'}] "
             f"poll={v.poll_evtchn} upcall_pend={getattr(v, 'upcall_pend', 0):02x} "
-            f"upcall_mask={getattr(v, 'upcall_mask', 0):02x} "
+            f"upcall_mask={mask:02x} "
         )
         if running:
             line += f"dirty_cpu={v.processor}"
         out(line)
-        flags = _VPF_blocked if v.blocked else 0
+        # A vCPU that is down (never brought up, or VCPUOP_down) has only VPF_down: our
+        # records also call it blocked, which Xen's pause_flags would not.
+        flags = _VPF_down if v.down else _VPF_blocked if v.blocked else 0
         out(f"    pause_count={v.pause_count} pause_flags={flags:x}")
         if dom.paging is not None:
             out("    paging assistance: shadowed 4-on-4")
@@ -113,8 +119,17 @@ def dump_domain(machine, dom, out) -> None:
 
 
 def debug_port(dom, v) -> int:
-    """VIRQ_DEBUG's event channel: dom0's kernel binds one per vCPU; our domUs bind none."""
-    return 7 + 6 * v.vcpu_id if dom.domid == 0 else 0
+    """v->virq_to_evtchn[VIRQ_DEBUG]: dom0's kernel binds one per vCPU; a PV domU's port if
+    its guest bound the VIRQ; 0 (unbound) otherwise."""
+    if dom.domid == 0:
+        return 7 + 6 * v.vcpu_id
+    pv = getattr(dom, "pv", None)
+    if pv is None:
+        return 0
+    for port, ch in sorted(pv.evtchn.ports.items()):
+        if ch.state == ECS_VIRQ and ch.virq == VIRQ_DEBUG and ch.vcpu == v.vcpu_id:
+            return port
+    return 0
 
 
 @keyhandler("q", "dump domain (and guest debug) info", diagnostic=True)

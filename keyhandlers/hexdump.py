@@ -10,8 +10,10 @@ for `dN GFN`):
     (XEN) 000000001a101000
 
 As in `hexdump -C`, a line equal to the one before it is replaced by `*` (once per run) and
-the address just past the dump ends it. A guest dump starts each page with the frame it
-maps to (`d1 gfn 0x100 -> mfn 0x1a100`); a hole in a guest range is one line and skipped.
+the address just past the dump ends it. For a 64-bit PV domain the frame numbers are pfns
+(its own P2M list; a PV guest is not translated) and lines say `pfn`. A guest dump starts
+each page with the frame it maps to (`d1 gfn 0x100 -> mfn 0x1a100`); a hole in a guest
+range is one line and skipped.
 Bytes are read from machine RAM directly: nothing the guest sees changes, and no access is
 recorded.
 """
@@ -79,21 +81,23 @@ def hexdump_memory(machine, out, args: tuple[str, ...]) -> None:
         if len(args) > 3:
             raise KeyhandlerError("too many arguments (usage: X dN GFN [PAGES])")
         dom = parse_domain(machine, args[0])
-        gfn = parse_int(args[1], "gfn")
+        # A PV guest's frame numbers are pfns of its own P2M list (not translated gfns).
+        g_ = "pfn" if getattr(dom, "pv", None) is not None else "gfn"
+        gfn = parse_int(args[1], g_)
         p2m = dom.p2m
         if gfn >= len(p2m) or int(p2m[gfn]) == INVALID_MFN:
-            raise KeyhandlerError(f"d{dom.domid} gfn {gfn:#x} is not populated")
+            raise KeyhandlerError(f"d{dom.domid} {g_} {gfn:#x} is not populated")
         n, lines = _pages(args, 2)
         end = min(gfn + n, len(p2m))
         for g in range(gfn, end):
             m = int(p2m[g])
             if m == INVALID_MFN or m >= nr:
-                lines.append(f"d{dom.domid} gfn {g:#x} -> hole (not populated)")
+                lines.append(f"d{dom.domid} {g_} {g:#x} -> hole (not populated)")
                 continue
-            lines.append(f"d{dom.domid} gfn {g:#x} -> mfn {m:#x}")
+            lines.append(f"d{dom.domid} {g_} {g:#x} -> mfn {m:#x}")
             lines += hex_lines(ram.page(m), g << 12)
         if end < gfn + n:
-            lines.append(f"d{dom.domid} P2M ends at gfn {len(p2m) - 1:#x}")
+            lines.append(f"d{dom.domid} P2M ends at {g_} {len(p2m) - 1:#x}")
         lines.append(f"{end << 12:016x}")
     else:
         if len(args) > 2:

@@ -2,7 +2,9 @@
 
 `d` prints, for every pCPU, the guest state of the vCPU on it (the vCPU running when the key
 was pressed; every vCPU is held out of its Uc while the dump reads registers), or, for an
-idle pCPU, the host state of Xen's idle loop. The format is xen/arch/x86/traps.c's.
+idle pCPU, the host state of Xen's idle loop. The format is xen/arch/x86/traps.c's: an HVM
+vCPU shows `CONTEXT: hvm guest`; a 64-bit PV vCPU shows `EM:` and `CONTEXT: pv guest`, then
+its guest stack (show_guest_stack()).
 
 `0`: dom0 here is the console shell, not a guest running on Unicorn, so its vCPUs have no
 emulated CPU state: after Xen's `*** Dumping Dom0 vcpu#N state: ***` one line says so. An
@@ -15,6 +17,7 @@ from emu.cpu.regdump import (
     show_dom0_vcpu_state,
     show_guest_execution_state,
     show_idle_execution_state,
+    show_pv_execution_state,
 )
 from keyhandlers import keyhandler
 
@@ -40,8 +43,11 @@ def dump_registers(machine, out, args) -> None:
                 show_idle_execution_state(machine, out, cpu)
                 out("")
                 continue
-            out(f"*** Dumping CPU{cpu} guest state ({v.name}): ***")
-            show_guest_execution_state(machine, out, v, cpu)
+            out(f"*** Dumping CPU{cpu} guest state ({v.name}): ***")  # keyhandler.c:154
+            if getattr(v.domain, "pv", None) is not None:
+                show_pv_execution_state(machine, out, v, cpu)  # x86/traps.c:905
+            else:
+                show_guest_execution_state(machine, out, v, cpu)
             out("")
 
 

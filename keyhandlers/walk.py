@@ -1,5 +1,8 @@
 """`W` walk shadow pagetables (a key this product adds; docs/contract.md). Args `dN [VADDR]`.
 
+For a 64-bit PV domain (direct paging, no shadow) `W` walks the guest's own tables instead:
+keyhandlers/_walk_pv.py.
+
 Without VADDR: every present entry of the shadow tables loaded in the domain's vCPUs' CR3s,
 level by level, indented by level:
 
@@ -40,6 +43,7 @@ from emu.mm.page import INVALID_MFN, PTE_ADDR_MASK
 from emu.shadow.private import TYPE_LEVEL
 from emu.shadow.private import SH_type_fl1_64_shadow as FL1_TYPE
 from keyhandlers import KeyhandlerError, keyhandler
+from keyhandlers import _walk_pv as walk_pv
 from keyhandlers.args import parse_domain, parse_int
 
 P, RW, US, A, D, PSE = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
@@ -93,9 +97,20 @@ def walk_shadow_pagetables(machine, out, args: tuple[str, ...]) -> None:
         if va >= 1 << 64 or top not in (0, 0x1FFFF):
             raise KeyhandlerError(f"non-canonical virtual address {args[1]}")
     sd = dom.paging
+    lines: list[str] = []
+    if getattr(dom, "pv", None) is not None:  # direct paging: the guest's own tables
+        with hold(machine, dom):
+            if machine.domains.get(dom.domid) is not dom or dom.is_dying:
+                raise KeyhandlerError(f"d{dom.domid} is being destroyed")
+            if va is None:
+                walk_pv.walk_all(machine, dom, lines, _walk_l1, _Budget(), flags_str)
+            else:
+                walk_pv.walk_va(machine, dom, va, lines, flags_str)
+        for line in lines:
+            out(line)
+        return
     if sd is None:
         raise KeyhandlerError(f"d{dom.domid} has no shadow pagetables (not a shadowed guest)")
-    lines: list[str] = []
     with hold(machine, dom):
         if sd.dying or machine.domains.get(dom.domid) is not dom:
             raise KeyhandlerError(f"d{dom.domid} is being destroyed")
@@ -186,7 +201,11 @@ def _walk_table(machine, sd, smfn: int, level: int, lines: list[str], b: _Budget
             _walk_table(machine, sd, child, level - 1, lines, b)
 
 
-def _walk_l1(machine, smfn, ents, pres, ind, lines, b: _Budget) -> None:
+def _walk_l1(
+    machine, smfn, ents, pres, ind, lines, b: _Budget, tab: str = "smfn", frame: str = "gfn"
+) -> None:
+    """Present L1 entries as run lines; `tab`/`frame` name the table and the M2P number
+    (a PV guest's tables are its own: `mfn` and `pfn`)."""
     if not pres.size:
         return
     b.l1_tables.add(smfn)
@@ -219,13 +238,13 @@ def _walk_l1(machine, smfn, ents, pres, ind, lines, b: _Budget) -> None:
         m0 = int(mfn[s])
         if s == t:
             g = "-" if gfn[s] < 0 else f"{int(gfn[s]):#x}"
-            lines.append(f"{ind}l1[{i0:03x}] smfn {smfn:#x} -> mfn {m0:#x} gfn {g} {flags}")
+            lines.append(f"{ind}l1[{i0:03x}] {tab} {smfn:#x} -> mfn {m0:#x} {frame} {g} {flags}")
             continue
         k = int(step[s])
         by = "" if k == 1 else f" step {k}"
         lines.append(
-            f"{ind}l1[{i0:03x}-{i1:03x}{by}] smfn {smfn:#x} x{t - s + 1} -> mfn "
-            f"{m0:#x}-{int(mfn[t]):#x} gfn {int(gfn[s]):#x}-{int(gfn[t]):#x} {flags}"
+            f"{ind}l1[{i0:03x}-{i1:03x}{by}] {tab} {smfn:#x} x{t - s + 1} -> mfn "
+            f"{m0:#x}-{int(mfn[t]):#x} {frame} {int(gfn[s]):#x}-{int(gfn[t]):#x} {flags}"
         )
 
 

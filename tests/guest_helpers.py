@@ -32,15 +32,17 @@ def new_machine(memory: int = 512 << 20, cpus: int = 2) -> Machine:
     return boot_sync(m)
 
 
-def create(m, name: str, workload: str, memory: int = 16, vcpus: int = 1, paused=False):
-    spec = DomainSpec(name=name, memory=memory, vcpus=vcpus, workload=workload)
+def create(m, name: str, workload: str, memory: int = 16, vcpus: int = 1, paused=False, **kw):
+    """A domain from a spec; `kw` are further DomainSpec fields (e.g. on_reboot="destroy" for
+    a guest whose triple fault must not restart it, as xl's default would)."""
+    spec = DomainSpec(name=name, memory=memory, vcpus=vcpus, workload=workload, **kw)
     return m.create_domain(spec, paused=paused) if paused else m.create_domain(spec)
 
 
-def asm_guest(m, tmp_path: Path, name: str, source: str, memory: int = 16, vcpus: int = 1):
+def asm_guest(m, tmp_path: Path, name: str, source: str, memory: int = 16, vcpus: int = 1, **kw):
     path = tmp_path / f"{name}.S"
     path.write_text(source)
-    return create(m, name, f"asm:{path}", memory=memory, vcpus=vcpus)
+    return create(m, name, f"asm:{path}", memory=memory, vcpus=vcpus, **kw)
 
 
 def wait_for(pred, timeout: float = 10.0, step: float = 0.01) -> bool:
@@ -82,11 +84,10 @@ nl:
     dec rcx
     jnz nl
 flood:
-    mov eax, 18
     xor edi, edi
     mov esi, 16384
     mov rdx, 0x100000
-    syscall
+    call 0xf000 + 32 * 18
     jmp flood
 """
 # Port I/O forever: the debug port, port 0x80 and a CMOS read (each a Python hook).

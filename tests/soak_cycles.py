@@ -2,8 +2,9 @@
 
 Shared by tests/emu/test_soak.py (a short run in CI) and bench/bench_soak.py (2,000 cycles).
 Each cycle creates one small guest with the next workload of `WORKLOADS` (some of them
-crash by themselves within milliseconds: a triple fault destroys them, as xl's default
-`on_crash = "destroy"` does), lets it run a moment, and destroys it if it is still there;
+crash by themselves within milliseconds: a triple fault is SHUTDOWN_reboot, and the
+config's `on_reboot = "destroy"` destroys them), lets it run a moment, and destroys it if
+it is still there;
 every `keys_every` cycles `S` and `Z` are pressed (they walk the domains while crashing
 guests are torn down). The process's RSS, open fds and threads are sampled as it goes.
 """
@@ -89,6 +90,7 @@ def soak(
                 memory=memory_mb,
                 vcpus=1 + n % 2,
                 workload=sources.get(name, kind),
+                on_reboot="destroy",  # a triple fault is SHUTDOWN_reboot: no restart loop
             )
             dom = m.create_domain(spec)
             time.sleep(run_s)

@@ -62,3 +62,110 @@ def show_idle_execution_state(machine, out: Out, cpu: int) -> None:
 def show_dom0_vcpu_state(out: Out, vcpu_id: int) -> None:
     """vcpu_show_execution_state() for a dom0 vCPU (x86/traps.c): one line instead."""
     out(NO_DOM0_STATE.format(vcpu=vcpu_id))
+
+
+# ---- 64-bit PV vCPUs (emu/pv/) ----------------------------------------------------------
+
+DEBUG_STACK_LINES = 20  # xen/arch/x86/traps.c:86 debug_stack_lines
+STACK_WORDS_PER_LINE = 4  # traps.c:91
+STACK_SIZE = 4096 << 3  # asm/config.h:41-42: PAGE_SIZE << STACK_ORDER
+HYPERVISOR_VIRT_END = 0xFFFF880000000000  # asm/config.h:138
+_P, _PSE = 0x1, 0x80
+_ADDR = 0x000FFFFFFFFFF000
+
+
+def pv_translate(machine, l4_mfn: int, va: int) -> int | None:
+    """The machine address `va` maps to through a PV guest's own tables (direct paging:
+    entries hold machine frames), read from RAM: no A/D bit is set. None: not mapped."""
+    u64 = machine.ram.u64
+    nr = machine.ram.nr_frames
+    mfn = l4_mfn
+    for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
+        if mfn >= nr:
+            return None
+        e = int(u64[(mfn << 9) + ((va >> shift) & 511)])
+        if not e & _P:
+            return None
+        if level in (3, 2) and e & _PSE:
+            ma = (e & _ADDR & ~((1 << shift) - 1)) + (va & ((1 << shift) - 1))
+            return ma if ma >> 12 < nr else None
+        mfn = (e & _ADDR) >> 12
+    return (mfn << 12) + (va & 0xFFF) if mfn < nr else None
+
+
+def pv_read_u64(machine, l4_mfn: int, va: int) -> int | None:
+    """One little-endian word at `va` (it may straddle two pages); None on a fault."""
+    first = pv_translate(machine, l4_mfn, va)
+    if first is None:
+        return None
+    if (va & 0xFFF) <= 0xFF8:
+        return int.from_bytes(machine.ram.read(first, 8), "little")
+    end = (va | 0xFFF) + 1
+    second = pv_translate(machine, l4_mfn, end & 0xFFFFFFFFFFFFFFFF)
+    if second is None:
+        return None
+    n = end - va
+    data = machine.ram.read(first, n) + machine.ram.read(second, 8 - n)
+    return int.from_bytes(data, "little")
+
+
+def show_pv_guest_stack(machine, out: Out, vcpu, rsp: int) -> None:
+    """show_guest_stack() for a 64-bit PV vCPU current on its pCPU (traps.c:517-587):
+    up to debug_stack_lines x 4 words from RSP, stopping at a STACK_SIZE boundary."""
+    text = f"Guest stack trace from rsp={rsp:016x}:\n  "
+    if not (rsp < 1 << 47 or rsp >= HYPERVISOR_VIRT_END):  # access_ok()
+        text += "Guest-inaccessible memory.\n"
+    else:
+        l4 = vcpu.cr3_mfn()
+        i, sp = 0, rsp
+        while i < DEBUG_STACK_LINES * STACK_WORDS_PER_LINE:
+            if ((sp - 1) ^ (sp + 8 - 1)) & STACK_SIZE:
+                break
+            word = pv_read_u64(machine, l4, sp)
+            if word is None:
+                if i != 0:
+                    text += "\n    "
+                text += "Fault while accessing guest memory."
+                i = 1
+                break
+            if i != 0 and i % STACK_WORDS_PER_LINE == 0:
+                text += "\n  "
+            text += f" {word:016x}"
+            sp = (sp + 8) & 0xFFFFFFFFFFFFFFFF
+            i += 1
+        if i == 0:
+            text += "Stack empty."
+        text += "\n"
+    for line in text[:-1].split("\n"):
+        out(line)
+
+
+def pv_current_regs(vcpu) -> dict:
+    """show_registers() of a PV vCPU current on a pCPU (traps.c:228-262): the guest's
+    registers, and read_registers()'s view of the CPU itself -- CR0, CR3 and CR4 as the
+    emulated CPU holds them, the FS/GS bases and the inactive GS base (swapgs'd by
+    toggle_guest_mode) -- with CR2 from arch_get_cr2(v)."""
+    from unicorn import x86_const as X
+
+    r = vcpu.regs()
+    uc = vcpu.uc
+    r["cr0"] = uc.reg_read(X.UC_X86_REG_CR0)
+    r["cr3"] = uc.reg_read(X.UC_X86_REG_CR3)
+    r["cr4"] = uc.reg_read(X.UC_X86_REG_CR4)
+    return r
+
+
+def pv_event_mask(vcpu) -> int:
+    """`EM: %d`: !!vcpu_info(v, evtchn_upcall_mask) (traps.c:202-203)."""
+    return 1 if int(vcpu.upcall_mask) else 0
+
+
+def show_pv_execution_state(machine, out: Out, vcpu, cpu: int) -> None:
+    """show_execution_state(guest_cpu_user_regs()) for a 64-bit PV vCPU (traps.c:905-915):
+    registers with `CONTEXT: pv guest (dNvM)`, no code bytes in guest mode (show_code()
+    returns), then the guest's stack."""
+    r = pv_current_regs(vcpu)
+    out(xen_info_line(machine))
+    out(f"CPU:    {cpu}")
+    show_registers(out, r, "pv guest", vcpu.name, em=pv_event_mask(vcpu))
+    show_pv_guest_stack(machine, out, vcpu, r["rsp"])

@@ -134,6 +134,8 @@ class PV:
             proc = getattr(old[i], "processor", i) if i < len(old) else i
             vcpus.append(PVVCPU(m, dom, i, processor=proc % m.sched.nr_cpus))
         dom.vcpus = vcpus
+        for v in vcpus[1:]:  # VPF_down until the guest's VCPUOP_up (vcpu 0: VGCF_online)
+            v.down = True
         v0 = vcpus[0]
         # arch_set_info_guest(): the vCPU's CR3 holds its own reference on the L4.
         v0.guest_table = int(dom.p2m[lay.pt_pfn])
@@ -155,6 +157,9 @@ class PV:
             return
         if pv.console is not None:
             pv.console.close()
+        pv.evtchn.destroy()  # the FIFO ABI's page references (evtchn_fifo_destroy())
+        for mfn in [f for f in self.mm.linear if self.mm.owner(f) == dom.domid]:
+            del self.mm.linear[mfn]  # its tables go with it (linear_pt_count, mm.c:3129)
         self.xenstore.release(dom.domid)
         if pv.area is not None:
             pv.area.free()
@@ -164,8 +169,7 @@ class PV:
 
     def crash(self, vcpu, how: str, text: str, cpu: int) -> None:
         """domain_crash() for a PV vCPU: Xen's lines, then SHUTDOWN_crash (xl destroys)."""
-        from emu.cpu.regdump import show_registers, xen_info_line
-        from emu.pv.traps import upcall_mask
+        from emu.cpu.regdump import show_pv_execution_state
 
         dom = vcpu.domain
         m = self.machine
@@ -180,29 +184,18 @@ class PV:
             elif text:
                 p(f"{text}\n")
             p(f"Domain {dom.domid} (vcpu#{vcpu.vcpu_id}) crashed on cpu#{cpu}:\n")
-            out = lambda s: p(s + "\n")  # noqa: E731
-            out(xen_info_line(m))
-            out(f"CPU:    {cpu}")
-            show_registers(out, vcpu.regs(), "pv guest", vcpu.name, em=upcall_mask(vcpu))
+            # show_execution_state(guest_cpu_user_regs()): registers and the guest's stack.
+            show_pv_execution_state(m, lambda s: p(s + "\n"), vcpu, cpu)
             dom.pv.crashed_on = (vcpu.vcpu_id, cpu)
         m.hvm._shutdown(dom, SHUTDOWN_crash)
 
 
-XL_ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy")
-XL_ACTIONS += ("coredump-restart", "soft-reset")
-
-
 def validate(machine, spec) -> None:
-    """Refuse, with one line, what xl refuses or what this host does not do for PV."""
+    """Refuse, with one line, what xl refuses or what this host does not do for PV (the
+    on_* actions are emu/shutdown.py's, for every domain)."""
     kind = getattr(spec, "type", "hvm")
     if kind not in ("pv", "hvm"):
         raise ValueError(f'type="{kind}": only "pv" (and the emulator\'s own "hvm") are run here')
-    for key in ("on_poweroff", "on_crash", "on_reboot"):
-        action = getattr(spec, key, "destroy")
-        if action not in XL_ACTIONS:
-            raise ValueError(f'Unknown {key} action "{action}" specified')
-        if action != "destroy":
-            raise ValueError(f'{key}="{action}": only "destroy" is implemented here')
 
 
 def attach(pv: PV) -> None:

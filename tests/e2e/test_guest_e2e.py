@@ -159,15 +159,19 @@ def test_xl_console_follows_guest_and_returns_when_it_dies(tmp_path):
         prog = tmp_path / "talk.S"
         prog.write_text(
             "    mov rcx, 3\nagain:\n    mov al, 0x68\n    out 0xe9, al\n    mov al, 10\n"
-            "    out 0xe9, al\n    mov eax, 29\n    xor edi, edi\n    push rcx\n    syscall\n"
+            "    out 0xe9, al\n    xor edi, edi\n    push rcx\n    call 0xf000 + 32 * 29\n"
             "    pop rcx\n    dec rcx\n    jnz again\n    ud2\n"
         )
-        sh.run_line(f"xl create -p name=talk memory=4 'workload=\"asm:{prog}\"'")
+        sh.run_line(
+            f"xl create -p /dev/null 'name=\"talk\"' memory=4 'workload=\"asm:{prog}\"' "
+            "'on_reboot=\"destroy\"'"
+        )
         assert sh.status == 0, b"".join(shown)
         sh.run_line("xl console talk")
         assert sh.foreground is not None
         sh.run_line("xl unpause talk")  # typed elsewhere (xl from another client)
-        # three lines, then ud2 with no IDT: the domain crashes and the console returns
+        # three lines, then ud2 with no IDT: a triple fault (SHUTDOWN_reboot), on_reboot=destroy
+        # destroys the domain and the console returns
         assert wait_for(lambda: sh.foreground is None, timeout=10)
         text = b"".join(shown).decode().replace("\r\n", "\n")
         assert "h\nh\nh\nroot@dom0:~# " in text

@@ -31,6 +31,7 @@ SPICE = [
     b"\xfb",  # sti
     b"\xf4",  # hlt
     b"\x0f\x05",  # syscall
+    b"\x0f\x01\xc1",  # vmcall (a hypercall, whatever rax holds)
     b"\xe6\xe9",  # out 0xe9, al
     b"\xe4\x80",  # in al, 0x80
     b"\xcc",  # int3
@@ -73,7 +74,7 @@ def test_random_programs_crash_or_run(tmp_path):
             for i in range(b, min(b + BATCH, PROGRAMS)):
                 p = tmp_path / f"f{i}.S"
                 p.write_text(to_asm(program(rng)) + "\n")
-                doms.append(create(m, f"fuzz{i}", f"asm:{p}", memory=4))
+                doms.append(create(m, f"fuzz{i}", f"asm:{p}", memory=4, on_reboot="destroy"))
             time.sleep(RUN_S)
             for d in doms:
                 if gone(m, d):

@@ -1,5 +1,6 @@
 """PV guests, continued: dom0's xenstored and xenstore commands, the type-count audit, bad
-guests refused or crashed alone, xl's on_* actions. Xen formats are cited per test."""
+guests refused or crashed alone (xl's on_* actions: tests/emu/test_shutdown_actions.py).
+Xen formats are cited per test."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import pytest
 from pv_helpers import kernel, run_to_end, small_machine, xtf_tree
 
 from emu.audit import audit
-from emu.host import DomainSpec, HostConfig
-from emu.machine import Machine
+from emu.host import DomainSpec
 
 
 @pytest.fixture
@@ -254,26 +254,6 @@ def test_bad_pv_guests_are_refused_or_crashed_alone(xtf, tmp_path):
         run_to_end(m, DomainSpec(name="ex", memory=128, type="pv", kernel=kernel(xtf, "example")))
         assert "(d5) Test result: SUCCESS" in "".join(out).replace("\r\n", "\n")
         assert m.free_pages() == free and audit(m) == []
-    finally:
-        m.shutdown()
-
-
-def test_on_actions_other_than_destroy_are_refused():
-    """xl_parse.c:1653-1675 for unknown actions; known ones other than destroy are not
-    implemented here and say so (no lookalike of a Xen line)."""
-    from emu.domctl import DomainError
-
-    m = Machine(HostConfig(memory=1 << 30, cpus=2, dom0_mem=256 << 20))
-    try:
-        spec = DomainSpec(name="a", type="pv", kernel="/nonexistent", on_crash="explode")
-        with pytest.raises(DomainError, match='^Unknown on_crash action "explode" specified$'):
-            m.create_domain(spec)
-        spec = DomainSpec(name="a", type="pv", kernel="/nonexistent", on_poweroff="preserve")
-        with pytest.raises(
-            DomainError, match='^on_poweroff="preserve": only "destroy" is implemented here$'
-        ):
-            m.create_domain(spec)
-        assert audit(m) == []
     finally:
         m.shutdown()
 

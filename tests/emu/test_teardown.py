@@ -69,7 +69,13 @@ def test_destroy_frees_vcpus_and_unicorn_without_the_collector(machine, no_gc):
 @pytest.mark.timeout(60)
 def test_a_crashed_domain_is_freed_without_the_collector(machine, no_gc, tmp_path):
     lines = Lines(machine)
-    dom = asm_guest(machine, tmp_path, "crasher", "mov rcx, 100000\nspin: dec rcx\njnz spin\nud2\n")
+    dom = asm_guest(
+        machine,
+        tmp_path,
+        "crasher",
+        "mov rcx, 100000\nspin: dec rcx\njnz spin\nud2\n",
+        on_reboot="destroy",  # the triple fault's SHUTDOWN_reboot must not restart it
+    )
     refs = refs_of(dom)
     domid = dom.domid
     del dom
@@ -139,7 +145,7 @@ def test_S_and_Z_between_rounds_of_crashing_guests(machine, tmp_path):
     while time.monotonic() < end:
         for i in range(6):
             src = tmp_path / ("crash.S" if i % 2 else "spin.S")
-            create(machine, f"c{n}", f"asm:{src}", memory=2)
+            create(machine, f"c{n}", f"asm:{src}", memory=2, on_reboot="destroy")
             n += 1
         handle_keypress(machine, "S")
         handle_keypress(machine, "Z")
