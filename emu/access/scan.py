@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emu.access import pv
+from emu.access.pv import is_pv_domu
 from emu.mm.page import (
     _PAGE_ACCESSED,
     _PAGE_DIRTY,
@@ -48,6 +50,11 @@ from emu.mm.page import (
 
 _U_ADDR = np.uint64(PTE_ADDR_MASK)
 HEAT_COLUMNS = 64
+# Idle-age buckets of `U`'s idle line: windows since the last access (0 = the open window).
+IDLE_BUCKETS = ("0", "1", "2-3", "4-7", "8-15", "16+")
+_AGE_BUCKET = np.array([0, 1, 2, 2] + [3] * 4 + [4] * 8 + [5] * 240, dtype=np.uint8)
+_AGE_BUCKET[0] = 1  # accessed, not in the window, age 0: cannot happen; counted as 1
+NEVER_BUCKET = len(IDLE_BUCKETS)
 
 
 class ScanError(ValueError):
@@ -69,6 +76,9 @@ class DomainScan:
     dirty: np.ndarray  # bool: written
     window: np.ndarray  # bool: accessed since the last `Z` (or since creation)
     first_touch_ns: np.ndarray | None  # uint64: first access time, 0 = never (None w/o detail)
+    idle_hist: tuple[int, ...] = ()  # owned pages per IDLE_BUCKETS bucket, then never
+    age: np.ndarray | None = None  # uint8: windows since the last access, 0 = this window or
+    #                                never (see `accessed`); None without `detail`
 
     @property
     def gfn(self) -> np.ndarray:
@@ -130,9 +140,14 @@ class DomainScan:
 
 
 def tracked(dom) -> bool:
-    """Whether `dom`'s accesses are recorded: a live shadowed guest (not the PV dom0)."""
+    """Whether `dom`'s accesses are seen: a live shadowed guest, or a live PV domU (its own
+    L1 tables, emu/access/pv.py); not dom0, whose frames this emulator does not run."""
+    if dom.is_dying:
+        return False
     paging = dom.paging
-    return paging is not None and not paging.dying and not dom.is_dying
+    if paging is not None:
+        return not paging.dying
+    return is_pv_domu(dom)
 
 
 @contextlib.contextmanager
@@ -229,7 +244,10 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
     # Hardware-set shadow A/D bits. Most are already in the record (an entry is created by
     # a recorded fault, made writable only after a recorded write); only the rest, e.g.
     # accesses through present entries since a `Z`, go through the M2P to their gfn.
-    a_m, d_m = _shadow_marks(machine, dom)
+    if dom.paging is not None:
+        a_m, d_m = _shadow_marks(machine, dom)
+    else:  # PV: the A/D bits of the guest's own L1 tables, found through the frame table
+        a_m, d_m = pv.marks(machine, pv.l1_frames(machine, dom))
     a_new = a_m[rec.window.take(a_m) == 0] if a_m.size else a_m
     d_new = d_m[rec.written.take(d_m) == 0] if d_m.size else d_m
     for mfns, targets in ((a_new, (accessed, window)), (d_new, (dirty,))):
@@ -247,6 +265,16 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
             off = off.take(np.flatnonzero(ok))
         for arr in targets:
             arr[off] = True
+    # Idle ages: 0 in the window, the record's age otherwise; never-accessed pages apart.
+    age = rec.idle.take(idx)
+    code = _AGE_BUCKET.take(age)
+    code[window] = 0
+    code[~accessed] = NEVER_BUCKET
+    if not full:
+        code = code[owned]
+    hist = tuple(np.bincount(code, minlength=NEVER_BUCKET + 1).tolist())
+    if detail:
+        age[window | ~accessed] = 0
     return DomainScan(
         domid=dom.domid,
         first=first,
@@ -257,6 +285,8 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
         dirty=dirty,
         window=window,
         first_touch_ns=first_touch,
+        idle_hist=hist,
+        age=age if detail else None,
     )
 
 
@@ -277,10 +307,12 @@ def scan_all(machine) -> list[DomainScan]:
 def reset_window(machine, dom, *, quiesce: bool = True) -> int:
     """Key `Z` for `dom`: start a new accessed-page window.
 
-    Clears `window` for the domain's frames and the A bit of every shadow L1 entry, and
-    flushes the TLB of every vCPU of the domain (emu/access/record.py `reset_window`), so the next
-    access sets A again (or faults, for entries removed meanwhile). Returns the number of
-    L1 shadows whose entries were cleared.
+    Ages the domain's frames, clears `window` for them and the A bit of every shadow L1
+    entry, and flushes the TLB of every vCPU of the domain (emu/access/record.py
+    `reset_window`), so the next access sets A again (or faults, for entries removed
+    meanwhile). For a PV domain the A bits cleared are those of its own L1 tables, after
+    folding them (and D) into the record (emu/access/pv.py). Returns the number of L1
+    tables (shadow or, for PV, the guest's) whose entries were cleared.
     """
     if not tracked(dom):
         raise ScanError(f"d{dom.domid} is not a shadowed guest: its accesses are not tracked")
@@ -288,6 +320,14 @@ def reset_window(machine, dom, *, quiesce: bool = True) -> int:
     with ctx:
         if not tracked(dom):
             raise ScanError(f"d{dom.domid} is being destroyed")
-        n = int(dom.paging.shadow_l1_mfns().size)
-        machine.access.reset_window(dom)
+        rec = machine.access
+        if dom.paging is not None:
+            n = int(dom.paging.shadow_l1_mfns().size)
+        else:
+            frames = pv.l1_frames(machine, dom)
+            a_m, d_m = pv.marks(machine, frames)
+            rec.fold_frames(a_m, d_m, machine.now())
+            pv.clear_accessed(machine, dom, frames)
+            n = int(frames.size)
+        rec.reset_window(dom)
         return n
