@@ -35,6 +35,8 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 
+import numpy as np
+
 from emu.access.scan import (
     IDLE_BUCKETS,
     DomainScan,
@@ -119,6 +121,59 @@ def reset_accessed_window(machine, out, args: tuple[str, ...]) -> None:
         lines.append("no shadowed guests")
     for line in lines:
         out(line)
+
+
+# ---- one sample for `xenconsole record` (the control channel's `access` request) ------------
+
+MAX_BUCKETS = 4096
+
+
+def bucket_edges(n: int, buckets: int) -> np.ndarray:
+    """Gfn offsets where each of `buckets` buckets of `n` gfns starts, then `n`: bucket b
+    covers ceil(b*n/B) .. ceil((b+1)*n/B)-1, as the heat line's columns do."""
+    b = np.arange(buckets + 1, dtype=np.int64)
+    return -((-b * n) // buckets)
+
+
+def sample(machine, buckets: int = 256, reset: bool = True) -> dict:
+    """`U` for every guest as numbers, then (with `reset`) `Z` for each, under one hold.
+
+    Per domain: domid, name, gfns (P2M length), pages/accessed/dirty/window/never (`U`'s
+    summary), idle (the idle line's 7 counts), seq (the window's number: keys `Z` before
+    it), and per gfn bucket (`bucket_edges`) the owned pages and those accessed in the
+    window. The window reported is the one `reset` closes."""
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise KeyhandlerError(f"buckets must be 1..{MAX_BUCKETS}, got {buckets}")
+    doms = [d for _, d in sorted(machine.domains.items()) if tracked(d)]
+    res: dict = {"time_ns": machine.now(), "domains": []}
+    with hold(machine, doms[0] if len(doms) == 1 else None) if doms else nullcontext():
+        for dom in doms:
+            try:
+                s = scan_domain(machine, dom, quiesce=False, detail=False)
+            except ScanError:
+                continue  # destroyed meanwhile
+            e = bucket_edges(s.owned.size, buckets)
+            cw = np.concatenate(([0], np.cumsum(s.window, dtype=np.int64)))
+            co = np.concatenate(([0], np.cumsum(s.owned, dtype=np.int64)))
+            res["domains"].append(
+                {
+                    "domid": dom.domid,
+                    "name": dom.name,
+                    "gfns": int(s.owned.size),
+                    "pages": s.pages,
+                    "accessed": s.nr_accessed,
+                    "dirty": s.nr_dirty,
+                    "window": s.nr_window,
+                    "never": s.nr_never,
+                    "idle": list(s.idle_hist),
+                    "seq": dom.access_windows,
+                    "bucket_window": np.diff(cw[e]).tolist(),
+                    "bucket_owned": np.diff(co[e]).tolist(),
+                }
+            )
+            if reset:
+                reset_window(machine, dom, quiesce=False)
+    return res
 
 
 # ---- the `U` text: writer and reader ------------------------------------------------------

@@ -330,4 +330,22 @@ def reset_window(machine, dom, *, quiesce: bool = True) -> int:
             pv.clear_accessed(machine, dom, frames)
             n = int(frames.size)
         rec.reset_window(dom)
+        dom.access_windows += 1
+        _publish_window(machine, dom)
         return n
+
+
+def _publish_window(machine, dom) -> None:
+    """The window number for this emulator's guest kernel (its start-info page, GFN 0, at
+    START_WINDOW; emu/workload.py): the `phases` workload serves one phase per window. PV
+    guests have their own kernels and no such page; an `asm:` program may ignore it."""
+    from emu.workload import START_INFO_MAGIC, START_MAGIC, START_WINDOW
+
+    if dom.hvm is None or not len(dom.p2m):
+        return
+    mfn = int(dom.p2m[0])
+    if mfn >= machine.ram.nr_frames:
+        return
+    words = machine.ram.u64[mfn << 9 : (mfn + 1) << 9]
+    if int(words[START_MAGIC >> 3]) == START_INFO_MAGIC:
+        words[START_WINDOW >> 3] = dom.access_windows

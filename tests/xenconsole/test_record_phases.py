@@ -1,0 +1,105 @@
+"""Ground truth for `xenconsole record`/`plot`: the `phases` workload (emu/workload.py) reads
+range A in windows 0-1, B in 2-3, A in 4-5, then halts. Each sample (keyhandlers/access.py
+`sample`, the control channel's `access` request: U then Z) must count exactly the pages
+the phase read plus the kernel's own (start-info GFN 0, text GFN 1, stack GFN 0x10); the
+idle-age histogram after the phases is exact; the series survives the .npz round trip; and
+the PNG `plot` draws, read back as an array, has coloured pixels only in the rows of each
+interval's pages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from guest_helpers import console_lines, create, new_machine, wait_for
+
+from emu.access.scan import scan_domain
+from keyhandlers.access import sample
+from xenconsole.plot import draw
+from xenconsole.plot import edges as plot_edges
+from xenconsole.record import FORMAT, Series, load
+
+pytestmark = pytest.mark.timeout(180)
+
+A, B, N, K = 0x400, 0x800, 128, 2
+KERNEL = {0x0, 0x1, 0x10}  # start-info (window number), text, vCPU 0's stack (puts)
+BUCKETS = 32  # of 4096 gfns: 128 gfns each; A is bucket 8, B bucket 16, KERNEL bucket 0
+
+
+def expected(window: int) -> set[int]:
+    phase = window // K
+    if phase >= 3:
+        return set() if window > 3 * K else {0x0, 0x1}  # reads the number, then halts
+    base = B if phase == 1 else A
+    return set(range(base, base + N)) | KERNEL
+
+
+def test_phases_exact_counts_idle_ages_and_picture(tmp_path):
+    m = new_machine()
+    try:
+        d = create(m, "ph", f"phases:a={A:#x},b={B:#x},pages={N},k={K}", memory=16)
+        assert wait_for(lambda: "phases window 0" in console_lines(d), timeout=60)
+        series = Series(BUCKETS, 1.0)
+        for w in range(3 * K + 3):
+            s = scan_domain(m, d)
+            assert set(np.flatnonzero(s.window).tolist()) == expected(w), w
+            smp = sample(m, BUCKETS, reset=True)
+            (one,) = smp["domains"]
+            assert (one["seq"], one["window"]) == (w, len(expected(w)))
+            want = np.zeros(BUCKETS, dtype=np.int64)
+            for g in expected(w):
+                want[g // 128] += 1
+            assert one["bucket_window"] == want.tolist()
+            assert one["bucket_owned"] == [128] * BUCKETS
+            series.add(smp)
+            if w + 1 < 3 * K:
+                assert wait_for(lambda w=w: f"phases window {w + 1}" in console_lines(d), 60)
+            else:
+                wait_for(lambda: False, timeout=0.3)  # halted: nothing may run
+        # Idle ages in the last window sampled (8; age = 8 - the window of the last
+        # access): A and the stack last in window 5 (3), GFNs 0-1 in 6 (2): bucket 2-3;
+        # B last in window 3 (5): bucket 4-7; nothing else was ever touched.
+        last = one["idle"]
+        assert last == [0, 0, N + 3, N, 0, 0, 4096 - 2 * N - 3]
+        out = str(tmp_path / "s.npz")
+        series.save(out)
+        data = load(out)
+        assert str(data["format"]) == FORMAT
+        assert data["window"][:, 0].tolist() == [len(expected(w)) for w in range(3 * K + 3)]
+        assert data["idle"][-1, 0].tolist() == last
+        png = str(tmp_path / "s.png")
+        (box,) = draw(data, png)
+        import shutil; shutil.copy(png, "/tmp/pictures-phases.png")
+        _check_picture(png, box, data)
+    finally:
+        m.shutdown()
+
+
+def _check_picture(png: str, box: dict, data: dict) -> None:
+    """Coloured (non-white) pixels of the heat map only where a bucket of the interval had
+    accessed pages, and every such bucket coloured at its centre."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)[:, :, :3]
+    x0, y0, x1, y1 = box["box"]
+    t = data["t"]
+    edges = plot_edges(data)
+    span = edges[-1] - edges[0]
+    lit = {(i, b) for i in range(t.size) for b in range(BUCKETS) if data["bucket_window"][i, 0, b]}
+    assert lit  # the phases drew something
+
+    def cell(px: float, py: float) -> tuple[int, int]:
+        tt = edges[0] + (px - x0) / (x1 - x0) * span
+        i = int(np.searchsorted(edges, tt, side="right")) - 1
+        return i, int((y1 - py) / (y1 - y0) * BUCKETS)
+
+    coloured = ~(img > 0.99).all(axis=2)
+    m = 3  # the axes' frame (anti-aliased) is not the heat map
+    ys, xs = np.nonzero(coloured[int(y0) + m : int(y1) - m, int(x0) + m : int(x1) - m])
+    for py, px in zip(ys + int(y0) + m + 0.5, xs + int(x0) + m + 0.5, strict=True):
+        near = {cell(px + dx, py + dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
+        assert near & lit, (px, py, near)
+    for i, b in lit:
+        px = x0 + ((edges[i] + edges[i + 1]) / 2 - edges[0]) / span * (x1 - x0)
+        py = y1 - (b + 0.5) / BUCKETS * (y1 - y0)
+        assert coloured[int(py), int(px)], (i, b)
