@@ -69,7 +69,6 @@ def test_phases_exact_counts_idle_ages_and_picture(tmp_path):
         assert data["idle"][-1, 0].tolist() == last
         png = str(tmp_path / "s.png")
         (box,) = draw(data, png)
-        import shutil; shutil.copy(png, "/tmp/pictures-phases.png")
         _check_picture(png, box, data)
     finally:
         m.shutdown()
