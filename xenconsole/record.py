@@ -157,12 +157,12 @@ def record(
     """Sample every `interval` s for `duration` s (None: until stopped), writing `out` every
     `checkpoint` s and at the end, also on Ctrl-C/SIGTERM or a lost server (re-raised)."""
     series = Series(sampler.buckets, interval)
-    first = sampler.sample(reset=True)  # a window starts now; what came before is not ours
-    series.t_start = first["time_ns"] / 1e9
-    start = time.monotonic()
-    due, saved = start + interval, start
     old = signal.signal(signal.SIGTERM, _on_term)
     try:
+        first = sampler.sample(reset=True)  # a window starts now; what came before: not ours
+        series.t_start = first["time_ns"] / 1e9
+        start = time.monotonic()
+        due, saved = start + interval, start
         while duration is None or due <= start + duration + 1e-9:
             delay = due - time.monotonic()
             if delay > 0:
