@@ -6,10 +6,10 @@ table: frames owned by the domain, in use, whose `type_info` says PGT_l1_page_ta
 PGT_validated (emu/mm/page_info.py). Everything here is vectorised:
 
 * `l1_frames(machine, dom)` selects them. The pass reads the top byte of `type_info` (type and
-  PGT_validated) over the domain's frames, taken from its P2M as runs of consecutive MFNs, so
-  each run is one slice of the table (a strided gather over the whole 16 M-frame table of a
-  64 GiB host costs far more than the slices); the owner and state of the few selected frames
-  are then checked in `v` and `count_info`.
+  PGT_validated) over the MFN span of the domain's P2M (one slice when the span is compact,
+  else a slice per run of consecutive MFNs: a strided gather, or a pass over the whole
+  16 M-frame table of a 64 GiB host, costs several times that); the owner and state of the
+  few selected frames are then checked in `v` and `count_info`.
 * `marks(machine, frames)` gathers their 512 entries each and returns the MFNs mapped by
   present entries with A set, and with D set.
 * `clear_accessed(machine, dom, frames)` is what Xen would have to do for `Z`: clear A in
@@ -63,28 +63,42 @@ def domain_mfns(machine, dom) -> np.ndarray:
 
 
 def l1_frames(machine, dom, mfns: np.ndarray | None = None) -> np.ndarray:
-    """The domain's validated L1 page-table frames (int64, sorted by gfn)."""
+    """The domain's validated L1 page-table frames (int64, ascending MFN): frames it owns, in
+    use, typed PGT_l1_page_table and validated, in the MFN span of its P2M."""
     mfns = domain_mfns(machine, dom) if mfns is None else mfns
     if not mfns.size:
         return mfns
     top = _type_top(machine)
-    starts = np.flatnonzero(np.diff(mfns) != 1) + 1
-    if starts.size < MAX_RUNS:
-        sel = []
-        edges = [0, *starts.tolist(), mfns.size]
-        for a, b in zip(edges, edges[1:], strict=False):
-            lo = int(mfns[a])
-            hit = np.flatnonzero((top[lo : lo + (b - a)] & _TOP_MASK) == _TOP_L1)
-            if hit.size:
-                sel.append(hit + lo)
-        cand = np.concatenate(sel) if sel else mfns[:0]
+    lo, hi = int(mfns.min()), int(mfns.max()) + 1
+    if hi - lo <= 2 * mfns.size:
+        # Compact (the usual case: the heap gives a domain large contiguous chunks): one
+        # slice over the span; frames in it that are not the domain's fail the owner check.
+        cand = np.flatnonzero((top[lo:hi] & _TOP_MASK) == _TOP_L1) + lo
     else:
-        cand = mfns[(top.take(mfns) & _TOP_MASK) == _TOP_L1]
+        cand = _by_runs(top, mfns)
     if not cand.size:
         return cand
     ft = machine.frames
-    mine = (ft.v.take(cand) == owner_code(dom.domid)) & ((ft.flags.take(cand) & _STATE_MASK) == 0)
+    # Fancy indexing, not `take`: these are strided views of the table, and `take` would
+    # first copy the whole field (16 M frames on a 64 GiB host).
+    mine = (ft.v[cand] == owner_code(dom.domid)) & ((ft.flags[cand] & _STATE_MASK) == 0)
     return cand if mine.all() else cand[mine]
+
+
+def _by_runs(top: np.ndarray, mfns: np.ndarray) -> np.ndarray:
+    """Candidates among scattered frames: a slice per run of consecutive MFNs (a strided
+    gather costs several times a slice), or one gather when there are too many runs."""
+    starts = np.flatnonzero(np.diff(mfns) != 1) + 1
+    if starts.size >= MAX_RUNS:
+        return mfns[(top[mfns] & _TOP_MASK) == _TOP_L1]
+    sel = []
+    edges = [0, *starts.tolist(), mfns.size]
+    for a, b in zip(edges, edges[1:], strict=False):
+        lo = int(mfns[a])
+        hit = np.flatnonzero((top[lo : lo + (b - a)] & _TOP_MASK) == _TOP_L1)
+        if hit.size:
+            sel.append(hit + lo)
+    return np.concatenate(sel) if sel else mfns[:0]
 
 
 def _frames(ent: np.ndarray) -> np.ndarray:
