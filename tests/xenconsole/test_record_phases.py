@@ -102,3 +102,28 @@ def _check_picture(png: str, box: dict, data: dict) -> None:
         px = x0 + ((edges[i] + edges[i + 1]) / 2 - edges[0]) / span * (x1 - x0)
         py = y1 - (b + 0.5) / BUCKETS * (y1 - y0)
         assert coloured[int(py), int(px)], (i, b)
+
+
+@pytest.mark.parametrize(
+    "workload,error",
+    [
+        ("phases:pages=4", "workload: phases needs a=GFN"),
+        ("phases:a=0x100,pages=4", "workload: phases needs b=GFN"),
+        ("phases:a=0x100,b=0x200", "workload: phases needs pages=N"),
+        ("phases:a=0x100,b=0x200,pages=4,k=0", "workload: phases: k must be at least 1"),
+        ("phases:a=0x100,b=0x200,pages=4,x=1", "workload: phases: unknown parameter 'x'"),
+        (
+            "phases:a=0x100,b=0xffe,pages=4",
+            "workload phases does not fit: b pages 0xffe-0x1001 outside the arena 0x100-0xfff",
+        ),
+        (
+            "phases:a=0x80,b=0x200,pages=4",
+            "workload phases does not fit: a pages 0x80-0x83 outside the arena 0x100-0xfff",
+        ),
+    ],
+)
+def test_phases_errors(workload, error):
+    from emu.host import DomainSpec
+    from emu.workload import validate_workload
+
+    assert validate_workload(DomainSpec(name="p", memory=16, workload=workload)) == error
