@@ -123,3 +123,53 @@ def test_pv_guest_touching_n_pages(tmp_path):
         assert sorted(_u(m)) == [d.domid]
     finally:
         m.shutdown()
+
+
+UNMAP = f"""
+wait:
+    mov rcx, qword ptr [{FLAG}]
+    test rcx, rcx
+    jz wait
+    mov rdi, qword ptr [{START}]
+    mov al, byte ptr [rdi]
+    xor esi, esi
+    mov rdx, 2
+    mov rax, {HC + 32 * 14}
+    call rax
+    mov qword ptr [{FLAG}], rax
+block:
+    mov rdi, 1
+    xor esi, esi
+    mov rax, {HC + 32 * 29}
+    call rax
+    jmp block
+.org 0x800
+    .quad 0, 0
+"""
+
+
+def test_pv_access_survives_the_unmapping_of_its_entry(tmp_path):
+    """A page read and then unmapped (update_va_mapping to 0) left no A bit in any L1
+    entry: the record kept it when the entry was replaced (emu/pv/mm.py mod_entry ->
+    emu/access/record.py fold_pte), so U still counts it in the window."""
+    m, serial = small_machine()
+    try:
+        path = tmp_path / "k"
+        path.write_bytes(write_pv_elf(assemble(UNMAP, 0x100000, 1 << 20)))
+        d = m.create_domain(DomainSpec(name="unmap", memory=64, type="pv", kernel=str(path)))
+        lay = d.pv.layout
+        page = lay.bootstack_pfn + 9
+        assert _wait(lambda: d.vcpus[0].cpu_time_ns > 0), "".join(serial)
+        reset_window(m, d)
+        _ram_write_u64(m, d, START, page << 12)
+        _ram_write_u64(m, d, FLAG, 1)
+        assert _wait(lambda: d.vcpus[0].blocked), "".join(serial)
+        mfn = int(d.p2m[page])
+        rows = m.ram.u64.reshape(-1, 512)[pv.l1_frames(m, d)]
+        assert not ((rows >> np.uint64(12)) & np.uint64(0xFFFFFFFFFF) == mfn).any()
+        assert int(m.ram.u64[(int(d.p2m[0x100]) << 9) + 0x100]) == 0  # rc of the hypercall
+        s = scan_domain(m, d)
+        assert s.window[page] and s.accessed[page]
+        assert set(np.flatnonzero(s.window).tolist()) == {page, 0x100, 0x101, lay.bootstack_pfn}
+    finally:
+        m.shutdown()
