@@ -41,6 +41,28 @@ _U_ADDR = np.uint64(PTE_ADDR_MASK)
 _U_SHIFT = np.uint64(PAGE_SHIFT)
 
 
+MAX_SPANS = 64
+
+
+def mfn_spans(mfns: np.ndarray) -> list[tuple[int, int]] | None:
+    """`mfns` as runs of consecutive frames [(lo, hi), ...] in order, or None when there are
+    more than MAX_SPANS (then a gather through the index is cheaper than many slices)."""
+    if not mfns.size:
+        return []
+    brk = np.flatnonzero(np.diff(mfns) != 1)
+    if brk.size >= MAX_SPANS:
+        return None
+    starts = [0, *(brk + 1).tolist()]
+    ends = [*(brk + 1).tolist(), int(mfns.size)]
+    return [(int(mfns[a]), int(mfns[a]) + b - a) for a, b in zip(starts, ends, strict=True)]
+
+
+def _age(age: np.ndarray, window: np.ndarray) -> None:
+    """In place: +1 for aged frames below 255, then 1 where `window` is set."""
+    np.add(age, (age > 0) & (age < 255), out=age, casting="unsafe")
+    np.putmask(age, window, 1)
+
+
 class AccessRecord:
     """Per-MFN access arrays for the whole machine."""
 
@@ -106,13 +128,20 @@ class AccessRecord:
             self.written[d_mfns] = 1
 
     def fold_ages(self, mfns: np.ndarray) -> None:
-        """Key `Z` for the frames `mfns` (int64) of one domain, before `window` is cleared:
-        a frame accessed in the closing window gets age 1, one accessed before gets one more
-        window (up to 255), one never accessed stays 0."""
-        age = self.idle.take(mfns)
-        age += (age > 0) & (age < 255)
-        age[self.window.take(mfns) != 0] = 1
-        self.idle[mfns] = age
+        """Key `Z` for the frames `mfns` (int64) of one domain, then a new window: a frame
+        accessed in the closing window gets age 1, one accessed before gets one more window
+        (up to 255), one never accessed stays 0; `window` is cleared. Runs of consecutive
+        MFNs (the usual case) are done in place on slices, with no gather or scatter."""
+        spans = mfn_spans(mfns)
+        if spans is None:
+            age = self.idle.take(mfns)
+            _age(age, self.window.take(mfns))
+            self.idle[mfns] = age
+            self.window[mfns] = 0
+            return
+        for lo, hi in spans:
+            _age(self.idle[lo:hi], self.window[lo:hi])
+            self.window[lo:hi] = 0
 
     def fold_window(self, dom) -> None:
         """OR the hardware-set A bits of `dom`'s shadow L1 entries into `window`."""
@@ -133,7 +162,6 @@ class AccessRecord:
         mfns = mfns[mfns < self.nr_frames].astype(np.intp)
         self.fold_window(dom)
         self.fold_ages(mfns)
-        self.window[mfns] = 0
         if dom.paging is not None:
             dom.paging.clear_l1_accessed()
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from emu.access import pv
 from emu.access.pv import is_pv_domu
+from emu.access.record import mfn_spans
 from emu.mm.page import (
     _PAGE_ACCESSED,
     _PAGE_DIRTY,
@@ -218,6 +219,16 @@ def scan_domain(
         return _scan_locked(machine, dom, first, last, detail)
 
 
+def _gather(arr: np.ndarray, idx: np.ndarray, spans) -> np.ndarray:
+    """`arr[idx]` as a new array: slices of runs when `spans` (mfn_spans) is known."""
+    if spans is None:
+        return arr.take(idx)
+    if len(spans) == 1:
+        lo, hi = spans[0]
+        return arr[lo:hi].copy()
+    return np.concatenate([arr[lo:hi] for lo, hi in spans])
+
+
 def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainScan:
     rec = machine.access
     nr = machine.ram.nr_frames
@@ -226,12 +237,14 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
     p2m = p2m_all[first:hi] if first < hi else p2m_all[:0]
     owned = p2m < np.uint64(nr)  # INVALID_MFN (holes) is never below nr
     full = bool(owned.all())
-    # The common case (no holes): the P2M itself is the index, no copy.
+    # The common case (no holes): the P2M itself is the index, no copy; in runs of
+    # consecutive MFNs, copies of slices (a memcpy each) instead of a gather.
     idx = p2m.view(np.int64) if full else np.where(owned, p2m, 0).view(np.int64)
-    accessed = rec.accessed.take(idx).view(bool)
-    dirty = rec.written.take(idx).view(bool)
-    window = rec.window.take(idx).view(bool)
-    first_touch = rec.first_touch_ns.take(idx) if detail else None
+    spans = mfn_spans(idx) if full else None
+    accessed = _gather(rec.accessed, idx, spans).view(bool)
+    dirty = _gather(rec.written, idx, spans).view(bool)
+    window = _gather(rec.window, idx, spans).view(bool)
+    first_touch = _gather(rec.first_touch_ns, idx, spans) if detail else None
     if not full:
         accessed &= owned
         dirty &= owned
@@ -264,7 +277,7 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
             arr[off] = True
     # Idle ages: 0 in the window, the record's age otherwise (a never-accessed page has age
     # 0 too). Counted by thresholds on the u8 ages: no per-page bucket array.
-    age = rec.idle.take(idx)
+    age = _gather(rec.idle, idx, spans)
     np.multiply(age, ~window, out=age)
     ge = [int(np.count_nonzero(age >= t)) for t in (1, 2, 4, 8, 16)] + [0]
     hist = (int(np.count_nonzero(window)), *(ge[i] - ge[i + 1] for i in range(5)))
