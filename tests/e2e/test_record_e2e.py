@@ -144,3 +144,22 @@ def test_errors_are_one_line(tmp_path):
     r = _run("record", "--control", sock, "--interval", "0", "-o", str(tmp_path / "r.npz"))
     assert (r.returncode, r.stderr) == (
         2, "xenconsole: error: --interval and --duration must be positive\n")  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+def test_progress_line_on_a_terminal(served):
+    import pexpect
+
+    host, top = served
+    out = str(top / "tty.npz")
+    child = pexpect.spawn(sys.executable, ["-m", "xenconsole", "record", "--control",
+                          host.control, "--interval", "0.3", "--duration", "1.5", "-o", out],
+                          timeout=60, encoding="utf-8")  # fmt: skip
+    try:
+        child.expect(r"\rrecording: 1 samples, \d+ s, 2 domains, working set \d+\.\d MiB  ")
+        child.expect(r"\n(\d+) samples of 2 domains written to ")
+        n = int(child.match.group(1))
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0 and load(out)["t"].size == n
