@@ -135,6 +135,18 @@ def bucket_edges(n: int, buckets: int) -> np.ndarray:
     return -((-b * n) // buckets)
 
 
+def bucket_counts(flags: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """True entries of `flags` (bool, one per gfn) per bucket (`bucket_edges`)."""
+    n, b = flags.size, edges.size - 1
+    u8 = flags.view(np.uint8)
+    if n and n % b == 0:
+        return u8.reshape(b, -1).sum(axis=1, dtype=np.int64)
+    if n >= b:  # every bucket non-empty: one reduceat (a cumsum costs 10x more)
+        return np.add.reduceat(u8, edges[:-1], dtype=np.int64)
+    c = np.concatenate(([0], np.cumsum(u8, dtype=np.int64)))
+    return np.diff(c[edges])
+
+
 def sample(machine, buckets: int = 256, reset: bool = True) -> dict:
     """`U` for every guest as numbers, then (with `reset`) `Z` for each, under one hold.
 
@@ -153,8 +165,6 @@ def sample(machine, buckets: int = 256, reset: bool = True) -> dict:
             except ScanError:
                 continue  # destroyed meanwhile
             e = bucket_edges(s.owned.size, buckets)
-            cw = np.concatenate(([0], np.cumsum(s.window, dtype=np.int64)))
-            co = np.concatenate(([0], np.cumsum(s.owned, dtype=np.int64)))
             res["domains"].append(
                 {
                     "domid": dom.domid,
@@ -167,8 +177,8 @@ def sample(machine, buckets: int = 256, reset: bool = True) -> dict:
                     "never": s.nr_never,
                     "idle": list(s.idle_hist),
                     "seq": dom.access_windows,
-                    "bucket_window": np.diff(cw[e]).tolist(),
-                    "bucket_owned": np.diff(co[e]).tolist(),
+                    "bucket_window": bucket_counts(s.window, e).tolist(),
+                    "bucket_owned": bucket_counts(s.owned, e).tolist(),
                 }
             )
             if reset:

@@ -36,7 +36,6 @@ from emu.mm.page import (
 )
 
 _PA = _PAGE_PRESENT | _PAGE_ACCESSED
-_U_PA = np.uint64(_PA)
 _U_ADDR = np.uint64(PTE_ADDR_MASK)
 _U_SHIFT = np.uint64(PAGE_SHIFT)
 
@@ -92,7 +91,9 @@ class AccessRecord:
         """OR into `window` the frames that shadow L1 entries `ents` (uint64) show accessed:
         present with the A bit the hardware walker set. Callers fold entries about to be
         cleared or removed, so the window never loses an access."""
-        hit = ents[(ents & _U_PA) == _U_PA]
+        ents = np.ascontiguousarray(ents, dtype=np.uint64)
+        low = ents.view(np.uint8)[::8]  # P and A are in the low byte (little-endian)
+        hit = ents.take(np.flatnonzero((low & np.uint8(_PA)) == _PA))
         if hit.size:
             m = ((hit & _U_ADDR) >> _U_SHIFT).astype(np.intp)
             self.window[m[m < self.nr_frames]] = 1
@@ -158,8 +159,8 @@ class AccessRecord:
         folded in and cleared by emu/access/pv.py before.
         """
         p2m = np.asarray(dom.p2m)
-        mfns = p2m[p2m != np.uint64(INVALID_MFN)]
-        mfns = mfns[mfns < self.nr_frames].astype(np.intp)
+        valid = p2m < np.uint64(self.nr_frames)  # INVALID_MFN (holes) is never below
+        mfns = (p2m if valid.all() else p2m[valid]).view(np.int64)
         self.fold_window(dom)
         self.fold_ages(mfns)
         if dom.paging is not None:

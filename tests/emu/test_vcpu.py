@@ -269,7 +269,9 @@ def test_workload_validation():
 
     assert v("idle") is None
     assert v("touch:pages=100") is None
-    assert v("bogus") == "workload: unknown workload 'bogus' (idle, touch, random, stream, phases, asm)"
+    assert v("bogus") == (
+        "workload: unknown workload 'bogus' (idle, touch, random, stream, phases, asm)"
+    )
     assert v("touch:pages=4000,stride=2") == (
         "workload touch does not fit: pages 0x100-0x203e outside the arena 0x100-0xfff"
     )

@@ -127,3 +127,14 @@ def test_phases_errors(workload, error):
     from emu.workload import validate_workload
 
     assert validate_workload(DomainSpec(name="p", memory=16, workload=workload)) == error
+
+
+@pytest.mark.parametrize("n", [0, 5, 31, 32, 64, 1000, 4096, 4099])
+def test_bucket_counts_equal_a_loop(n):
+    from keyhandlers.access import bucket_counts, bucket_edges
+
+    flags = np.random.default_rng(n).random(n) < 0.3
+    e = bucket_edges(n, 32)
+    want = [int(np.count_nonzero(flags[e[b] : e[b + 1]])) for b in range(32)]
+    assert bucket_counts(flags, e).tolist() == want
+    assert sum(want) == int(np.count_nonzero(flags))
