@@ -15,7 +15,8 @@ calling thread's own (`time.thread_time`), so the guests' vCPU threads do not co
 An hour (`--hour` samples) is made of those real samples, cycled (the period is far beyond
 zlib's 32 KiB window, so compression gains nothing from the repetition), and written as
 `record` writes it; a second file with random bucket counts is the incompressible worst
-case. The checkpoint (the whole file rewritten every 60 s) is timed on the hour's file.
+case. The checkpoint (the whole file rewritten every `--checkpoint` s, default 300) is
+timed on the hour's file.
 Drawing: `plot`'s `draw()` on the hour, PNG and SVG.
 """
 
@@ -41,9 +42,7 @@ from emu.host import DomainSpec, HostConfig, parse_size  # noqa: E402
 from emu.machine import Machine  # noqa: E402
 from keyhandlers.access import sample  # noqa: E402
 from xenconsole.plot import draw  # noqa: E402
-from xenconsole.record import Series, load  # noqa: E402
-
-CHECKPOINT_S = 60.0
+from xenconsole.record import CHECKPOINT_S, Series, load  # noqa: E402
 
 
 def main() -> None:

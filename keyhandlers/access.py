@@ -182,7 +182,7 @@ def sample(machine, buckets: int = 256, reset: bool = True) -> dict:
                 }
             )
             if reset:
-                reset_window(machine, dom, quiesce=False)
+                reset_window(machine, dom, quiesce=False, scan=s)
     return res
 
 

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
     r.add_argument("--duration", type=float, default=None, metavar="SECONDS")
     r.add_argument("--buckets", type=int, default=256, metavar="B")
-    r.add_argument("--checkpoint", type=float, default=60.0, metavar="SECONDS")
+    r.add_argument("--checkpoint", type=float, default=300.0, metavar="SECONDS")
     r.add_argument("-o", "--output", required=True, metavar="OUT.npz")
     pl = sub.add_parser("plot", help="draw a recorded series (heat maps, working set, idle ages)")
     pl.add_argument("input", metavar="IN.npz")

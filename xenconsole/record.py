@@ -41,6 +41,7 @@ from xenconsole.xlclient import Channel, ClientError, connect
 
 FORMAT = "xenconsole-access-series/1"
 IDLE_NAMES = ("0", "1", "2-3", "4-7", "8-15", "16+", "never")
+CHECKPOINT_S = 300.0  # the whole file is rewritten: 0.7 s of CPU for an hour of 5 domains
 SCALARS = ("pages", "accessed", "dirty", "window", "never", "seq")
 
 
@@ -151,7 +152,7 @@ def record(
     out: str,
     interval: float = 1.0,
     duration: float | None = None,
-    checkpoint: float = 60.0,
+    checkpoint: float = CHECKPOINT_S,
     progress=None,
 ) -> Series:
     """Sample every `interval` s for `duration` s (None: until stopped), writing `out` every

@@ -128,41 +128,52 @@ class AccessRecord:
         if d_mfns.size:
             self.written[d_mfns] = 1
 
-    def fold_ages(self, mfns: np.ndarray) -> None:
+    def fold_ages(self, mfns: np.ndarray, window: np.ndarray | None = None) -> None:
         """Key `Z` for the frames `mfns` (int64) of one domain, then a new window: a frame
         accessed in the closing window gets age 1, one accessed before gets one more window
-        (up to 255), one never accessed stays 0; `window` is cleared. Runs of consecutive
-        MFNs (the usual case) are done in place on slices, with no gather or scatter."""
+        (up to 255), one never accessed stays 0; `window` is cleared. `window` (bool, one
+        per entry of `mfns`) overrides the record's window bits (a scan just computed them).
+        Runs of consecutive MFNs (the usual case) are done in place on slices, with no
+        gather or scatter."""
         spans = mfn_spans(mfns)
         if spans is None:
             age = self.idle.take(mfns)
-            _age(age, self.window.take(mfns))
+            _age(age, self.window.take(mfns) if window is None else window)
             self.idle[mfns] = age
             self.window[mfns] = 0
             return
+        off = 0
         for lo, hi in spans:
-            _age(self.idle[lo:hi], self.window[lo:hi])
+            win = self.window[lo:hi] if window is None else window[off : off + hi - lo]
+            _age(self.idle[lo:hi], win)
             self.window[lo:hi] = 0
+            off += hi - lo
 
     def fold_window(self, dom) -> None:
         """OR the hardware-set A bits of `dom`'s shadow L1 entries into `window`."""
         if dom.paging is not None:
             self.fold_accessed(dom.paging.shadow_l1_entries())
 
-    def reset_window(self, dom) -> None:
+    def reset_window(self, dom, window: np.ndarray | None = None) -> None:
         """Key `Z` for one domain: start a new window.
 
         Ages the domain's frames (`fold_ages`, with the shadow A bits folded in first), clears
         `window` for them and the A bit of every shadow L1 entry of the domain, then flushes
         every vCPU's TLB so the next access sets A again. The caller keeps the domain's vCPUs
         out of `emu_start` (`machine.quiesce(dom)`); a PV domain's own L1 entries were
-        folded in and cleared by emu/access/pv.py before.
+        folded in and cleared by emu/access/pv.py before. `window` (bool per gfn of the whole
+        P2M): the window a scan under the same hold just computed (shadow A bits included),
+        which saves folding the shadow entries again.
         """
         p2m = np.asarray(dom.p2m)
         valid = p2m < np.uint64(self.nr_frames)  # INVALID_MFN (holes) is never below
-        mfns = (p2m if valid.all() else p2m[valid]).view(np.int64)
-        self.fold_window(dom)
-        self.fold_ages(mfns)
+        full = bool(valid.all())
+        mfns = (p2m if full else p2m[valid]).view(np.int64)
+        if window is None:
+            self.fold_window(dom)
+        elif not full:
+            window = window[valid]
+        self.fold_ages(mfns, window)
         if dom.paging is not None:
             dom.paging.clear_l1_accessed()
 

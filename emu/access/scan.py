@@ -311,7 +311,7 @@ def scan_all(machine) -> list[DomainScan]:
     return out
 
 
-def reset_window(machine, dom, *, quiesce: bool = True) -> int:
+def reset_window(machine, dom, *, quiesce: bool = True, scan: DomainScan | None = None) -> int:
     """Key `Z` for `dom`: start a new accessed-page window.
 
     Ages the domain's frames, clears `window` for them and the A bit of every shadow L1
@@ -319,7 +319,8 @@ def reset_window(machine, dom, *, quiesce: bool = True) -> int:
     `reset_window`), so the next access sets A again (or faults, for entries removed
     meanwhile). For a PV domain the A bits cleared are those of its own L1 tables, after
     folding them (and D) into the record (emu/access/pv.py). Returns the number of L1
-    tables (shadow or, for PV, the guest's) whose entries were cleared.
+    tables (shadow or, for PV, the guest's) whose entries were cleared. `scan`: a scan of
+    the whole domain made under the same hold (`quiesce=False`), whose window is reused.
     """
     if not tracked(dom):
         raise ScanError(f"d{dom.domid} is not a shadowed guest: its accesses are not tracked")
@@ -328,15 +329,18 @@ def reset_window(machine, dom, *, quiesce: bool = True) -> int:
         if not tracked(dom):
             raise ScanError(f"d{dom.domid} is being destroyed")
         rec = machine.access
+        window = None
         if dom.paging is not None:
             n = int(dom.paging.shadow_l1_mfns().size)
+            if scan is not None and scan.first == 0 and scan.window.size == len(dom.p2m):
+                window = scan.window  # the whole P2M, under the caller's hold
         else:
             frames = pv.l1_frames(machine, dom)
             a_m, d_m = pv.marks(machine, frames)
             rec.fold_frames(a_m, d_m, machine.now())
             pv.clear_accessed(machine, dom, frames)
             n = int(frames.size)
-        rec.reset_window(dom)
+        rec.reset_window(dom, window)
         dom.access_windows += 1
         _publish_window(machine, dom)
         return n
