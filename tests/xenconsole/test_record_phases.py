@@ -138,3 +138,27 @@ def test_bucket_counts_equal_a_loop(n):
     want = [int(np.count_nonzero(flags[e[b] : e[b + 1]])) for b in range(32)]
     assert bucket_counts(flags, e).tolist() == want
     assert sum(want) == int(np.count_nonzero(flags))
+
+
+def test_series_columns_follow_domains(tmp_path):
+    """A domain that leaves is absent (zeros, present False) from then on; a domain id
+    reused under another name is another column."""
+
+    def dom(domid: int, name: str, window: int) -> dict:
+        return {"domid": domid, "name": name, "gfns": 4, "pages": 4, "accessed": window,
+                "dirty": 0, "window": window, "never": 4 - window, "idle": [window] * 7,
+                "seq": 0, "bucket_window": [window, 0], "bucket_owned": [2, 2]}  # fmt: skip
+
+    s = Series(2, 0.5)
+    s.add({"time_ns": 1_000_000_000, "domains": [dom(1, "a", 1), dom(2, "b", 2)]})
+    s.add({"time_ns": 1_500_000_000, "domains": [dom(2, "b", 1)]})
+    s.add({"time_ns": 2_000_000_000, "domains": [dom(1, "c", 2), dom(2, "b", 0)]})
+    path = str(tmp_path / "s.npz")
+    s.save(path)
+    d = load(path)
+    assert d["names"].tolist() == ["a", "b", "c"] and d["domids"].tolist() == [1, 2, 1]
+    assert d["present"].tolist() == [[True, True, False], [False, True, False],
+                                     [False, True, True]]  # fmt: skip
+    assert d["window"].tolist() == [[1, 2, 0], [0, 1, 0], [0, 0, 2]]
+    assert d["t"].tolist() == [1.0, 1.5, 2.0] and float(d["t_start"]) == 0.5
+    assert d["bucket_window"][:, :, 0].tolist() == [[1, 2, 0], [0, 1, 0], [0, 0, 2]]
