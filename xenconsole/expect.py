@@ -68,7 +68,6 @@ _GUEST_LINES = re.compile(rb"(?m)^\(d\d+\) [^\n]*\n?")
 # is never quiet, and waiting for silence would never end.
 DRAIN_LIMIT_S = 1.0
 
-
 class ConsoleError(RuntimeError):
     """The console did not do what was asked (no switch message, no prompt, ...)."""
 
