@@ -95,11 +95,13 @@ def served_flood(src: Path, seconds: float) -> None:
     from xenconsole.expect import Console
     from xenconsole.testing import serve
 
-    with tempfile.TemporaryDirectory() as d, serve(*host_only(Path(d))) as host:
+    host_files = ("--dom0-root", "/")  # the asm file is read by its host path
+    with tempfile.TemporaryDirectory() as d, serve(*host_only(Path(d)), *host_files) as host:
         pid = host.proc.pid
         url = host.urls["tcp"]
         with Console.open(url) as con:
-            con.run(f"xl create name=flood memory=16 workload=asm:{src}", check=True)
+            args = f"'name=\"flood\"' memory=16 'workload=\"asm:{src}\"'"
+            con.run(f"xl create /dev/null {args}", check=True)
         # One raw client from here on: it reads everything as fast as it can and, to time a
         # command, types it with an `echo` whose output (not its echo) marks the end.
         h, port = url.split("://", 1)[1].rsplit(":", 1)

@@ -13,6 +13,7 @@ crashed first), HANG (no end within --timeout; the domain is destroyed).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -83,6 +84,7 @@ def main() -> None:
     counts: dict[str, int] = {}
     times = []
     wall = time.monotonic()
+    print(f"load average at the start: {os.getloadavg()[0]:.1f}")
     print(f"{'test':34} | {'verdict':22} | seconds | audit")
     try:
         for cfg in cfgs:
@@ -100,6 +102,8 @@ def main() -> None:
     med = times[len(times) // 2] if times else 0.0
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"{len(times)} instances: {summary}; median {med:.3f} s, total {total:.1f} s")
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average at the end (1/5/15 min): {load}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -238,6 +238,12 @@ def _check_owned(machine, sc: _Scratch, live_codes: np.ndarray, res: AuditResult
         if np.any(out_of_range):
             bad.append(f"d{domid}: {int(out_of_range.sum())} P2M entries beyond RAM")
             gfns, mfns = gfns[~out_of_range], mfns[~out_of_range]
+        if dom.xenpage_mfns:  # its shared_info, mapped by an HVM guest (add_to_physmap)
+            mine = np.isin(mfns, np.asarray(dom.xenpage_mfns, dtype=np.int64))
+            if np.any(mine):
+                mapped[mfns[mine]] = True  # a Xen page: not owned, not in tot_pages
+                nmapped += int(np.count_nonzero(mine))
+                gfns, mfns = gfns[~mine], mfns[~mine]
         _report(bad, f"mapped by d{domid} and by another P2M", mfns[mapped[mfns]])
         mapped[mfns] = True
         nmapped += len(mfns)

@@ -106,10 +106,11 @@ class HypervisorConsole:
             self._emit(suppressed_line(lost), CONSOLE_PREFIX)
         return ok
 
-    def printk(self, text: str, level: int = XENLOG_INFO) -> None:
-        """Print hypervisor text; each new line starts with `(XEN) `."""
+    def printk(self, text: str, level: int = XENLOG_INFO, guest: bool = False) -> None:
+        """Print hypervisor text; each new line starts with `(XEN) `. `guest`: a XENLOG_G_*
+        level, held to the guest_loglvl thresholds."""
         with self.lock:
-            if not self._prefix_check(level, "standard"):
+            if not self._prefix_check(level, "guest" if guest else "standard"):
                 return
             self._emit(text, CONSOLE_PREFIX)
 

@@ -27,6 +27,8 @@ import numpy as np
 
 from emu import asm
 from emu import workload as W
+from emu.mm.memory import decrease_reservation, populate_physmap
+from emu.mm.page import INVALID_MFN
 
 P, RW, NX = 0x1, 0x2, 1 << 63
 KERNEL_SOURCE = Path(__file__).parent / "guest" / "kernel.S"
@@ -40,7 +42,7 @@ def kernel_image() -> bytes:
 
 def _mfns(dom, gfns: np.ndarray) -> np.ndarray:
     mfns = dom.p2m[gfns]
-    if np.any(mfns == np.uint64(2**64 - 1)):
+    if np.any(mfns == INVALID_MFN):
         raise RuntimeError(f"d{dom.domid}: guest builder found a hole in the P2M")
     return mfns.astype(np.int64)
 
@@ -82,11 +84,26 @@ def build_page_tables(machine, dom, lay: W.GuestLayout, exec_gfns: np.ndarray) -
     fill(np.array([l4]), (l3s.astype(np.uint64) << np.uint64(12)) | np.uint64(P | RW))
 
 
+def make_shinfo_hole(machine, dom) -> None:
+    """Xen's HVM builder lays RAM around holes (tools/libs/guest/xg_dom_x86.c meminit_hvm);
+    ours has one, at SHINFO_GFN, where the kernel maps shared_info with
+    XENMEM_add_to_physmap (which would free a RAM page there, xen/arch/x86/mm/p2m.c:2082
+    xenmem_add_to_physmap_one). The page populated there moves to the first gfn above RAM,
+    so the domain keeps exactly `memory` pages."""
+    if dom.p2m[W.SHINFO_GFN] == INVALID_MFN:
+        return
+    top = len(dom.p2m)
+    decrease_reservation(machine, dom, np.array([W.SHINFO_GFN]))
+    if populate_physmap(machine, dom, np.array([top])) is None:
+        raise RuntimeError(f"d{dom.domid}: no frame for the guest's last gfn")
+
+
 def build_guest(machine, dom, w: W.Workload) -> W.GuestLayout:
     """Lay the guest out in its frames; sets `dom.reserved_gfns`. Returns the layout.
 
     `w` comes from emu.workload.check_workload(): an `asm:` program is already assembled.
     """
+    make_shinfo_hole(machine, dom)
     n = len(dom.p2m)
     lay = W.guest_layout(n)
     # Everything the builder wrote starts from zeroed frames (populate scrubbed them).
@@ -106,12 +123,14 @@ def build_guest(machine, dom, w: W.Workload) -> W.GuestLayout:
         W.START_DOMID: dom.domid,
         W.START_PT_START: lay.pt_start,
         W.START_PT_PAGES: lay.pt_pages,
+        W.START_HYPERCALL_PAGE: W.HYPERCALL_PAGE,
+        W.START_BALLOON_FLOOR: w.balloon_floor(lay.arena_start),
     }
     for off, val in fields.items():
         info[off // 8] = val
     _write_gfn(machine, dom, 0, info.tobytes())
     _write_gfn(machine, dom, W.KERNEL_GFN, kernel_image())
-    exec_gfns = [np.arange(W.KERNEL_GFN, W.KERNEL_GFN + W.KERNEL_PAGES)]
+    exec_gfns = [np.arange(W.KERNEL_GFN, W.KERNEL_GFN + W.KERNEL_PAGES), [W.HYPERCALL_GFN]]
     if w.kind == "asm":
         if w.image is None:  # check_workload() assembles; the builder never does
             raise RuntimeError(f"d{dom.domid}: asm workload built before it was assembled")

@@ -11,6 +11,15 @@ three tables that map it at XEN_VA, supervisor-only and read-only. The L4 slot i
 shadow L4 only while Xen itself needs it (the entry trampoline; an implicit GDT read by a
 guest `iretq`, for one single-stepped instruction), so shadows never carry it otherwise.
 
+Building a guest follows libxl/libxc for an HVM domain: the toolstack reads the domain's
+HVM context once (hvm_save(), which prints one `HVM d%dv%d save: <type>` / `HVM d%d save:
+<type>` line per save handler at guest_loglvl=all, xen/arch/x86/hvm/save.c:242,256) and loads
+the boot vCPU's context (hvm_load(), `HVM restore %pd: CPU 0`, save.c:361); the XenStore ring
+page and its event channel become HVM_PARAM_STORE_PFN / HVM_PARAM_STORE_EVTCHN, libxl's keys
+are written, and dom0's xenstored (emu/pv/xenstored.py) serves the ring. Event channels
+reach the guest through the per-vCPU upcall vector (HVMOP_set_evtchn_upcall_vector),
+injected through the guest's IDT when its virtual IF is set (emu/cpu/vcpu.py run()).
+
 A crash (triple fault, invalid opcode with no handler, shadow fault beyond repair, access
 outside the guest's memory) prints Xen's messages, shuts the domain down with
 SHUTDOWN_crash, and destroys it (xl's default `on_crash = "destroy"`): every frame returns to
@@ -33,7 +42,33 @@ from emu.domain import (
     SHUTDOWN_suspend,
 )
 from emu.mm.page import _PAGE_ACCESSED, _PAGE_PRESENT, PAGE_SHIFT, table_offset
+from emu.pv.event import EventChannels
 
+HVM_PARAM_STORE_PFN, HVM_PARAM_STORE_EVTCHN = 1, 2  # public/hvm/params.h:77-78
+
+# hvm_sr_handlers[] in typecode order (public/arch-x86/hvm/save.h): (name, per vCPU).
+# HEADER (1) has no handler; CPU_XSAVE (16) and CPU_MSR (20) are hvm.c:1584-1593's.
+HVM_SAVE_HANDLERS = (
+    ("CPU", True),
+    ("PIC", False),
+    ("IOAPIC", False),
+    ("LAPIC", True),
+    ("LAPIC_REGS", True),
+    ("PCI_IRQ", False),
+    ("ISA_IRQ", False),
+    ("PCI_LINK", False),
+    ("PIT", False),
+    ("RTC", False),
+    ("HPET", False),
+    ("PMTIMER", False),
+    ("MTRR", True),
+    ("VIRIDIAN_DOMAIN", False),
+    ("CPU_XSAVE", True),
+    ("VIRIDIAN_VCPU", True),
+    ("VMCE_VCPU", True),
+    ("TSC_ADJUST", True),
+    ("CPU_MSR", True),
+)
 XEN_ENTRY_PAGES = 4  # XenPages: the GDT/trampoline page and its L3, L2, L1
 SHUTDOWN_LETTER = {SHUTDOWN_poweroff: "-", SHUTDOWN_reboot: "r", SHUTDOWN_suspend: "s"}
 SHUTDOWN_LETTER[SHUTDOWN_crash] = "c"
@@ -75,6 +110,45 @@ class XenPages:
         return b"".join(machine.ram.read(m << 12, 4096) for m in self.mfns)
 
 
+class HVMEventChannels(EventChannels):
+    """A domain's event channels (common code, emu/pv/event.py) with HVM's delivery: a
+    pending, unmasked port raises the vCPU's upcall vector (hvm_assert_evtchn_irq())."""
+
+    def set_pending(self, port: int) -> None:
+        super().set_pending(port)
+        ch = self.ports.get(port)
+        vid = ch.vcpu if ch else 0
+        if vid < len(self.dom.vcpus):
+            self.dom.hvm.assert_evtchn_irq(self.dom.vcpus[vid])
+
+
+class HVMGuest(HVMDomain):
+    """d->arch.hvm of a guest this machine runs: HVMDomain plus its params and events."""
+
+    def __init__(self, machine, dom, workload, layout) -> None:
+        super().__init__(machine, dom, workload, layout)
+        self.machine = machine
+        # Weak: dom -> hvm -> dom would be a cycle only the collector breaks (the domain's
+        # frames and vCPUs must go at destroy, tests/emu/test_teardown.py).
+        self.dom = weakref.proxy(dom)
+        self.evtchn = HVMEventChannels(machine, self.dom)
+        self.params: dict[int, int] = {}  # HVM_PARAM_*
+        self.shinfo_gfn: int | None = None  # where the guest mapped shared_info
+        self.xenstore = None  # its emu/pv/xenstored.py Connection
+
+    def assert_evtchn_irq(self, v) -> None:
+        """hvm_assert_evtchn_irq(): with an upcall vector and evtchn_upcall_pending set in
+        the vCPU's vcpu_info, the vector goes pending and the vCPU is kicked awake."""
+        if not isinstance(v, V.VCPU) or not v.upcall_vector:
+            return
+        si = self.dom.xenpage_mfns[0] << 12
+        if v.vcpu_id >= 32 or not self.machine.ram.u8[si + v.vcpu_id * 64]:
+            return
+        v.upcall_irr = True
+        if v.blocked and v.vif:
+            self.machine.sched.wake(v)
+
+
 class HVM:
     """`machine.hvm`: the machine-wide side of HVM guests."""
 
@@ -114,7 +188,9 @@ class HVM:
         m = self.machine
         w = check_workload(dom.spec)
         layout = build_guest(m, dom, w)
-        dom.hvm = HVMDomain(m, dom, w, layout)
+        dom.hvm = HVMGuest(m, dom, w, layout)
+        self._hvm_context_lines(dom)
+        self._introduce(dom)
         shadow_enable(m, dom)
         old = list(dom.vcpus)
         vcpus = []
@@ -129,9 +205,58 @@ class HVM:
         for v in vcpus:
             m.sched.add_vcpu(v)
 
+    def _hvm_context_lines(self, dom) -> None:
+        """What libxc's vcpu_hvm() (tools/libs/guest/xg_dom_x86.c:1014-1138) makes Xen
+        print: XEN_DOMCTL_gethvmcontext runs hvm_save() (save.c:242 and :256, one line per
+        handler, per vCPU where the handler is), then sethvmcontext loads the BSP's CPU
+        record (save.c:361; libxl gives an HVM guest a device model, so no MTRR records)."""
+        p = self.machine.console.printk
+        n = len(dom.vcpus) or 1
+        for name, per_vcpu in HVM_SAVE_HANDLERS:
+            if per_vcpu:
+                for i in range(n):
+                    p(f"HVM d{dom.domid}v{i} save: {name}\n", guest=True)
+            else:
+                p(f"HVM d{dom.domid} save: {name}\n", guest=True)
+        p(f"HVM restore d{dom.domid}: CPU 0\n", guest=True)
+
+    def _introduce(self, dom) -> None:
+        """The XenStore ring for an HVM guest: the page and an unbound port towards dom0
+        (HVM_PARAM_STORE_PFN/EVTCHN), libxl's keys (libxl_dom.c:461-490), XS_INTRODUCE."""
+        from emu.workload import STORE_GFN
+
+        m = self.machine
+        pv = getattr(m, "pv", None)
+        if pv is None:
+            return  # the memory model alone: no dom0 daemons
+        hvm = dom.hvm
+        port = hvm.evtchn.alloc_unbound(0)
+        hvm.params[HVM_PARAM_STORE_PFN] = STORE_GFN
+        hvm.params[HVM_PARAM_STORE_EVTCHN] = port
+        keys = {
+            "name": dom.name,
+            "memory/static-max": str(dom.static_max_kb),
+            "memory/target": str(dom.target_pages * 4),
+            "domid": str(dom.domid),
+            "store/port": str(port),
+            "store/ring-ref": str(STORE_GFN),
+        }
+        for i in range(len(dom.vcpus) or 1):
+            keys[f"cpu/{i}/availability"] = "online"
+        mfn = int(dom.p2m[STORE_GFN])
+        hvm.xenstore = pv.xenstore.introduce(m, dom, mfn, port, keys)
+        hvm.xenstore.connect(hvm.evtchn)
+
     def domain_destroying(self, dom) -> None:
         if dom.domid == 0:
             return
+        pv = getattr(self.machine, "pv", None)
+        hvm = dom.hvm
+        if isinstance(hvm, HVMGuest):
+            if hvm.xenstore is not None and pv is not None:
+                pv.xenstore.release(dom.domid)
+            hvm.xenstore = None
+            hvm.evtchn.ports.clear()  # a port's consumer (xenstored) holds the domain
         self.machine.sched.remove_domain(dom)
         hvm = dom.hvm
         if hvm is not None:

@@ -17,7 +17,12 @@ for up to its wall-time limit: the console server calls `check_workload` from a 
 Guest-physical layout (every guest, `GuestLayout`):
 
     GFN 0x00          start-info page (read by the kernel; see START_* offsets)
-    GFN 0x01-0x0f     guest kernel text (emu/guest/kernel.S)
+    GFN 0x01-0x0b     guest kernel text (emu/guest/kernel.S)
+    GFN 0x0c          the XenStore ring page (HVM_PARAM_STORE_PFN)
+    GFN 0x0d          the balloon driver's extent list (a page of gfns for memory_op)
+    GFN 0x0e          a hole in RAM, where the kernel maps shared_info (XENMEM_add_to_physmap)
+    GFN 0x0f          the hypercall page (the kernel has Xen fill it through the MSR CPUID
+                      leaf 0x40000002 names); `asm:` programs call HYPERCALL_PAGE + 32 * nr
     GFN 0x10-0x1f     one stack page per vCPU (at most MAX_VCPUS)
     GFN 0x20-0x3f     `asm:` user program (USER_ENTRY = 0x20000, at most 128 KiB)
     GFN 0x40-0xff     the guest's 4-level page tables, when they fit; else at the top of memory
@@ -32,7 +37,12 @@ from emu import asm
 from emu.mm.page import PAGE_SHIFT
 
 ARENA_START = 0x100
-KERNEL_GFN, KERNEL_PAGES = 0x01, 0x0F
+KERNEL_GFN, KERNEL_PAGES = 0x01, 0x0B
+STORE_GFN = 0x0C  # HVM_PARAM_STORE_PFN
+BALLOON_GFN = 0x0D
+SHINFO_GFN = 0x0E  # left unpopulated by the builder (emu/domain_build.py)
+HYPERCALL_GFN = 0x0F
+HYPERCALL_PAGE = HYPERCALL_GFN << 12
 STACK_GFN = 0x10
 MAX_VCPUS = 16
 USER_GFN, USER_PAGES = 0x20, 0x20
@@ -53,7 +63,9 @@ START_NR_VCPUS = 0x48
 START_DOMID = 0x50
 START_PT_START = 0x58
 START_PT_PAGES = 0x60
-START_WINDOW = 0x68  # keys `Z` so far for this domain: written by `Z` (emu/access/scan.py)
+START_HYPERCALL_PAGE = 0x68  # VA of the hypercall page the kernel installs
+START_BALLOON_FLOOR = 0x70  # the balloon driver gives back gfns at or above this one
+START_WINDOW = 0x78  # keys `Z` so far for this domain: written by `Z` (emu/access/scan.py)
 START_INFO_MAGIC = int.from_bytes(b"XENCGST1", "little")
 
 KIND_IDLE, KIND_TOUCH, KIND_RANDOM, KIND_STREAM, KIND_ASM, KIND_PHASES = range(6)
@@ -98,6 +110,11 @@ class Workload:
         if self.kind == "phases":
             return p["a"], p["b"], p["pages"], p.get("k", 1)
         return 0, 0, 0, 0
+
+    def balloon_floor(self, arena_start: int = ARENA_START) -> int:
+        """The lowest gfn the balloon driver may give back: above what the workload uses."""
+        gfns = self.arena_gfns(arena_start)
+        return gfns[-1] + 1 if len(gfns) else arena_start
 
     def arena_gfns(self, arena_start: int = ARENA_START) -> range:
         """The arena pages this workload accesses (a range: touch is strided)."""
@@ -230,8 +247,8 @@ def assemble_program(path: str, read=asm.read_source) -> bytes:
 def _check_fit(w: Workload, nr_pages: int, vcpus: int) -> None:
     if not 1 <= vcpus <= MAX_VCPUS:
         raise WorkloadError(f"vcpus must be between 1 and {MAX_VCPUS}, got {vcpus}")
-    lay = guest_layout(nr_pages)
-    if lay.arena_pages <= 0:
+    lay = guest_layout(nr_pages + 1)  # RAM around the shared_info hole: one gfn more
+    if nr_pages <= ARENA_START or lay.arena_pages <= 0:
         raise WorkloadError(f"memory={nr_pages >> 8}M leaves no arena: a guest needs at least 2M")
     p = w.params
     if w.kind == "touch":

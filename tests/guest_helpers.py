@@ -82,11 +82,10 @@ nl:
     dec rcx
     jnz nl
 flood:
-    mov eax, 18
     xor edi, edi
     mov esi, 16384
     mov rdx, 0x100000
-    syscall
+    call 0xf000 + 32 * 18
     jmp flood
 """
 # Port I/O forever: the debug port, port 0x80 and a CMOS read (each a Python hook).

@@ -1,24 +1,24 @@
-"""Privileged-instruction emulation (#GP exits) and hypercalls (`syscall`), via capstone.
+"""Privileged-instruction emulation (#GP exits) and the guest's own `syscall`, via capstone.
 
-A guest kernel at CPL 3 raises #GP on every privileged instruction. The hypervisor fetches
-the instruction through the guest's own tables, decodes it, and either emulates it on the
-vCPU's *virtual* state or refuses it with a #GP reflected into the guest (which, with no
+The emulated CPU runs guest code at ring 3, so every privileged instruction raises #GP. The
+hypervisor fetches the instruction through the guest's own tables, decodes it, and -- when
+the guest's virtual CPL (`vcpu.vcpl`) is 0, as a real HVM guest kernel's is -- emulates it on
+the vCPU's *virtual* state, or refuses it with a #GP reflected into the guest (which, with no
 IDT, is a triple fault):
 
     emulated   mov cr3 (-> shadow switch), mov to/from cr0/cr2/cr4/cr8 within the rules below,
-               hlt (block), cli/sti (virtual IF), invlpg, lidt, clts, wbinvd/invd (no-ops)
-    refused    wrmsr/rdmsr, lgdt/lldt/ltr/lmsw, mov to/from dr*, clearing CR0.PG/PE or
-               CR4.PAE, swapgs, sysret/sysexit, rdpmc, in/out to ports through #GP, anything else
+               hlt (block), cli/sti (virtual IF), invlpg, lidt, clts, wbinvd/invd (no-ops),
+               wrmsr/rdmsr of Xen's hypercall-page MSR (emu/cpu/hvm_hypercall.py) and of the
+               guest's STAR/LSTAR/CSTAR/SFMASK, sysret (back to CPL 3)
+    refused    every other MSR, lgdt/lldt/ltr/lmsw, mov to/from dr*, clearing CR0.PG/PE or
+               CR4.PAE, swapgs, sysexit, rdpmc, in/out to ports through #GP, anything else;
+               everything at a virtual CPL 3
 
 No refused instruction ever reaches the real Uc state: its CR0/CR4/EFER/GDTR stay Xen's.
 
-Hypercalls (64-bit PV ABI: rax = number, args rdi rsi rdx r10 r8, result in rax):
-    console_io (18): CONSOLEIO_write (0) count, buf -> the guest's console lines (0; preempted
-                     between 127-byte chunks by a continuation), CONSOLEIO_read (1) -> 0
-    sched_op (29): SCHEDOP_yield (0), SCHEDOP_block (1), SCHEDOP_shutdown (2, rsi -> reason)
-    set_timer_op (15): absolute NOW() deadline in ns, wakes a blocked vCPU (0 cancels)
-    xen_version (17): XENVER_version (0) -> (major << 16) | minor
-Anything else returns -ENOSYS.
+`syscall` is the guest's business (hypercalls are `vmcall`, emu/cpu/hvm_hypercall.py): it
+goes to the guest's LSTAR at CPL 0, as the CPU does with EFER.SCE set (rcx = the next RIP,
+r11 = RFLAGS, RFLAGS &= ~SFMASK).
 """
 
 from __future__ import annotations
@@ -27,19 +27,20 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone import x86_const as C
 from unicorn import x86_const as X
 
-from emu.domain import CONSOLE_LINE, SHUTDOWN_crash, SHUTDOWN_poweroff
+from emu.cpu import hvm_hypercall
+from emu.domain import SHUTDOWN_poweroff
 from emu.mm import guestmem
 from emu.mm.page import PAGE_SHIFT, PTE_ADDR_MASK
-from emu.version import XEN_MAJOR, XEN_MINOR
 
-ENOSYS, EINVAL, EFAULT = 38, 22, 14
-HC_console_io, HC_set_timer_op, HC_xen_version, HC_sched_op = 18, 15, 17, 29
-CONSOLEIO_write, CONSOLEIO_read = 0, 1
-SCHEDOP_yield, SCHEDOP_block, SCHEDOP_shutdown = 0, 1, 2
-CONSOLE_KBUF = 128  # guest_console_write()'s kbuf
 SYSCALL_LEN = 2  # 0f 05
 CR0_PE, CR0_TS, CR0_PG = 0x1, 0x8, 0x80000000
 CR4_PAE = 0x20
+MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
+SYSCALL_MSRS = (MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK)
+RFLAGS_IF, RFLAGS_RF, RFLAGS_VM = 0x200, 0x10000, 0x20000
+RFLAGS_IOPL = 0x3000
+RFLAGS_FIXED = 0x2
+JUMPED = "jumped"  # _emulate(): emulated, and RIP is already where the instruction sent it
 
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)
 _cs.detail = True
@@ -91,30 +92,39 @@ def emulate_gp(vcpu) -> None:
     uc = vcpu.uc
     rip = uc.reg_read(X.UC_X86_REG_RIP)
     insn = fetch(vcpu, rip)
-    if insn is None or not _emulate(vcpu, insn):
+    done = insn is not None and not vcpu.vcpl and _emulate(vcpu, insn)
+    if not done:
         vcpu.stop(("exc", 13, 0, None))
         return
     vcpu.stats["gp_emulated"] += 1
     if vcpu.pending is None or vcpu.pending[0] != "crash":
-        uc.reg_write(X.UC_X86_REG_RIP, rip + insn.size)
+        if done is not JUMPED:
+            uc.reg_write(X.UC_X86_REG_RIP, rip + insn.size)
         vcpu.ack(uc)  # after the RIP write, as docs/design.md's Unicorn facts require
 
 
-def _emulate(vcpu, insn) -> bool:
-    """Emulate one privileged instruction; False refuses it (#GP to the guest)."""
+def _emulate(vcpu, insn) -> bool | str:
+    """Emulate one privileged instruction; False refuses it (#GP to the guest), JUMPED
+    when the instruction set RIP itself."""
     mn = insn.mnemonic
     ops = insn.operands
     if mn == "hlt":
         if not vcpu.vif:
             _vcpu_down(vcpu)  # hvm_hlt(): halting with interrupts off takes the vCPU down
         else:
-            vcpu.stop(("block",))
+            vcpu.block()
         return True
+    if mn in ("wrmsr", "rdmsr"):
+        return _msr(vcpu, mn == "wrmsr")
+    if mn == "sysretq":
+        return _sysret(vcpu)
     if mn == "cli":
         vcpu.vif = False
         return True
     if mn == "sti":
         vcpu.vif = True
+        if vcpu.upcall_irr:
+            vcpu.stop(("slice",))  # a pending upcall is taken now (emu/cpu/vcpu.py run())
         return True
     if mn in ("wbinvd", "invd"):
         return True
@@ -190,117 +200,57 @@ def _write_cr(vcpu, n: int, value: int) -> bool:
     return False
 
 
-# ---- hypercalls -------------------------------------------------------------------------
+# ---- MSRs, syscall, sysret ------------------------------------------------------------------
 
 
-def hypercall(vcpu) -> None:
-    """`syscall` from the guest kernel (called from the UC_HOOK_INSN syscall hook)."""
+def _msr(vcpu, write: bool) -> bool:
     uc = vcpu.uc
-    nr = uc.reg_read(X.UC_X86_REG_RAX)
-    a1 = uc.reg_read(X.UC_X86_REG_RDI)
-    a2 = uc.reg_read(X.UC_X86_REG_RSI)
-    a3 = uc.reg_read(X.UC_X86_REG_RDX)
-    vcpu.stats["hypercalls"] += 1
-    # perfc_incra(hypercalls, eax) after every call, preempted ones too (hvm/hypercall.c:193)
-    vcpu.machine.perfc.incra("hypercalls", nr, vcpu.processor)
-    ret = -ENOSYS
-    if nr == HC_console_io:
-        ret = _console_io(vcpu, a1, a2, a3)
-        if ret is None:  # a continuation: the call runs again on the next slice
-            return
-    elif nr == HC_sched_op:
-        ret = _sched_op(vcpu, a1, a2)
-    elif nr == HC_set_timer_op:
-        vcpu.wake_at = a1 or None
-        ret = 0
-    elif nr == HC_xen_version:
-        ret = (XEN_MAJOR << 16) | XEN_MINOR if a1 == 0 else -ENOSYS
-    uc.reg_write(X.UC_X86_REG_RAX, ret & 0xFFFFFFFFFFFFFFFF)
+    msr = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+    if write:
+        value = (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32
+        value |= uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        if msr in SYSCALL_MSRS:
+            if msr in (MSR_LSTAR, MSR_CSTAR) and not guestmem.canonical(value):
+                return False
+            vcpu.msrs[msr] = value
+            return True
+        return hvm_hypercall.wrmsr_xen(vcpu, msr, value)
+    value = vcpu.msrs.get(msr, 0) if msr in SYSCALL_MSRS else hvm_hypercall.rdmsr_xen(vcpu, msr)
+    if value is None:
+        return False
+    uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+    uc.reg_write(X.UC_X86_REG_RDX, value >> 32)
+    return True
 
 
-def _console_io(vcpu, cmd: int, count: int, buf: int) -> int | None:
-    if cmd == CONSOLEIO_read:
-        return 0
-    if cmd != CONSOLEIO_write:
-        return -ENOSYS
-    return _console_write(vcpu, count & 0xFFFFFFFF, buf)
-
-
-# is_console_printable(): isprint() plus \n and \t; everything else is stripped.
-_UNPRINTABLE = bytes(c for c in range(256) if not (0x20 <= c < 0x7F or c in (0x09, 0x0A)))
-
-
-def _console_write(vcpu, count: int, buf: int) -> int | None:
-    """guest_console_write() (xen/drivers/char/console.c) for a domU: 127 bytes at a time
-    through `kbuf`, non-printables stripped, output held in the domain's line buffer until a
-    newline or until it would overflow, then one `(dN) ` line. Between chunks, when the
-    scheduler wants the pCPU (hypercall_preempt_check()), the rest becomes a continuation:
-    the arguments advance and the guest re-executes the `syscall` on its next slice, so a
-    guest flooding this hypercall gives the pCPU up within one chunk. Returns 0, -EFAULT,
-    or None for a continuation (the result is left to the re-executed call)."""
-    con = vcpu.domain.hvm.console
-    m, dom, cr3 = vcpu.machine, vcpu.domain, vcpu.guest_cr3
-    kcount = 0
-    while count > 0:
-        if kcount and vcpu.kicked:
-            _continuation(vcpu, HC_console_io, CONSOLEIO_write, count, buf)
-            return None
-        kcount = min(count, CONSOLE_KBUF - 1)
-        try:
-            data = guestmem.read(m, dom, cr3, buf, kcount)
-        except guestmem.GuestMemError:
-            return -EFAULT
-        nl = data.find(b"\n")
-        seg = data if nl < 0 else data[:nl]
-        kcount = len(seg) + (nl >= 0)  # the bytes consumed, up to and including a newline
-        out = seg.translate(None, _UNPRINTABLE)
-        with con.lock:
-            if nl < 0 and len(con.buf) + len(out) < CONSOLE_LINE - 1:
-                con.buf += out  # buffer the output until a newline
-                text = None
-            else:
-                text = (con.buf + out).decode("latin-1")
-                con.buf.clear()
-        if text is not None:
-            con.emit_line(text)
-        buf += kcount
-        count -= kcount
-    return 0
-
-
-def _continuation(vcpu, nr: int, *args: int) -> None:
-    """hypercall_create_continuation() for a 64-bit PV guest: the call's registers get the
-    remaining arguments and RIP goes back to the `syscall`. Inside the syscall hook Unicorn
-    still has to add the instruction's length to RIP (helper_syscall in Unicorn's
-    qemu/target/i386/seg_helper.c adds next_eip_addend after the hooks), so RIP is set 2
-    bytes before the `syscall`."""
+def guest_syscall(vcpu) -> None:
+    """`syscall` (the UC_HOOK_INSN hook): to the guest's LSTAR at CPL 0. Unicorn adds the
+    instruction's length to RIP after the hook (helper_syscall in Unicorn's
+    qemu/target/i386/seg_helper.c adds next_eip_addend), so RIP is set 2 bytes early."""
     uc = vcpu.uc
-    arg_regs = (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX)
-    for reg, value in zip(arg_regs, args, strict=True):
-        uc.reg_write(reg, value & 0xFFFFFFFFFFFFFFFF)
-    uc.reg_write(X.UC_X86_REG_RAX, nr)
-    uc.reg_write(X.UC_X86_REG_RIP, uc.reg_read(X.UC_X86_REG_RIP) - SYSCALL_LEN)
-    vcpu.stats["continuations"] += 1
-    vcpu.stop(("slice",))
+    rip = uc.reg_read(X.UC_X86_REG_RIP)  # the syscall's own address
+    rflags = vcpu.reg("rflags") & ~RFLAGS_IF | (RFLAGS_IF if vcpu.vif else 0)
+    uc.reg_write(X.UC_X86_REG_RCX, rip + SYSCALL_LEN)
+    uc.reg_write(X.UC_X86_REG_R11, rflags & ~RFLAGS_RF)
+    mask = vcpu.msrs.get(MSR_SFMASK, 0)
+    if mask & RFLAGS_IF:
+        vcpu.vif = False
+    real = (rflags & ~mask & ~(RFLAGS_RF | RFLAGS_VM | RFLAGS_IOPL)) | RFLAGS_IF | RFLAGS_FIXED
+    uc.reg_write(X.UC_X86_REG_EFLAGS, real)
+    vcpu.vcpl = 0
+    uc.reg_write(X.UC_X86_REG_RIP, (vcpu.msrs.get(MSR_LSTAR, 0) - SYSCALL_LEN) & (2**64 - 1))
 
 
-def _sched_op(vcpu, cmd: int, arg: int) -> int:
-    if cmd == SCHEDOP_yield:
-        vcpu.machine.perfc.incr("vcpu_yield", vcpu.processor)  # sched/core.c:1537
-        vcpu.stop(("yield",))
-        return 0
-    if cmd == SCHEDOP_block:
-        vcpu.vif = True  # SCHEDOP_block enables event delivery first
-        vcpu.stop(("block",))
-        return 0
-    if cmd == SCHEDOP_shutdown:
-        try:
-            raw = guestmem.read(vcpu.machine, vcpu.domain, vcpu.guest_cr3, arg, 4)
-        except guestmem.GuestMemError:
-            return -EFAULT
-        reason = int.from_bytes(raw, "little")
-        if reason > SHUTDOWN_crash:
-            return -EINVAL
-        vcpu.stop(("shutdown", reason))
-        return 0
-    return -ENOSYS
+def _sysret(vcpu) -> str | bool:
+    """sysretq at CPL 0: to rcx at CPL 3, RFLAGS from r11 (its IF becomes the virtual IF)."""
+    uc = vcpu.uc
+    target = uc.reg_read(X.UC_X86_REG_RCX)
+    if not guestmem.canonical(target):
+        return False
+    r11 = uc.reg_read(X.UC_X86_REG_R11)
+    vcpu.vif = bool(r11 & RFLAGS_IF)
+    real = (r11 & ~(RFLAGS_RF | RFLAGS_VM | RFLAGS_IOPL)) | RFLAGS_IF | RFLAGS_FIXED
+    uc.reg_write(X.UC_X86_REG_EFLAGS, real & 0x3F7FD7)
+    uc.reg_write(X.UC_X86_REG_RIP, target)
+    vcpu.vcpl = 3
+    return JUMPED

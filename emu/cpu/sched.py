@@ -275,6 +275,8 @@ class Scheduler:
                 v.last_pcpu = p.cpu
                 self.running_doms.pop(v.domain.domid, None)
                 kind = outcome[0]
+                if kind == "block" and getattr(v, "upcall_irr", False) and v.vif:
+                    kind = "slice"  # an event came in as it blocked: vcpu_block() rechecks
                 if kind == "block":
                     v.blocked = True
                 elif kind in ("slice", "yield") and self._runnable(v):

@@ -7,9 +7,11 @@ hypervisor through the hooks installed here:
 - UC_HOOK_INTR: #PF -> the shadow fault path; #GP -> privileged-instruction emulation
   (emu/cpu/priv_op.py); #DB -> a shadow or Xen single-step; anything else is reflected into the
   guest through the IDT it loaded with `lidt`, or, with none, is a triple fault.
-- UC_HOOK_INSN syscall -> hypercalls (emu/cpu/priv_op.py); IN/OUT -> port 0xe9, every other
-  port reads all-ones and ignores writes (nothing decodes it).
-- UC_HOOK_INSN_INVALID -> #UD, reflected or a triple fault.
+- UC_HOOK_INSN_INVALID -> #UD: a `vmcall` is the hypercall (emu/cpu/hvm_hypercall.py), any
+  other #UD is reflected or a triple fault. UC_HOOK_INSN cpuid -> Xen's leaves; syscall ->
+  the guest's LSTAR (emu/cpu/priv_op.py); IN/OUT -> port 0xe9, other ports all-ones.
+The guest's CPL is virtual (`vcpl`: 0 from entry, `syscall` -> 0, `sysret` -> 3); the
+emulated CPU runs all guest code at ring 3, so every privileged instruction traps.
 
 Hooks that cannot finish inside the hook (block, reflect, crash) set `pending` and stop the
 run; the scheduler calls `run()` and acts on what it returns.
@@ -84,6 +86,7 @@ REG_NAMES = (
 ).split()
 _REG_IDS = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in REG_NAMES}
 _REG_IDS["rflags"] = X.UC_X86_REG_EFLAGS
+_CPUID_REGS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
 
 
 class VCPU(VcpuRecord):
@@ -113,6 +116,10 @@ class VCPU(VcpuRecord):
         self.release_pending = False  # release() once this run ends (see release)
         self.last_pcpu: int | None = None
         self.runstate_since = time.monotonic_ns()
+        self.vcpl = 0  # the guest's CPL (see the module docstring)
+        self.msrs = {}  # the guest's STAR, LSTAR, CSTAR, SFMASK (emu/cpu/priv_op.py)
+        self.upcall_vector = 0  # HVMOP_set_evtchn_upcall_vector
+        self.upcall_irr = False  # that vector is pending in the (virtual) LAPIC's IRR
         self.stats = {
             "runs": 0,
             "gp_emulated": 0,
@@ -131,6 +138,7 @@ class VCPU(VcpuRecord):
         self.hooks = [
             uc.hook_add(UC_HOOK_INTR, self._on_intr),
             uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL),
+            uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID),
             uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT),
             uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN),
             uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid),
@@ -279,6 +287,11 @@ class VCPU(VcpuRecord):
         if self.entering is not None:
             self._xen_slot_map(self.entering, step=False)
             self.entering = None
+        elif self.upcall_irr and self.vif:
+            self.upcall_irr = False  # the event-channel upcall (vlapic_set_irq()) is taken
+            if not self.inject(self.upcall_vector, None, None):
+                return ("crash", "triple", f"vector {self.upcall_vector:#x} with no handler")
+            self.vif = False  # an interrupt gate
         count = 0 if self.native else SLICE_INSNS
         if count:
             self.stats["counted_runs"] += 1
@@ -333,6 +346,10 @@ class VCPU(VcpuRecord):
         if b[0] and self.pending is None:
             b[0] = 0  # answered
             uc.emu_stop()
+
+    def block(self) -> None:
+        """hlt / SCHEDOP_block: block unless an upcall waits (local_events_need_delivery())."""
+        self.stop(("slice",) if self.upcall_irr and self.vif else ("block",))
 
     def stop(self, pending: tuple) -> None:
         """From a hook: end this run, and tell the scheduler why."""
@@ -389,14 +406,26 @@ class VCPU(VcpuRecord):
         self.stop(("exc", 14, paging.fault_error_code(self), cr2))
 
     def _on_syscall(self, uc: Uc, _ud) -> None:
-        from emu.cpu.priv_op import hypercall
+        from emu.cpu.priv_op import guest_syscall
 
         try:
-            hypercall(self)
+            guest_syscall(self)
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             self.stop(("crash", "internal", f"{type(e).__name__}: {e}"))
         self._end_if_kicked(uc)
+
+    def _on_cpuid(self, uc: Uc, _ud) -> int:
+        """CPUID: Xen's leaves answered here (1: skip the CPU's own), others by the CPU."""
+        from emu.cpu.hvm_hypercall import cpuid_leaf
+
+        leaf = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        res = cpuid_leaf(self, leaf, uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF)
+        if res is None:
+            return 0
+        for reg, val in zip(_CPUID_REGS, res, strict=True):
+            uc.reg_write(reg, val)
+        return 1
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _ud) -> None:
         if port == 0xE9 and size == 1:
@@ -410,8 +439,25 @@ class VCPU(VcpuRecord):
         return (1 << (8 * size)) - 1
 
     def _on_invalid(self, uc: Uc, _ud) -> bool:
-        self.pending = self.pending or ("exc", 6, None, None)
-        return False
+        """#UD. A `vmcall` is the hypercall: handled here, execution goes on at the RIP the
+        hypercall left (Unicorn resumes when this hook returns True). Anything else, or a
+        hypercall that ends the run (a continuation, a crash), stops with `pending`."""
+        from emu.cpu.hvm_hypercall import VMCALL, vmcall
+
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        code = guestmem.read_partial(self.machine, self.domain, self.guest_cr3, rip, 3)
+        if code != VMCALL:
+            self.pending = self.pending or ("exc", 6, None, None)
+            return False
+        try:
+            vmcall(self)
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            self.pending = ("crash", "internal", f"{type(e).__name__}: {e}")
+        if self.pending is not None:
+            return False  # run() acts on it; RIP is where the hypercall left it
+        self._end_if_kicked(uc)
+        return True
 
     # ---- reflecting exceptions into the guest --------------------------------------------
 

@@ -4,7 +4,8 @@ that actually exist (issue 10 item 7).
 For each PV domain, every frame it owns (and every Xen page shared with it) must carry:
 
 - a type count equal to: one per present entry of a validated table of the next level up
-  (L2..L4 entries, the L4's Xen slots excluded), one per writable L1 mapping, one for the pin,
+  or, read-only, of the same level (L2..L4 entries, the L4's Xen slots and an entry mapping
+  its own table excluded), one per writable L1 mapping, one for the pin,
   one per vCPU whose kernel or user CR3 it is, one per vCPU GDT that uses it, one per
   writable grant device mapping, and the one a shared Xen page (shared_info, grant frames) is
   created with;
@@ -64,6 +65,9 @@ def _audit_domain(machine, dom) -> list[str]:
         present = (entries & P) != 0
         if level == 4:
             present &= ~XEN_SLOTS
+        if level > 1:  # a linear self-map holds no reference (emu/pv/linear_pt.py)
+            mapped = ((entries & ADDR_MASK) >> np.uint64(12)).astype(np.int64)
+            present &= mapped != tables.astype(np.int64)[:, None]
         targets = ((entries[present] & ADDR_MASK) >> np.uint64(12)).astype(np.int64)
         targets = targets[targets < nr]
         np.add.at(exp_gen, targets, 1)

@@ -155,6 +155,9 @@ class PV:
             return
         if pv.console is not None:
             pv.console.close()
+        pv.evtchn.destroy()  # the FIFO ABI's page references (evtchn_fifo_destroy())
+        for mfn in [f for f in self.mm.linear if self.mm.owner(f) == dom.domid]:
+            del self.mm.linear[mfn]  # its tables go with it (linear_pt_count, mm.c:3129)
         self.xenstore.release(dom.domid)
         if pv.area is not None:
             pv.area.free()

@@ -1,4 +1,5 @@
-"""Event channels (2-level ABI), sched_op, the guest's console_io line buffer, and dom0's
+"""Event channels (2-level ABI here; the FIFO ABI a guest may switch to in
+emu/pv/event_fifo.py), sched_op, the guest's console_io line buffer, and dom0's
 console daemon for the PV console ring.
 
 Event channels (common/event_channel.c, event_2l.c): port 0 is reserved; the builder's
@@ -52,6 +53,8 @@ class Channel:
         self.vcpu = 0
         self.virq = 0
         self.consumer = None  # Xen-side consumer (dom0's daemons): fn() on send
+        self.priority = 7  # EVTCHN_FIFO_PRIORITY_DEFAULT (evtchn_fifo_init())
+        self.fifo_pending = False  # pending before its FIFO event array page existed
 
 
 class EventChannels:
@@ -62,6 +65,7 @@ class EventChannels:
         self.dom = dom
         self.ports: dict[int, Channel] = {0: Channel(ECS_RESERVED)}
         self.max_port = MAX_EVTCHN_PORT
+        self.fifo = None  # emu/pv/event_fifo.py FifoDomain once the guest switched to FIFO
 
     def alloc_unbound(self, remote_dom: int) -> int:
         """get_free_port(): the lowest free port, -ENOSPC above the domain's limit."""
@@ -72,10 +76,30 @@ class EventChannels:
         return port
 
     def set_pending(self, port: int) -> None:
+        """evtchn_port_set_pending(): the FIFO ABI's once the guest chose it, else 2-level."""
+        if self.fifo is not None:
+            if self.fifo.set_pending(port):
+                self.check_pollers(port)
+            return
+        self.set_pending_2l(port)
+
+    def mark_events_pending(self, vid: int) -> None:
+        """vcpu_mark_events_pending(): vcpu_info.evtchn_upcall_pending."""
+        self.machine.ram.u8[(self.dom.pv.shared_info_mfn << 12) + vid * 64] = 1
+
+    def check_pollers(self, port: int) -> None:
+        """evtchn_check_pollers(): a vCPU polling `port` wakes."""
+        for v in self.dom.vcpus:
+            polling = getattr(v, "poll_ports", None)
+            if polling is not None and port in polling:
+                v.poll_ports = None
+                self.machine.sched.wake(v)
+
+    def set_pending_2l(self, port: int) -> None:
         """evtchn_2l_set_pending() in the domain's shared_info."""
         dom = self.dom
         ram = self.machine.ram
-        si = dom.pv.shared_info_mfn << 12
+        si = dom.xenpage_mfns[0] << 12  # shared_info (d->shared_info, PV and HVM alike)
         word, bit = port // 64, 1 << (port % 64)
         pend = si + EVTCHN_PENDING_OFF + 8 * word
         old = int.from_bytes(ram.mm[pend : pend + 8], "little")
@@ -93,14 +117,59 @@ class EventChannels:
             if not sel & (1 << word):
                 ram.mm[vi + 8 : vi + 16] = (sel | (1 << word)).to_bytes(8, "little")
                 ram.u8[vi] = 1  # evtchn_upcall_pending
-        for v in dom.vcpus:
-            polling = getattr(v, "poll_ports", None)
-            if polling is not None and port in polling:
-                v.poll_ports = None
-                self.machine.sched.wake(v)
+        self.check_pollers(port)
+
+    def _bit(self, off: int, port: int) -> int:
+        """The machine address of the 64-bit word of shared_info's array at `off` for `port`."""
+        return (self.dom.pv.shared_info_mfn << 12) + off + 8 * (port // 64)
+
+    def _test_and_change(self, ma: int, bit: int, set_: bool) -> bool:
+        mm = self.machine.ram.mm
+        old = int.from_bytes(mm[ma : ma + 8], "little")
+        new = old | bit if set_ else old & ~bit
+        mm[ma : ma + 8] = new.to_bytes(8, "little")
+        return bool(old & bit)
+
+    def unmask(self, port: int) -> int:
+        """evtchn_unmask() (event_channel.c:1251-1266) with evtchn_2l_unmask()
+        (event_2l.c:51-68) or evtchn_fifo_unmask()."""
+        ch = self.ports.get(port)
+        if ch is None:
+            return -EINVAL
+        if self.fifo is not None:
+            self.fifo.unmask(port)
+            return 0
+        bit = 1 << (port % 64)
+        if (
+            self._test_and_change(self._bit(EVTCHN_MASK_OFF, port), bit, False)
+            and self.pending_2l(port)
+            and not self._test_and_change(
+                (self.dom.pv.shared_info_mfn << 12) + ch.vcpu * 64 + 8, 1 << (port // 64), True
+            )
+        ):
+            self.mark_events_pending(ch.vcpu)
+        return 0
+
+    def clear_pending(self, port: int) -> None:
+        """evtchn_port_clear_pending() (evtchn_free(): no stale event on a re-bind)."""
+        if self.fifo is not None:
+            self.fifo.clear_pending(port)
+        else:
+            self._test_and_change(self._bit(EVTCHN_PENDING_OFF, port), 1 << (port % 64), False)
+
+    def destroy(self) -> None:
+        """evtchn_destroy(): the FIFO ABI's pages let go."""
+        if self.fifo is not None:
+            self.fifo.destroy()
+            self.fifo = None
 
     def pending(self, port: int) -> bool:
-        si = self.dom.pv.shared_info_mfn << 12
+        if self.fifo is not None:
+            return self.fifo.is_pending(port)
+        return self.pending_2l(port)
+
+    def pending_2l(self, port: int) -> bool:
+        si = self.dom.xenpage_mfns[0] << 12  # shared_info: a PV or an HVM guest's
         off = si + EVTCHN_PENDING_OFF + 8 * (port // 64)
         return bool(int.from_bytes(self.machine.ram.mm[off : off + 8], "little") >> (port % 64) & 1)
 
@@ -160,11 +229,34 @@ def event_channel_op(vcpu, cmd: int, arg: int) -> int:
             ch = ev.ports.get(port)
             if ch is None or port == 0:
                 return -EINVAL
+            ev.clear_pending(port)
             del ev.ports[port]
             return 0
+        if cmd == 9:  # EVTCHNOP_unmask
+            (port,) = struct.unpack("<I", guest.read(vcpu, arg, 4))
+            return ev.unmask(port)
+        if cmd in (11, 12, 13):
+            return _fifo_op(vcpu, ev, cmd, arg)
     except GuestFault:
         return -EFAULT
     return -ENOSYS
+
+
+def _fifo_op(vcpu, ev: EventChannels, cmd: int, arg: int) -> int:
+    """EVTCHNOP_init_control / expand_array / set_priority (event_channel.c:1482-1507)."""
+    from emu.pv import event_fifo
+
+    if cmd == 11:
+        gfn, offset, vid = struct.unpack("<QII", guest.read(vcpu, arg, 16))
+        rc = event_fifo.init_control(ev, vid, gfn, offset)
+        if rc == 0:  # link_bits is the OUT field, copied back on success
+            guest.write(vcpu, arg + 16, bytes([event_fifo.LINK_BITS]))
+        return rc
+    if cmd == 12:
+        (gfn,) = struct.unpack("<Q", guest.read(vcpu, arg, 8))
+        return event_fifo.expand_array(ev, gfn)
+    port, priority = struct.unpack("<II", guest.read(vcpu, arg, 8))
+    return event_fifo.set_priority(ev, port, priority)
 
 
 # ---- sched_op --------------------------------------------------------------------------------

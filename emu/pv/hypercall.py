@@ -195,6 +195,24 @@ def iret(vcpu, *_) -> int | None:
     return None
 
 
+XEN_SYSCTL_INTERFACE_VERSION = 0x16  # public/sysctl.h:31
+EACCES = 13
+
+
+@hypercall(35)
+def sysctl(vcpu, u_sysctl: int, *_) -> int:
+    """do_sysctl() (common/sysctl.c:32-47): the whole xen_sysctl_t copied in, the interface
+    version checked, then XSM's XSM_PRIV check, which only the control domain passes; a PV
+    domain here never is one (dom0 is the console shell)."""
+    try:
+        _cmd, version = struct.unpack_from("<II", guest.read(vcpu, u_sysctl, 136))
+    except GuestFault:
+        return -EFAULT
+    if version != XEN_SYSCTL_INTERFACE_VERSION:
+        return -EACCES
+    return -EPERM
+
+
 @hypercall(2)
 def set_gdt(vcpu, frame_list: int, entries: int, *_) -> int:
     """pv/descriptor-tables.c:73-139: frames must take a PGT_seg_desc_page reference."""
@@ -324,16 +342,13 @@ def xen_version(vcpu, cmd: int, arg: int, *_) -> int:
 
 @hypercall(8)
 def set_debugreg(vcpu, reg: int, value: int, *_) -> int:
-    from emu.pv.priv_op import set_debugreg as s
-
-    return s(vcpu, reg, value)
+    return vcpu.debug.set(reg, value)
 
 
 @hypercall(9)
 def get_debugreg(vcpu, reg: int, *_) -> int:
-    from emu.pv.priv_op import get_debugreg as g
-
-    return g(vcpu, reg) if reg <= 7 else -EINVAL
+    value = vcpu.debug.get(reg) if 0 <= reg <= 7 else None  # misc-hypercalls.c:21-31
+    return -19 if value is None else value  # -ENODEV
 
 
 @hypercall(10)

@@ -35,6 +35,7 @@ from emu.mm.page_info import (
     PGT_writable_page,
     owner_code,
 )
+from emu.pv.linear_pt import get_linear, is_linear, put_linear
 
 EPERM, ENOENT, ESRCH, EFAULT, EBUSY, EINVAL, ENOSYS = 1, 2, 3, 14, 16, 22, 38
 _PAGE_PRESENT, _PAGE_RW, _PAGE_USER, _PAGE_PWT, _PAGE_PCD = 0x1, 0x2, 0x4, 0x8, 0x10
@@ -50,7 +51,9 @@ L1_DISALLOW = (BASE_DISALLOW & ~_PAGE_GLOBAL) | _PAGE_GNTTAB
 # Flags whose change needs no new references (the "fast path", mm.c:2135-2148,2213-2221).
 L1_FASTPATH = _PAGE_NX | 0xE00 | (0x7FF << 52) | _PAGE_GLOBAL | _PAGE_DIRTY | _PAGE_ACCESSED
 L1_FASTPATH |= _PAGE_USER
-LN_FASTPATH = L1_FASTPATH | _PAGE_RW
+# With linear page tables (CONFIG_PV_LINEAR_PT, Xen's default) an L2..L4 entry's RW is no
+# fast-path flag either: a read-only entry may be a linear one (mm.c:2139-2149).
+LN_FASTPATH = L1_FASTPATH
 ROOT_PAGETABLE_FIRST_XEN_SLOT, ROOT_PAGETABLE_LAST_XEN_SLOT = 256, 271
 LEVEL_TYPE = {1: PGT_l1_page_table, 2: 2 << 61, 3: 3 << 61, 4: PGT_l4_page_table}
 TYPE_LEVEL = {v: k for k, v in LEVEL_TYPE.items()}
@@ -65,6 +68,7 @@ class PVMM:
         self.ft = machine.frames
         self.u64 = machine.ram.u64
         self.xen_l4_slots = xen_l4_slots  # fn(dom) -> {slot: entry}
+        self.linear: dict[int, int] = {}  # linear_pt_count (emu/pv/linear_pt.py), non-zero
 
     # ---- general and type references ----------------------------------------------------
 
@@ -134,6 +138,7 @@ class PVMM:
             ft.type_info[mfn] = ti + 1
             return 0
         # A new type (or a table to validate again): count 1, validated once checked.
+        self.linear.pop(mfn, None)  # mm.c:3129
         ft.type_info[mfn] = type_ | 1
         if type_ in TYPE_LEVEL:
             rc = self.validate(mfn, TYPE_LEVEL[type_], dom)
@@ -222,11 +227,14 @@ class PVMM:
             self.put_page_type(mfn, dom)
         self.put_page(mfn)
 
-    def get_page_from_lNe(self, e: int, level: int, dom) -> int:
-        mfn = (e & ADDR_MASK) >> 12
-        if not 0 <= mfn < self.ft.nr_frames:
-            return -EINVAL
-        return self.get_page_and_type(mfn, LEVEL_TYPE[level - 1], dom)
+    def get_page_from_lNe(self, e: int, level: int, dom, table: int) -> int:
+        """get_page_from_l{2,3,4}e() (mm.c:1118-1183): the next level's table, else a
+        linear mapping of `table`'s own level (emu/pv/linear_pt.py)."""
+        mfn = (e & ADDR_MASK) >> 12  # get_page() refuses a frame that does not exist
+        rc = self.get_page_and_type(mfn, LEVEL_TYPE[level - 1], dom)
+        if rc == -EINVAL and get_linear(self, e, level, table, dom):
+            rc = 0
+        return rc
 
     @staticmethod
     def adjust(e: int, level: int) -> int:
@@ -278,7 +286,7 @@ class PVMM:
                 rc = (
                     self.get_page_from_l1e(e, dom)
                     if level == 1
-                    else self.get_page_from_lNe(e, level, dom)
+                    else self.get_page_from_lNe(e, level, dom, mfn)
                 )
             if rc:
                 self.gdprintk(
@@ -287,7 +295,7 @@ class PVMM:
                     dom,
                 )
                 for j, old in done:
-                    self._put_entry(old, level, dom)
+                    self._put_entry(old, level, dom, mfn)
                     t[j] = old
                 return rc
             done.append((i, e))
@@ -297,11 +305,19 @@ class PVMM:
                 t[slot] = entry
         return 0
 
-    def _put_entry(self, e: int, level: int, dom) -> None:
+    def _put_entry(self, e: int, level: int, dom, table: int) -> None:
+        """put_page_from_lNe() (mm.c:1280-1313): a self-map holds nothing; dropping a linear
+        entry also drops its linear_pt_count marks."""
         if level == 1:
             self.put_page_from_l1e(e, dom)
-        else:
-            self.put_page_and_type((e & ADDR_MASK) >> 12, dom)
+            return
+        mfn = (e & ADDR_MASK) >> 12
+        if mfn == table:
+            return
+        linear = is_linear(self, mfn, table)
+        self.put_page_and_type(mfn, dom)
+        if linear:
+            put_linear(self, mfn, table)
 
     def devalidate(self, mfn: int, level: int, dom) -> None:
         """free_lN_table(): drop the references the table's present entries hold."""
@@ -311,7 +327,7 @@ class PVMM:
             if e & _PAGE_PRESENT:
                 if level == 1:
                     self.machine.access.fold_pte(e)  # keys U/Z: its A/D bits are not lost
-                self._put_entry(e, level, dom)
+                self._put_entry(e, level, dom, mfn)
 
     # ---- updates -----------------------------------------------------------------------------
 
@@ -337,14 +353,14 @@ class PVMM:
             rc = (
                 self.get_page_from_l1e(new, dom)
                 if level == 1
-                else self.get_page_from_lNe(new, level, dom)
+                else self.get_page_from_lNe(new, level, dom, table)
             )
             if rc:
                 return rc
             new = self.adjust(new, level)
         self.u64[slot] = new
         if old & _PAGE_PRESENT:
-            self._put_entry(old, level, dom)
+            self._put_entry(old, level, dom, table)
         return 0
 
     # ---- messages ------------------------------------------------------------------------------

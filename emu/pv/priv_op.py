@@ -51,8 +51,12 @@ def emulate_privileged_op(vcpu) -> bool:
         return False
     if not vcpu.kernel_mode and insn.mnemonic not in ("cli", "sti"):
         return False
-    if not _emulate(vcpu, insn):
-        return False
+    try:
+        if not _emulate(vcpu, insn):
+            return False
+    except Fault:
+        vcpu.ack()
+        raise
     vcpu.rw(X.UC_X86_REG_RIP, rip + insn.size)
     vcpu.ack()
     return True
@@ -95,6 +99,18 @@ def stack_segment_fault(vcpu) -> bool:
     return False
 
 
+class Fault(Exception):
+    """The emulated instruction raises this exception (emu/pv/traps.py delivers it)."""
+
+    def __init__(self, vector: int, ec: int | None) -> None:
+        super().__init__(vector, ec)
+        self.vector, self.ec = vector, ec
+
+
+def _ud(vcpu) -> bool:
+    raise Fault(6, None)
+
+
 def _emulate(vcpu, insn) -> bool:
     mn, ops = insn.mnemonic, insn.operands
     if mn in ("cli", "sti"):
@@ -113,11 +129,14 @@ def _emulate(vcpu, insn) -> bool:
             from emu.pv.hypercall_mm import new_baseptr
 
             return new_baseptr(vcpu, vcpu.rr(_uc_reg(ops[1].reg)) >> 12, user=False) == 0
-        if dst.startswith("dr"):
-            value = vcpu.rr(_uc_reg(ops[1].reg))
-            return set_debugreg(vcpu, int(dst[2:]), value) == 0
-        if src.startswith("dr"):
-            vcpu.rw(_uc_reg(ops[0].reg), get_debugreg(vcpu, int(src[2:])))
+        if dst.startswith("dr"):  # x86emul_write_dr(): -ENODEV is #UD, other errors #GP
+            rc = vcpu.debug.set(int(dst[2:]), vcpu.rr(_uc_reg(ops[1].reg)))
+            return _ud(vcpu) if rc == -19 else rc == 0
+        if src.startswith("dr"):  # x86emul_read_dr()
+            value = vcpu.debug.get(int(src[2:]))
+            if value is None:
+                return _ud(vcpu)
+            vcpu.rw(_uc_reg(ops[0].reg), value)
             return True
         if src.startswith("cr"):
             n = int(src[2:])
@@ -150,45 +169,40 @@ def write_cr4(vcpu, val: int) -> None:
         | (0 if c1 & (1 << 26) else X86_CR4_OSXSAVE)
     )
     vcpu.vcr4 = (val & PV_CR4_GUEST_MASK) | (REAL_CR4 & PV_CR4_GUEST_VISIBLE_MASK)
-    vcpu.rw(X.UC_X86_REG_CR4, REAL_CR4 | (vcpu.vcr4 & X86_CR4_FSGSBASE))
+    # Xen hands the guest's CR4.FSGSBASE to the real CR4 (pv/domain.c pv_make_cr4) and the
+    # CPU checks WRFSBASE/WRGSBASE values; Unicorn does not (it loads a non-canonical base),
+    # so its CR4.FSGSBASE stays clear and the #UD it raises lands in `fsgsbase_insn`.
+    vcpu.rw(X.UC_X86_REG_CR4, REAL_CR4)
 
 
-# ---- debug registers (pv/misc-hypercalls.c set_debugreg/get_debugreg) ------------------------
-# Values are kept per vCPU as Xen keeps them; the breakpoints are not armed in Unicorn.
-
-X86_DR6_DEFAULT, X86_DR7_DEFAULT = 0xFFFF0FF0, 0x400
-HYPERVISOR_VIRT_START, HYPERVISOR_VIRT_END = 0xFFFF800000000000, 0xFFFF880000000000
+_FSGSBASE = {"rdfsbase", "rdgsbase", "wrfsbase", "wrgsbase"}
 
 
-def set_debugreg(vcpu, reg: int, value: int) -> int:
-    """0, or -EPERM (DR0-3 outside guest space, upper halves of DR6/7) / -ENODEV."""
-    dr = vcpu.__dict__.setdefault("dr", [0, 0, 0, 0, X86_DR6_DEFAULT, X86_DR7_DEFAULT])
-    if reg < 4:
-        if (value >> 47) not in (
-            0,
-            0x1FFFF,
-        ) or HYPERVISOR_VIRT_START <= value < HYPERVISOR_VIRT_END:
-            return -1
-        dr[reg] = value
-        return 0
-    if reg in (4, 6):
-        if value >> 32:
-            return -1
-        dr[4] = value | X86_DR6_DEFAULT
-        return 0
-    if reg in (5, 7):
-        if value >> 32:
-            return -1
-        dr[5] = (value | X86_DR7_DEFAULT) & ~0xD800
-        return 0
-    return -19
-
-
-def get_debugreg(vcpu, reg: int) -> int:
-    dr = vcpu.__dict__.setdefault("dr", [0, 0, 0, 0, X86_DR6_DEFAULT, X86_DR7_DEFAULT])
-    if reg < 4:
-        return dr[reg]
-    return dr[4] if reg in (4, 6) else dr[5]
+def fsgsbase_insn(vcpu, rip: int, code: bytes) -> bool:
+    """RDFSBASE/RDGSBASE/WRFSBASE/WRGSBASE at `rip` with the guest's CR4.FSGSBASE set:
+    done as the CPU does them (SDM vol. 2 "WRFSBASE/WRGSBASE": #GP(0) for a non-canonical
+    64-bit value; the 32-bit forms zero-extend). False: not one of them, or the guest's
+    CR4.FSGSBASE is clear (the #UD stands); raises Fault for the #GP. The GS base is the
+    current mode's: Unicorn's GS_BASE holds it (vcpu.toggle_guest_mode swaps the other in)."""
+    if not vcpu.vcr4 & X86_CR4_FSGSBASE:
+        return False
+    insn = next(_cs.disasm(code, rip, 1), None)
+    if insn is None or insn.mnemonic not in _FSGSBASE or len(insn.operands) != 1:
+        return False
+    reg = insn.operands[0].reg
+    wide = insn.operands[0].size == 8
+    base_reg = X.UC_X86_REG_FS_BASE if insn.mnemonic[2] == "f" else X.UC_X86_REG_GS_BASE
+    if insn.mnemonic.startswith("rd"):
+        value = vcpu.rr(base_reg)
+        vcpu.rw(_uc_reg(reg), value if wide else value & 0xFFFFFFFF)
+    else:
+        value = vcpu.rr(_uc_reg(reg))
+        value = value if wide else value & 0xFFFFFFFF
+        if (value >> 47) not in (0, 0x1FFFF):
+            raise Fault(13, 0)
+        vcpu.rw(base_reg, value)
+    vcpu.rw(X.UC_X86_REG_RIP, rip + insn.size)
+    return True
 
 
 # ---- CPUID -----------------------------------------------------------------------------------

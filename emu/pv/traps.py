@@ -5,7 +5,8 @@
   the trap table's DPL allows it from the current mode (else #GP((n<<3)|2)); everything else
   is bounced to the guest's trap table.
 - `bounce`: create_bounce_frame(): the PV exception frame on the guest kernel stack.
-- `invalid_op`: the forced-emulation prefix `ud2; "xen"; cpuid` (pv/emul-inv-op.c), else #UD.
+- `invalid_op`: the forced-emulation prefix `ud2; "xen"; cpuid` (pv/emul-inv-op.c), the
+  FSGSBASE instructions when the guest enabled them (emu/pv/priv_op.py), else #UD.
 - `do_iret`: the iret hypercall.
 """
 
@@ -17,6 +18,7 @@ from unicorn import x86_const as X
 
 from emu.pv import guest
 from emu.pv.guest import GuestFault
+from emu.pv.segs import load_cs
 
 X86_EXC_HAVE_EC = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 VECTOR_NAMES = {
@@ -85,7 +87,7 @@ def bounce(vcpu, vector_ec: int | None, handler: int, mask_events: bool) -> bool
     vcpu.rw(X.UC_X86_REG_EFLAGS, new_fl)
     vcpu.rw(X.UC_X86_REG_RCX, handler)  # the exit is a sysret
     vcpu.rw(X.UC_X86_REG_R11, new_fl)
-    vcpu.rw(X.UC_X86_REG_CS, 0xE033)
+    load_cs(vcpu, 0xE033)  # from compat-mode code too: the cache must say 64-bit
     vcpu.rw(X.UC_X86_REG_SS, 0xE02B)
     vcpu.rw(X.UC_X86_REG_RIP, handler)
     vcpu.rip_written = True
@@ -163,9 +165,14 @@ def on_exception(vcpu, intno: int, err: int, is_int: bool) -> None:
         inject(vcpu, 14, ec, cr2)
         return
     if intno == 13 and err == 0:
-        from emu.pv.priv_op import emulate_privileged_op, stack_segment_fault
+        from emu.pv.priv_op import Fault, emulate_privileged_op, stack_segment_fault
 
-        if emulate_privileged_op(vcpu):
+        try:
+            done = emulate_privileged_op(vcpu)
+        except Fault as f:  # e.g. mov to %dr4 with CR4.DE: #UD
+            inject(vcpu, f.vector, f.ec)
+            return
+        if done:
             vcpu.stats["emulated"] += 1
             return
         if stack_segment_fault(vcpu):
@@ -196,9 +203,27 @@ def invalid_op(vcpu) -> None:
         vcpu.rw(X.UC_X86_REG_RIP, rip + 7)
         vcpu.pending = ("again",)
         return
+    from emu.pv.priv_op import Fault, fsgsbase_insn
+
+    try:
+        done = fsgsbase_insn(vcpu, rip, code or _to_page_end(vcpu, rip))
+    except Fault as f:  # a non-canonical base: #GP(0)
+        inject(vcpu, f.vector, f.ec)
+        done = True
+    if done:
+        vcpu.pending = ("again",)
+        return
     inject(vcpu, 6, None)
     if vcpu.pending is None or vcpu.pending[0] == "ud":
         vcpu.pending = ("again",)
+
+
+def _to_page_end(vcpu, va: int) -> bytes:
+    """The instruction bytes from `va` to the end of its page (the next one is unmapped)."""
+    try:
+        return guest.read(vcpu, va, min(7, 0x1000 - (va & 0xFFF)))
+    except GuestFault:
+        return b""
 
 
 def user_syscall(vcpu) -> None:
@@ -248,6 +273,7 @@ def do_iret(vcpu) -> int | None:
         vcpu.rw(X.UC_X86_REG_RCX, rip)
         vcpu.rw(X.UC_X86_REG_R11, rflags)
     set_upcall_mask(vcpu, 0 if saved_if else 1)
+    load_cs(vcpu, (cs & 0xFFFF) | 3)  # iret.c:82 "force guest privilege"; a compat CS runs 32-bit
     vcpu.rw(X.UC_X86_REG_RIP, rip)
     vcpu.rip_written = True
     return rax

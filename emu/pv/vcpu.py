@@ -195,6 +195,9 @@ class PVVCPU(VcpuRecord):
         self.hc_in = RegBatch(uc, HC_IN)
         self.hc_out = [RegBatch(uc, HC_OUT + HC_IN[3 : 3 + k]) for k in range(6)]
         self._cr2 = RegReader(uc, X.UC_X86_REG_CR2)
+        from emu.pv.debugreg import DebugRegs
+
+        self.debug = DebugRegs(self)
 
     def __repr__(self) -> str:
         return f"<PVVCPU d{self.domain.domid}v{self.vcpu_id}>"
@@ -240,10 +243,13 @@ class PVVCPU(VcpuRecord):
 
     def flush_tlb(self) -> None:
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self.debug.tlb_changed()
 
     def load_cr3(self) -> None:
         """Point the CPU at the current mode's L4 (write_ptbase())."""
         self.uc.reg_write(X.UC_X86_REG_CR3, self.cr3_mfn() << 12)
+        if "debug" in self.__dict__:  # load_cr3 also runs before the vCPU is complete
+            self.debug.tlb_changed()
 
     def toggle_guest_mode(self) -> None:
         """toggle_guest_mode(): kernel <-> user page tables and GS bases."""
@@ -331,6 +337,8 @@ class PVVCPU(VcpuRecord):
 
     def _on_intr(self, uc: Uc, intno: int, _ud) -> None:
         err, is_int = self.ack()
+        if self.debug.hit:
+            self.debug.entered_xen()
         try:
             self._traps.on_exception(self, intno, err, is_int)
         except Exception as e:
@@ -343,6 +351,8 @@ class PVVCPU(VcpuRecord):
         """RIP reads as the `syscall` itself here, and Unicorn adds its length to whatever
         RIP holds when the hook returns: a new RIP (iret, a bounce) is written 2 short."""
         self.rip_written = False
+        if self.debug.hit:
+            self.debug.entered_xen()
         try:
             if self.kernel_mode:
                 self._hypercall.dispatch(self)

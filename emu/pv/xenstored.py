@@ -1,4 +1,4 @@
-"""dom0's xenstored: the XenStore tree and each PV domain's ring connection.
+"""dom0's xenstored: the XenStore tree and each guest's ring connection (PV and HVM).
 
 The tree holds the keys libxl writes when it builds a domain (libxl_dom.c:461-490 and the
 console keys of libxl__build_post): `domid`, `name`, `memory/static-max`, `memory/target`,
@@ -113,10 +113,12 @@ class Connection:
         self.out = bytearray()  # replies not yet in rsp[]
         self.deferred: list[tuple[str, str, bool]] = []  # a new watch's first event
         self.lock = threading.RLock()
+        self.evtchn = None  # the domain's event channels (PV or HVM), once connected
 
     def connect(self, evtchn) -> None:
         from emu.pv.event import ECS_INTERDOMAIN
 
+        self.evtchn = evtchn
         ch = evtchn.ports[self.port]
         ch.state, ch.remote_dom, ch.remote_port = ECS_INTERDOMAIN, 0, self.port
         ch.consumer = self.process
@@ -166,7 +168,7 @@ class Connection:
         if n:
             del self.out[:n]
             struct.pack_into("<I", mm, r + RSP_PROD, (prod + n) & 0xFFFFFFFF)
-            self.dom.pv.evtchn.set_pending(self.port)
+            self.evtchn.set_pending(self.port)
 
     def watch_event(self, path: str, token: str, relative: bool) -> None:
         home = f"/local/domain/{self.domid}/"
@@ -175,7 +177,7 @@ class Connection:
         payload = path.encode() + b"\0" + token.encode() + b"\0"
         with self.lock:
             self.out += struct.pack("<IIII", XS_WATCH_EVENT, 0, 0, len(payload)) + payload
-            if self.dom.domid in self.machine.domains and getattr(self.dom, "pv", None):
+            if self.dom.domid in self.machine.domains and self.evtchn is not None:
                 self._flush()
 
     # ---- requests --------------------------------------------------------------------------------

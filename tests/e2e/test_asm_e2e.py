@@ -44,6 +44,14 @@ EXPECTED = {
 BURNER = b".rept 1000\n.rept 1000\n.rept 1000\n.space 0\n.endr\n.endr\n.endr\n"
 
 
+def xl_create(name: str, program, memory: int = 4, paused: bool = False) -> str:
+    """`xl create` of an `asm:` guest from the command line alone (the config is /dev/null;
+    the host's files are dom0's here, HOST_FILES)."""
+    p = "-p " if paused else ""
+    args = f"'name=\"{name}\"' memory={memory} 'workload=\"asm:{program}\"'"
+    return f"xl create -q {p}/dev/null {args}"
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
@@ -80,7 +88,7 @@ def test_finding_gives_one_line_and_the_server_stays(served, tmp_path, name):
         p = tmp_path / f"{name}.S"
         p.write_bytes(HOSTILE[name].replace(b"{canary}", str(canary).encode()))
     rss0 = rss_kib(host.proc.pid)
-    raw = con.run(f"xl create name={name} memory=4 workload=asm:{p}", timeout=30)
+    raw = con.run(xl_create(name, p), timeout=30)
     out = own_lines(raw)
     rss1 = rss_kib(host.proc.pid)
     if name == "etc_hosts":
@@ -106,8 +114,8 @@ def test_other_clients_answered_while_xl_create_waits(tmp_path):
         host.wait_booted()
         with host.console("tcp", timeout=60) as a, host.console("telnet", timeout=60) as b:
             a.to_dom0()
-            a.sendline(f"xl create name=burn memory=4 workload=asm:{burner}; echo BURN''-DONE $?")
-            a.expect_exact(f"asm:{burner}; echo BURN''-DONE $?")  # the echo of the line
+            a.sendline(f"{xl_create('burn', burner)}; echo BURN''-DONE $?")
+            a.expect_exact(f"asm:{burner}\"'; echo BURN''-DONE $?")  # the echo of the line
             # While gas burns its CPU seconds, another client gets a debug key answered.
             key = b.debug_key("h", timeout=30)
             t_key = time.monotonic()
@@ -118,7 +126,7 @@ def test_other_clients_answered_while_xl_create_waits(tmp_path):
             assert "workload: asm: " in a.before and "assembler " in a.before
             assert t_key < t_done  # answered before the xl create came back
             # And the three-byte hanger: one line, and both clients go on.
-            out = own_lines(b.run(f"xl create name=h memory=4 workload=asm:{hanger}"))
+            out = own_lines(b.run(xl_create("h", hanger)))
             assert out == f"workload: asm: {hanger}: {EXPECTED['hang1']}\n"
             assert "Domain-0" in a.run("xl list", timeout=10)
         assert server_alive(host)
@@ -134,7 +142,7 @@ CORPUS = [
     b"    lea rsi, [rip + msg]\nputs:\n    mov al, byte ptr [rsi]\n    test al, al\n"
     b"    jz done\n    out 0xe9, al\n    inc rsi\n    jmp puts\ndone:\n    hlt\n"
     b'msg: .asciz "hello"\n',
-    b"    mov rbx, qword ptr [0x100000]\n    mov rax, 29\n    xor esi, esi\n    syscall\n",
+    b"    mov rbx, qword ptr [0x100000]\n    xor esi, esi\n    call 0xf000 + 32 * 29\n",
     b".data\nv: .quad 1, 2, 3\n.text\n    mov rax, offset v\n    mov rcx, [rax + 8]\n",
     b".bss\nbuf: .space 4096\n.text\n    lea rdi, [rip + buf]\n    rep stosb\n",
     *(src for src in HOSTILE.values()),
@@ -180,7 +188,7 @@ def fuzz_worker(host, paths: list[Path], stats: dict) -> None:
         for i, p in enumerate(paths):
             t_send = time.monotonic()
             con.sendline(
-                f"xl create -p name=f memory=2 workload=asm:{p}; echo @@''A $?; "
+                f"{xl_create('f', p, memory=2, paused=True)}; echo @@''A $?; "
                 "xl destroy f; xl list; echo @@''B"
             )
             con.expect(re.compile(r"@@A (\d+)\r?\n"), timeout=30)

@@ -29,7 +29,8 @@ def test_served_host_answers_and_stays_bounded_during_a_flood(tmp_path):
     src.write_text(FLOOD)
     host_files = ("--dom0-root", "/")  # the asm file is read by its host path
     with serve(*host_only(tmp_path), *host_files) as host, Console.open(host.urls["tcp"]) as con:
-        con.run(f"xl create name=flood memory=16 workload=asm:{src}", check=True)
+        args = f"'name=\"flood\"' memory=16 'workload=\"asm:{src}\"'"
+        con.run(f"xl create /dev/null {args}", check=True)
         con.expect_exact("(d1) " + "A" * 127, timeout=60)
         rss = [_rss_kib(host.proc.pid)]
         for cmd in ("xl debug-keys q", "xl pause flood", "xl unpause flood", "xl debug-keys d"):

@@ -159,10 +159,10 @@ def test_xl_console_follows_guest_and_returns_when_it_dies(tmp_path):
         prog = tmp_path / "talk.S"
         prog.write_text(
             "    mov rcx, 3\nagain:\n    mov al, 0x68\n    out 0xe9, al\n    mov al, 10\n"
-            "    out 0xe9, al\n    mov eax, 29\n    xor edi, edi\n    push rcx\n    syscall\n"
+            "    out 0xe9, al\n    xor edi, edi\n    push rcx\n    call 0xf000 + 32 * 29\n"
             "    pop rcx\n    dec rcx\n    jnz again\n    ud2\n"
         )
-        sh.run_line(f"xl create -p name=talk memory=4 'workload=\"asm:{prog}\"'")
+        sh.run_line(f"xl create -p /dev/null 'name=\"talk\"' memory=4 'workload=\"asm:{prog}\"'")
         assert sh.status == 0, b"".join(shown)
         sh.run_line("xl console talk")
         assert sh.foreground is not None

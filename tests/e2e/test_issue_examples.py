@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from console_hosts import host_only
@@ -13,9 +14,14 @@ from xenconsole.testing import serve
 
 @pytest.mark.timeout(120)
 def test_touch_example_from_issue_4(tmp_path):
-    """`xl create name=t memory=64 workload=touch:pages=1000,write=1` -> `(d1) touch done 1000`."""
+    """Issue 4's touch guest, created the way issue 12 item 14 documents (dom0's example
+    config and xl's KEY=VALUE overrides) -> `(d1) touch done 1000`."""
     with serve(*host_only(tmp_path)) as host, Console.open(host.urls["tcp"]) as con:
-        con.run("xl create name=t memory=64 workload=touch:pages=1000,write=1", check=True)
+        con.run(
+            "xl create /etc/xen/touch.cfg 'name=\"t\"' 'memory=64' "
+            "'workload=\"touch:pages=1000,write=1\"'",
+            check=True,
+        )
         con.expect_exact("(d1) touch done 1000", timeout=60)
         listing = con.run("xl list t", check=True)
         row = listing.splitlines()[1].split()
@@ -24,13 +30,17 @@ def test_touch_example_from_issue_4(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_web_example_from_issue_3(tmp_path):
-    """`xl create name=web memory=256` owns 65536 frames; mem-set 128 balloons half back."""
+    """A 256 MiB `web` guest owns 65536 frames; mem-set 128 balloons half back -- through
+    the guest kernel's balloon driver, which watches memory/target (the only thing `xl
+    mem-set` writes, libxl_mem.c:180-330), so the test waits for it."""
     with serve(*host_only(tmp_path)) as host, Console.open(host.urls["tcp"]) as con:
-        con.run("xl create name=web memory=256", check=True)
+        con.run("xl create /etc/xen/idle.cfg 'name=\"web\"' memory=256", check=True)
         free_before = int(con.run("xl info").split("free_memory")[1].split(":")[1].split()[0])
         con.run("xl mem-set web 128", check=True)
-        row = con.run("xl list web", check=True).splitlines()[1].split()
-        assert row[2] == "128"
+        end = time.monotonic() + 30
+        while (row := con.run("xl list web", check=True).splitlines()[1].split())[2] != "128":
+            assert time.monotonic() < end, row
+            time.sleep(0.2)
         free_after = int(con.run("xl info").split("free_memory")[1].split(":")[1].split()[0])
         assert free_after - free_before == 128
         con.run("xl destroy web", check=True)

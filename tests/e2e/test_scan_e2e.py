@@ -191,9 +191,10 @@ def test_touch_workloads_exact_counts_and_heat(con):
         256,
         3840 - 256,
     )
-    # Without a range: the whole P2M, so the kernel, stack and start-info pages count too.
+    # Without a range: the whole P2M, so the kernel, stack and start-info pages count too,
+    # and the shared_info frame the kernel's balloon driver mapped at gfn 0x0e (4096 + 1).
     whole = U(con, "d1")[1]
-    assert whole["pages"] == 4096 and whole["accessed"] > 300 and whole["first"] == 0
+    assert whole["pages"] == 4097 and whole["accessed"] > 300 and whole["first"] == 0
     # Without arguments: every guest, in domid order, and not dom0 (it is not shadowed).
     allr = U(con)
     assert sorted(allr) == [1, 2, 3, 4, 5]
@@ -274,12 +275,15 @@ def test_blow_tables_balloon_and_destroy(con):
             r["dirty"],
             r["pages"],
         )
-    # Ballooning d5 from 16 to 15 MiB gives back its 256 highest gfns, 0xf00-0xfff: half of
-    # the pages it touched (0xe80-0xf7f) and 32 of the 64 it wrote leave the counts.
+    # `xl mem-set` only sets the target (libxl_mem.c:180-330): d5 is an `asm:` guest with no
+    # balloon driver, so it keeps every frame and the scan is unchanged. (The scan of a
+    # ballooned-out range is tests/e2e/test_walk_hexdump.py's, after the memory model's
+    # decrease_reservation.)
     con.run("xl mem-set mix 15", check=True)
     r = U(con, "d5", "0x100-0xfff")[5]
-    assert (r["pages"], r["accessed"], r["dirty"], r["never"]) == (3584, 128, 32, 3456)
-    assert r["heat"][-4:] == "    "
+    b = before[5]
+    assert (r["pages"], r["accessed"], r["dirty"]) == (b["pages"], b["accessed"], b["dirty"])
+    assert r["pages"] == 3840
     con.run("xl destroy t3", check=True)
     allr = U(con)
     assert sorted(allr) == [1, 2, 4, 5]
@@ -298,7 +302,8 @@ BAD = [
     ("Z d42", "'Z': no domain d42"),
     ("X 0x40000", "'X': mfn 0x40000 is past the end of RAM (last mfn 0x3ffff)"),
     ("X 0x3ffff 2", "'X': mfns 0x3ffff-0x40000 run past the end of RAM (last mfn 0x3ffff)"),
-    ("X d1 0x1000", "'X': d1 gfn 0x1000 is not populated"),
+    # (a 16M guest's RAM ends at gfn 0x1000: it is laid out around the hole at gfn 0x0e)
+    ("X d1 0x1001", "'X': d1 gfn 0x1001 is not populated"),
     ("X", "'X': what to dump? (usage: X MFN [PAGES] or X dN GFN [PAGES])"),
     ("X 0x100 0", "'X': page count must be at least 1"),
     ("W", "'W': which domain? (usage: W dN [VADDR])"),

@@ -50,7 +50,8 @@ def test_counter_guest_is_exact_across_slices(tmp_path):
     spin = tmp_path / "spin.S"
     spin.write_text(SPIN)
     with serve(*HOST_FILES, *host_only(tmp_path)) as host, Console.open(host.urls["tcp"]) as con:
-        con.run(f"xl create name=spin memory=16 workload=asm:{spin}", check=True)
-        con.run(f"xl create name=count memory=16 workload=asm:{counter}", check=True)
+        for name, prog in (("spin", spin), ("count", counter)):
+            args = f"'name=\"{name}\"' memory=16 'workload=\"asm:{prog}\"'"
+            con.run(f"xl create /dev/null {args}", check=True)
         i = con.expect([r"\(d2\) ok\r\n", r"\(d2\) N\r\n"], timeout=150)
         assert i == 0, "the counter guest saw a store run twice"

@@ -209,12 +209,14 @@ def test_hexdump_guest_pages_cap_and_holes(machine):
     assert big[0] == f"100 pages asked, dumping the first {MAX_PAGES} (the most one X shows)"
     assert sum(1 for x in big if x.startswith(f"{d} gfn ")) == MAX_PAGES
     assert big[-1] == f"{(0x100 + MAX_PAGES) << 12:016x}"
-    machine.set_target(dom, 4096 - 256)  # balloons out gfns 0xf00-0xfff
-    lines = run(hexdump_memory, machine, d, "0xeff", "3")
-    assert f"{d} gfn 0xf00 -> hole (not populated)" in lines
+    # The memory model's balloon (emu/mm/memory.py set_target) takes the 256 highest gfns:
+    # 0xf01-0x1000, RAM being laid out around the shared_info hole at gfn 0x0e.
+    machine.set_target(dom, 4096 - 256)
+    lines = run(hexdump_memory, machine, d, "0xf00", "3")
     assert f"{d} gfn 0xf01 -> hole (not populated)" in lines
-    with pytest.raises(KeyhandlerError, match=f"{d} gfn 0xf00 is not populated"):
-        run(hexdump_memory, machine, d, "0xf00")
+    assert f"{d} gfn 0xf02 -> hole (not populated)" in lines
+    with pytest.raises(KeyhandlerError, match=f"{d} gfn 0xf01 is not populated"):
+        run(hexdump_memory, machine, d, "0xf01")
     end = machine.ram.nr_frames
     tail = run(hexdump_memory, machine, hex(end - 1))
     assert tail[-1] == f"{end << 12:016x}"

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pv_helpers
 import pytest
 from console_hosts import host_only
 
@@ -29,14 +30,12 @@ TESTS = ["test-pv64-example", "test-pv64-selftest"]
 
 
 @pytest.fixture(scope="module")
-def xtf_tree(tmp_path_factory) -> Path:
+def xtf_tree() -> Path:
     if not (SHARED / "xtf" / "xtf-runner").is_file() or not BUILD.is_file():
         pytest.skip(f"needs XTF's source and build script in {SHARED} (xtf/, xtf-build.sh)")
     if shutil.which("gcc") is None or shutil.which("make") is None:
         pytest.skip("needs gcc and make to build XTF")
-    dest = tmp_path_factory.mktemp("xtf")
-    subprocess.run([str(BUILD), str(dest)], check=True, capture_output=True, timeout=600)
-    return dest
+    return pv_helpers.xtf_tree()  # built once, kept in build/ (the runner only reads it)
 
 
 @pytest.mark.timeout(600)

@@ -203,12 +203,17 @@ def test_non_ascii_byte_gives_one_error_line(tmp_path):
     assert user(b'# caf\xe9\n.ascii "caf\xc3\xa9"\n') == b"caf\xc3\xa9"
 
 
+def xl_create(name: str, program) -> str:
+    """`xl create` of an `asm:` guest from the command line alone (the config is /dev/null)."""
+    return f"xl create -q /dev/null 'name=\"{name}\"' memory=4 'workload=\"asm:{program}\"'"
+
+
 def test_non_ascii_byte_through_the_shell(machine, tmp_path):
     p = tmp_path / "bad.S"
     p.write_bytes(b"nop\n\xff\xfe\n")
     out = bytearray()
     sh = Dom0Shell(machine, out.extend, Dom0Fs("/"))  # tests name files by host path
-    assert sh.run(f"xl create name=na memory=4 workload=asm:{p}") == 3
+    assert sh.run(xl_create("na", p)) == 3
     text = out.decode("utf-8")
     assert text.count("\n") == 1 and "internal error" not in text
     assert text.startswith(f"workload: asm: {p}: line 2: ")
@@ -297,7 +302,7 @@ def test_shell_prompt_returns_after_the_assembler(machine, tmp_path):
     sh.runner = runner = ManualRunner()
     sh.prompt()
     out.clear()
-    sh.rx(f"xl create name=bg memory=4 workload=asm:{p}; echo rc=$?\r".encode())
+    sh.rx(f"{xl_create('bg', p)}; echo rc=$?\r".encode())
     assert len(runner.jobs) == 1 and sh.waiting is not None
     assert PROMPT.encode() not in out and b"rc=0" not in out
     assert all(d.name != "bg" for d in machine.domains.values())
@@ -319,7 +324,7 @@ def test_shell_wait_error_and_ctrl_c(machine, tmp_path):
     sh.runner = runner = ManualRunner()
     sh.prompt()
     out.clear()
-    sh.rx(f"xl create name=e memory=4 workload=asm:{p}\r".encode())
+    sh.rx(f"{xl_create('e', p)}\r".encode())
     runner.finish()
     assert out.decode().endswith(
         f"workload: asm: {p}: line 1: junk at end of line, first unrecognized character "
@@ -328,7 +333,7 @@ def test_shell_wait_error_and_ctrl_c(machine, tmp_path):
     assert sh.status == 3
     out.clear()
     p.write_text(SAY_HI)
-    sh.rx(f"xl create name=gone memory=4 workload=asm:{p}\rxyz\x03".encode())
+    sh.rx(f"{xl_create('gone', p)}\rxyz\x03".encode())
     assert out.decode().endswith("^C\r\n" + PROMPT) and sh.status == 130
     runner.finish()  # the result of an abandoned wait is dropped
     assert all(d.name != "gone" for d in machine.domains.values())
@@ -339,7 +344,9 @@ def test_spec_errors_come_first_and_without_waiting(machine, tmp_path):
     out = bytearray()
     sh = Dom0Shell(machine, out.extend, Dom0Fs("/"))  # tests name files by host path
     sh.runner = runner = ManualRunner()
-    assert sh.run_line("xl create name=Domain-0 memory=4 workload=asm:/etc/hosts")
+    assert sh.run_line(
+        "xl create /dev/null 'name=\"Domain-0\"' memory=4 'workload=\"asm:/etc/hosts\"'"
+    )
     assert runner.jobs == [] and sh.status == 3
     assert "already exists" in out.decode()
 

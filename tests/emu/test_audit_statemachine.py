@@ -48,7 +48,7 @@ class MemoryMachine(RuleBasedStateMachine):
         before = self.snapshot()
         existed = self.dom(name) is not None
         extra = f" maxmem={maxmem}" if maxmem is not None else ""
-        status, out = self.xl(f"xl create name={name} memory={mem}{extra}")
+        status, out = self.xl(f"xl create -q /dev/null 'name=\"{name}\"' memory={mem}{extra}")
         fits = mem > 0 and (mem << 8) + 1 <= before[0]
         must_fail = existed or not fits or (maxmem is not None and maxmem < mem)
         if status == 0:
@@ -92,8 +92,14 @@ class MemoryMachine(RuleBasedStateMachine):
             return
         old = before[1][d.domid]
         want = kb >> 2
-        expect = want if want <= old else min(want, old + before[0])
-        assert d.tot_pages == expect and d.max_pages == want + 256
+        # libxl_set_memory_target() moves only the target (tools/libs/light/libxl_mem.c:
+        # 180-330); a domU's frames move when its balloon driver acts, and this machine
+        # runs no guest CPUs. dom0's driver is modelled as reaching the target at once.
+        if d.domid == 0:
+            expect = want if want <= old else min(want, old + before[0])
+        else:
+            expect = old
+        assert d.tot_pages == expect and d.max_pages == want + 256 and d.target_pages == want
         assert self.m.free_pages() == before[0] + old - expect
 
     @rule(name=st.sampled_from(NAMES), mib=MIB)

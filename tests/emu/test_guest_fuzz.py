@@ -31,6 +31,7 @@ SPICE = [
     b"\xfb",  # sti
     b"\xf4",  # hlt
     b"\x0f\x05",  # syscall
+    b"\x0f\x01\xc1",  # vmcall (a hypercall, whatever rax holds)
     b"\xe6\xe9",  # out 0xe9, al
     b"\xe4\x80",  # in al, 0x80
     b"\xcc",  # int3

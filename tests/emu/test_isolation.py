@@ -175,18 +175,16 @@ guess:
     + REPORT.replace("    mov rax, r12\n", "    mov rax, r12\n    and eax, 0xffffffff\n", 1)
     + 'done:\n    .asciz "io done\\n"\n',
     "hypercall_ptrs": """
-    mov eax, 18
     xor edi, edi
     mov esi, 64
     mov rdx, 0xffff830000000000
-    syscall
+    call 0xf000 + 32 * 18
     mov r12, rax
     neg r12
-    mov eax, 18
     xor edi, edi
     mov esi, 64
     mov rdx, 0x7000000000
-    syscall
+    call 0xf000 + 32 * 18
 """
     + REPORT,
 }
@@ -199,7 +197,8 @@ EXPECT = {
     "efer": None,
     "lgdt": None,
     "sysret": None,
-    "guess_reads": [str(0x1FF + 2)],
+    # gfn 0x1000 is RAM: the shared_info hole at gfn 0x0e moved the last page up one gfn
+    "guess_reads": [str(0x1FF + 1)],
     "own_pte_write": None,
     "ports": ["io done", str(0xFFFFFFFF)],
     "hypercall_ptrs": ["14"],

@@ -104,9 +104,12 @@ def test_asm_paths_out_of_dom0_are_refused(machine, world, path):
     root, secret, watch = world
     path = path.replace("SECRET", str(secret))
     sh, out = shell(machine, root)
-    status, text = run(sh, out, f"xl create name=a memory=4 workload=asm:{path}")
+    status, text = run(sh, out, f"xl create /dev/null 'name=\"a\"' 'workload=\"asm:{path}\"'")
     # emu/workload.py assemble_program(): one line, no reason, whatever the host holds.
-    assert (status, text) == (3, f"workload: asm: cannot read {path}\n")
+    assert (status, text) == (
+        3,
+        f"Parsing config from /dev/null\nworkload: asm: cannot read {path}\n",
+    )
     assert watch.events() == []
     assert "a" not in {d.name for d in machine.domains.values()}
 
@@ -171,7 +174,14 @@ def test_private_root_has_the_readme_examples():
     fs = Dom0Fs.private()
     try:
         assert os.stat(fs.root).st_mode & 0o777 == 0o700
-        assert fs.listing("/root") == ["hello.S", "hello.cfg", "spin.S", "spin.cfg", "touch.cfg"]
+        assert fs.listing("/root") == ["hello.S", "hello.cfg", "spin.S", "spin.cfg"]
+        assert fs.listing("/etc/xen") == [
+            "asm.cfg",
+            "idle.cfg",
+            "random.cfg",
+            "stream.cfg",
+            "touch.cfg",
+        ]
         with pytest.raises(FsError) as e:
             fs.read("/root/../..")
         assert e.value.strerror == "Permission denied"
@@ -206,10 +216,12 @@ def test_kernel_paths_out_of_dom0_are_refused(world, path):
     watch = Watch(str(secret), str(secret / "vmlinuz"))
     sh, out = shell(machine, root)
     name = f"k{len(path)}"
-    status, text = run(sh, out, f"xl create name={name} type=pv memory=16 kernel={path}")
+    args = f"'name=\"{name}\"' 'type=\"pv\"' memory=16 'kernel=\"{path}\"'"
+    status, text = run(sh, out, f"xl create /dev/null {args}")
     # tools/libs/guest/xg_dom_core.c:205 xc_dom_malloc_filemap(): "failed to open file".
     assert status == 3
-    assert text.splitlines()[0] == (
+    assert text.splitlines()[0] == "Parsing config from /dev/null"
+    assert text.splitlines()[1] == (
         f"xc: error: panic: xg_dom_core.c:205: failed to open file '{path}': "
         "Permission denied: Internal error"
     )

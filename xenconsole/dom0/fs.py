@@ -14,8 +14,9 @@ Nothing outside the top is opened, stat'ed or read; a refusal is decided from wh
 only, and is one `Permission denied` (EACCES) whatever exists on the host, so an error never
 tells whether a host path exists.
 
-`Dom0Fs.private()` is the server's default: a fresh 0700 directory, filled with the example
-programs and configs of the README (xenconsole/dom0/skel/), removed by `close()`.
+`Dom0Fs.private()` is the server's default: a fresh 0700 directory, filled from the skeleton
+xenconsole/dom0/skel/ (the README's example programs and configs in /root, xl's example
+configs in /etc/xen), removed by `close()`.
 """
 
 from __future__ import annotations
@@ -64,11 +65,12 @@ class Dom0Fs:
 
     @classmethod
     def private(cls) -> Dom0Fs:
-        """A fresh private root (0700) holding the README's examples under /root."""
+        """A fresh private root (0700) holding a copy of the skeleton (/root, /etc/xen)."""
         top = tempfile.mkdtemp(prefix="xenconsole-dom0-")
         fs = cls(top, owned=True)
-        home = os.path.join(top, HOME.lstrip("/"))
-        shutil.copytree(SKEL, home, ignore=shutil.ignore_patterns("__pycache__"))
+        ignore = shutil.ignore_patterns("__pycache__")
+        for entry in SKEL.iterdir():  # the top itself keeps mkdtemp's 0700
+            shutil.copytree(entry, os.path.join(top, entry.name), ignore=ignore)
         return fs
 
     def close(self) -> None:

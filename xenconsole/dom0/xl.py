@@ -145,11 +145,57 @@ def getopts(sh, argv: list[str], optstring: str, longopts: list[str], helpstr: s
     return opts, rest
 
 
-def find_domain(sh, machine, qualifier: str):
-    """find_domain(): a domid (all digits) or a name; xl's error otherwise."""
+DOMID_FIRST_RESERVED = 0x7FF0  # xen/include/public/xen.h
+_NO_DOMINFO = "libxl_dom.c:37:libxl__domain_type: {d}unable to get dominfo: No such process"
+
+# What xl prints for an all-digit qualifier that names no domain. find_domain() takes any
+# number as a domid (tools/libs/light/libxl_utils.c:95-101); the command's first libxl call
+# then fails: XEN_DOMCTL_getdomaininfo or _pausedomain returns -ESRCH (xen/common/domctl.c:371).
+# libxl lines are FILE:LINE:FUNCTION of the LOG call (libxl_internal.c:241). xl's own last
+# line and exit status: xl_vmcontrol.c:94, :75 and :80 (pause and unpause ignore libxl's
+# answer), xl_console.c:59, xl_info.c:688-690 (`list`).
+NO_SUCH_DOMAIN: dict[str, tuple[tuple[str, ...], str | None, int]] = {
+    "destroy": (
+        (
+            "libxl_domain.c:356:libxl_domain_info: {d}Getting domain info: No such process",
+            "libxl_domain.c:1181:libxl__destroy_domid: {d}Non-existant domain",
+            "libxl_domain.c:1135:domain_destroy_callback: {d}Unable to destroy guest",
+            "libxl_domain.c:1062:domain_destroy_cb: {d}Destruction of domain failed",
+        ),
+        "destroy failed (rc=-21)",  # ERROR_DOMAIN_NOTFOUND
+        1,
+    ),
+    "pause": (
+        ("libxl_domain.c:585:libxl_domain_pause: {d}Pausing domain: No such process",),
+        None,
+        0,
+    ),
+    "unpause": ((_NO_DOMINFO,), None, 0),
+    "list": (
+        ("libxl_domain.c:356:libxl_domain_info: {d}Getting domain info: No such process",),
+        "Error: Domain '{q}' does not exist.",
+        1,
+    ),
+    "console": ((_NO_DOMINFO,), "Unable to attach console", 1),
+}
+
+
+def find_domain(sh, machine, qualifier: str, command: str | None = None):
+    """find_domain(): a domid (all digits) or a name; xl's error otherwise. For a number that
+    names no domain, `command`'s libxl errors (NO_SUCH_DOMAIN) when it is one listed there."""
     if qualifier.isdigit():
-        domid = int(qualifier)
+        # strtoul() into a uint32_t (libxl_utils.c:100)
+        domid = min(int(qualifier), (1 << 64) - 1) & 0xFFFFFFFF
         dom = machine.domains.get(domid)
+        if dom is None and command in NO_SUCH_DOMAIN:
+            lines, last, status = NO_SUCH_DOMAIN[command]
+            # libxl_internal.c:238: "Domain %u:" only for a valid guest domid
+            prefix = f"Domain {domid}:" if 0 < domid < DOMID_FIRST_RESERVED else ""
+            for line in lines:
+                sh.eprintln("libxl: error: " + line.format(d=prefix))
+            if last is not None:
+                sh.eprintln(last.format(q=qualifier))
+            raise XlExit(status)
     else:
         dom = next((d for d in machine.domains.values() if d.name == qualifier), None)
     if dom is None:

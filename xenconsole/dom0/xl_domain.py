@@ -1,12 +1,13 @@
 """`xl create`, `xl destroy` (tools/xl/xl_vmcontrol.c) with xl-style config files (xl_parse.c).
 
 A config file is xl's syntax: `key = value` statements (newline or `;` separated, `#`
-comments), values are numbers, "strings"/'strings' or [lists]. KEY=VALUE arguments are
-appended to the file's text, as xl does; a bare word on the command line (`name=web`) is
-taken as a string. Keys: name, memory (MiB), maxmem (MiB), vcpus, workload; for 64-bit PV
-guests (emu/pv/) type, kernel, cmdline/extra, on_poweroff/on_crash/on_reboot, and the
-legacy loader (ignored, as xl does). Other keys are
-refused (a real xl ignores keys it does not know; here they would silently do nothing).
+comments), values are numbers, "strings"/'strings' or [lists]. A config file is required
+(xl_vmcontrol.c create_domain); KEY=VALUE arguments are appended to the file's text, as xl
+does, so a string value needs its quotes there too (`'name="web"'`). Keys: name, memory
+(MiB), maxmem (MiB), vcpus, workload; for 64-bit PV guests (emu/pv/) type, kernel,
+cmdline/extra, on_poweroff/on_crash/on_reboot, and the legacy loader (ignored, as xl does).
+Other keys are refused (a real xl ignores keys it does not know; here they would silently
+do nothing).
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ KEYS += ("viridian",)  # loader: legacy, ignored; viridian: HVM-only, ignored fo
 INT_KEYS = ("memory", "maxmem", "vcpus", "max_event_channels")
 ANY_KEYS = ("viridian",)  # any value (xl: a boolean or a list)
 ERROR_FAIL = 3  # xl create returns -ERROR_FAIL
+ERROR_INVAL = 6  # -ERROR_INVAL (libxl_types.idl:53)
 MAX_CONFIG = 1 << 20
 
 _STMT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _NUM = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)$")
-_BARE = re.compile(r"^[A-Za-z0-9_.:/,+\-@=]+$")
+_IDENT = re.compile(r"[a-z][._0-9a-z]*")  # libxlu_cfg_l.l:55, a key, never a value
 
 
 class ConfigParseError(Exception):
@@ -53,19 +55,24 @@ def _split_statements(text: str):
             yield lineno, part
 
 
-def _value(text: str, bare_ok: bool):
+class _UnquotedWord(ValueError):
+    """A bare word where a value belongs: libxlu's lexer makes it an IDENT token."""
+
+
+def _value(text: str):
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         return text[1:-1]
     if _NUM.match(text):
         return int(text, 0)
     if text.startswith("[") and text.endswith("]"):
-        return [_value(x.strip(), bare_ok) for x in text[1:-1].split(",") if x.strip()]
-    if bare_ok and _BARE.match(text):
-        return text
+        return [_value(x.strip()) for x in text[1:-1].split(",") if x.strip()]
+    ident = _IDENT.match(text)
+    if ident:
+        raise _UnquotedWord(ident.group(0))
     raise ValueError(text)
 
 
-def parse_config(text: str, source: str, bare_ok: bool = False) -> dict:
+def parse_config(text: str, source: str) -> dict:
     """xl config text -> {key: value}; later statements override earlier ones."""
     cfg: dict = {}
     for lineno, stmt in _split_statements(text):
@@ -79,7 +86,13 @@ def parse_config(text: str, source: str, bare_ok: bool = False) -> dict:
             )
         key, raw = m.groups()
         try:
-            value = _value(raw, bare_ok)
+            value = _value(raw)
+        except _UnquotedWord as e:
+            # libxlu_cfg.c:699 with bison's %error-verbose message (libxlu_cfg_y.y:33).
+            raise ConfigParseError(
+                f"{source}:{lineno}: config parsing error near `{e.args[0]}': syntax error, "
+                "unexpected IDENT, expecting STRING or NUMBER or '['"
+            ) from None
         except ValueError:
             raise ConfigParseError(
                 f"{source}:{lineno}: config parsing error near `{raw[:40]}': syntax error"
@@ -176,23 +189,26 @@ def _create_args(sh, argv: list[str]):
 )
 def main_create(sh, argv: list[str]) -> int | Pending:
     config_file, extra, flags = _create_args(sh, argv)
+    if config_file is None:
+        # xl_vmcontrol.c:838: no file and no save file; main_create returns -ERROR_INVAL.
+        sh.eprintln("Config file not specified and none in save file")
+        return ERROR_INVAL
     text = ""
     try:
-        if config_file is not None:
-            try:
-                # dom0's own filesystem (xenconsole/dom0/fs.py): nothing outside it is opened.
-                if config_file != "/dev/null":
-                    text = sh.fs.read(config_file, sh.cwd, MAX_CONFIG).decode("utf-8", "replace")
-            except FsError as e:
-                why = os.strerror(errno.EINVAL) if e.errno == errno.EISDIR else e.strerror
-                sh.eprintln(f"Failed to read config file: {config_file}: {why}")
-                return ERROR_FAIL
-            if not ({"-q", "--quiet"} & flags):
-                sh.eprintln(f"Parsing config from {config_file}")
-            cfg = parse_config(text, config_file)
-        else:
-            cfg = {}
-        cfg.update(parse_config("\n".join(extra), "command line", bare_ok=True))
+        try:
+            # dom0's own filesystem (xenconsole/dom0/fs.py): nothing outside it is opened.
+            if config_file != "/dev/null":
+                text = sh.fs.read(config_file, sh.cwd, MAX_CONFIG).decode("utf-8", "replace")
+        except FsError as e:
+            why = os.strerror(errno.EINVAL) if e.errno == errno.EISDIR else e.strerror
+            sh.eprintln(f"Failed to read config file: {config_file}: {why}")
+            return ERROR_FAIL
+        if extra:
+            # xl_vmcontrol.c:831: "\n%s\n" of the arguments, each ended by "\n" (main_create).
+            text += "\n" + "".join(arg + "\n" for arg in extra) + "\n"
+        if not ({"-q", "--quiet"} & flags):
+            sh.eprintln(f"Parsing config from {config_file}")
+        cfg = parse_config(text, config_file)
     except ConfigParseError as e:
         sh.eprintln(str(e))
         sh.eprintln("Failed to parse config: Invalid argument")
@@ -284,7 +300,7 @@ def _create(sh, spec: DomainSpec, flags: set[str], prepared: object) -> int:
 def main_destroy(sh, argv: list[str]) -> int:
     opts, rest = getopts(sh, argv, "f", [], "destroy", 1)
     force = any(o == "-f" for o, _ in opts)
-    dom = find_domain(sh, sh.machine, rest[0])
+    dom = find_domain(sh, sh.machine, rest[0], "destroy")
     if dom.domid == 0:
         if not force:
             sh.eprintln(

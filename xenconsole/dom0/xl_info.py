@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import importlib.util
 
 from emu import version
 from keyhandlers import KEY_TABLE
 from keyhandlers.dispatch import run_handler
+from xenconsole.dom0.libxl_json import list_long
 from xenconsole.dom0.xl import command, find_domain, getopts, help_text
 
 DOM0_UNAME = "Linux dom0 6.1.0-27-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.115-1 x86_64"
 XEN_CAPS = "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64 "
 SHUTDOWN_REASON_LETTERS = "-rscwS"
-
-
-def domain_details(dom) -> dict:
-    """`xl list -l`: the domain's configuration as libxl JSON (the parts we model)."""
-    spec = dom.spec  # None for dom0 (built at boot, not from a config)
-    return {
-        "domid": dom.domid,
-        "config": {
-            "c_info": {
-                "type": "pv" if dom.domid == 0 else "hvm",
-                "name": dom.name,
-                "uuid": dom.handle,
-            },
-            "b_info": {
-                "max_vcpus": len(dom.vcpus),
-                "max_memkb": dom.max_pages * 4,
-                "target_memkb": dom.tot_pages * 4,
-                "workload": spec.workload if spec is not None else None,
-            },
-        },
-    }
 
 
 def list_header(verbose=False, context=False, cpupool=False, numa=False) -> str:
@@ -93,15 +73,12 @@ def main_list(sh, argv: list[str]) -> int:
         sh.write(help_text("list"))
         return 1
     if rest:
-        if rest[0].isdigit() and int(rest[0]) not in machine.domains:
-            # An all-digit qualifier is taken as a domid; libxl_domain_info() then fails.
-            sh.println(f"Error: Domain '{rest[0]}' does not exist.")
-            return 1
-        doms = [find_domain(sh, machine, rest[0])]
+        # An all-digit qualifier is taken as a domid; libxl_domain_info() then fails.
+        doms = [find_domain(sh, machine, rest[0], "list")]
     else:
         doms = machine.domain_list()
     if any(o in ("-l", "--long") for o, _ in opts):
-        sh.println(json.dumps([domain_details(d) for d in doms], indent=4))
+        sh.write(list_long(doms))  # xenconsole/dom0/libxl_json.py
         return 0
     flags = {
         name: any(o in (f"-{short}", f"--{name}") for o, _ in opts)
@@ -111,6 +88,15 @@ def main_list(sh, argv: list[str]) -> int:
     for dom in doms:
         sh.println(list_row(dom, **flags))
     return 0
+
+
+def virt_caps() -> str:
+    """xl_info.c:282 over this host's XEN_SYSCTL_physinfo capabilities (xen/arch/x86/
+    sysctl.c:98-105, xen/common/sysctl.c:267-283): pv (64-bit PV guests, emu/pv/), hvm
+    (SVM) without hap (emu/boot.py: HAP not detected), shadow; no IOMMU (directio), vmtrace
+    or vPMU; grant tables up to GNTTAB_MAX_VERSION 2."""
+    caps = ["pv"] if importlib.util.find_spec("emu.pv") is not None else []
+    return " ".join(caps + ["hvm", "shadow", "gnttab-v1", "gnttab-v2"])
 
 
 def info_lines(machine) -> list[tuple[str, str]]:
@@ -129,7 +115,7 @@ def info_lines(machine) -> list[tuple[str, str]]:
         ("threads_per_core", "1"),
         ("cpu_mhz", "2994.374"),
         ("hw_caps", "178bfbff:f6d8320b:2e500800:000007f7:0000000f:219c07a9:0040069c:00000100"),
-        ("virt_caps", "pv hvm shadow gnttab-v1 gnttab-v2"),  # " pv": 64-bit PV guests (emu/pv/)
+        ("virt_caps", virt_caps()),
         ("total_memory", str(total)),
         ("free_memory", str(free)),
         ("sharing_freed_memory", "0"),

@@ -92,7 +92,19 @@ def main_memset(sh, argv: list[str]) -> int:
         return 1
     # enforce=1: max_pages follows the target (plus libxl's constant slack).
     machine.set_max_pages(dom, (new_target_kb + LIBXL_MAXMEM_CONSTANT_KB) // 4)
-    machine.set_target(dom, new_target_kb // 4)
+    if dom.domid == 0:
+        # dom0's kernel is not emulated: its balloon driver is modelled as reaching the
+        # target at once (emu/mm/memory.py set_target).
+        machine.set_target(dom, new_target_kb // 4)
+        return 0
+    # libxl_set_memory_target() (libxl_mem.c:180-330) only writes memory/target: the
+    # guest's own balloon driver, if it has one, watches that key and gives frames back
+    # (the built-in guest kernel's does, emu/guest/kernel.S); a guest without one keeps
+    # its frames. (xc_domain_set_pod_target() has nothing to do: no populate-on-demand.)
+    dom.target_pages = new_target_kb // 4
+    xs = getattr(getattr(machine, "pv", None), "xenstore", None)
+    if xs is not None and dom.domid in machine.domains:
+        xs.write(f"/local/domain/{dom.domid}/memory/target", str(new_target_kb))
     return 0
 
 

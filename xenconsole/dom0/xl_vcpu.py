@@ -64,7 +64,7 @@ def _libxl_error(sh, line: int, func: str, domid: int, what: str, err: str) -> N
 @command("pause", "Pause execution of a domain", "<Domain>", can_dryrun=True)
 def main_pause(sh, argv: list[str]) -> int:
     _, rest = getopts(sh, argv, "", [], "pause", 1)
-    dom = find_domain(sh, sh.machine, rest[0])
+    dom = find_domain(sh, sh.machine, rest[0], "pause")
     sched = sh.machine.sched
     if dom.domid == 0 or sched is None:  # XEN_DOMCTL_pausedomain on itself: -EINVAL
         _libxl_error(sh, 585, "libxl_domain_pause", dom.domid, "Pausing domain", "Invalid argument")
@@ -76,7 +76,7 @@ def main_pause(sh, argv: list[str]) -> int:
 @command("unpause", "Unpause a paused domain", "<Domain>", can_dryrun=True)
 def main_unpause(sh, argv: list[str]) -> int:
     _, rest = getopts(sh, argv, "", [], "unpause", 1)
-    dom = find_domain(sh, sh.machine, rest[0])
+    dom = find_domain(sh, sh.machine, rest[0], "unpause")
     sched = sh.machine.sched
     if dom.domid == 0 or sched is None or dom.pause_count == 0:
         _libxl_error(
@@ -93,7 +93,12 @@ def main_unpause(sh, argv: list[str]) -> int:
 
 
 class ConsoleSession:
-    """The foreground `xl console`: guest lines out, Ctrl-] back to the dom0 prompt."""
+    """The foreground `xl console`: guest lines out, Ctrl-] back to the dom0 prompt.
+
+    Guest lines and the domain's end arrive on the thread that produced them (a vCPU's,
+    or whichever destroyed the domain); the shell and its connection belong to the
+    reactor's thread, so both hop there, in the order they happened (a write from another
+    thread would race the reactor's own bookkeeping of the connection)."""
 
     def __init__(self, sh, dom, escape: int = CTRL_RBRACKET) -> None:
         self.sh = sh
@@ -101,14 +106,21 @@ class ConsoleSession:
         pv = getattr(dom, "pv", None)  # a PV guest: the console ring's copy (emu/pv/event.py)
         self.con = pv.console if pv is not None else dom.hvm.console
         self.closed = False
+        self._hop = _reactor_hop()
 
     def start(self) -> None:
         backlog = "".join(t + "\n" for t in self.con.lines)[-CONSOLE_REPLAY_BYTES:]
         if backlog:
             self.sh.write(backlog)
-        self.con.listeners.append(self.output)
-        self.con.on_close.append(self.close)
-        self.sh.foreground = self.input
+        self.sh.foreground = self.input  # before on_close: a gone domain closes at once
+        self.con.listeners.append(self._output)
+        self.con.on_close.append(self._close)
+
+    def _output(self, text: str) -> None:
+        self._hop(self.output, text)
+
+    def _close(self) -> None:
+        self._hop(self.close)
 
     def output(self, text: str) -> None:
         if not self.closed:
@@ -123,10 +135,22 @@ class ConsoleSession:
         if self.closed:
             return
         self.closed = True
-        if self.output in self.con.listeners:
-            self.con.listeners.remove(self.output)
+        if self._output in self.con.listeners:
+            self.con.listeners.remove(self._output)
         if self.sh.foreground == self.input:
             self.sh.foreground_done()
+
+
+def _reactor_hop():
+    """How to run a call on the shell's thread: the running reactor's queue when the shell
+    lives on it (always queued, so calls keep their order), else at once (no reactor)."""
+    from twisted.python import threadable
+
+    if threadable.isInIOThread():
+        from twisted.internet import reactor
+
+        return reactor.callFromThread
+    return lambda fn, *args: fn(*args)
 
 
 @command(
@@ -146,7 +170,7 @@ def main_console(sh, argv: list[str]) -> int:
             raise XlExit(1)
         if o == "-e" and a:  # tools/console/client: "^c" is Ctrl-c, else the character
             escape = (ord(a[1].upper()) & 0x1F) if a[0] == "^" and len(a) == 2 else ord(a[0])
-    dom = find_domain(sh, sh.machine, rest[0])
+    dom = find_domain(sh, sh.machine, rest[0], "console")
     if dom.hvm is None and dom.pv is None:
         sh.println("Unable to attach console")
         return 1
