@@ -88,7 +88,9 @@ def draw(data: dict, path: str, width: float = 10.0) -> list[dict]:
         ax.set_xlim(xs[0], xs[-1])
         ax.set_ylim(0, g)
         ax.set_ylabel("gfn")
-        ax.set_yticks([g * i // 4 for i in range(5)], [f"{g * i // 4:#x}" for i in range(5)])
+        step = 1 << max(0, (max(g, 4) // 4).bit_length() - 1)  # a power of two: round hex
+        ticks = list(range(0, g + 1, step))
+        ax.set_yticks(ticks, [f"{t:#x}" for t in ticks])
         ax.set_title(f"d{domids[col]} {names[col]}: fraction of each gfn bucket accessed",
                      fontsize=9, loc="left")  # fmt: skip
         boxes.append({"domid": int(domids[col]), "name": str(names[col]), "ax": ax,
