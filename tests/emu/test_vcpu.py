@@ -266,7 +266,9 @@ def test_workload_validation():
 
     assert v("idle") is None
     assert v("touch:pages=100") is None
-    assert v("bogus") == "workload: unknown workload 'bogus' (idle, touch, random, stream, asm)"
+    assert v("bogus") == (
+        "workload: unknown workload 'bogus' (idle, touch, random, stream, phases, asm)"
+    )
     # RAM is laid out around the shared_info hole at gfn 0x0e (emu/domain_build.py), so a
     # 16M guest's last gfn is 0x1000 and its arena one page longer than 0x100-0xfff.
     assert v("touch:pages=4000,stride=2") == (
