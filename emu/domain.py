@@ -131,6 +131,7 @@ class Domain:
     pv: PVDomain | None = None  # 64-bit PV state (set by emu/pv/domain.py), type="pv" only
     reserved_gfns: set[int] | np.ndarray = field(default_factory=set)  # never ballooned
     xenheap_pages: int = 0
+    access_windows: int = 0  # keys `Z` so far (emu/access/scan.py reset_window)
     xenpage_mfns: list[int] = field(default_factory=list)  # d->xenpage_list
     extra_pages: int = 0
     target_pages: int = 0  # balloon target (xenstore memory/target)

@@ -135,7 +135,7 @@ class HVMGuest(HVMDomain):
         # frames and vCPUs must go at destroy, tests/emu/test_teardown.py).
         self.dom = weakref.proxy(dom)
         self.evtchn = HVMEventChannels(machine, self.dom)
-        self.params: dict[int, int] = {}  # HVM_PARAM_*
+        # self.params (HVM_PARAM_*) comes from HVMDomain, with Xen's triple-fault reason.
         self.shinfo_gfn: int | None = None  # where the guest mapped shared_info
         self.xenstore = None  # its emu/pv/xenstored.py Connection
 

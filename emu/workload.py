@@ -1,7 +1,13 @@
 """Guest workloads (docs/contract.md): parsing, validation against a domain's memory, layout.
 
 A workload string is `idle`, `touch:pages=N[,stride=S][,write=0|1][,start=GFN]`,
-`random:ws=N[,seed=K][,write=0|1]`, `stream:pages=N` or `asm:PATH`. `check_workload(spec)`
+`random:ws=N[,seed=K][,write=0|1]`, `stream:pages=N`, `phases:a=GFN,b=GFN,pages=N,k=K` or
+`asm:PATH`. `phases` is a ground truth for keys `U`/`Z`: in each window (between two `Z`)
+vCPU 0 reads the N pages from `a` once (windows 0..K-1, counting from creation), from `b`
+(windows K..2K-1), from `a` again (2K..3K-1), then halts; it learns the window number from
+START_WINDOW, which `Z` writes (emu/access/scan.py), and prints `phases window W` after each
+pass. So the pages a window saw are exactly its phase's range plus the kernel's own: the
+start-info page (GFN 0), the kernel text and vCPU 0's stack page (`puts`). `check_workload(spec)`
 parses, fit-checks and (for `asm:`) assembles a DomainSpec's workload once, keeping the result
 in `spec.prepared`; every later check and the guest builder (emu/domain_build.py) reuse it.
 `validate_workload(spec)` is its one-line-error form, called before any memory is allocated.
@@ -59,19 +65,21 @@ START_PT_START = 0x58
 START_PT_PAGES = 0x60
 START_HYPERCALL_PAGE = 0x68  # VA of the hypercall page the kernel installs
 START_BALLOON_FLOOR = 0x70  # the balloon driver gives back gfns at or above this one
+START_WINDOW = 0x78  # keys `Z` so far for this domain: written by `Z` (emu/access/scan.py)
 START_INFO_MAGIC = int.from_bytes(b"XENCGST1", "little")
 
-KIND_IDLE, KIND_TOUCH, KIND_RANDOM, KIND_STREAM, KIND_ASM = range(5)
+KIND_IDLE, KIND_TOUCH, KIND_RANDOM, KIND_STREAM, KIND_ASM, KIND_PHASES = range(6)
 KIND_NAMES = {"idle": KIND_IDLE, "touch": KIND_TOUCH, "random": KIND_RANDOM}
-KIND_NAMES.update({"stream": KIND_STREAM, "asm": KIND_ASM})
+KIND_NAMES.update({"stream": KIND_STREAM, "asm": KIND_ASM, "phases": KIND_PHASES})
 
 _ALLOWED = {
     "idle": set(),
     "touch": {"pages", "stride", "write", "start"},
     "random": {"ws", "seed", "write"},
     "stream": {"pages"},
+    "phases": {"a", "b", "pages", "k"},
 }
-_REQUIRED = {"touch": "pages", "random": "ws", "stream": "pages"}
+_REQUIRED = {"touch": "pages", "random": "ws", "stream": "pages", "phases": "pages"}
 
 
 class WorkloadError(ValueError):
@@ -99,6 +107,8 @@ class Workload:
             return p["ws"], p.get("seed", 1), p.get("write", 0), 0
         if self.kind == "stream":
             return p["pages"], 0, 0, 0
+        if self.kind == "phases":
+            return p["a"], p["b"], p["pages"], p.get("k", 1)
         return 0, 0, 0, 0
 
     def balloon_floor(self, arena_start: int = ARENA_START) -> int:
@@ -116,7 +126,18 @@ class Workload:
             return range(arena_start, arena_start + p["ws"])
         if self.kind == "stream":
             return range(arena_start, arena_start + p["pages"])
+        if self.kind == "phases":
+            return range(min(p["a"], p["b"]), max(p["a"], p["b"]) + p["pages"])
         return range(0)
+
+    def phase_gfns(self, window: int) -> range:
+        """`phases`: the arena pages read in window `window` (empty once it halted)."""
+        p = self.params
+        phase = window // p.get("k", 1)
+        if phase >= 3:
+            return range(0)
+        base = p["b"] if phase == 1 else p["a"]
+        return range(base, base + p["pages"])
 
 
 def _int(text: str, what: str) -> int:
@@ -141,7 +162,7 @@ def parse_workload(text: str) -> Workload:
         return Workload("asm", path=rest)
     if kind not in _ALLOWED:
         raise WorkloadError(
-            f"workload: unknown workload {kind!r} (idle, touch, random, stream, asm)"
+            f"workload: unknown workload {kind!r} (idle, touch, random, stream, phases, asm)"
         )
     params: dict[str, int] = {}
     if rest:
@@ -160,6 +181,12 @@ def parse_workload(text: str) -> Workload:
         raise WorkloadError(f"workload: {kind}: {need} must be at least 1")
     if "write" in params and params["write"] not in (0, 1):
         raise WorkloadError("workload: write must be 0 or 1")
+    if kind == "phases":
+        for key in ("a", "b"):
+            if key not in params:
+                raise WorkloadError(f"workload: phases needs {key}=GFN")
+        if params.get("k", 1) == 0:
+            raise WorkloadError("workload: phases: k must be at least 1")
     if kind == "touch" and params.get("stride", 1) == 0:
         raise WorkloadError("workload: touch: stride must be at least 1")
     return Workload(kind, params)
@@ -231,6 +258,14 @@ def _check_fit(w: Workload, nr_pages: int, vcpus: int) -> None:
                 f"workload touch does not fit: pages {gfns.start:#x}-{gfns[-1]:#x} outside "
                 f"the arena {lay.arena_start:#x}-{lay.arena_end - 1:#x}"
             )
+    elif w.kind == "phases":
+        for key in ("a", "b"):
+            lo, hi = p[key], p[key] + p["pages"] - 1
+            if lo < lay.arena_start or hi >= lay.arena_end:
+                raise WorkloadError(
+                    f"workload phases does not fit: {key} pages {lo:#x}-{hi:#x} outside "
+                    f"the arena {lay.arena_start:#x}-{lay.arena_end - 1:#x}"
+                )
     elif w.kind in ("random", "stream"):
         n = p["ws"] if w.kind == "random" else p["pages"]
         if n > lay.arena_pages:

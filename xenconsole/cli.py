@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--control", metavar="PATH")
     x.add_argument("xl_args", nargs=argparse.REMAINDER, metavar="ARGS")
     sub.add_parser("shim-dir", help="print the directory holding the `xl` shim")
+    r = sub.add_parser("record", help="record every guest's accessed pages over time (.npz)")
+    r.add_argument("--control", metavar="PATH")
+    r.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
+    r.add_argument("--duration", type=float, default=None, metavar="SECONDS")
+    r.add_argument("--buckets", type=int, default=256, metavar="B")
+    r.add_argument("--checkpoint", type=float, default=300.0, metavar="SECONDS")
+    r.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    pl = sub.add_parser("plot", help="draw a recorded series (heat maps, working set, idle ages)")
+    pl.add_argument("input", metavar="IN.npz")
+    pl.add_argument("-o", "--output", required=True, metavar="FILE.png|FILE.svg")
     w = sub.add_parser("who", help="list who is attached to a server's serial line")
     w.add_argument("--control", metavar="PATH")
     return p
@@ -117,6 +127,27 @@ def cmd_passwd(args) -> int:
     return 0
 
 
+def cmd_record_plot(args) -> int:
+    """`record` and `plot` (xenconsole/record.py, xenconsole/plot.py): one error line."""
+    from xenconsole.xlclient import ClientError
+
+    try:
+        if args.cmd == "record":
+            from xenconsole.record import main as record_main
+
+            return record_main(args)
+        from xenconsole.plot import PlotError
+        from xenconsole.plot import main as plot_main
+
+        try:
+            return plot_main(args)
+        except PlotError as e:
+            raise ClientError(str(e)) from None
+    except ClientError as e:
+        sys.stderr.write(f"xenconsole: error: {e}\n")
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "xl":
@@ -150,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write("xenconsole: error: connect is not available in this build\n")
             return 2
         return connect_main(args.url)
+    if args.cmd in ("record", "plot"):
+        return cmd_record_plot(args)
     if args.cmd == "shim-dir":
         from xenconsole.xlclient import shim_dir
 

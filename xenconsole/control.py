@@ -7,6 +7,10 @@ time:
     {"op": "input", "data": TEXT}            while `xl console` runs: keys for it (Ctrl-] ends)
     {"op": "upload", "path": P, "data": BASE64, "offset": N, "mode": M}
                                              -> {"ok": DOM0-PATH} or {"error": LINE}
+    {"op": "access", "buckets": B, "reset": true}
+                                             -> {"access": SAMPLE} or {"error": LINE}
+                 key `U` for every guest as numbers, then `Z` (keyhandlers/access.py
+                 `sample`), for `xenconsole record`; nothing is printed on the console
     {"op": "who"}                            -> {"who": [{"name": "tcp:127.0.0.1:5555",
                                                  "mode": "rw"|"ro", "since": UNIX-TIME,
                                                  "writer": BOOL}, ...]}
@@ -216,8 +220,11 @@ class ControlProtocol(LineReceiver):
         if op == "who":
             self.send({"who": [a._asdict() for a in self.server.runner.hub.who()]})
             return
+        if op == "access":
+            self._access(req)
+            return
         if op != "xl":
-            self.send({"error": f"control: unknown op {op!r} (xl, input, upload, who)"})
+            self.send({"error": f"control: unknown op {op!r} (xl, input, upload, access, who)"})
             return
         args = req.get("args")
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
@@ -227,6 +234,39 @@ class ControlProtocol(LineReceiver):
         d = self.server.when_ready()
         d.addCallback(lambda machine: self._run(machine, args))
         d.addBoth(self._done)
+
+    def _access(self, req: dict) -> None:
+        """One sample of keys `U`/`Z` off the reactor's thread (the scan holds the guests)."""
+        buckets, reset = req.get("buckets", 256), req.get("reset", True)
+        if not isinstance(buckets, int) or not isinstance(reset, bool):
+            self.send({"error": "control: access: buckets is an integer, reset a boolean"})
+            return
+        from twisted.internet import threads
+
+        from keyhandlers import KeyhandlerError
+        from keyhandlers.access import sample
+
+        def run(machine) -> defer.Deferred:
+            return threads.deferToThreadPool(
+                self.server.reactor, self.server.reactor.getThreadPool(),
+                sample, machine, buckets, reset,
+            )  # fmt: skip
+
+        def done(result) -> None:
+            if isinstance(result, dict):
+                self.send({"access": result})
+            elif result.check(KeyhandlerError):
+                self.send({"error": f"control: access: {result.getErrorMessage()}"})
+            else:
+                self.send({"error": f"control: access: internal error: {result.getErrorMessage()}"})
+            self.busy = False
+            while self.queue and not self.busy:
+                self._start(self.queue.pop(0))
+
+        self.busy = True
+        d = self.server.when_ready()
+        d.addCallback(run)
+        d.addBoth(done)
 
     def _run(self, machine, args: list[str]) -> defer.Deferred:
         if self.shell is None or self.shell.machine is not machine:  # new after `R`

@@ -9,7 +9,14 @@ frame is seen. Arrays are indexed by MFN:
 * `first_touch_ns` (u8): machine time (`machine.now()`) of the first access, 0 = never;
 * `window` (u1): accessed since the last `reset_window()` (key `Z`). After a reset the shadow
   L1 entries lose their A bit, so accesses through present shadows are seen by the hardware
-  walker (which sets A in the shadow entry) and folded in by `fold_window()`.
+  walker (which sets A in the shadow entry) and folded in by `fold_window()`;
+* `idle` (u1): the idle age, windows (keys `Z`) since the frame's last access: 1 for a frame
+  accessed in the window the last `Z` closed, growing by one per `Z` without an access
+  (saturating at 255); 0 for a frame never accessed. `fold_ages()` updates it at each `Z`.
+
+PV guests have no shadows: their A/D bits live in their own L1 tables (emu/access/pv.py).
+For them the record holds what those bits showed when they were last cleared or dropped:
+`fold_pte()` for an L1 entry being replaced or released, `fold_frames()` at each `Z`.
 
 The fault path writes through the `mv_*` memoryviews (Python ints, ~30 ns a store).
 Accesses by the hypervisor itself never reach this record.
@@ -19,12 +26,40 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu.mm.page import _PAGE_ACCESSED, _PAGE_PRESENT, INVALID_MFN, PAGE_SHIFT, PTE_ADDR_MASK
+from emu.mm.page import (
+    _PAGE_ACCESSED,
+    _PAGE_DIRTY,
+    _PAGE_PRESENT,
+    INVALID_MFN,
+    PAGE_SHIFT,
+    PTE_ADDR_MASK,
+)
 
 _PA = _PAGE_PRESENT | _PAGE_ACCESSED
-_U_PA = np.uint64(_PA)
 _U_ADDR = np.uint64(PTE_ADDR_MASK)
 _U_SHIFT = np.uint64(PAGE_SHIFT)
+
+
+MAX_SPANS = 64
+
+
+def mfn_spans(mfns: np.ndarray) -> list[tuple[int, int]] | None:
+    """`mfns` as runs of consecutive frames [(lo, hi), ...] in order, or None when there are
+    more than MAX_SPANS (then a gather through the index is cheaper than many slices)."""
+    if not mfns.size:
+        return []
+    brk = np.flatnonzero(np.diff(mfns) != 1)
+    if brk.size >= MAX_SPANS:
+        return None
+    starts = [0, *(brk + 1).tolist()]
+    ends = [*(brk + 1).tolist(), int(mfns.size)]
+    return [(int(mfns[a]), int(mfns[a]) + b - a) for a, b in zip(starts, ends, strict=True)]
+
+
+def _age(age: np.ndarray, window: np.ndarray) -> None:
+    """In place: +1 for aged frames below 255, then 1 where `window` is set."""
+    np.add(age, (age > 0) & (age < 255), out=age, casting="unsafe")
+    np.putmask(age, window, 1)
 
 
 class AccessRecord:
@@ -36,6 +71,7 @@ class AccessRecord:
         self.written = np.zeros(nr_frames, dtype=np.uint8)
         self.window = np.zeros(nr_frames, dtype=np.uint8)
         self.first_touch_ns = np.zeros(nr_frames, dtype=np.uint64)
+        self.idle = np.zeros(nr_frames, dtype=np.uint8)
         self.mv_accessed = memoryview(self.accessed)
         self.mv_written = memoryview(self.written)
         self.mv_window = memoryview(self.window)
@@ -49,12 +85,15 @@ class AccessRecord:
         self.written[mfns] = 0
         self.window[mfns] = 0
         self.first_touch_ns[mfns] = 0
+        self.idle[mfns] = 0
 
     def fold_accessed(self, ents: np.ndarray) -> None:
         """OR into `window` the frames that shadow L1 entries `ents` (uint64) show accessed:
         present with the A bit the hardware walker set. Callers fold entries about to be
         cleared or removed, so the window never loses an access."""
-        hit = ents[(ents & _U_PA) == _U_PA]
+        ents = np.ascontiguousarray(ents, dtype=np.uint64)
+        low = ents.view(np.uint8)[::8]  # P and A are in the low byte (little-endian)
+        hit = ents.take(np.flatnonzero((low & np.uint8(_PA)) == _PA))
         if hit.size:
             m = ((hit & _U_ADDR) >> _U_SHIFT).astype(np.intp)
             self.window[m[m < self.nr_frames]] = 1
@@ -66,22 +105,75 @@ class AccessRecord:
             if m < self.nr_frames:
                 self.mv_window[m] = 1
 
+    def fold_pte(self, e: int) -> None:
+        """A PV guest's L1 entry `e` is being replaced or released: keep what its A and D
+        bits say (lifetime and window), so the record never loses an access."""
+        if e & _PA == _PA:
+            m = (e & PTE_ADDR_MASK) >> PAGE_SHIFT
+            if m < self.nr_frames:
+                self.mv_accessed[m] = 1
+                self.mv_window[m] = 1
+                if e & _PAGE_DIRTY:
+                    self.mv_written[m] = 1
+
+    def fold_frames(self, a_mfns: np.ndarray, d_mfns: np.ndarray, now_ns: int) -> None:
+        """Frames a PV guest's L1 entries show accessed (`a_mfns`) and dirty (`d_mfns`),
+        just before `Z` clears the A bits: into `accessed`, `window`, `written`; a first
+        sighting stamps `first_touch_ns` with `now_ns` (for PV the time it was first seen)."""
+        if a_mfns.size:
+            new = a_mfns[self.first_touch_ns.take(a_mfns) == 0]
+            self.first_touch_ns[new] = np.uint64(max(now_ns, 1))
+            self.accessed[a_mfns] = 1
+            self.window[a_mfns] = 1
+        if d_mfns.size:
+            self.written[d_mfns] = 1
+
+    def fold_ages(self, mfns: np.ndarray, window: np.ndarray | None = None) -> None:
+        """Key `Z` for the frames `mfns` (int64) of one domain, then a new window: a frame
+        accessed in the closing window gets age 1, one accessed before gets one more window
+        (up to 255), one never accessed stays 0; `window` is cleared. `window` (bool, one
+        per entry of `mfns`) overrides the record's window bits (a scan just computed them).
+        Runs of consecutive MFNs (the usual case) are done in place on slices, with no
+        gather or scatter."""
+        spans = mfn_spans(mfns)
+        if spans is None:
+            age = self.idle.take(mfns)
+            _age(age, self.window.take(mfns) if window is None else window)
+            self.idle[mfns] = age
+            self.window[mfns] = 0
+            return
+        off = 0
+        for lo, hi in spans:
+            win = self.window[lo:hi] if window is None else window[off : off + hi - lo]
+            _age(self.idle[lo:hi], win)
+            self.window[lo:hi] = 0
+            off += hi - lo
+
     def fold_window(self, dom) -> None:
         """OR the hardware-set A bits of `dom`'s shadow L1 entries into `window`."""
         if dom.paging is not None:
             self.fold_accessed(dom.paging.shadow_l1_entries())
 
-    def reset_window(self, dom) -> None:
+    def reset_window(self, dom, window: np.ndarray | None = None) -> None:
         """Key `Z` for one domain: start a new window.
 
-        Clears `window` for the domain's frames and the A bit of every shadow L1 entry of the
-        domain, then flushes every vCPU's TLB so the next access sets A again. The caller
-        keeps the domain's vCPUs out of `emu_start` (`machine.quiesce(dom)`).
+        Ages the domain's frames (`fold_ages`, with the shadow A bits folded in first), clears
+        `window` for them and the A bit of every shadow L1 entry of the domain, then flushes
+        every vCPU's TLB so the next access sets A again. The caller keeps the domain's vCPUs
+        out of `emu_start` (`machine.quiesce(dom)`); a PV domain's own L1 entries were
+        folded in and cleared by emu/access/pv.py before. `window` (bool per gfn of the whole
+        P2M): the window a scan under the same hold just computed (shadow A bits included),
+        which saves folding the shadow entries again.
         """
         p2m = np.asarray(dom.p2m)
-        mfns = p2m[p2m != np.uint64(INVALID_MFN)]
-        mfns = mfns[mfns < self.nr_frames].astype(np.intp)
-        self.window[mfns] = 0
+        valid = p2m < np.uint64(self.nr_frames)  # INVALID_MFN (holes) is never below
+        full = bool(valid.all())
+        mfns = (p2m if full else p2m[valid]).view(np.int64)
+        if window is None:
+            self.fold_window(dom)
+        elif not full:
+            window = window[valid]
+        self.fold_ages(mfns, window)
         if dom.paging is not None:
             dom.paging.clear_l1_accessed()
 

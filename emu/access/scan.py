@@ -37,6 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emu.access import pv
+from emu.access.pv import is_pv_domu
+from emu.access.record import mfn_spans
 from emu.mm.page import (
     _PAGE_ACCESSED,
     _PAGE_DIRTY,
@@ -48,6 +51,8 @@ from emu.mm.page import (
 
 _U_ADDR = np.uint64(PTE_ADDR_MASK)
 HEAT_COLUMNS = 64
+# Idle-age buckets of `U`'s idle line: windows since the last access (0 = the open window).
+IDLE_BUCKETS = ("0", "1", "2-3", "4-7", "8-15", "16+")
 
 
 class ScanError(ValueError):
@@ -69,6 +74,9 @@ class DomainScan:
     dirty: np.ndarray  # bool: written
     window: np.ndarray  # bool: accessed since the last `Z` (or since creation)
     first_touch_ns: np.ndarray | None  # uint64: first access time, 0 = never (None w/o detail)
+    idle_hist: tuple[int, ...] = ()  # owned pages per IDLE_BUCKETS bucket, then never
+    age: np.ndarray | None = None  # uint8: windows since the last access, 0 = this window or
+    #                                never (see `accessed`); None without `detail`
 
     @property
     def gfn(self) -> np.ndarray:
@@ -130,9 +138,14 @@ class DomainScan:
 
 
 def tracked(dom) -> bool:
-    """Whether `dom`'s accesses are recorded: a live shadowed guest (not the PV dom0)."""
+    """Whether `dom`'s accesses are seen: a live shadowed guest, or a live PV domU (its own
+    L1 tables, emu/access/pv.py); not dom0, whose frames this emulator does not run."""
+    if dom.is_dying:
+        return False
     paging = dom.paging
-    return paging is not None and not paging.dying and not dom.is_dying
+    if paging is not None:
+        return not paging.dying
+    return is_pv_domu(dom)
 
 
 @contextlib.contextmanager
@@ -206,6 +219,16 @@ def scan_domain(
         return _scan_locked(machine, dom, first, last, detail)
 
 
+def _gather(arr: np.ndarray, idx: np.ndarray, spans) -> np.ndarray:
+    """`arr[idx]` as a new array: slices of runs when `spans` (mfn_spans) is known."""
+    if spans is None:
+        return arr.take(idx)
+    if len(spans) == 1:
+        lo, hi = spans[0]
+        return arr[lo:hi].copy()
+    return np.concatenate([arr[lo:hi] for lo, hi in spans])
+
+
 def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainScan:
     rec = machine.access
     nr = machine.ram.nr_frames
@@ -214,12 +237,14 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
     p2m = p2m_all[first:hi] if first < hi else p2m_all[:0]
     owned = p2m < np.uint64(nr)  # INVALID_MFN (holes) is never below nr
     full = bool(owned.all())
-    # The common case (no holes): the P2M itself is the index, no copy.
+    # The common case (no holes): the P2M itself is the index, no copy; in runs of
+    # consecutive MFNs, copies of slices (a memcpy each) instead of a gather.
     idx = p2m.view(np.int64) if full else np.where(owned, p2m, 0).view(np.int64)
-    accessed = rec.accessed.take(idx).view(bool)
-    dirty = rec.written.take(idx).view(bool)
-    window = rec.window.take(idx).view(bool)
-    first_touch = rec.first_touch_ns.take(idx) if detail else None
+    spans = mfn_spans(idx) if full else None
+    accessed = _gather(rec.accessed, idx, spans).view(bool)
+    dirty = _gather(rec.written, idx, spans).view(bool)
+    window = _gather(rec.window, idx, spans).view(bool)
+    first_touch = _gather(rec.first_touch_ns, idx, spans) if detail else None
     if not full:
         accessed &= owned
         dirty &= owned
@@ -229,7 +254,10 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
     # Hardware-set shadow A/D bits. Most are already in the record (an entry is created by
     # a recorded fault, made writable only after a recorded write); only the rest, e.g.
     # accesses through present entries since a `Z`, go through the M2P to their gfn.
-    a_m, d_m = _shadow_marks(machine, dom)
+    if dom.paging is not None:
+        a_m, d_m = _shadow_marks(machine, dom)
+    else:  # PV: the A/D bits of the guest's own L1 tables, found through the frame table
+        a_m, d_m = pv.marks(machine, pv.l1_frames(machine, dom))
     a_new = a_m[rec.window.take(a_m) == 0] if a_m.size else a_m
     d_new = d_m[rec.written.take(d_m) == 0] if d_m.size else d_m
     for mfns, targets in ((a_new, (accessed, window)), (d_new, (dirty,))):
@@ -247,6 +275,13 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
             off = off.take(np.flatnonzero(ok))
         for arr in targets:
             arr[off] = True
+    # Idle ages: 0 in the window, the record's age otherwise (a never-accessed page has age
+    # 0 too). Counted by thresholds on the u8 ages: no per-page bucket array.
+    age = _gather(rec.idle, idx, spans)
+    np.multiply(age, ~window, out=age)
+    ge = [int(np.count_nonzero(age >= t)) for t in (1, 2, 4, 8, 16)] + [0]
+    hist = (int(np.count_nonzero(window)), *(ge[i] - ge[i + 1] for i in range(5)))
+    hist = (*hist, int(np.count_nonzero(owned)) - int(np.count_nonzero(accessed)))
     return DomainScan(
         domid=dom.domid,
         first=first,
@@ -257,6 +292,8 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
         dirty=dirty,
         window=window,
         first_touch_ns=first_touch,
+        idle_hist=hist,
+        age=age if detail else None,  # holes read 0
     )
 
 
@@ -274,13 +311,16 @@ def scan_all(machine) -> list[DomainScan]:
     return out
 
 
-def reset_window(machine, dom, *, quiesce: bool = True) -> int:
+def reset_window(machine, dom, *, quiesce: bool = True, scan: DomainScan | None = None) -> int:
     """Key `Z` for `dom`: start a new accessed-page window.
 
-    Clears `window` for the domain's frames and the A bit of every shadow L1 entry, and
-    flushes the TLB of every vCPU of the domain (emu/access/record.py `reset_window`), so the next
-    access sets A again (or faults, for entries removed meanwhile). Returns the number of
-    L1 shadows whose entries were cleared.
+    Ages the domain's frames, clears `window` for them and the A bit of every shadow L1
+    entry, and flushes the TLB of every vCPU of the domain (emu/access/record.py
+    `reset_window`), so the next access sets A again (or faults, for entries removed
+    meanwhile). For a PV domain the A bits cleared are those of its own L1 tables, after
+    folding them (and D) into the record (emu/access/pv.py). Returns the number of L1
+    tables (shadow or, for PV, the guest's) whose entries were cleared. `scan`: a scan of
+    the whole domain made under the same hold (`quiesce=False`), whose window is reused.
     """
     if not tracked(dom):
         raise ScanError(f"d{dom.domid} is not a shadowed guest: its accesses are not tracked")
@@ -288,6 +328,35 @@ def reset_window(machine, dom, *, quiesce: bool = True) -> int:
     with ctx:
         if not tracked(dom):
             raise ScanError(f"d{dom.domid} is being destroyed")
-        n = int(dom.paging.shadow_l1_mfns().size)
-        machine.access.reset_window(dom)
+        rec = machine.access
+        window = None
+        if dom.paging is not None:
+            n = int(dom.paging.shadow_l1_mfns().size)
+            if scan is not None and scan.first == 0 and scan.window.size == len(dom.p2m):
+                window = scan.window  # the whole P2M, under the caller's hold
+        else:
+            frames = pv.l1_frames(machine, dom)
+            a_m, d_m = pv.marks(machine, frames)
+            rec.fold_frames(a_m, d_m, machine.now())
+            pv.clear_accessed(machine, dom, frames)
+            n = int(frames.size)
+        rec.reset_window(dom, window)
+        dom.access_windows += 1
+        _publish_window(machine, dom)
         return n
+
+
+def _publish_window(machine, dom) -> None:
+    """The window number for this emulator's guest kernel (its start-info page, GFN 0, at
+    START_WINDOW; emu/workload.py): the `phases` workload serves one phase per window. PV
+    guests have their own kernels and no such page; an `asm:` program may ignore it."""
+    from emu.workload import START_INFO_MAGIC, START_MAGIC, START_WINDOW
+
+    if dom.hvm is None or not len(dom.p2m):
+        return
+    mfn = int(dom.p2m[0])
+    if mfn >= machine.ram.nr_frames:
+        return
+    words = machine.ram.u64[mfn << 9 : (mfn + 1) << 9]
+    if int(words[START_MAGIC >> 3]) == START_INFO_MAGIC:
+        words[START_WINDOW >> 3] = dom.access_windows

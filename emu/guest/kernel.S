@@ -55,7 +55,7 @@ kstart:
     jmp qword ptr [rdx + rax * 8]
 
 workloads:
-    .quad idle, touch, random, stream, user
+    .quad idle, touch, random, stream, user, phases
 workloads_end:
 
 # ---- Xen: CPUID signature, hypercall page ---------------------------------------------------
@@ -176,6 +176,41 @@ stream_loop:
     add rdx, 0x1000
     inc rcx
     jmp stream_loop
+
+# ---- phases: per window (key Z writes its number at start+0x78) read one range once --------
+# Windows 0..k-1 range a, k..2k-1 range b, 2k..3k-1 a again, then halt (emu/workload.py).
+phases:
+    test r15, r15
+    jnz idle
+    mov r13, -1                     # the window last served
+phases_wait:
+    mov rax, qword ptr [r14 + 0x78] # window number
+    cmp rax, r13
+    je phases_wait
+    mov r13, rax
+    xor edx, edx
+    div qword ptr [r14 + 0x40]      # phase = window / k
+    cmp rax, 3
+    jae idle
+    mov rsi, qword ptr [r14 + 0x28] # a
+    cmp rax, 1
+    jne phases_go
+    mov rsi, qword ptr [r14 + 0x30] # b
+phases_go:
+    shl rsi, 12
+    mov rcx, qword ptr [r14 + 0x38] # pages
+phases_read:
+    mov al, byte ptr [rsi]
+    add rsi, 0x1000
+    dec rcx
+    jnz phases_read
+    lea rdi, [rip + msg_phases]
+    call puts
+    mov rax, r13
+    call putdec
+    mov al, 10
+    call putc
+    jmp phases_wait
 
 # ---- asm: the user program at USER_ENTRY (0x20000), rdi = vCPU id, rsi = start info -------
 user:
@@ -532,6 +567,8 @@ putdec_out:
     ret
 msg_touch:
     .asciz "touch done "
+msg_phases:
+    .asciz "phases window "
 msg_noxen:
     .asciz "no Xen signature in CPUID leaf 0x40000000\n"
 msg_noballoon:

@@ -325,6 +325,8 @@ class PVMM:
         for i in self._slots(level):
             e = int(t[i])
             if e & _PAGE_PRESENT:
+                if level == 1:
+                    self.machine.access.fold_pte(e)  # keys U/Z: its A/D bits are not lost
                 self._put_entry(e, level, dom, mfn)
 
     # ---- updates -----------------------------------------------------------------------------
@@ -336,6 +338,8 @@ class PVMM:
             return -EINVAL
         slot = (table << 9) + idx
         old = int(self.u64[slot])
+        if level == 1:
+            self.machine.access.fold_pte(old)  # keys U/Z (emu/access/pv.py): A/D not lost
         if preserve_ad:
             new |= old & (_PAGE_ACCESSED | _PAGE_DIRTY)
         if new & _PAGE_PRESENT:

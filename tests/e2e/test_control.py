@@ -205,7 +205,7 @@ def test_protocol_errors_are_one_line(served):
     f = s.makefile("rwb")
     for req, reply in [
         (b"not json", {"error": "control: a request is one JSON object per line"}),
-        (b'{"op": "rm"}', {"error": "control: unknown op 'rm' (xl, input, upload, who)"}),
+        (b'{"op": "rm"}', {"error": "control: unknown op 'rm' (xl, input, upload, access, who)"}),
         (b'{"op": "xl", "args": "list"}', {"error": "control: xl needs args, a list of strings"}),
         (b'{"op": "upload", "path": "/a", "data": "!!"}',
          {"error": "control: upload: data is not base64"}),
