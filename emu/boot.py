@@ -76,7 +76,10 @@ def boot(machine: Machine) -> Iterator[None]:
     yield from build_dom0(machine)
     p("Initial low memory virq threshold set at 0x4000 pages.\n")
     p("Scrubbing Free RAM in background\n")  # xen/common/page_alloc.c:2428-2429
-    IdleScrubber(machine.heap, lambda: some_pcpu_idle(machine)).start()
+    scrubber = IdleScrubber(machine.heap, lambda: some_pcpu_idle(machine))
+    if machine.sched is not None:
+        machine.sched.on_idle = scrubber.kick  # idle_loop() -> scrub_free_pages()
+    scrubber.start()
     std, guest = con.thresh["standard"], con.thresh["guest"]
 
     def lvl(t: list[int]) -> str:

@@ -69,6 +69,9 @@ class Scheduler:
         self.started = False
         self.on_crash = None  # fn(vcpu, how, text, cpu): set by emu/hvm.py
         self.on_shutdown = None  # fn(vcpu, reason)
+        # fn() when a pCPU goes idle (under the scheduler's lock: it must only set a flag):
+        # the idle loop's other work, the scrubber of emu/mm/scrub.py.
+        self.on_idle = None
         self.slices = 0
         self.unanswered = 0  # kicks not answered within KICK_RETRY_NS (see the docstring)
 
@@ -246,6 +249,8 @@ class Scheduler:
                     if v is not None:
                         break
                     idled = True
+                    if self.on_idle is not None:
+                        self.on_idle()
                     self.cond.wait()
                 if self.stopping:
                     return
