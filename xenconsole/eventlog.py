@@ -1,4 +1,5 @@
-"""`--log-events`: attach, detach and break events in a file of their own, `FILE.events`.
+"""`--log-events`: attach, detach and break events in a file of their own, `FILE.events`;
+with `--log-input`, what clients typed too (`input` events).
 
 The `--log FILE` itself always holds exactly the console's output bytes. Events go to
 `FILE.events` beside it, one line each:
@@ -8,13 +9,20 @@ The `--log FILE` itself always holds exactly the console's output bytes. Events 
 time (UTC, milliseconds), the byte offset in FILE where the event happened (the log's
 length at that moment: output before it was sent before the event), the event (`attach`,
 `detach`, `break`) and the client (`telnet:HOST:PORT`, `tcp:HOST:PORT`,
-`rfc2217:HOST:PORT`, `pty`). Nothing a guest or dom0 prints reaches the events file, so no
+`rfc2217:HOST:PORT`, `pty`). An `input` event (`--log-input`) adds the bytes that reached
+the line, in Python's bytes escapes with a space as `\x20` (one printable word: nothing
+typed can act on a reader's terminal or forge a line):
+
+    2026-11-26T06:00:01.456Z 48213 input telnet:127.0.0.1:5555 xl\x20list\r
+
+Nothing a guest or dom0 prints reaches the events file, so no
 console byte sequence can forge an event or be mistaken for one (issue 15 finding 8: an
 in-band marker line could be echoed by anyone at the dom0 prompt).
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 import time
@@ -22,9 +30,10 @@ from typing import NamedTuple
 
 from xenconsole.logfiles import SideFile
 
-EVENT_KINDS = ("attach", "detach", "break")
+EVENT_KINDS = ("attach", "detach", "break", "input")
 EVENT_RE = re.compile(
-    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\d+) (attach|detach|break) ([!-~]+)$"
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\d+) "
+    r"(?:(attach|detach|break) ([!-~]+)|input ([!-~]+) ([!-~]*))$"
 )
 
 
@@ -33,6 +42,7 @@ class Event(NamedTuple):
     offset: int  # byte offset in the log file
     kind: str
     who: str
+    data: bytes = b""  # an `input` event's bytes
 
 
 def events_path(log_path: str) -> str:
@@ -45,12 +55,24 @@ def timestamp(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{ms:03d}Z"
 
 
-def event_line(kind: str, who: str, offset: int, now: float | None = None) -> bytes:
+def event_line(
+    kind: str, who: str, offset: int, now: float | None = None, data: bytes = b""
+) -> bytes:
     """One line of the events file. A client name is ours; keep it one printable word."""
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown event {kind!r}")
     safe = re.sub(r"[^!-~]", "?", who) or "?"
-    return f"{timestamp(now)} {offset} {kind} {safe}\n".encode("ascii")
+    tail = f" {escape(data)}" if kind == "input" else ""
+    return f"{timestamp(now)} {offset} {kind} {safe}{tail}\n".encode("ascii")
+
+
+def escape(data: bytes) -> str:
+    """Bytes as one printable word: Python's bytes escapes, a space as `\\x20`."""
+    return repr(bytes(data))[2:-1].replace(" ", "\\x20")
+
+
+def unescape(word: str) -> bytes:
+    return ast.literal_eval("b'" + word.replace("'", "\\'") + "'")
 
 
 def parse_events(data: bytes) -> list[Event]:
@@ -60,7 +82,11 @@ def parse_events(data: bytes) -> list[Event]:
         m = EVENT_RE.match(raw)
         if m is None:
             raise ValueError(f"line {n}: not an event: {raw!r}")
-        out.append(Event(m.group(1), int(m.group(2)), m.group(3), m.group(4)))
+        t, offset = m.group(1), int(m.group(2))
+        if m.group(3) is not None:
+            out.append(Event(t, offset, m.group(3), m.group(4)))
+        else:
+            out.append(Event(t, offset, "input", m.group(5), unescape(m.group(6))))
     return out
 
 
@@ -113,3 +139,19 @@ def install(hub, log_path: str) -> SideFile:
 
     hub.attach, hub.detach, hub.on_break = logged_attach, logged_detach, logged_break
     return out
+
+
+def install_input(hub, out: SideFile) -> None:
+    """`--log-input`: every client's input that reached the line (not a spectator's or a
+    refused writer's) becomes an `input` event in the events file `out`, out of band: the
+    console log stays exactly the output."""
+
+    def tap(data: bytes, client) -> None:
+        if out.stopped or hub.log is None:
+            return
+        try:
+            out.write(event_line("input", getattr(client, "name", "-"), hub.log.tell(), data=data))
+        except (OSError, ValueError) as e:
+            sys.stderr.write(f"xenconsole: event log write failed ({e}); event logging stopped\n")
+
+    hub.input_taps.append(tap)

@@ -10,13 +10,11 @@ transport of the table in xenconsole/transports/__init__.py).
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from xenconsole.hub import DEFAULT_REPLAY_BYTES, Hub, Listener
-from xenconsole.logfiles import SideFile
 from xenconsole.options import UsageError
 from xenconsole.transports import TRANSPORTS, Transport
 
@@ -140,45 +138,10 @@ class TimestampedLog:
         self.f.close()
 
 
-def apply(hub: Hub, opts: LabOptions, log_path: str | None) -> SideFile | None:
-    """Replay, exclusive mode, the log's timestamps and the input log on the hub (after the
-    log is open); returns the input log file, if any (OSError if it cannot be opened)."""
+def apply(hub: Hub, opts: LabOptions) -> None:
+    """Replay, exclusive mode and the log's timestamps on the hub (after the log is open).
+    `--log-input` is the event log's business (xenconsole/eventlog.py install_input)."""
     hub.replay_bytes = opts.replay_bytes
     hub.exclusive = opts.exclusive
     if opts.log_timestamps and hub.log is not None:
         hub.log = TimestampedLog(hub.log)
-    if opts.log_input and log_path:
-        return install_input_log(hub, log_path)
-    return None
-
-
-def input_line(who: str, data: bytes, offset: int, now: float | None = None) -> bytes:
-    """One line of `FILE.input`: `TIME OFFSET NAME BYTES`, the time as the event log's, the
-    log's length when the input arrived, the client, and the bytes as Python's bytes escapes
-    (so nothing typed can act on a reader's terminal or forge a line)."""
-    from xenconsole.eventlog import timestamp
-
-    shown = repr(bytes(data))[2:-1].replace(" ", "\\x20")
-    safe = "".join(ch if "!" <= ch <= "~" else "?" for ch in who) or "?"
-    return f"{timestamp(now)} {offset} {safe} {shown}\n".encode("ascii")
-
-
-def input_path(log_path: str) -> str:
-    return log_path + ".input"
-
-
-def install_input_log(hub: Hub, log_path: str) -> SideFile:
-    """`--log-input`: every client's input that reached the line (not a spectator's or a
-    refused writer's) goes to `FILE.input`, out of band: the console log stays exactly the
-    output. Returns the file (the caller closes it; SIGHUP reopens it)."""
-    out = SideFile(input_path(log_path))
-
-    def tap(data: bytes, client) -> None:
-        offset = hub.log.tell() if hub.log is not None else 0
-        try:
-            out.write(input_line(getattr(client, "name", "-"), data, offset))
-        except (OSError, ValueError) as e:
-            sys.stderr.write(f"xenconsole: input log write failed ({e}); input logging stopped\n")
-
-    hub.input_taps.append(tap)
-    return out

@@ -20,7 +20,7 @@ Every key of a `[[console]]` table but `name` is a `xenconsole serve` option wit
 one-host server does, with the same one-line errors, prefixed by the console's name.
 Relative paths are relative to the lab file. A console listens on nothing it does not name
 (no default telnet). Ready lines: `xenconsole: NAME KIND WHERE` per listener, then
-`xenconsole: ready`. SIGHUP reopens every console's log (and its .events and .input files);
+`xenconsole: ready`. SIGHUP reopens every console's log (and its .events file);
 SIGINT/SIGTERM stop all.
 """
 

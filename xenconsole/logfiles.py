@@ -55,7 +55,7 @@ def reopen_hub_log(hub, path: str, opener: Callable[[str], Any]) -> Callable[[],
 
 
 class SideFile:
-    """An append-only file beside the console log (`FILE.events`, `FILE.input`) that SIGHUP
+    """An append-only file beside the console log (`FILE.events`) that SIGHUP
     reopens by its path, as the log itself: logrotate renames all three.
 
     `write` appends one line and flushes it. A failed write (disk full) raises once and

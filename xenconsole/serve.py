@@ -42,7 +42,6 @@ class Opened:
     events: Any = None  # FILE.events with --log-events
     extra: list[tuple[str, Listener]] = field(default_factory=list)  # (ready-line word, ...)
     dom0_fs: Any = None
-    input_log: Any = None  # FILE.input with --log-input
 
     def close(self) -> None:
         for _t, listener in self.listeners:
@@ -55,7 +54,7 @@ class Opened:
     def close_logs(self, hub) -> None:
         """Close the log files; a failure (disk full) is one line on stderr, never a
         traceback, and none at all if the hub already said logging stopped."""
-        files = ((self.log, hub.log is None), (self.events, False), (self.input_log, False))
+        files = ((self.log, hub.log is None), (self.events, False))
         for f, already_failed in files:
             if f is None:
                 continue
@@ -68,7 +67,7 @@ class Opened:
                     os.close(f.fileno())
                 except (OSError, ValueError):
                     pass
-        self.log = self.events = self.input_log = None
+        self.log = self.events = None
 
 
 def open_log(path: str) -> Any:
@@ -194,12 +193,9 @@ def listen(reactor, config: ServeConfig, hub) -> Opened:
         if config.log:
             opened.log = open_log(config.log)
             hub.log = opened.log
-        try:
-            opened.input_log = labopts.apply(hub, config.lab, config.log)
-        except OSError as e:
-            raise UsageError(f"cannot open input log: {e.strerror}") from None
-        if config.log_events:
-            from xenconsole.eventlog import events_path
+        labopts.apply(hub, config.lab)
+        if config.log_events or config.lab.log_input:  # typed input is an event too
+            from xenconsole.eventlog import events_path, install_input
             from xenconsole.eventlog import install as install_event_log
 
             try:
@@ -209,6 +205,8 @@ def listen(reactor, config: ServeConfig, hub) -> Opened:
             except OSError as e:
                 where = events_path(config.log)
                 raise UsageError(f"cannot open event log {where}: {e.strerror}") from None
+            if config.lab.log_input:
+                install_input(hub, opened.events)
     except BaseException:
         opened.close()
         opened.close_logs(hub)
@@ -254,8 +252,8 @@ def run(reactor, config: ServeConfig, runner, opened: Opened) -> NoReturn:
 
 
 def hup_hook(config: ServeConfig, hub, opened: Opened):
-    """What SIGHUP does for this host: reopen `--log` by its name, then `FILE.events` and
-    `FILE.input` beside it (xenconsole/logfiles.py); None without a log."""
+    """What SIGHUP does for this host: reopen `--log` by its name, then `FILE.events`
+    beside it (xenconsole/logfiles.py); None without a log."""
     if not config.log:
         return None
     from xenconsole.logfiles import reopen_each, reopen_hub_log
@@ -279,7 +277,7 @@ def hup_hook(config: ServeConfig, hub, opened: Opened):
         return reopen
 
     # The log first: an event's offset after the reopen is one in the new log.
-    return reopen_each(swap, side("events"), side("input_log"))
+    return reopen_each(swap, side("events"))
 
 
 def _reopen_on_hup(reactor, config: ServeConfig, hub, opened: Opened) -> None:

@@ -1,5 +1,5 @@
 """Issue 13: SIGHUP reopens every file the server writes beside a host -- the console log,
-`FILE.events` (--log-events) and `FILE.input` (--log-input) -- after logrotate renames them,
+`FILE.events` (--log-events; --log-input adds typed input to it) -- after logrotate renames them,
 against a real `xenconsole serve` on 127.0.0.1 (xenconsole/logfiles.py)."""
 
 from __future__ import annotations
@@ -47,13 +47,13 @@ def wait_for(pred, timeout: float = 10) -> bool:
 
 
 def typed(path) -> bytes:
-    """The bytes recorded in a `FILE.input` (xenconsole/labopts.py input_line)."""
-    out = b""
-    for rec in path.read_bytes().decode().splitlines():
-        m = re.fullmatch(r"\S+Z \d+ \S+ (\S+)", rec)
-        assert m, rec
-        out += m.group(1).encode().decode("unicode_escape").encode("latin-1")
-    return out
+    """The bytes of the `input` events in an events file (xenconsole/eventlog.py)."""
+    return b"".join(e.data for e in parse_events(path.read_bytes()) if e.kind == "input")
+
+
+def others(path) -> list:
+    """The events that are not `input`."""
+    return [e for e in parse_events(path.read_bytes()) if e.kind != "input"]
 
 
 def name(s: socket.socket) -> str:
@@ -61,11 +61,11 @@ def name(s: socket.socket) -> str:
 
 
 @pytest.mark.timeout(120)
-def test_sighup_reopens_the_log_the_events_and_the_input_files(tmp_path):
+def test_sighup_reopens_the_log_and_the_events_file(tmp_path):
     cfg = tmp_path / "host.toml"
     cfg.write_text(HOST_ONLY)
     log = tmp_path / "console.log"
-    events, inp = tmp_path / "console.log.events", tmp_path / "console.log.input"
+    events = inp = tmp_path / "console.log.events"  # typed input is an event too
     args = ("--config", str(cfg), "--log", str(log), "--log-events", "--log-input")
     with serve(*args, tcp=True, wait=True) as host:
         a, seen = socket.create_connection(host.address("tcp")), bytearray()
@@ -74,29 +74,29 @@ def test_sighup_reopens_the_log_the_events_and_the_input_files(tmp_path):
         run(a, seen, "echo before")
         assert wait_for(lambda: typed(inp).endswith(b"echo before\r"))
         # logrotate without copytruncate: every file renamed, then `postrotate kill -HUP`.
-        for f in (log, events, inp):
+        for f in (log, events):
             f.rename(f"{f}.1")
         host.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: log.exists() and events.exists() and inp.exists())
+        assert wait_for(lambda: log.exists() and events.exists())
         run(a, seen, "echo after")
         a.close()  # a detach, then an attach: both events belong in the new file
         b, got = socket.create_connection(host.address("tcp")), bytearray()
         b.sendall(b"\r")
         recv_until(b, got, re.escape(PROMPT) + b"$")
-        assert wait_for(lambda: len(parse_events(events.read_bytes())) == 2)
+        assert wait_for(lambda: len(others(events)) == 2)
         assert wait_for(lambda: typed(inp) == b"echo after\r\r")
         new_log = b"echo after\r\nafter\r\n" + PROMPT
         assert wait_for(lambda: log.read_bytes() == new_log + b"\r\n" + PROMPT)
-        new_events = parse_events(events.read_bytes())
+        new_events = others(events)
         assert [(e.kind, e.who, e.offset) for e in new_events] == [
             ("detach", a_name, len(new_log)),
             ("attach", name(b), len(new_log)),
         ]
         # The renamed files hold what came before the SIGHUP, and nothing after it.
-        old_events = parse_events((tmp_path / "console.log.events.1").read_bytes())
+        old_events = others(tmp_path / "console.log.events.1")
         assert [(e.kind, e.who) for e in old_events] == [("attach", a_name)]
-        assert typed(tmp_path / "console.log.input.1").endswith(b"echo before\r")
-        assert b"after" not in (tmp_path / "console.log.input.1").read_bytes()
+        assert typed(tmp_path / "console.log.events.1").endswith(b"echo before\r")
+        assert b"after" not in (tmp_path / "console.log.events.1").read_bytes()
         old_log = (tmp_path / "console.log.1").read_bytes()
         assert old_log.endswith(b"echo before\r\nbefore\r\n" + PROMPT)
         assert b"after" not in old_log
@@ -118,26 +118,24 @@ def test_a_file_that_cannot_be_reopened_is_one_line_and_the_server_goes_on(tmp_p
         recv_until(a, seen, re.escape(PROMPT) + b"$", 60)
         logs.rename(tmp_path / "logs.1")  # the directory is gone: nothing can be reopened
         host.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: host.stderr_text().count("reopen failed") == 3)
+        assert wait_for(lambda: host.stderr_text().count("reopen failed") == 2)
         err = host.stderr_text().splitlines()
         assert err == [
             f"xenconsole: reopen failed: cannot open log {log}: No such file or directory",
             f"xenconsole: reopen failed: [Errno 2] No such file or directory: '{log}.events'",
-            f"xenconsole: reopen failed: [Errno 2] No such file or directory: '{log}.input'",
         ]
         # Still serving, still writing the files it has.
         run(a, seen, "echo still")
         old = tmp_path / "logs.1" / "console.log"
         assert wait_for(lambda: old.read_bytes().endswith(b"echo still\r\nstill\r\n" + PROMPT))
-        # The directory is back: the next SIGHUP reopens all three.
+        # The directory is back: the next SIGHUP reopens both.
         logs.mkdir()
         host.proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: all(p.exists() for p in (log, logs / "console.log.events")))
-        assert wait_for(lambda: (logs / "console.log.input").exists())
         run(a, seen, "echo back")
         assert wait_for(lambda: log.read_bytes() == b"echo back\r\nback\r\n" + PROMPT)
-        assert wait_for(lambda: typed(logs / "console.log.input") == b"echo back\r")
+        assert wait_for(lambda: typed(logs / "console.log.events") == b"echo back\r")
         a.close()
-        assert wait_for(lambda: len(parse_events((logs / "console.log.events").read_bytes())) == 1)
+        assert wait_for(lambda: len(others(logs / "console.log.events")) == 1)
         assert host.proc.poll() is None
         assert "Traceback" not in host.stderr_text()

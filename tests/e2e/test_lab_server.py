@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from xenconsole.eventlog import parse_events
 from xenconsole.labopts import TimestampedLog
 from xenconsole.testing import serve
 
@@ -144,19 +145,20 @@ def test_log_input_records_what_each_client_typed(tmp_path):
         run(a, seen, "echo typed in")
         a.close()
         end = time.monotonic() + 10
-        inp = tmp_path / "console.log.input"
-        while time.monotonic() < end and b"typed" not in inp.read_bytes():
+        events = tmp_path / "console.log.events"
+        while time.monotonic() < end and b"typed" not in events.read_bytes():
             time.sleep(0.05)
     assert b"typed" not in log.read_bytes().split(b"echo typed in")[0]
-    records = inp.read_bytes().decode().splitlines()
-    typed = b""
-    for rec in records:
-        m = re.fullmatch(r"(\S+Z) (\d+) (\S+) (\S+)", rec)
-        assert m, rec
-        assert m.group(3) == me
-        typed += m.group(4).encode().decode("unicode_escape").encode("latin-1")
-        assert int(m.group(2)) <= len(log.read_bytes())
-    assert typed == b"echo typed in\r"
+    # Typed input is an event of the event log (xenconsole/eventlog.py), beside the attach.
+    recorded = parse_events(events.read_bytes())
+    assert [(e.kind, e.who) for e in recorded if e.kind != "input"] == [("attach", me)]
+    inputs = [e for e in recorded if e.kind == "input"]
+    assert {e.who for e in inputs} == {me}
+    assert all(e.offset <= len(log.read_bytes()) for e in inputs)
+    assert b"".join(e.data for e in inputs) == b"echo typed in\r"
+    # One printable word per record: a space is \x20.
+    assert all(" " not in ln.split(" input ")[1].split(" ", 1)[1]
+               for ln in events.read_text().splitlines() if " input " in ln)  # fmt: skip
 
 
 @pytest.mark.timeout(120)

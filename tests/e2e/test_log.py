@@ -12,6 +12,8 @@ import time
 import pytest
 import serial
 from console_hosts import host_only
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xenconsole.eventlog import EVENT_RE, Event, event_line, install, parse_events, read_events
 from xenconsole.hub import Hub
@@ -204,6 +206,21 @@ def test_event_line_format() -> None:
     ]
     with pytest.raises(ValueError, match="line 1: not an event"):
         parse_events(b"[xenconsole 2026-11-26T06:00:00.124Z attach tcp:10.0.0.99:31337]\n")
+
+
+@given(st.binary(max_size=64))
+def test_input_events_carry_any_bytes_as_one_word(data: bytes) -> None:
+    line = event_line("input", "tcp:127.0.0.1:4556", 7, now=0, data=data)
+    assert line.count(b" ") == 4 and line.endswith(b"\n") and line.count(b"\n") == 1
+    assert all(0x21 <= c <= 0x7E for c in line.split(b" ")[4][:-1])
+    assert parse_events(line) == [
+        Event("1970-01-01T00:00:00.000Z", 7, "input", "tcp:127.0.0.1:4556", data)
+    ]
+
+
+def test_input_event_format() -> None:
+    line = event_line("input", "telnet:127.0.0.1:5555", 48213, now=1795672800.25, data=b"xl list\r")
+    assert line == b"2026-11-26T06:00:00.250Z 48213 input telnet:127.0.0.1:5555 xl\\x20list\\r\n"
 
 
 def test_log_events_needs_log() -> None:
