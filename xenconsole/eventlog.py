@@ -10,10 +10,10 @@ time (UTC, milliseconds), the byte offset in FILE where the event happened (the 
 length at that moment: output before it was sent before the event), the event (`attach`,
 `detach`, `break`) and the client (`telnet:HOST:PORT`, `tcp:HOST:PORT`,
 `rfc2217:HOST:PORT`, `pty`). An `input` event (`--log-input`) adds the bytes that reached
-the line, in Python's bytes escapes with a space as `\x20` (one printable word: nothing
-typed can act on a reader's terminal or forge a line):
+the line as one printable word, every byte outside `!`..`~` and the backslash as `\\xHH`
+(nothing typed can act on a reader's terminal or forge a line):
 
-    2026-11-26T06:00:01.456Z 48213 input telnet:127.0.0.1:5555 xl\x20list\r
+    2026-11-26T06:00:01.456Z 48213 input telnet:127.0.0.1:5555 xl\\x20list\\x0d
 
 Nothing a guest or dom0 prints reaches the events file, so no
 console byte sequence can forge an event or be mistaken for one (issue 15 finding 8: an
@@ -22,7 +22,6 @@ in-band marker line could be echoed by anyone at the dom0 prompt).
 
 from __future__ import annotations
 
-import ast
 import re
 import sys
 import time
@@ -67,12 +66,15 @@ def event_line(
 
 
 def escape(data: bytes) -> str:
-    """Bytes as one printable word: Python's bytes escapes, a space as `\\x20`."""
-    return repr(bytes(data))[2:-1].replace(" ", "\\x20")
+    """Bytes as one printable word: `!`..`~` as themselves, every other byte and the
+    backslash as `\\xHH`."""
+    return "".join(chr(c) if 0x21 <= c <= 0x7E and c != 0x5C else f"\\x{c:02x}" for c in data)
 
 
 def unescape(word: str) -> bytes:
-    return ast.literal_eval("b'" + word.replace("'", "\\'") + "'")
+    return re.sub(
+        rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), word.encode("ascii")
+    )
 
 
 def parse_events(data: bytes) -> list[Event]:

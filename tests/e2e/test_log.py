@@ -220,7 +220,7 @@ def test_input_events_carry_any_bytes_as_one_word(data: bytes) -> None:
 
 def test_input_event_format() -> None:
     line = event_line("input", "telnet:127.0.0.1:5555", 48213, now=1795672800.25, data=b"xl list\r")
-    assert line == b"2026-11-26T06:00:00.250Z 48213 input telnet:127.0.0.1:5555 xl\\x20list\\r\n"
+    assert line == b"2026-11-26T06:00:00.250Z 48213 input telnet:127.0.0.1:5555 xl\\x20list\\x0d\n"
 
 
 def test_log_events_needs_log() -> None:
