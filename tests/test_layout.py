@@ -9,6 +9,7 @@ imports no networking (Twisted) and `xenconsole` no emulator (Unicorn). Imports 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -136,12 +137,18 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
     return bad
 
 
+@functools.cache
+def project_graph() -> dict[str, set[str]]:
+    """The project's graph, parsed once for the tests that read it."""
+    return import_graph(ROOT)
+
+
 def test_no_import_cycles() -> None:
-    assert cycles(import_graph(ROOT)) == []
+    assert cycles(project_graph()) == []
 
 
 def test_no_import_up_the_layers() -> None:
-    assert upward_imports(import_graph(ROOT)) == []
+    assert upward_imports(project_graph()) == []
 
 
 def test_forbidden_dependencies() -> None:
