@@ -62,10 +62,20 @@ class Probes:
         )
         self._expect(fault, None)
 
+    def raw(self, src: str) -> None:
+        self.src.append(f"mov ebx, {len(self.src) + 1}\n" + src)
+
     def kernel(self) -> bytes:
         body = "".join(self.src)
         return pv_kernel(
-            SET_TRAPS + body + "xor ebx, ebx\n" + SHUTDOWN + "fail:\nud2\n" + GP_HANDLER + TRAPS
+            "mov r15, rsi\n"
+            + SET_TRAPS
+            + body
+            + "xor ebx, ebx\n"
+            + SHUTDOWN
+            + "fail:\nud2\n"
+            + GP_HANDLER
+            + TRAPS
         )
 
 
@@ -100,6 +110,23 @@ def test_rdmsr_wrmsr_follow_xens_rules(tmp_path):
     p.wr(0xC0010004, 5)  # K7_PERFCTR0 write dropped (:1183-1195)
     p.rd(0x40000000, 0)  # the hypercall-page MSR reads as zero (msr.c:45-59)
     p.rd(0x40000001, fault=True)  # guest_rdmsr_xen()'s other indices: #GP
+    p.wr(0x40000000, 0x123, fault=True)  # a page index: msr.c:77-83
+    p.wr(0x40000001, 0, fault=True)  # guest_wrmsr_xen()'s other indices (msr.c:110-111)
+    # The hypercall page written again into its own frame (msr.c:85-107): byte 0 restored.
+    # Its frame: start_info.mfn_list[pfn 0x101] (this kernel's virt_base is 0).
+    p.raw(
+        "mov byte ptr [0x101000], 0x90\nmov r8, [r15 + 104]\nmov rax, [r8 + 0x101 * 8]\n"
+        "shl rax, 12\nmov rdx, rax\nshr rdx, 32\nmov ecx, 0x40000000\nxor r13d, r13d\n"
+        "wrmsr\ncmp r13d, 0\njne fail\ncmp byte ptr [0x101000], 0x51\njne fail\n"
+    )
+    p.rd(0x179, 2)  # MCG_CAP: AMD_GUEST_MCG_CAP, 2 banks (vmce.c:41, 51, 189-192)
+    p.rd(0x17B, 0)  # MCG_CTL: no MCG_CTL_P (vmce.c:194-198)
+    p.rd(0x400, (1 << 64) - 1)  # MC0_CTL: all ones (vmce.c:101-106)
+    p.wr(0x401, 0)  # MC0_STATUS: 0 may be written (vmce.c:248-255)
+    p.wr(0x401, 1, fault=True)  # anything else: -1, #GP (msr.c:538-544)
+    p.rd(0x4D0, fault=True)  # MCG_EXT_CTL without LMCE (vmce.c:200-216)
+    p.rd(0x410, 0)  # MC4_CTL: not a guest bank, "not handled": reads 0 (msr.c:216-224)
+    p.rd(0x10)  # TSC: no fault (emul-priv-op.c:939-941)
     p.rd(0xCE, 0)  # PLATFORM_INFO: no CPUID faulting on this host (msr.c:202-204)
     p.wr(0x140, 0)  # MISC_FEATURES_ENABLES: 0 only (msr.c:519-536)
     p.wr(0x140, 1, fault=True)
@@ -118,8 +145,9 @@ def test_rdmsr_wrmsr_follow_xens_rules(tmp_path):
         d = _run(tmp_path, m, "msr", p.kernel())
         text = "".join(out).replace("\r\n", "\n")
         assert d.shutdown_code == "-", text  # poweroff: every probe held
-        lines = [ln for ln in text.split("\n") if "MSR" in ln]
+        lines = [ln for ln in text.split("\n") if "msr" in ln.lower()]
         assert lines == [
+            "(XEN) arch/x86/msr.c:79:d1v0 wrmsr hypercall page index 0x123 unsupported",
             "(XEN) arch/x86/pv/emul-priv-op.c:1038:d1v0 RDMSR 0x000001d9 unimplemented",
             "(XEN) arch/x86/pv/emul-priv-op.c:1202:d1v0 WRMSR 0x000001d9 val "
             "0x0000000000000001 unimplemented",
