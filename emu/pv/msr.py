@@ -39,8 +39,6 @@ _K8_HWDOM = frozenset([0xC0010010, 0xC001001A, 0xC001001D, *range(0xC0010016, 0x
                        0xC0010112, 0xC0010113])  # fmt: skip
 _DR_MASKS = frozenset([0xC0011027, 0xC0011019, 0xC001101A, 0xC001101B])
 _AMD_PSTATE = frozenset([0xC0010041, 0xC0010042, *range(0xC0010061, 0xC001006C)])
-_INTEL_PMU = frozenset([*range(0xC1, 0xC9), *range(0x186, 0x18E), *range(0x309, 0x30C),
-                        *range(0x38D, 0x391)])  # fmt: skip
 _AMD_PMU = frozenset([*range(0xC0010200, 0xC001020C), *range(0xC0010000, 0xC0010008)])
 
 APIC_BASE_BSP, APIC_BASE_ENABLE, APIC_DEFAULT_PHYS_BASE = 1 << 8, 1 << 11, 0xFEE00000
@@ -186,7 +184,8 @@ def read_msr(vcpu, msr: int) -> tuple[str, int, bool]:
         return OK, 0, False
     if msr in _AMD_PMU:  # vpmu_do_rdmsr() with vPMU off reads 0 (cpu/vpmu.c:115-118)
         return OK, 0, False
-    return UNHANDLEABLE, 0, True  # default / check_relaxed: msr_relaxed is off
+    # default, and Intel's P6/Core PMU MSRs on AMD (check_relaxed): msr_relaxed is off
+    return UNHANDLEABLE, 0, True
 
 
 def rdmsr(vcpu) -> bool:
@@ -195,7 +194,7 @@ def rdmsr(vcpu) -> bool:
     ret, val, warn = read_msr(vcpu, msr)
     ti = vcpu.trap_ctxt.get(13)
     if ret != OK and not (ti and ti[2]) and msr >> 16 != 0x4000 and host_rdmsr_ok(msr):
-        vcpu.machine.pv.warn(vcpu, f"faking RDMSR {msr:#010x}")  # emul-priv-op.c:1028-1036
+        _printk(vcpu, f"{vcpu.name} faking RDMSR {msr:#010x}")  # emul-priv-op.c:1028-1036
         ret, val = OK, 0
     elif warn:
         _gdprintk(vcpu, 1038, f"RDMSR {msr:#010x} unimplemented")
@@ -349,4 +348,11 @@ def vmce_wrmsr(vcpu, msr: int, val: int) -> bool:
 
 def _gdprintk(vcpu, line: int, text: str, file: str = "pv/emul-priv-op.c") -> None:
     """A debug build's gdprintk() (xen/include/xen/lib.h:106-108) from arch/x86/`file`."""
-    vcpu.machine.console.printk(f"arch/x86/{file}:{line}:{vcpu.name} {text}\n")
+    _printk(vcpu, f"arch/x86/{file}:{line}:{vcpu.name} {text}")
+
+
+def _printk(vcpu, text: str) -> None:
+    """At XENLOG_G_WARNING, as every line here (the guest_loglvl thresholds apply)."""
+    from emu.console import XENLOG_WARNING
+
+    vcpu.machine.console.printk(text + "\n", level=XENLOG_WARNING, guest=True)
