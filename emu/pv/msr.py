@@ -11,6 +11,9 @@ Xen has one. The machine-check MSRs are the vMCE's (xen/arch/x86/cpu/mcheck/vmce
 
 from __future__ import annotations
 
+import threading
+
+from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import x86_const as X
 
 OK, EXCEPTION, UNHANDLEABLE = "ok", "exception", "unhandleable"
@@ -61,6 +64,24 @@ _HOST_MSRS = frozenset(
 def host_rdmsr_ok(msr: int) -> bool:
     """rdmsr_safe() on this host succeeds."""
     return msr in _HOST_MSRS
+
+
+_tsc_lock = threading.Lock()
+_tsc_uc: Uc | None = None
+
+
+def host_rdtsc() -> int:
+    """rdtsc() on this host: the TSC every vCPU's own `rdtsc` reads (Unicorn gives the
+    host's; its MSR 0x10 reads 0, so a scratch Uc runs the instruction)."""
+    global _tsc_uc
+    with _tsc_lock:
+        if _tsc_uc is None:
+            _tsc_uc = Uc(UC_ARCH_X86, UC_MODE_64)
+            _tsc_uc.mem_map(0x1000, 0x1000, UC_PROT_ALL)
+            _tsc_uc.mem_write(0x1000, b"\x0f\x31")
+        _tsc_uc.emu_start(0x1000, 0x1002)
+        eax, edx = _tsc_uc.reg_read(X.UC_X86_REG_RAX), _tsc_uc.reg_read(X.UC_X86_REG_RDX)
+        return (edx & 0xFFFFFFFF) << 32 | eax & 0xFFFFFFFF
 
 
 def _state(vcpu) -> dict[int, int]:
@@ -171,7 +192,7 @@ def read_msr(vcpu, msr: int) -> tuple[str, int, bool]:
         reg = X.UC_X86_REG_FS_BASE if msr == MSR_FS_BASE else X.UC_X86_REG_GS_BASE
         return OK, vcpu.rr(reg), False
     if msr == MSR_IA32_TSC:  # vtsc off: the CPU's TSC, as the guest's own rdtsc reads it
-        return OK, vcpu.uc.reg_read(X.UC_X86_REG_MSR, MSR_IA32_TSC), False
+        return OK, host_rdtsc(), False
     if msr == MSR_EFER:
         return OK, guest_efer(), False
     if msr == MSR_IA32_CR_PAT:
