@@ -12,6 +12,7 @@ Xen has one. The machine-check MSRs are the vMCE's (xen/arch/x86/cpu/mcheck/vmce
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import x86_const as X
@@ -96,12 +97,13 @@ def _canonical(v: int) -> bool:
     return (v >> 47) in (0, 0x1FFFF)
 
 
+Cpuid = Callable[[object, int, int], tuple[int, int, int, int]]  # emu/pv/priv_op.py guest_cpuid
+
+
 class _Policy:
     """The cpu_policy bits the rules test, from the guest's CPUID."""
 
-    def __init__(self, vcpu) -> None:
-        from emu.pv.priv_op import guest_cpuid
-
+    def __init__(self, vcpu, guest_cpuid: Cpuid) -> None:
         _, b7, c7, d7 = guest_cpuid(vcpu, 7, 0)
         _, _, c81, d81 = guest_cpuid(vcpu, 0x80000001, 0)
         _, b88, _, _ = guest_cpuid(vcpu, 0x80000008, 0)
@@ -174,9 +176,9 @@ def guest_rdmsr(vcpu, msr: int, cp: _Policy) -> tuple[str, int]:
     return UNHANDLEABLE, 0
 
 
-def read_msr(vcpu, msr: int) -> tuple[str, int, bool]:
+def read_msr(vcpu, msr: int, cpuid: Cpuid) -> tuple[str, int, bool]:
     """read_msr() (emul-priv-op.c:893-1041) up to its `done:` label: (ret, value, warn)."""
-    cp = _Policy(vcpu)
+    cp = _Policy(vcpu, cpuid)
     ret, val = guest_rdmsr(vcpu, msr, cp)
     if ret != UNHANDLEABLE:
         return ret, val, False
@@ -209,10 +211,10 @@ def read_msr(vcpu, msr: int) -> tuple[str, int, bool]:
     return UNHANDLEABLE, 0, True
 
 
-def rdmsr(vcpu) -> bool:
+def rdmsr(vcpu, cpuid: Cpuid) -> bool:
     """Emulate `rdmsr`; False: #GP(0) to the guest."""
     msr = vcpu.rr(X.UC_X86_REG_RCX) & 0xFFFFFFFF
-    ret, val, warn = read_msr(vcpu, msr)
+    ret, val, warn = read_msr(vcpu, msr, cpuid)
     ti = vcpu.trap_ctxt.get(13)
     if ret != OK and not (ti and ti[2]) and msr >> 16 != 0x4000 and host_rdmsr_ok(msr):
         _printk(vcpu, f"{vcpu.name} faking RDMSR {msr:#010x}")  # emul-priv-op.c:1028-1036
@@ -294,11 +296,11 @@ def guest_wrmsr(vcpu, msr: int, val: int, cp: _Policy) -> str | None:
     return UNHANDLEABLE
 
 
-def wrmsr(vcpu) -> bool:
+def wrmsr(vcpu, cpuid: Cpuid) -> bool:
     """Emulate `wrmsr`: write_msr() (emul-priv-op.c:1043-1215); False: #GP(0) to the guest."""
     msr = vcpu.rr(X.UC_X86_REG_RCX) & 0xFFFFFFFF
     val = (vcpu.rr(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | vcpu.rr(X.UC_X86_REG_RAX) & 0xFFFFFFFF
-    cp = _Policy(vcpu)
+    cp = _Policy(vcpu, cpuid)
     ret = guest_wrmsr(vcpu, msr, val, cp)
     if ret != UNHANDLEABLE:
         return ret == OK

@@ -121,7 +121,7 @@ def _emulate(vcpu, insn) -> bool:
     if mn in ("rdmsr", "wrmsr"):  # read_msr()/write_msr() (emul-priv-op.c:893-1215)
         from emu.pv import msr
 
-        return msr.rdmsr(vcpu) if mn == "rdmsr" else msr.wrmsr(vcpu)
+        return (msr.rdmsr if mn == "rdmsr" else msr.wrmsr)(vcpu, guest_cpuid)
     if mn == "clts":
         vcpu.vcr0 &= ~CR0_TS
         return True
