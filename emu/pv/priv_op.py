@@ -2,9 +2,10 @@
 
 A #GP(0) from the guest is offered here first. Guest-kernel mode counts as ring 0 for this
 emulator, guest-user mode as ring 3 (privileged instructions refused). Emulated: reads of
-CR0/CR2/CR3/CR4 (CR3 is the kernel L4 even from user mode), `cli`/`sti` as no-ops when the
-guest has I/O privilege (they do not touch the event mask), `wbinvd`, and `clts`. Anything
-else returns False: the caller reflects the #GP to the guest.
+CR0/CR2/CR3/CR4 (CR3 is the kernel L4 even from user mode), `rdmsr`/`wrmsr`
+(emu/pv/msr.py), `cli`/`sti` as no-ops when the guest has I/O privilege (they do not touch
+the event mask), `wbinvd`, and `clts`. Anything else returns False: the caller reflects the
+#GP to the guest.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ def _emulate(vcpu, insn) -> bool:
         return iopl_ok(vcpu)
     if mn in ("wbinvd", "invd"):
         return True
+    if mn in ("rdmsr", "wrmsr"):  # read_msr()/write_msr() (emul-priv-op.c:893-1215)
+        from emu.pv import msr
+
+        return (msr.rdmsr if mn == "rdmsr" else msr.wrmsr)(vcpu, guest_cpuid)
     if mn == "clts":
         vcpu.vcr0 &= ~CR0_TS
         return True
