@@ -176,6 +176,7 @@ def test_fifo_and_directory_refused_without_blocking(tmp_path):
         assert err == f"workload: asm: cannot read {p}"
 
 
+@pytest.mark.e2e  # a long whole-machine scenario: outside the fast part
 def test_cpu_burner_stopped_by_its_limit():
     src = ".rept 1000\n.rept 1000\n.rept 1000\n.space 0\n.endr\n.endr\n.endr\n"
     # Its CPU limit stops it; on a host so loaded that the child cannot get CPU_S seconds of

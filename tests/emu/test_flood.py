@@ -53,6 +53,7 @@ def test_keys_pause_and_destroy_answer_during_a_flood(machine, tmp_path, source)
     assert dom.domid not in m.domains and not v.running
 
 
+@pytest.mark.e2e  # a long whole-machine scenario: outside the fast part
 @pytest.mark.timeout(120)
 def test_rate_limited_guest_lines_are_suppressed_and_reported(machine, tmp_path):
     m = machine

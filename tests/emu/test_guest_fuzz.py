@@ -61,6 +61,7 @@ def to_asm(code: bytes) -> str:
     )
 
 
+@pytest.mark.e2e  # a long whole-machine scenario: outside the fast part
 @pytest.mark.timeout(180)
 def test_random_programs_crash_or_run(tmp_path):
     m = new_machine(memory=512 << 20)

@@ -105,6 +105,7 @@ def test_guest_page_table_writes_are_emulated_and_shadows_follow(machine, store,
     assert_clean(machine)
 
 
+@pytest.mark.e2e  # a long whole-machine scenario: outside the fast part
 @pytest.mark.timeout(120)
 def test_fuzz_guest_rewrites_its_own_tables_and_the_audit_stays_clean():
     """Seeded fuzz: a guest writes random entries (valid, holes, beyond memory, superpage,

@@ -154,6 +154,7 @@ lp:
 )
 
 
+@pytest.mark.e2e  # a long whole-machine scenario: outside the fast part
 @pytest.mark.timeout(300)
 def test_thousands_of_flag_ended_slices_stay_exact(monkeypatch, tmp_path):
     # 0.2 ms slices: two domains on two pCPUs; the counter runs until its run has been ended

@@ -9,6 +9,7 @@ import pytest
 from soak_cycles import soak
 
 
+@pytest.mark.e2e  # a long whole-machine scenario: outside the fast part
 @pytest.mark.timeout(300)
 def test_create_destroy_cycles_leave_no_growth(tmp_path, capfd):
     # Without the collector: everything a cycle allocates must go by reference counting,

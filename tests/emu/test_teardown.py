@@ -133,6 +133,7 @@ def test_S_never_blows_the_tables_of_a_domain_being_torn_down(machine):
     assert "(XEN) 'S' pressed -> blowing all shadow tables" in lines.text
 
 
+@pytest.mark.e2e  # a long whole-machine scenario: outside the fast part
 @pytest.mark.timeout(120)
 def test_S_and_Z_between_rounds_of_crashing_guests(machine, tmp_path):
     """The reproduction from the issue, in process: guests that crash within milliseconds,
