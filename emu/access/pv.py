@@ -10,8 +10,9 @@ PGT_validated (emu/mm/page_info.py). Everything here is vectorised:
   else a slice per run of consecutive MFNs: a strided gather, or a pass over the whole
   16 M-frame table of a 64 GiB host, costs several times that); the owner and state of the
   few selected frames are then checked in `v` and `count_info`.
-* `marks(machine, frames)` gathers their 512 entries each and returns the MFNs mapped by
-  present entries with A set, and with D set.
+* `l1_marks(machine, frames)` (emu/access/record.py, shared with the shadow scan) gathers
+  their 512 entries each and returns the MFNs mapped by present entries with A set, and
+  with D set.
 * `clear_accessed(machine, dom, frames)` is what Xen would have to do for `Z`: clear A in
   every entry of the guest's L1 tables, then flush every vCPU's TLB (the CPU caches the A
   bit with the translation; without the flush an access through a cached translation would
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu.mm.page import _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, INVALID_MFN, PTE_ADDR_MASK
+from emu.mm.page import _PAGE_ACCESSED, INVALID_MFN
 from emu.mm.page_info import (
     PAGE_INFO_BYTES,
     PGC_state,
@@ -40,7 +41,6 @@ from emu.mm.page_info import (
 _TOP_MASK = np.uint8((PGT_type_mask | PGT_validated) >> 56)
 _TOP_L1 = np.uint8((PGT_l1_page_table | PGT_validated) >> 56)
 _STATE_MASK = np.uint8(PGC_state >> 56)  # PGC_state_inuse is 0
-_U_ADDR = np.uint64(PTE_ADDR_MASK)
 MAX_RUNS = 4096  # more runs than this: one gather instead of a slice per run
 
 
@@ -99,31 +99,6 @@ def _by_runs(top: np.ndarray, mfns: np.ndarray) -> np.ndarray:
         if hit.size:
             sel.append(hit + lo)
     return np.concatenate(sel) if sel else mfns[:0]
-
-
-def _frames(ent: np.ndarray) -> np.ndarray:
-    ent &= _U_ADDR
-    ent >>= np.uint64(12)
-    return ent.view(np.int64)
-
-
-def marks(machine, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """MFNs mapped by present entries of the L1 tables `frames` with A set, and with D set."""
-    if not frames.size:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    ent = machine.ram.u64.reshape(-1, 512)[frames].ravel()
-    low = ent.view(np.uint8)[::8]  # P, A, D are in the low byte (little-endian)
-    pa = np.uint8(_PAGE_PRESENT | _PAGE_ACCESSED)
-    pd = np.uint8(_PAGE_PRESENT | _PAGE_DIRTY)
-    a = _frames(ent.take(np.flatnonzero((low & pa) == pa)))
-    d = _frames(ent.take(np.flatnonzero((low & pd) == pd)))
-    nr = machine.ram.nr_frames
-    if a.size and int(a.max()) >= nr:
-        a = a[a < nr]
-    if d.size and int(d.max()) >= nr:
-        d = d[d < nr]
-    return a, d
 
 
 def clear_accessed(machine, dom, frames: np.ndarray) -> None:

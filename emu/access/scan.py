@@ -39,17 +39,11 @@ import numpy as np
 
 from emu.access import pv
 from emu.access.pv import is_pv_domu
-from emu.access.record import mfn_spans
+from emu.access.record import l1_marks, mfn_spans
 from emu.mm.page import (
-    _PAGE_ACCESSED,
-    _PAGE_DIRTY,
-    _PAGE_PRESENT,
     MAX_GFN,
-    PAGE_SHIFT,
-    PTE_ADDR_MASK,
 )
 
-_U_ADDR = np.uint64(PTE_ADDR_MASK)
 HEAT_COLUMNS = 64
 # Idle-age buckets of `U`'s idle line: windows since the last access (0 = the open window).
 IDLE_BUCKETS = ("0", "1", "2-3", "4-7", "8-15", "16+")
@@ -157,32 +151,9 @@ def hold(machine, dom):
         yield
 
 
-def _frames(ent: np.ndarray) -> np.ndarray:
-    ent &= _U_ADDR  # in place: `ent` is a fresh selection, no more temporaries
-    ent >>= np.uint64(PAGE_SHIFT)
-    return ent.view(np.int64)
-
-
 def _shadow_marks(machine, dom) -> tuple[np.ndarray, np.ndarray]:
     """MFNs mapped by present shadow L1 entries of `dom` with A set, and with D set."""
-    l1 = dom.paging.shadow_l1_mfns()
-    if not l1.size:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    # Whole 4 KiB rows (one per L1 shadow): a block copy each, not an index per entry.
-    ent = machine.ram.u64.reshape(-1, 512)[np.asarray(l1, dtype=np.intp)].ravel()
-    low = ent.view(np.uint8)[::8]  # P, A, D are in the low byte (little-endian): no copy
-    pa = np.uint8(_PAGE_PRESENT | _PAGE_ACCESSED)
-    pd = np.uint8(_PAGE_PRESENT | _PAGE_DIRTY)
-    # flatnonzero + take: much faster than a boolean-mask selection of 8-byte entries.
-    a = _frames(ent.take(np.flatnonzero((low & pa) == pa)))
-    d = _frames(ent.take(np.flatnonzero((low & pd) == pd)))  # D outlives a cleared A
-    nr = machine.ram.nr_frames
-    if a.size and int(a.max()) >= nr:
-        a = a[a < nr]
-    if d.size and int(d.max()) >= nr:
-        d = d[d < nr]
-    return a, d
+    return l1_marks(machine, dom.paging.shadow_l1_mfns())
 
 
 def scan_domain(
@@ -257,7 +228,7 @@ def _scan_locked(machine, dom, first: int, last: int, detail: bool) -> DomainSca
     if dom.paging is not None:
         a_m, d_m = _shadow_marks(machine, dom)
     else:  # PV: the A/D bits of the guest's own L1 tables, found through the frame table
-        a_m, d_m = pv.marks(machine, pv.l1_frames(machine, dom))
+        a_m, d_m = l1_marks(machine, pv.l1_frames(machine, dom))
     a_new = a_m[rec.window.take(a_m) == 0] if a_m.size else a_m
     d_new = d_m[rec.written.take(d_m) == 0] if d_m.size else d_m
     for mfns, targets in ((a_new, (accessed, window)), (d_new, (dirty,))):
@@ -336,7 +307,7 @@ def reset_window(machine, dom, *, quiesce: bool = True, scan: DomainScan | None 
                 window = scan.window  # the whole P2M, under the caller's hold
         else:
             frames = pv.l1_frames(machine, dom)
-            a_m, d_m = pv.marks(machine, frames)
+            a_m, d_m = l1_marks(machine, frames)
             rec.fold_frames(a_m, d_m, machine.now())
             pv.clear_accessed(machine, dom, frames)
             n = int(frames.size)

@@ -10,6 +10,7 @@ import socket
 import time
 
 import pytest
+from guest_helpers import wait_for
 
 from xenconsole.eventlog import parse_events
 from xenconsole.testing import serve
@@ -35,15 +36,6 @@ def recv_until(sock: socket.socket, buf: bytearray, pattern: bytes, timeout: flo
 def run(s: socket.socket, buf: bytearray, line: str) -> None:
     s.sendall(line.encode() + b"\r")
     recv_until(s, buf, re.escape(line.encode()) + rb"\r\n[\s\S]*" + re.escape(PROMPT) + b"$")
-
-
-def wait_for(pred, timeout: float = 10) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def typed(path) -> bytes:

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from guest_helpers import wait_for
 from pv_helpers import small_machine
 
 from emu.access import pv
@@ -57,15 +58,6 @@ def _u(m, *args) -> dict:
     return parse_report("\n".join("(XEN) " + x for x in out))
 
 
-def _wait(pred, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_pv_guest_touching_n_pages(tmp_path):
     m, serial = small_machine()
     try:
@@ -81,7 +73,7 @@ def test_pv_guest_touching_n_pages(tmp_path):
         assert l1.size == lay.l1_count
         assert ((ti & np.uint64(PGT_type_mask)) == np.uint64(PGT_l1_page_table)).all()
         assert ((ti & np.uint64(PGT_validated)) != 0).all()
-        assert _wait(lambda: d.vcpus[0].cpu_time_ns > 0), "".join(serial)
+        assert wait_for(lambda: d.vcpus[0].cpu_time_ns > 0, timeout=30), "".join(serial)
         time.sleep(0.2)  # spinning on FLAG
         assert d.domid in m.domains, "".join(serial)
         # xg_dom_x86.c sets A in every bootstrap L1 entry: that is what the tables say.
@@ -98,7 +90,7 @@ def test_pv_guest_touching_n_pages(tmp_path):
         assert first + n <= mapped
         _ram_write_u64(m, d, START, first << 12)
         _ram_write_u64(m, d, FLAG, n)
-        assert _wait(lambda: d.vcpus[0].blocked)
+        assert wait_for(lambda: d.vcpus[0].blocked, timeout=30)
         # The window: the N pages, plus the code page (spin, FLAG), the hypercall page and
         # the boot stack (the stub's pushes and `call`).
         s = scan_domain(m, d)
@@ -159,11 +151,11 @@ def test_pv_access_survives_the_unmapping_of_its_entry(tmp_path):
         d = m.create_domain(DomainSpec(name="unmap", memory=64, type="pv", kernel=str(path)))
         lay = d.pv.layout
         page = lay.bootstack_pfn + 9
-        assert _wait(lambda: d.vcpus[0].cpu_time_ns > 0), "".join(serial)
+        assert wait_for(lambda: d.vcpus[0].cpu_time_ns > 0, timeout=30), "".join(serial)
         reset_window(m, d)
         _ram_write_u64(m, d, START, page << 12)
         _ram_write_u64(m, d, FLAG, 1)
-        assert _wait(lambda: d.vcpus[0].blocked), "".join(serial)
+        assert wait_for(lambda: d.vcpus[0].blocked, timeout=30), "".join(serial)
         mfn = int(d.p2m[page])
         rows = m.ram.u64.reshape(-1, 512)[pv.l1_frames(m, d)]
         assert not ((rows >> np.uint64(12)) & np.uint64(0xFFFFFFFFFF) == mfn).any()
