@@ -345,14 +345,21 @@ class _KeyForwarder:
             self.saved = None
 
 
+def _open(control: str | None) -> Channel | None:
+    """The control connection, or None after one error line on stderr."""
+    try:
+        return Channel(connect(control))
+    except ClientError as e:
+        sys.stderr.write(f"xenconsole: error: {e}\n")
+        return None
+
+
 def main(args: list[str], control: str | None = None) -> int:
     cmd, _ = _command(args)
     if cmd is not None and len(cmd) >= 3 and "console".startswith(cmd):
         console_pending(make=True)  # the shim made it already when it ran `xl console`
-    try:
-        ch = Channel(connect(control))
-    except ClientError as e:
-        sys.stderr.write(f"xenconsole: error: {e}\n")
+    ch = _open(control)
+    if ch is None:
         return 2
     try:
         return run(ch, args)
@@ -370,20 +377,14 @@ def shim_main(argv: list[str] | None = None) -> int:
     return main(sys.argv[1:] if argv is None else argv)
 
 
-if __name__ == "__main__":
-    sys.exit(shim_main())
-
-
 def who_main(control: str | None) -> int:
     """`xenconsole who [--control PATH]`: who is attached to the server's serial line, one
     line each as telnet's AYT answer gives them (`[who] NAME rw|ro since HH:MM:SS[ writer]`);
     nothing when no one is."""
     import time
 
-    try:
-        ch = Channel(connect(control))
-    except ClientError as e:
-        sys.stderr.write(f"xenconsole: error: {e}\n")
+    ch = _open(control)
+    if ch is None:
         return 2
     try:
         ch.send({"op": "who"})
@@ -401,3 +402,7 @@ def who_main(control: str | None) -> int:
         since = time.strftime("%H:%M:%S", time.localtime(a["since"]))
         print(f"[who] {a['name']} {a['mode']} since {since}" + (" writer" if a["writer"] else ""))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(shim_main())
